@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make train` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_LAKE := data/demo
+
+.PHONY: venv train test test-fast bench lint demo clean
+
+venv:
+	@PYTHON=$(PYTHON) bash scripts/ensure_venv.sh $(VENV)
+
+demo: venv
+	@$(PY) -m sustain data demo --out $(DEMO_LAKE) --if-missing
+
+train: demo
+	$(PY) -m sustain train --config configs/demo.yaml
+
+test: venv
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
+bench: venv
+	$(PY) -m benchmarks
+
+lint: venv
+	$(PY) -m ruff check sustain tests benchmarks
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

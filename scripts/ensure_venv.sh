@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create or reuse a virtualenv holding the pinned requirements.
+# Usage: scripts/ensure_venv.sh VENV_DIR
+# The install is skipped when the venv works and its recorded requirements
+# hash matches, so repeat runs cost a second instead of minutes.
+set -euo pipefail
+venv="${1:-.venv}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-python3}"
+want="$(cat "$root/requirements.txt" "$root/requirements-dev.txt" | sha256sum | cut -c1-16)-$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+stamp="$venv/.sustain-requirements"
+
+healthy() {
+  [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
+    "$venv/bin/python" -c 'import torch, torchvision, timm, numpy, pytest' >/dev/null 2>&1
+}
+
+if healthy; then
+  echo "✓ Environment up to date: $venv"
+else
+  echo "Installing pinned requirements into $venv (first time takes a few minutes)..."
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -r "$root/requirements-dev.txt"
+  echo "$want" > "$stamp"
+fi
+# The package itself is installed editable from this checkout every time:
+# it is quick, and a cached venv may have been built from another clone.
+"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >/dev/null

@@ -1,0 +1,214 @@
+"""Command line: `sustain …` and `python -m sustain …` (SPEC §8).
+
+Each command parses its arguments, calls one function of the package and
+maps `SustainError` to its exit code (0 ok, 1 failed run/check, 2 bad usage,
+config or input). Heavy imports happen inside the commands so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import SustainError, UsageError
+
+log = logging.getLogger("sustain")
+
+# MPS needs this before torch is imported; harmless elsewhere.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "output", None):
+        overrides.append(f"output_dir={args.output}")
+    return load_config(args.config, overrides)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    cfg = _config_from_args(args)
+    result = train(cfg, resume=args.resume)
+    return 0 if result.ok else 1
+
+
+def cmd_data_ingest(args: argparse.Namespace) -> int:
+    from .data.lake import ingest
+    from .taxonomy import build_taxonomy
+
+    cfg = _config_from_args(args)
+    ingest(cfg, build_taxonomy(**cfg.taxonomy.model_dump()), out_dir=cfg.output_dir)
+    return 0
+
+
+def cmd_data_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.demo import make_demo_lake
+
+    out = Path(args.out)
+    if args.if_missing and out.is_dir() and any(out.iterdir()):
+        log.info("✓ Demo data lake already present at %s", out)
+        return 0
+    stats = make_demo_lake(out, seed=args.seed, per_class=args.per_class)
+    log.info("✓ Demo data lake written to %s (%d files)", out, stats["files"])
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.download import download_sources
+
+    cfg = _config_from_args(args)
+    return 0 if download_sources(cfg, only=args.only) else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(args.checkpoint, split=args.split, data_dir=args.data, label_map=args.label_map)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_cli
+
+    return predict_cli(args.checkpoint, args.inputs, topk=args.topk, tta=args.tta, as_json=args.json)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.run_dir)
+    log.info("✓ Report written: %s", path)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .diagnostics import run_cli
+
+    return run_cli(config=args.config, as_json=args.json)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sustain",
+        description="Train, check and deploy a waste-sorting image classifier (SPEC §8).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+    p = sub.add_parser("train", help="train a model from a config")
+    with_config(p)
+    p.add_argument("--resume", metavar="auto|PATH", help="resume from last.pth in the output folder, or a checkpoint")
+    p.add_argument("--output", metavar="DIR", help="output folder (overrides output_dir)")
+    p.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="data lake: ingest, demo, download")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    p = data_sub.add_parser("ingest", help="scan the sources, write manifest.csv and the data summary")
+    with_config(p)
+    p.add_argument("--output", metavar="DIR", help="where to write the manifest (overrides output_dir)")
+    p.set_defaults(func=cmd_data_ingest)
+    p = data_sub.add_parser("demo", help="generate the procedural demo data lake")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=int, default=None, help="images per class in the master-layout source")
+    p.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds files")
+    p.set_defaults(func=cmd_data_demo)
+    p = data_sub.add_parser("download", help="fetch the config's Kaggle sources with your own credentials")
+    with_config(p)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these sources")
+    p.set_defaults(func=cmd_data_download)
+    data.set_defaults(func=lambda a: _missing_subcommand(data))
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on its val/test split or on a labelled folder")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--data", metavar="DIR", help="a folder of labelled images (<class>/<image>) to score instead")
+    p.add_argument("--label-map", metavar="YAML", help="with --data: a YAML {folder: class} mapping")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify images with one or more checkpoints")
+    p.add_argument("--checkpoint", action="append", required=True, help="repeat to average an ensemble")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="rebuild the plots and report.html of a run folder")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("doctor", help="check the environment (same as training_diagnostics.py)")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain messages on stdout; the emoji lines of SPEC §6 are the interface."""
+    root = logging.getLogger("sustain")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except SustainError as exc:
+        log.error("❌ %s", exc)
+        return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("sustain."):
+            log.error("❌ `%s` is not implemented yet (missing %s).", " ".join(sys.argv[1:3]) or args.command, exc.name)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        log.error("Interrupted.")
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,277 @@
+"""The typed run configuration: the single source of truth for a run.
+
+A YAML file is read, `--set key=value` overrides are applied to the raw
+mapping, and the result is validated into `Config`. Every problem becomes a
+`ConfigError` that names the dotted key (exit code 2 in the CLI). Unknown keys
+get a "did you mean" hint.
+
+Relative paths (`output_dir`, `data.root`) resolve against the current
+working directory; a source's relative `root` resolves against `data.root`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, UsageError
+
+DEFAULT_IGNORE_DIRS: tuple[str, ...] = (
+    "default", "real_world", "images", "train", "test", "val", "valid", "validation", "dataset", "data",
+)
+
+# A label_map value: one class, a set name, a list of classes (a set label), or None (drop).
+LabelTarget = Union[str, list[str], None]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaxonomyConfig(_Section):
+    classes: Union[Literal["master_30"], list[str]] = "master_30"
+    bins: Union[Literal["master_30"], dict[str, list[str]], None] = "master_30"
+    sets: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class SourceConfig(_Section):
+    name: str = Field(min_length=1)
+    root: str = Field(min_length=1)
+    label_map: Union[Literal["identity"], dict[str, LabelTarget]]
+    enabled: bool = True
+    ignore_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE_DIRS))
+    exclude: list[str] = Field(default_factory=list)  # globs of paths under root to skip, e.g. 'DATASET/DATASET/**'
+    kaggle: str | None = None  # owner/dataset slug that `sustain data download` fetches
+    download_dir: str | None = None  # where the archive unpacks (relative to data.root); root lies inside it
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class AugmentOptions(_Section):
+    """Finer keys that override the `data.augment` preset; null keeps the preset's value."""
+
+    crop_scale_min: float | None = Field(None, gt=0, le=1)
+    hflip: float | None = Field(None, ge=0, le=1)
+    rand_augment: str | None = None  # timm string such as 'rand-m9-mstd0.5-inc1', or '' for none
+    random_erasing: float | None = Field(None, ge=0, le=1)
+
+
+class DataConfig(_Section):
+    root: str = "data"
+    sources: list[SourceConfig] = Field(min_length=1)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: Literal["strong", "light", "none"] = "strong"
+    augment_options: AugmentOptions = Field(default_factory=AugmentOptions)
+    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = "auto"
+    strict: bool = False  # unmapped files are an error
+    max_image_pixels: int = Field(89_478_485, gt=0)  # decompression-bomb guard (PIL's default)
+    near_duplicate_distance: int = Field(4, ge=0, le=64)  # Hamming bits on a 64-bit pHash
+    ingest_workers: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
+    cache_dir: str | None = None  # decode cache; null: <data.root>/.sustain_cache
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        return sources
+
+
+class ModelConfig(_Section):
+    name: str = "eva02_base_patch14_224"
+    pretrained: Union[bool, str] = True  # true: timm hub; false: random; or a local weights file
+    input_size: int | None = Field(None, ge=8)  # null: from the model's pretrained config
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+    grad_checkpointing: bool = False  # never used on MPS
+    channels_last: Union[Literal["auto"], bool] = "auto"
+    compile: bool = False
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5.0e-5, gt=0)
+    early_stopping_patience: int = Field(5, ge=0)  # 0 disables early stopping
+    monitor: Literal["val_macro_f1", "val_acc", "val_loss"] = "val_macro_f1"
+    optimizer: str = "adamw"
+    weight_decay: float = Field(0.05, ge=0)
+    layer_decay: float | None = Field(0.8, gt=0, le=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    accum_steps: int = Field(1, ge=1)
+    ema: bool = False
+    ema_decay: float = Field(0.9998, gt=0, lt=1)
+    balance: Literal["none", "sampler", "loss_weights"] = "none"
+    amp: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA, off for MPS and CPU
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs
+
+
+class GuardConfig(_Section):
+    warn_pct: float = Field(5.0, ge=0, le=100)
+    critical_pct: float = Field(20.0, ge=0, le=100)
+    escalate_after: int = Field(3, ge=1)  # consecutive non-finite steps before each escalation
+    # Debug: make the loss / gradient non-finite at these global step indices.
+    inject_nonfinite_loss: list[int] = Field(default_factory=list)
+    inject_nonfinite_grad: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GuardConfig:
+        if self.warn_pct > self.critical_pct:
+            raise ValueError("warn_pct must not exceed critical_pct")
+        return self
+
+
+class Config(_Section):
+    seed: int = 42
+    output_dir: str = "checkpoints"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    taxonomy: TaxonomyConfig = Field(default_factory=TaxonomyConfig)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def source_root(self, source: SourceConfig) -> Path:
+        """Absolute root of a source: relative roots resolve against data.root."""
+        root = Path(source.root).expanduser()
+        return root if root.is_absolute() else Path(self.data.root).expanduser() / root
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `key=value` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Config file not found: {path}", "check the path, e.g. --config configs/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise UsageError(f"Malformed YAML in {path}{line}: {getattr(exc, 'problem', exc)}",
+                         "fix the YAML syntax (indentation, colons, quotes)") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"Config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise _to_config_error(exc, raw) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `a.b.c=value` applied; values are parsed as YAML.
+
+    Integer segments index into lists: `data.sources.0.enabled=false`.
+    """
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"Bad override {item!r}", "use --set key=value, e.g. --set train.epochs=3")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node: Any = out
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(".".join(parts[: depth + 1]), f"no list item {part!r} (the list has {len(node)})")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(".".join(parts[:depth]), "is a value, not a section; it has no sub-keys")
+    return out
+
+
+def _to_config_error(exc: ValidationError, raw: dict[str, Any]) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    key = ".".join(loc) or "<root>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent_model = _model_at(Config, loc[:-1])
+        choices = list(parent_model.model_fields) if parent_model else []
+        close = difflib.get_close_matches(loc[-1], choices, n=1)
+        hint = f"did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else (
+            f"valid keys here: {', '.join(choices)}" if choices else None)
+        return ConfigError(key, "unknown key", hint)
+    if kind == "missing":
+        return ConfigError(key, "required key is missing", "add it to the config file or pass --set")
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    return ConfigError(key, f"{err['msg']}{shown}")
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts union member names (e.g. 'list[str]', "literal['auto']") into error locations.
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The pydantic model class that sits at a location, e.g. ['data', 'sources', '0']."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if part.isdigit():
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        for candidate in [annotation, *typing.get_args(annotation)]:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+            inner = [a for a in typing.get_args(candidate) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if inner:
+                current = inner[0]
+                break
+        else:
+            current = annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None

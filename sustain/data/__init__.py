@@ -1,0 +1,1 @@
+"""The data lake: label resolution, ingestion, splits, manifest, Dataset, demo lake, download."""
