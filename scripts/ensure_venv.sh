@@ -27,4 +27,7 @@ else
 fi
 # The package itself is installed editable from this checkout every time:
 # it is quick, and a cached venv may have been built from another clone.
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >/dev/null
+if ! out="$("$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1)"; then
+  echo "$out" >&2
+  exit 1
+fi

@@ -100,11 +100,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+USAGE_SUMMARY = """\
+commands:
+  sustain train --config FILE [--set k=v ...] [--resume auto|PATH] [--output DIR]
+  sustain data ingest --config FILE          build and print the data summary and manifest
+  sustain data demo --out DIR                generate the procedural demo lake
+  sustain data download --config FILE        fetch the Kaggle sources (your own credentials)
+  sustain evaluate --checkpoint PATH [--split val|test] [--data DIR]
+  sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json]
+  sustain report RUN_DIR                     rebuild the plots and report.html
+  sustain doctor [--config FILE] [--json]    environment diagnostics
+
+exit codes: 0 success, 1 failed run or check, 2 bad usage, config or input
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sustain",
-        description="Train, check and deploy a waste-sorting image classifier (SPEC §8).",
+        description="Train, check and deploy a waste-sorting image classifier.",
+        epilog=USAGE_SUMMARY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
