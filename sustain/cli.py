@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import SustainError, UsageError
+from .errors import SustainError
+from .utils import setup_logging
 
 log = logging.getLogger("sustain")
 
@@ -34,18 +35,18 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)  # config errors first, before heavy imports
     from .engine import train
 
-    cfg = _config_from_args(args)
     result = train(cfg, resume=args.resume)
     return 0 if result.ok else 1
 
 
 def cmd_data_ingest(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)  # config errors first, before heavy imports
     from .data.lake import ingest
     from .taxonomy import build_taxonomy
 
-    cfg = _config_from_args(args)
     ingest(cfg, build_taxonomy(**cfg.taxonomy.model_dump()), out_dir=cfg.output_dir)
     return 0
 
@@ -65,9 +66,9 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)  # config errors first, before heavy imports
     from .data.download import download_sources
 
-    cfg = _config_from_args(args)
     return 0 if download_sources(cfg, only=args.only) else 1
 
 
@@ -183,17 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Plain messages on stdout; the emoji lines of SPEC §6 are the interface."""
-    root = logging.getLogger("sustain")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

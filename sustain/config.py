@@ -135,6 +135,8 @@ class GuardConfig(_Section):
     # Debug: make the loss / gradient non-finite at these global step indices.
     inject_nonfinite_loss: list[int] = Field(default_factory=list)
     inject_nonfinite_grad: list[int] = Field(default_factory=list)
+    # Debug: the process kills itself (SIGKILL) right after saving this epoch's checkpoints (resume tests).
+    debug_kill_after_epoch: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> GuardConfig:
@@ -230,27 +232,48 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 
 
 def _to_config_error(exc: ValidationError, raw: dict[str, Any]) -> ConfigError:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = errors[0]
     loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
-    key = ".".join(loc) or "<root>"
     kind = err["type"]
     if kind == "extra_forbidden":
+        key = ".".join(loc)
         parent_model = _model_at(Config, loc[:-1])
         choices = list(parent_model.model_fields) if parent_model else []
         close = difflib.get_close_matches(loc[-1], choices, n=1)
         hint = f"did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else (
             f"valid keys here: {', '.join(choices)}" if choices else None)
         return ConfigError(key, "unknown key", hint)
+    if loc and loc[-1].isdigit() and _model_at(Config, loc[:-1]) is None:
+        # An item of a fixed-length value (e.g. model.mean): name the value, not the item.
+        loc = loc[:-1]
+        key = ".".join(loc)
+        value = _lookup(raw, loc)
+        return ConfigError(key, f"expected a different number or type of items (got {value!r})")
+    key = ".".join(loc) or "<root>"
     if kind == "missing":
         return ConfigError(key, "required key is missing", "add it to the config file or pass --set")
+    # A value that fits none of a union's members: say what each member wanted.
+    same_key = [e for e in errors if [str(p) for p in e["loc"] if not _is_union_tag(p)] == loc]
+    messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same_key))
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
-    return ConfigError(key, f"{err['msg']}{shown}")
+    return ConfigError(key, f"{' or '.join(messages)}{shown}")
+
+
+def _lookup(raw: Any, loc: list[str]) -> Any:
+    for part in loc:
+        try:
+            raw = raw[int(part)] if isinstance(raw, list) else raw[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return None
+    return raw
 
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts union member names (e.g. 'list[str]', "literal['auto']") into error locations.
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
+    return isinstance(part, str) and (
+        "[" in part or part.startswith("constrained-") or part in {"str", "int", "float", "bool", "none"})
 
 
 def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,3 +38,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def setup_logging(verbose: bool = False) -> logging.Logger:
+    """Send the "sustain" logger's messages, plain, to the current stdout.
+
+    Idempotent. The handler is re-pointed at `sys.stdout` on every call, so
+    notebooks and tests that swap stdout keep seeing the messages.
+    """
+    logger = logging.getLogger("sustain")
+    handler = next((h for h in logger.handlers if getattr(h, "_sustain_stdout", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stdout)
+        handler._sustain_stdout = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    else:
+        handler.stream = sys.stdout  # not setStream(): it flushes the old, possibly closed, stream
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    return logger

@@ -1,0 +1,108 @@
+"""Shared fixtures: the demo lake (built once per session), config files, the in-process CLI."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+
+
+# --------------------------------------------------------------------------- demo lake
+
+
+@dataclass(frozen=True)
+class DemoLake:
+    root: Path
+    stats: dict[str, Any]  # what make_demo_lake returned (also in root/demo_lake.json)
+
+
+@pytest.fixture(scope="session")
+def demo_lake(tmp_path_factory: pytest.TempPathFactory) -> DemoLake:
+    """The default demo lake (seed 0, default size), generated once. Treat it as read-only:
+    point caches elsewhere (`demo_config` does)."""
+    from sustain.data.demo import make_demo_lake
+
+    root = tmp_path_factory.mktemp("demo_lake") / "demo"
+    return DemoLake(root, make_demo_lake(root, seed=0))
+
+
+def demo_config_dict(lake_root: Path, output_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """configs/demo.yaml as a raw mapping, reading `lake_root` and writing to `output_dir`."""
+    raw = yaml.safe_load((CONFIGS / "demo.yaml").read_text(encoding="utf-8"))
+    raw["data"]["root"] = str(lake_root)
+    if cache_dir is not None:
+        raw["data"]["cache_dir"] = str(cache_dir)
+    raw["output_dir"] = str(output_dir)
+    return raw
+
+
+@pytest.fixture
+def demo_config(demo_lake: DemoLake, tmp_path: Path) -> dict[str, Any]:
+    """A fresh, mutable demo config on the session lake: output in tmp_path/run, and the
+    decode cache shared by the session beside (not inside) the lake."""
+    return demo_config_dict(demo_lake.root, tmp_path / "run", cache_dir=demo_lake.root.parent / "cache")
+
+
+# --------------------------------------------------------------------------- config files
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """write_config(mapping_or_text, name='config.yaml') -> Path of a YAML file in tmp_path."""
+
+    def write(content: dict[str, Any] | str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """run_cli('train', '--config', path) -> CliResult: `sustain …` in-process, output captured.
+
+    `cli.setup_logging` binds its handler to the sys.stdout of the moment, so the
+    "sustain" logger's handlers are cleared before each call and restored after:
+    every call logs into this test's capture, never into a stale one.
+    """
+    from sustain.cli import main
+
+    logger = logging.getLogger("sustain")
+
+    def run(*argv: str | Path) -> CliResult:
+        capsys.readouterr()
+        saved = (list(logger.handlers), logger.level, logger.propagate)
+        logger.handlers.clear()
+        try:
+            code = main([str(a) for a in argv])
+        finally:
+            logger.handlers[:] = saved[0]
+            logger.setLevel(saved[1])
+            logger.propagate = saved[2]
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
