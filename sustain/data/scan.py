@@ -1,0 +1,458 @@
+"""Walk a source, decode every image once, cache what was learned (SPEC §4).
+
+- `walk_source`: a sorted, deterministic walk; `exclude` globs prune paths.
+- `load_rgb`: the one way an image file becomes a PIL RGB image, here and at
+  training time: pixel limit checked before decoding, EXIF orientation
+  applied, palette/alpha/CMYK/greyscale/16-bit converted to 8-bit RGB.
+- `decode_file`: `load_rgb` plus a content hash of the bytes, a 64-bit
+  perceptual hash and a 4x4 colour thumbnail (the near-duplicate signature);
+  failures come back as a reason, never as a blank image.
+- `DecodeCache`: results keyed by path, size and mtime in a small SQLite
+  file, so a second ingest decodes nothing that did not change.
+- `decode_files`: the cache misses, decoded in a process pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import re
+import sqlite3
+import stat
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger("sustain.data.scan")
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico",
+})
+
+# Bump when decode_file's output for the same bytes would change (hashes, conversion).
+DECODER_VERSION = "2"
+
+# Below this many cache misses the pool's start-up costs more than it saves.
+POOL_MIN_FILES = 256
+
+# Corrupt-file reasons start with one of these kinds (SPEC §4).
+ZERO_BYTES = "zero bytes"
+TRUNCATED = "truncated"
+NOT_AN_IMAGE = "not an image"
+OVER_PIXEL_LIMIT = "over the pixel limit"
+UNREADABLE = "unreadable"
+DECODE_ERROR = "decode error"
+
+
+class CorruptImage(Exception):
+    """A file that cannot become an image; `reason` starts with one of the kinds above."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- walking
+
+
+class FileEntry(NamedTuple):
+    path: str  # absolute
+    rel: str  # relative to the source root, '/'-separated
+    size: int
+    mtime_ns: int
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return tuple(self.rel.split("/")[:-1])
+
+
+@dataclass
+class WalkResult:
+    files: list[FileEntry] = field(default_factory=list)  # image candidates, sorted by rel
+    excluded: int = 0  # files under an `exclude` glob
+    ignored: list[str] = field(default_factory=list)  # other files (not an image extension), rel paths
+    unreadable: list[str] = field(default_factory=list)  # folders that could not be listed, rel paths
+
+
+def compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex for path globs: `*` and `?` stay inside a folder, `**` spans folders."""
+    if not patterns:
+        return None
+    parts = []
+    for pattern in patterns:
+        out, i = [], 0
+        pattern = pattern.strip("/")
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out.append("(?:.*/)?")
+                i += 3
+            elif pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif pattern[i] == "*":
+                out.append("[^/]*")
+                i += 1
+            elif pattern[i] == "?":
+                out.append("[^/]")
+                i += 1
+            else:
+                out.append(re.escape(pattern[i]))
+                i += 1
+        parts.append("".join(out))
+    return re.compile("|".join(f"(?:{p})" for p in parts))
+
+
+def walk_source(root: str | Path, exclude: Sequence[str] = (), skip: Sequence[str | Path] = ()) -> WalkResult:
+    """All files under `root`, sorted by relative path whatever order the filesystem lists them in.
+
+    Hidden entries (a leading '.') and the folders in `skip` (e.g. the decode
+    cache) are passed over; symlinked folders are followed once each.
+    """
+    root = os.path.abspath(root)
+    excluded = compile_globs(exclude)
+    skip_real = {os.path.realpath(p) for p in skip}
+    result = WalkResult()
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def visit(directory: str, rel: str) -> None:
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                return
+            seen_dirs.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if not rel:
+                raise
+            result.unreadable.append(f"{rel} ({exc.strerror or exc})")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child_rel = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if excluded and (excluded.fullmatch(child_rel) or excluded.fullmatch(child_rel + "/")):
+                    result.excluded += _count_files(entry.path)
+                elif os.path.realpath(entry.path) not in skip_real:
+                    visit(entry.path, child_rel)
+                continue
+            if excluded and excluded.fullmatch(child_rel):
+                result.excluded += 1
+                continue
+            dot = entry.name.rfind(".")
+            if dot <= 0 or entry.name[dot:].lower() not in IMAGE_EXTENSIONS:
+                result.ignored.append(child_rel)
+                continue
+            try:
+                st = entry.stat()
+            except OSError:  # a dangling link: let decoding report it
+                result.files.append(FileEntry(entry.path, child_rel, -1, -1))
+                continue
+            if stat.S_ISREG(st.st_mode):
+                result.files.append(FileEntry(entry.path, child_rel, st.st_size, st.st_mtime_ns))
+
+    visit(root, "")
+    result.files.sort(key=lambda f: f.rel)
+    return result
+
+
+def _count_files(directory: str) -> int:
+    return sum(len(files) for _, _, files in os.walk(directory))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class DecodeResult(NamedTuple):
+    """What one file decodes to. `reason` is None for a good image."""
+
+    content_hash: str | None
+    phash: int | None  # 64-bit perceptual hash, unsigned
+    thumb: bytes | None  # 4x4 RGB box-filtered thumbnail, 48 bytes
+    width: int
+    height: int
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@contextlib.contextmanager
+def _strict_pillow() -> Iterator[None]:
+    # Our own pixel check runs on the header size before any decoding, so Pillow's
+    # global bomb check is lifted (it could not report the size), and truncated
+    # files must fail even if some other code set LOAD_TRUNCATED_IMAGES.
+    # Global state: fine in the single-threaded processes that decode.
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Palette images with Transparency", EXIF warnings
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def load_rgb(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file (a path or its bytes) into an 8-bit RGB PIL image.
+
+    Raises CorruptImage with a reason: zero bytes, truncated, not an image,
+    over the pixel limit, unreadable or another decode error.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise CorruptImage(f"{UNREADABLE}: {exc.strerror or exc}") from None
+    if not data:
+        raise CorruptImage(ZERO_BYTES)
+    with _strict_pillow():
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise CorruptImage(f"{NOT_AN_IMAGE}: no image format recognises its content") from None
+        except Exception as exc:  # a header Pillow recognised but could not parse
+            raise CorruptImage(_classify(exc)) from None
+        width, height = img.size
+        if limit is not None and width * height > limit:
+            raise CorruptImage(over_limit_reason(width, height, limit))
+        try:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+        except Exception as exc:
+            raise CorruptImage(_classify(exc)) from None
+
+
+def over_limit_reason(width: int, height: int, limit: int) -> str:
+    return f"{OVER_PIXEL_LIMIT}: {width}x{height} = {width * height:,} pixels > {limit:,} (data.max_image_pixels)"
+
+
+def _classify(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, EOFError) or "truncated" in text.lower() or "premature end" in text.lower():
+        return f"{TRUNCATED}: {text}"
+    return f"{DECODE_ERROR}: {text}"
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB: alpha is composited on white, 16-bit and float greyscale are rescaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode != "F" or arr.max(initial=0) > 1.0:
+            arr = arr / 257.0  # 16-bit range onto 8 bits (Pillow's own convert would clip at 255)
+        else:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+_DCT = None
+
+
+def perceptual_hash(img: Image.Image) -> int:
+    """64-bit pHash: the 8x8 lowest frequencies of a 32x32 greyscale DCT, thresholded at their median."""
+    global _DCT
+    if _DCT is None:
+        n = np.arange(32)
+        dct = np.sqrt(2.0 / 32) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / 64)
+        dct[0] /= np.sqrt(2.0)
+        _DCT = dct
+    grey = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0), dtype=np.float64)
+    low = (_DCT @ grey @ _DCT.T)[:8, :8]
+    bits = (low > np.median(low)).ravel()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def colour_thumbnail(img: Image.Image) -> bytes:
+    """The mean colour of each cell of a 4x4 grid: pHash is colour-blind, this is not."""
+    return img.resize((4, 4), Image.Resampling.BOX, reducing_gap=2.0).tobytes()
+
+
+def decode_file(path: str, max_pixels: int) -> DecodeResult:
+    """Decode one file; a failure is a result with a reason, never an exception."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return DecodeResult(None, None, None, 0, 0, f"{UNREADABLE}: {exc.strerror or exc}")
+    content_hash = hashlib.sha256(data).hexdigest() if data else None
+    try:
+        img = load_rgb(data, max_pixels)
+    except CorruptImage as exc:
+        width, height = _header_size(data) if exc.reason.startswith(OVER_PIXEL_LIMIT) else (0, 0)
+        return DecodeResult(content_hash, None, None, width, height, exc.reason)
+    return DecodeResult(content_hash, perceptual_hash(img), colour_thumbnail(img), img.width, img.height)
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    with _strict_pillow(), Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def _decode_batch(paths: list[str], max_pixels: int) -> list[DecodeResult]:
+    return [decode_file(p, max_pixels) for p in paths]
+
+
+def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
+                 on_batch: Callable[[list[str], list[DecodeResult]], None]) -> None:
+    """Decode `paths`, calling `on_batch(paths, results)` as batches finish (in any order).
+
+    Uses a process pool of `workers` when there are enough files to repay its
+    start-up; 'spawn' so it behaves the same on Linux, macOS and in notebooks
+    (and never forks a process that holds torch's threads). As with any
+    spawned process, a script that calls this must guard its entry point with
+    `if __name__ == "__main__":`.
+    """
+    pending = list(paths)
+    if workers > 1 and len(pending) >= POOL_MIN_FILES and _spawn_can_start():
+        size = max(16, min(256, len(pending) // (workers * 16)))
+        batches = [pending[i:i + size] for i in range(0, len(pending), size)]
+        done: set[int] = set()
+        try:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(_decode_batch, batch, max_pixels): i for i, batch in enumerate(batches)}
+                for future in as_completed(futures):
+                    i = futures[future]
+                    on_batch(batches[i], future.result())
+                    done.add(i)
+            return
+        except BrokenProcessPool as exc:  # e.g. a worker killed for memory: finish here, slower but complete
+            log.warning("⚠️  The decode worker pool failed (%s); decoding the remaining files in this process", exc)
+            pending = [p for i, batch in enumerate(batches) if i not in done for p in batch]
+    for start in range(0, len(pending), 64):
+        batch = pending[start:start + 64]
+        on_batch(batch, _decode_batch(batch, max_pixels))
+
+
+def _spawn_can_start() -> bool:
+    # A spawned worker re-imports the main script by its path; code read from stdin has none.
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
+def default_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class DecodeCache:
+    """Decode results keyed by absolute path, size and mtime, in one SQLite file.
+
+    SQLite because it is in the standard library, stores plain values (nothing
+    is unpickled from a shared data folder) and commits atomically. If the
+    folder cannot be written the cache lives in memory for this run only.
+    """
+
+    FILENAME = "decode_cache.sqlite"
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.location: str = ":memory:"
+        self.db = None
+        if directory is not None:
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+                self.location = str(Path(directory) / self.FILENAME)
+                self.db = self._open(self.location)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("⚠️  Decode cache unavailable at %s (%s): decoding without a persistent cache",
+                            directory, exc)
+                self.location = ":memory:"
+        if self.db is None:
+            self.db = self._open(":memory:")
+
+    @staticmethod
+    def _open(location: str) -> sqlite3.Connection:
+        db = sqlite3.connect(location, timeout=60)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = db.execute("SELECT value FROM meta WHERE key = 'decoder_version'").fetchone()
+        if row is None or row[0] != DECODER_VERSION:
+            with db:
+                db.execute("DROP TABLE IF EXISTS files")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('decoder_version', ?)", (DECODER_VERSION,))
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+            "content_hash TEXT, phash INTEGER, thumb BLOB, width INTEGER, height INTEGER, reason TEXT) WITHOUT ROWID"
+        )
+        return db
+
+    def load(self, prefixes: Sequence[str]) -> dict[str, tuple[int, int, DecodeResult]]:
+        """Every cached entry under one of the path prefixes: path -> (size, mtime_ns, result)."""
+        out: dict[str, tuple[int, int, DecodeResult]] = {}
+        mask = (1 << 64) - 1
+        for prefix in prefixes:
+            rows = self.db.execute(
+                "SELECT path, size, mtime_ns, content_hash, phash, thumb, width, height, reason FROM files "
+                "WHERE path >= ? AND path < ?", (prefix, prefix + "\U0010ffff")).fetchall()
+            out.update((path, (size, mtime_ns, DecodeResult(content_hash, None if phash is None else phash & mask,
+                                                              thumb, width, height, reason)))
+                       for path, size, mtime_ns, content_hash, phash, thumb, width, height, reason in rows)
+        return out
+
+    def store(self, entries: Sequence[tuple[FileEntry, DecodeResult]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.path, f.size, f.mtime_ns, r.content_hash, _signed(r.phash), r.thumb, r.width, r.height, r.reason)
+                 for f, r in entries])
+
+    def forget(self, paths: Sequence[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _signed(value: int | None) -> int | None:
+    return None if value is None else (value - (1 << 64) if value >= 1 << 63 else value)
+
+
+def cached_result(entry: FileEntry, cached: tuple[int, int, DecodeResult] | None, max_pixels: int) -> DecodeResult | None:
+    """The cached result for a file if it is still valid for this file and this pixel limit, else None."""
+    if cached is None or entry.size < 0:
+        return None
+    size, mtime_ns, result = cached
+    if size != entry.size or mtime_ns != entry.mtime_ns:
+        return None
+    over_before = result.reason is not None and result.reason.startswith(OVER_PIXEL_LIMIT)
+    if result.width * result.height > max_pixels and (result.ok or over_before):
+        return result._replace(reason=over_limit_reason(result.width, result.height, max_pixels))
+    if over_before:
+        return None  # the limit was raised since: decode it now
+    return result
