@@ -1,0 +1,122 @@
+"""Batched inference vs a per-image loop, on one machine in one run.
+
+    python benchmarks/bench_predict.py                       # test_vit at 64 px, 128 images
+    python benchmarks/bench_predict.py --model eva02_tiny_patch14_224 --size 224 --images 256
+
+Writes a randomly initialised checkpoint (the weights do not change the
+speed), N PNG files of assorted sizes, then times, after a warm-up:
+- batched: ``Predictor.predict(paths, batch_size=B)``;
+- loop: ``for p in paths: Predictor.predict([p], batch_size=1)``.
+Both include decoding and preprocessing, as a user calls them. The two run
+alternately ``--repeats`` times and the fastest run of each counts. Prints both
+times, images/s and the ratio, and writes benchmarks/results/bench_predict.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from sustain.checkpoints import save_best, state_dict_copy  # noqa: E402
+from sustain.inference import Predictor, default_batch_size  # noqa: E402
+from sustain.taxonomy import build_taxonomy  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "bench_predict.json"
+
+
+def write_checkpoint(out: Path, model_name: str, size: int) -> None:
+    import timm
+    from timm.data import resolve_model_data_config
+
+    taxonomy = build_taxonomy()
+    kwargs = {"img_size": size, "drop_path_rate": 0.0}
+    model = timm.create_model(model_name, pretrained=False, num_classes=taxonomy.num_classes, **kwargs)
+    cfg = resolve_model_data_config(model)
+    meta = {**taxonomy.to_dict(), "model_name": model_name, "num_classes": taxonomy.num_classes,
+            "input_size": [3, size, size], "mean": list(cfg["mean"]), "std": list(cfg["std"]),
+            "interpolation": cfg["interpolation"], "crop_pct": cfg["crop_pct"], "model_kwargs": kwargs,
+            "epoch": 0, "val_acc": 0.0, "manifest_hash": "benchmark"}
+    save_best(out, state_dict_copy(model), meta)
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = int(rng.integers(200, 400)), int(rng.integers(200, 400))  # phone-photo-ish, downscaled
+        path = folder / f"img_{i:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="test_vit")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the Predictor's for the device")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the fastest counts")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="sustain_bench_") as tmp:
+        write_checkpoint(Path(tmp) / "run", args.model, args.size)
+        paths = write_images(Path(tmp) / "images", args.images)
+        predictor = Predictor.from_checkpoint(Path(tmp) / "run", device=args.device)
+        args.batch_size = args.batch_size or default_batch_size(predictor.device)
+        predictor.predict(paths[: args.batch_size], batch_size=args.batch_size)  # warm-up: kernels, caches
+        batched_runs, loop_runs = [], []
+        for _ in range(args.repeats):  # alternate, so a noisy neighbour hits both alike
+            batched_runs.append(timed(lambda: predictor.predict(paths, batch_size=args.batch_size)))
+            loop_runs.append(timed(lambda: [predictor.predict([p], batch_size=1) for p in paths]))
+        batched, loop = min(batched_runs), min(loop_runs)
+
+    result = {
+        "model": args.model, "input_size": args.size, "images": args.images, "batch_size": args.batch_size,
+        "device": str(predictor.device), "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if predictor.device.type == "cuda" else None,
+        "machine": platform.processor() or platform.machine(),
+        "repeats": args.repeats, "batched_s": round(batched, 3), "loop_s": round(loop, 3),
+        "batched_images_per_s": round(args.images / batched, 1), "loop_images_per_s": round(args.images / loop, 1),
+        "speedup": round(loop / batched, 2),
+    }
+    print(f"Inference, {args.model} @ {args.size}px, {args.images} images on {result['device']}"
+          f"{' (' + result['gpu'] + ')' if result['gpu'] else ''}:")
+    print(f"  batched (batch {args.batch_size}): {batched:.2f} s  ({result['batched_images_per_s']} images/s)")
+    print(f"  per-image loop:      {loop:.2f} s  ({result['loop_images_per_s']} images/s)")
+    print(f"  batched is {result['speedup']}x faster")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,535 @@
+"""Running a model over a loader, the final evaluation writers, and `sustain evaluate`.
+
+- `collect_predictions` is the one place a model is run over a DataLoader of
+  `sustain.data.dataset.Batch` objects; validation during training and every
+  final evaluation use it, so they cannot disagree.
+- `write_final_evaluation` scores the given weights (the caller's model, or
+  the exported best weights when `checkpoint=` is given) on each split and
+  writes ``confusion_matrix.npy`` + ``classification_report.json`` for val
+  and ``<split>_confusion_matrix.npy`` + ``<split>_classification_report.json``
+  for the others (``test_*``).
+- `load_checkpoint_model` rebuilds a model from ``best_model.safetensors`` +
+  ``best_model.json`` (or a ``.pth`` dict) with the classes, bins and
+  preprocessing stored beside the weights; `sustain predict` uses it too.
+- `evaluate_checkpoint` is `sustain evaluate`: a run's val/test split rebuilt
+  from its ``manifest.csv``, or a labelled folder (``--data``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report
+
+from .checkpoints import EXPORT_META, EXPORT_WEIGHTS, load_checkpoint
+from .data.scan import IMAGE_EXTENSIONS
+from .errors import UsageError
+from .metrics import final_metrics, format_per_class
+from .taxonomy import Taxonomy
+from .utils import atomic_write, atomic_write_json
+
+log = logging.getLogger("sustain.evaluate")
+
+# --------------------------------------------------------------------------- running a model
+
+
+@dataclass
+class Predictions:
+    """A model's outputs over a whole loader, on the CPU, in loader order."""
+
+    logits: torch.Tensor  # float32 [N, C]
+    targets: torch.Tensor  # float32 [N, C] multi-hot
+    source_ids: torch.Tensor  # int64 [N]
+    failed: int  # samples the loader dropped because they could not be read
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(dim=1)
+
+
+def _autocast_context(autocast: Any) -> contextlib.AbstractContextManager:
+    """`autocast` may be None/False (no autocast), a factory returning a context
+    manager (e.g. ``functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)``),
+    or a re-enterable context manager such as a ``torch.autocast`` object."""
+    if not autocast:
+        return contextlib.nullcontext()
+    if hasattr(autocast, "__enter__"):
+        return autocast
+    if callable(autocast):
+        return autocast()
+    raise TypeError(f"autocast must be None, a context manager or a factory of one, got {autocast!r}")
+
+
+def collect_predictions(
+    model: torch.nn.Module,
+    loader: Iterable[Any],
+    device: torch.device | str,
+    autocast: Any = None,
+    *,
+    desc: str = "Validation",
+    progress: bool = True,
+) -> Predictions:
+    """Run `model` in eval mode over every batch of `loader` and gather its logits.
+
+    Batches are `sustain.data.dataset.Batch` objects (``images``, ``targets``,
+    ``source_ids``, ``failed``). The model is left in eval mode; callers that
+    train next call ``model.train()`` themselves.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    model.eval()
+    logits, targets, source_ids, failed = [], [], [], 0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            failed += int(batch.failed)
+            if batch.images is None or len(batch.images) == 0:
+                continue
+            images = batch.images.to(device, non_blocking=True)
+            with _autocast_context(autocast):
+                out = model(images)
+            logits.append(out.float().cpu())
+            targets.append(batch.targets.float().cpu())
+            source_ids.append(batch.source_ids.long().cpu())
+    num_classes = _num_outputs(model)
+    return Predictions(
+        logits=torch.cat(logits) if logits else torch.zeros(0, num_classes),
+        targets=torch.cat(targets) if targets else torch.zeros(0, num_classes),
+        source_ids=torch.cat(source_ids) if source_ids else torch.zeros(0, dtype=torch.long),
+        failed=failed,
+    )
+
+
+def _num_outputs(model: torch.nn.Module) -> int:
+    num = getattr(model, "num_classes", None)
+    if isinstance(num, int):
+        return num
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return last[-1].out_features if last else 0
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def build_classification_report(
+    preds: Predictions, taxonomy: Taxonomy, sources: Sequence[str] | None, split: str
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The JSON report of one split and its C×C confusion matrix.
+
+    The top level is scikit-learn's ``classification_report(output_dict=True)``
+    over all C classes in taxonomy order (zero_division=0), so
+    ``report["<class>"]["f1-score"]`` works as usual. Our additions sit beside
+    it under their own keys (see docs/evaluation.md).
+    """
+    probs = preds.probs.numpy()
+    targets = preds.targets.numpy()
+    m = final_metrics(probs, targets, taxonomy, preds.source_ids.numpy(), sources)
+    report = _sklearn_report(probs, targets, taxonomy)
+    overlap = set(report) & _EXTRA_KEYS
+    if overlap:
+        raise UsageError(f"class names {sorted(overlap)} collide with report keys", "rename those classes")
+    report.update(
+        {
+            "split": split,
+            "classes": list(taxonomy.classes),
+            "n_samples": int(len(probs)),
+            "n_fine": m["n_fine"],
+            "n_set": m["n_set"],
+            "failed": int(preds.failed),
+            "macro_f1": m["macro_f1"],
+            "set_accuracy": m["set_acc"],
+            "top5_accuracy": m["top5_acc"],
+            "expected_calibration_error": m["ece"],
+            "bin_accuracy": m["bin"],
+            "per_source_accuracy": m["per_source"],
+            "worst_classes": [{"class": c, "f1": f, "support": s} for c, f, s in m["worst"]],
+        }
+    )
+    return report, m["confusion"]
+
+
+_EXTRA_KEYS = frozenset(
+    {
+        "split", "classes", "n_samples", "n_fine", "n_set", "failed", "macro_f1", "set_accuracy",
+        "top5_accuracy", "expected_calibration_error", "bin_accuracy", "per_source_accuracy",
+        "worst_classes", "checkpoint",
+    }
+)
+
+
+def _sklearn_report(probs: np.ndarray, targets: np.ndarray, taxonomy: Taxonomy) -> dict[str, Any]:
+    fine = (targets > 0.5).sum(axis=1) == 1
+    names = list(taxonomy.classes)
+    if not fine.any():  # scikit-learn refuses empty input; same shape, all zero
+        zero = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0.0}
+        return {**{c: dict(zero) for c in names}, "accuracy": 0.0,
+                "macro avg": dict(zero), "weighted avg": dict(zero)}
+    return classification_report(
+        targets[fine].argmax(axis=1),
+        probs[fine].argmax(axis=1),
+        labels=list(range(taxonomy.num_classes)),
+        target_names=names,
+        output_dict=True,
+        zero_division=0,
+    )
+
+
+def report_paths(out_dir: Path, split: str, stem: str | None = None) -> tuple[Path, Path]:
+    """(confusion .npy, report .json) of a split. By default val has no prefix and
+    other splits are prefixed with their name (SPEC §7); `stem` replaces the prefix."""
+    if stem is None:
+        stem = "" if split == "val" else f"{split}_"
+    return out_dir / f"{stem}confusion_matrix.npy", out_dir / f"{stem}classification_report.json"
+
+
+def write_split_report(
+    preds: Predictions,
+    taxonomy: Taxonomy,
+    sources: Sequence[str] | None,
+    out_dir: str | Path,
+    split: str,
+    *,
+    stem: str | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write one split's confusion matrix and report atomically; return the report."""
+    report, confusion = build_classification_report(preds, taxonomy, sources, split)
+    if checkpoint is not None:
+        report["checkpoint"] = dict(checkpoint)
+    cm_path, json_path = report_paths(Path(out_dir), split, stem)
+    atomic_write(cm_path, lambda fh: np.save(fh, confusion))
+    atomic_write_json(json_path, report)
+    return report
+
+
+def write_final_evaluation(
+    model: torch.nn.Module,
+    loaders: Mapping[str, Iterable[Any] | None],
+    taxonomy: Taxonomy,
+    sources: Sequence[str] | None,
+    out_dir: str | Path,
+    device: torch.device | str,
+    autocast: Any = None,
+    *,
+    checkpoint: str | Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Score the best weights on each split and write the SPEC §7 reports.
+
+    With ``checkpoint`` (a ``best_model.safetensors`` path, or the run folder
+    holding it) those weights are loaded into `model` first, and the report
+    records their epoch; the engine passes it so the final numbers can never
+    come from the last epoch's live weights. Returns ``{split: report}``; a
+    split whose loader is None is skipped.
+    """
+    record = None
+    if checkpoint is not None:
+        weights, meta = _export_paths(Path(checkpoint))
+        load_weights(model, weights)
+        record = _checkpoint_record(weights, _read_meta(meta) if meta.is_file() else {})
+    device = torch.device(device)
+    model.to(device)
+    results: dict[str, dict[str, Any]] = {}
+    for split, loader in loaders.items():
+        if loader is None:
+            continue
+        preds = collect_predictions(model, loader, device, autocast, desc=f"Final evaluation ({split})")
+        results[split] = write_split_report(preds, taxonomy, sources, out_dir, split, checkpoint=record)
+        log.info("%s", summary_line(results[split]))
+    return results
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """One readable line per split, e.g. for the end of training and `sustain evaluate`."""
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    return (
+        f"📊 {report['split']}: Acc {pct(report['accuracy'])} ({report['n_fine']} fine-labelled images), "
+        f"Macro F1 {report['macro_f1']:.4f}, Top-5 {pct(report['top5_accuracy'])}, "
+        f"Bin {pct(report['bin_accuracy']['acc'])}, Set {pct(report['set_accuracy'])} "
+        f"({report['n_set']} set-labelled), ECE {_fmt(report['expected_calibration_error'])}"
+    )
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+# --------------------------------------------------------------------------- loading checkpoints
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module  # in eval mode, on the requested device
+    meta: dict[str, Any]  # the best_model.json fields
+    taxonomy: Taxonomy
+    path: Path
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm-style data config: input_size, mean, std, interpolation, crop_pct."""
+        m = self.meta
+        return {
+            "input_size": tuple(m["input_size"]),
+            "mean": tuple(m["mean"]),
+            "std": tuple(m["std"]),
+            "interpolation": m.get("interpolation", "bicubic"),
+            "crop_pct": float(m.get("crop_pct", 1.0)),
+            "crop_mode": m.get("crop_mode", "center"),
+        }
+
+
+_REQUIRED_META = ("model_name", "num_classes", "classes", "input_size", "mean", "std")
+
+
+def _export_paths(path: Path) -> tuple[Path, Path]:
+    """(weights, meta) for a run folder, a best_model.safetensors or a best_model.json."""
+    if path.is_dir():
+        return path / EXPORT_WEIGHTS, path / EXPORT_META
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"Cannot read checkpoint metadata {path}: {exc}",
+                         "re-export the model, or pass the .pth checkpoint") from None
+    return meta
+
+
+def _check_meta(meta: Mapping[str, Any], where: Path) -> None:
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise UsageError(f"Checkpoint metadata in {where} lacks {missing}",
+                         "it must come from `sustain train` (best_model.json or a best_model_*.pth)")
+    if len(meta["classes"]) != int(meta["num_classes"]):
+        raise UsageError(f"Checkpoint metadata in {where}: {len(meta['classes'])} classes listed "
+                         f"but num_classes is {meta['num_classes']}")
+
+
+def _checkpoint_record(weights: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {"path": str(weights), "epoch": meta.get("epoch"), "val_acc": meta.get("val_acc"),
+            "manifest_hash": meta.get("manifest_hash")}
+
+
+def taxonomy_from_meta(meta: Mapping[str, Any]) -> Taxonomy:
+    bins = meta.get("bins")
+    return Taxonomy(
+        classes=tuple(meta["classes"]),
+        bins={k: tuple(v) for k, v in bins.items()} if bins else None,
+        sets={k: tuple(v) for k, v in (meta.get("sets") or {}).items()},
+    )
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, torch.Tensor]) -> None:
+    """Load a state dict (or a .safetensors file) into `model`, strictly."""
+    if not isinstance(weights, Mapping):
+        from safetensors.torch import load_file
+
+        path = Path(weights)
+        if not path.is_file():
+            raise UsageError(f"Checkpoint weights not found: {path}", "pass a run folder, best_model.safetensors or a .pth")
+        try:
+            weights = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError for a damaged or truncated file
+            raise UsageError(f"Cannot read checkpoint weights {path}: {exc}",
+                             "the file is damaged; export it again or use the best_model_*.pth") from None
+    from timm.models import clean_state_dict  # strips DDP 'module.' / torch.compile prefixes
+
+    try:
+        model.load_state_dict(clean_state_dict(dict(weights)), strict=True)
+    except RuntimeError as exc:
+        raise UsageError(f"Checkpoint weights do not fit the model: {str(exc).splitlines()[0]}",
+                         "the weights and best_model.json must come from the same run") from None
+
+
+def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and metadata of a training checkpoint (``model`` and ``meta``, see
+    `sustain.checkpoints.save_best`). A checkpoint without ``meta`` (``last.pth``)
+    borrows it from the ``best_model.json`` beside it."""
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model")
+    if not isinstance(state, Mapping):
+        raise UsageError(f"Checkpoint {path} holds no model weights (keys: {sorted(ckpt)[:10]})",
+                         "pass a best_model_*.pth, last.pth or best_model.safetensors written by `sustain train`")
+    meta = dict(ckpt.get("meta") or {})
+    if any(k not in meta for k in _REQUIRED_META) and (path.parent / EXPORT_META).is_file():
+        meta = {**_read_meta(path.parent / EXPORT_META), **meta}
+    return dict(state), meta
+
+
+def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """Rebuild the trained model from a run folder, ``best_model.safetensors``/``.json``,
+    or a ``.pth`` training checkpoint. The architecture comes from ``model_name`` and
+    ``model_kwargs`` in the metadata; nothing is downloaded (``pretrained=False``)."""
+    from .model import create_for_inference
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UsageError(f"Checkpoint not found: {path}", "pass a run folder, best_model.safetensors or a .pth file")
+    if path.suffix == ".pth":
+        state, meta = _read_pth(path)
+        where = path
+    else:
+        weights, meta_path = _export_paths(path)
+        if not meta_path.is_file():
+            raise UsageError(f"Checkpoint metadata not found: {meta_path}",
+                             "best_model.safetensors needs its best_model.json beside it")
+        meta, where, state = _read_meta(meta_path), meta_path, weights
+    _check_meta(meta, where)
+    try:
+        model = create_for_inference(meta["model_name"], int(meta["num_classes"]), meta.get("model_kwargs") or {})
+    except Exception as exc:  # timm raises RuntimeError/TypeError/ValueError for unknown names or kwargs
+        raise UsageError(f"Cannot build model {meta['model_name']!r} from {where}: {exc}",
+                         "check timm's version against the one in run.json") from None
+    load_weights(model, state)
+    model.to(device).eval()
+    return LoadedCheckpoint(model=model, meta=dict(meta), taxonomy=taxonomy_from_meta(meta), path=path)
+
+
+def build_eval_transform_for(data_config: Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """The eval transform training used (`sustain.transforms.build_eval_transform`)."""
+    from .transforms import build_eval_transform
+
+    return build_eval_transform(dict(data_config))
+
+
+# --------------------------------------------------------------------------- sustain evaluate
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    split: str = "val",
+    data_dir: str | Path | None = None,
+    label_map: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """`sustain evaluate`: score a checkpoint and write ``eval_*`` reports beside it.
+
+    Without ``data_dir`` the run's own ``split`` is rebuilt from the
+    ``manifest.csv`` next to the checkpoint. With ``data_dir`` every image
+    under ``<data_dir>/<folder>/`` is scored, the folder naming its class or
+    set (or mapped by the YAML ``label_map``). Reports go to ``out_dir``
+    (default: the checkpoint's folder) as ``eval_<split>_confusion_matrix.npy``
+    and ``eval_<split>_classification_report.json`` (``eval_data_<name>_…`` for
+    a folder), so the training run's own reports are never overwritten.
+    """
+    from torch.utils.data import DataLoader
+
+    from .data.dataset import ManifestDataset, collate_skip_failed
+
+    dev = resolve_device(device)
+    loaded = load_checkpoint_model(checkpoint, dev)
+    run_dir = loaded.path if loaded.path.is_dir() else loaded.path.parent
+    taxonomy = loaded.taxonomy
+    if data_dir is None:
+        rows, sources = read_manifest_split(run_dir / "manifest.csv", split, taxonomy)
+        name = split
+    else:
+        rows, sources = labelled_folder_rows(Path(data_dir), taxonomy, label_map)
+        name = f"data_{Path(data_dir).resolve().name}"
+    dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform_for(loaded.data_config))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
+    preds = collect_predictions(loaded.model, loader, dev)
+    record = _checkpoint_record(loaded.path, loaded.meta)
+    report = write_split_report(preds, taxonomy, sources, Path(out_dir or run_dir), name,
+                                stem=f"eval_{name}_", checkpoint=record)
+    for line in format_per_class(_per_class_view(report), taxonomy):
+        log.info("%s", line)
+    log.info("%s", summary_line(report))
+    if preds.failed:
+        log.warning("⚠️  %d image(s) could not be read and were not scored", preds.failed)
+    return report
+
+
+def _per_class_view(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {"macro_f1": report["macro_f1"],
+            "worst": [(w["class"], w["f1"], w["support"]) for w in report["worst_classes"]]}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' → CUDA, then MPS, then CPU (`sustain.device.plan_device`); 'cuda:1' etc. as given."""
+    if isinstance(device, torch.device) or ":" in str(device):
+        return torch.device(device)
+    from .device import detect_backends, plan_device
+
+    return torch.device(plan_device(str(device), detect_backends()).type)
+
+
+def read_manifest_split(manifest: Path, split: str, taxonomy: Taxonomy) -> tuple[list[Any], list[str]]:
+    """ManifestRows of one split of a run's manifest.csv (labels resolved with the
+    checkpoint's taxonomy, as training did) and their source names."""
+    from .data.lake import read_manifest
+
+    if not manifest.is_file():
+        raise UsageError(f"No manifest.csv next to the checkpoint: {manifest}",
+                         "pass the checkpoint inside its run folder, or score a folder with --data DIR")
+    rows = [r for r in read_manifest(manifest, taxonomy) if r.split == split]
+    if not rows:
+        raise UsageError(f"{manifest} has no '{split}' rows", "pick another --split")
+    return rows, list(dict.fromkeys(r.source for r in rows))
+
+
+def labelled_folder_rows(
+    root: Path, taxonomy: Taxonomy, label_map: str | Path | None = None
+) -> tuple[list[Any], list[str]]:
+    """ManifestRows for ``root/<folder>/**/<image>``; the folder is a class or set
+    name, or is mapped by a YAML ``{folder: class | [classes] | SET | null}``."""
+    import yaml
+
+    from .data.lake import ManifestRow
+
+    if not root.is_dir():
+        raise UsageError(f"--data folder not found: {root}", "pass a folder of <class>/<image> files")
+    mapping: dict[str, Any] | None = None
+    if label_map is not None:
+        try:
+            mapping = yaml.safe_load(Path(label_map).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"Cannot read --label-map {label_map}: {exc}", "give a YAML {folder: class} mapping") from None
+        if not isinstance(mapping, dict):
+            raise UsageError(f"--label-map {label_map} must be a mapping {{folder: class}}")
+    source = f"data_{root.resolve().name}"
+    rows: list[Any] = []
+    unmapped: list[str] = []
+    unknown: dict[str, Any] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if mapping is not None and folder.name not in mapping:
+            unmapped.append(folder.name)
+            continue
+        label = mapping[folder.name] if mapping is not None else folder.name
+        if label is None:
+            continue  # mapped to null on purpose: not scored
+        try:
+            targets = taxonomy.resolve(label)
+        except KeyError:
+            unknown[folder.name] = label
+            continue
+        name = taxonomy.label_name(targets)
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+            rows.append(ManifestRow(path=str(path.resolve()), source=source, label=name, targets=targets,
+                                    split="eval", content_hash="", group=len(rows)))
+    if unmapped:
+        raise UsageError(f"Folders in {root} are not in --label-map {label_map}: {unmapped}",
+                         "add them to the map (a class, a set, a list of classes, or null to skip)")
+    if unknown:
+        problem = (f"--label-map {label_map} maps folders to names that are no class or set of the checkpoint: {unknown}"
+                   if mapping is not None else
+                   f"Folders in {root} name no class or set of the checkpoint: {list(unknown)}")
+        raise UsageError(problem, "use the checkpoint's class or set names, or pass --label-map map.yaml "
+                                  "with {folder: class | [classes] | SET | null}")
+    if not rows:
+        raise UsageError(f"No images found under {root}/<class>/", f"image extensions: {sorted(IMAGE_EXTENSIONS)}")
+    return rows, [source]

@@ -1,0 +1,266 @@
+"""Inference: `Predictor` and `sustain predict` (SPEC §8).
+
+    from sustain import Predictor
+    predictor = Predictor.from_checkpoint("checkpoints/demo")   # or best_model.safetensors / a .pth
+    for p in predictor.predict(["photo.jpg", "folder/"], topk=3):
+        print(p.input, p.topk, p.bin, p.error)
+
+The checkpoint carries everything preprocessing needs (input size, mean/std,
+interpolation, crop_pct) and the taxonomy (classes, bins), so inference uses
+exactly the eval transform and image decoding of training. Images are decoded
+one by one and scored in batches. A file that cannot be read gets a result
+with ``error`` set and no classes; the others are still scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .data.scan import IMAGE_EXTENSIONS, CorruptImage, load_rgb, to_rgb
+from .errors import UsageError
+from .evaluate import (
+    build_eval_transform_for,
+    load_checkpoint_model,
+    resolve_device,
+)
+from .taxonomy import Taxonomy
+
+log = logging.getLogger("sustain.inference")
+
+ImageInput = str | Path | Image.Image
+# Images per forward pass when the caller gives none. On a GPU big batches fill the device;
+# on a CPU a ViT is compute-bound already at batch 1 and large batches only spill caches
+# (docs/performance.md, "Inference").
+DEFAULT_BATCH_SIZE = {"cuda": 32, "mps": 16, "cpu": 8}
+
+
+def default_batch_size(device: torch.device) -> int:
+    return DEFAULT_BATCH_SIZE.get(device.type, 8)
+
+
+@dataclass
+class Prediction:
+    """The result for one image: top-k (class, probability) pairs and the bin of the top class,
+    or ``error`` (and nothing else) when the image could not be read."""
+
+    input: str
+    topk: list[tuple[str, float]] = field(default_factory=list)
+    bin: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        return self.topk[0][0] if self.topk else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "topk": [{"class": c, "probability": p} for c, p in self.topk],
+            "bin": self.bin,
+            "error": self.error,
+        }
+
+
+@dataclass
+class _Loaded:
+    """One input after decoding: an RGB image, or the reason it has none."""
+
+    name: str
+    image: Image.Image | None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def expand_inputs(items: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """Files and PIL images as given; directories walked recursively, sorted, image
+    extensions only. A path that does not exist stays in the list (it becomes an error)."""
+    if isinstance(items, (str, Path, Image.Image)):
+        items = [items]
+    out: list[ImageInput] = []
+    for item in items:
+        if isinstance(item, (str, Path)) and Path(item).is_dir():
+            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            out.extend(str(p) for p in found) if found else out.append(str(item))
+        else:
+            out.append(item)
+    return out
+
+
+def _load(item: ImageInput, index: int) -> _Loaded:
+    if isinstance(item, Image.Image):
+        return _Loaded(f"<image {index}>", to_rgb(item))
+    path = Path(item)
+    if path.is_dir():
+        return _Loaded(str(item), None, "no image files in this folder")
+    if not path.exists():
+        return _Loaded(str(item), None, "no such file")
+    try:
+        return _Loaded(str(item), load_rgb(path))
+    except CorruptImage as exc:
+        return _Loaded(str(item), None, str(exc))
+
+
+def _chunks(items: Sequence[ImageInput], size: int) -> Iterator[list[_Loaded]]:
+    """Decode `size` inputs at a time, so a large folder never sits in memory at once."""
+    for start in range(0, len(items), size):
+        yield [_load(item, start + i) for i, item in enumerate(items[start : start + size])]
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class Predictor:
+    """A trained model with its preprocessing and taxonomy, ready to classify images."""
+
+    def __init__(self, model: torch.nn.Module, taxonomy: Taxonomy, data_config: dict[str, Any],
+                 device: torch.device, meta: dict[str, Any] | None = None) -> None:
+        self.model = model.to(device).eval()
+        self.taxonomy = taxonomy
+        self.data_config = data_config
+        self.device = device
+        self.meta = meta or {}
+        self.transform = build_eval_transform_for(data_config)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
+        """Load a run folder, ``best_model.safetensors`` (+ its ``.json``) or a ``.pth`` checkpoint."""
+        dev = resolve_device(device)
+        loaded = load_checkpoint_model(path, dev)
+        return cls(loaded.model, loaded.taxonomy, loaded.data_config, dev, loaded.meta)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.taxonomy.classes
+
+    def predict_proba(self, images: Sequence[Image.Image], tta: bool = False,
+                      batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities [N, C] for RGB PIL images; with ``tta`` the mean over each
+        image and its mirror image (mirrored before the transform, so crops match exactly)."""
+        batch_size = batch_size or default_batch_size(self.device)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                probs = self._probs(batch)
+                if tta:
+                    probs = (probs + self._probs([ImageOps.mirror(im) for im in batch])) / 2
+                out.append(probs.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def _probs(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        return self.model(x).float().softmax(dim=1)
+
+    def predict(self, images_or_paths: ImageInput | Iterable[ImageInput], topk: int = 3, tta: bool = False,
+                batch_size: int | None = None) -> list[Prediction]:
+        """One `Prediction` per image, in input order (directories expanded in place).
+        ``batch_size`` defaults to `default_batch_size` of the device."""
+        batch_size = batch_size or default_batch_size(self.device)
+        items = expand_inputs(images_or_paths)
+        results: list[Prediction] = []
+        for chunk in _chunks(items, batch_size):
+            results.extend(_score_chunk([self], chunk, topk, tta, batch_size))
+        return results
+
+
+def _score_chunk(predictors: Sequence[Predictor], chunk: list[_Loaded], topk: int, tta: bool,
+                 batch_size: int) -> list[Prediction]:
+    """Average the predictors' probabilities (an ensemble when several) over the readable images."""
+    good = [item for item in chunk if item.error is None]
+    images = [item.image for item in good]
+    probs = np.mean([p.predict_proba(images, tta, batch_size) for p in predictors], axis=0) if good else None
+    taxonomy = predictors[0].taxonomy
+    scored = dict(zip((id(item) for item in good), probs if probs is not None else [], strict=True))
+    return [
+        Prediction(item.name, error=item.error) if item.error is not None
+        else top_predictions(item.name, scored[id(item)], taxonomy, topk)
+        for item in chunk
+    ]
+
+
+def top_predictions(name: str, probs: np.ndarray, taxonomy: Taxonomy, topk: int) -> Prediction:
+    """The k most probable classes (k capped at C) and the bin of the first."""
+    order = np.argsort(-probs, kind="stable")[: max(1, min(topk, len(probs)))]
+    pairs = [(taxonomy.classes[i], float(probs[i])) for i in order]
+    return Prediction(name, pairs, taxonomy.bin_of(pairs[0][0]))
+
+
+# --------------------------------------------------------------------------- sustain predict
+
+
+def load_ensemble(checkpoints: Sequence[str | Path], device: str = "auto") -> list[Predictor]:
+    """Predictors for every --checkpoint; they must share the class list (same order)."""
+    predictors = [Predictor.from_checkpoint(path, device) for path in checkpoints]
+    first = predictors[0]
+    for path, p in zip(checkpoints[1:], predictors[1:], strict=True):
+        if p.classes != first.classes:
+            raise UsageError(f"Checkpoint {path} has other classes than {checkpoints[0]}",
+                             "an ensemble needs checkpoints trained on the same taxonomy")
+    return predictors
+
+
+def predict_cli(checkpoints: Sequence[str | Path], inputs: Sequence[str | Path], topk: int = 3,
+                tta: bool = False, as_json: bool = False, *, batch_size: int | None = None,
+                device: str = "auto", out: IO[str] | None = None) -> int:
+    """`sustain predict`: print a table (or JSON lines) and return the exit code:
+    0 when every image was scored, 1 when any input could not be read (its row says why).
+    With several checkpoints their probabilities are averaged."""
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk}")
+    out = out or sys.stdout
+    predictors = load_ensemble(checkpoints, device)
+    items = expand_inputs(inputs)
+    batch_size = batch_size or default_batch_size(predictors[0].device)
+    results: list[Prediction] = []
+    try:
+        for chunk in _chunks(items, batch_size):
+            scored = _score_chunk(predictors, chunk, topk, tta, batch_size)
+            results.extend(scored)
+            if as_json:  # stream: a consumer sees each line as soon as its batch is done
+                for r in scored:
+                    out.write(json.dumps(r.to_dict()) + "\n")
+                out.flush()
+        if not as_json:
+            out.write(format_table(results) + "\n")
+            failed = sum(not r.ok for r in results)
+            out.write(f"{len(results) - failed} image(s) classified, {failed} failed\n")
+            out.flush()
+    except BrokenPipeError:  # `sustain predict … | head`: the reader left; stop quietly
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    return 0 if all(r.ok for r in results) else 1
+
+
+def format_table(results: Sequence[Prediction]) -> str:
+    """An aligned table: image, top class, its probability, bin, the runners-up."""
+    rows = [("IMAGE", "CLASS", "PROB", "BIN", "NEXT")]
+    for r in results:
+        if r.ok:
+            rest = ", ".join(f"{c} {p:.1%}" for c, p in r.topk[1:])
+            rows.append((r.input, r.topk[0][0], f"{r.topk[0][1]:.1%}", r.bin or "-", rest))
+        else:
+            rows.append((r.input, "ERROR", "", "", r.error or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]), row[3].ljust(widths[3]), row[4]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""Final evaluation writers, checkpoint loading and `sustain evaluate`, on a tiny real timm model.
+
+The helpers at the top (a tiny checkpoint written with `sustain.checkpoints.save_best`,
+real PNG files, a real ManifestDataset loader) are shared with test_inference.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from sustain.checkpoints import save_best, state_dict_copy
+from sustain.data.dataset import ManifestDataset, collate_skip_failed
+from sustain.data.lake import MANIFEST_COLUMNS, ManifestRow
+from sustain.errors import UsageError
+from sustain.evaluate import (
+    collect_predictions,
+    evaluate_checkpoint,
+    load_checkpoint_model,
+    write_final_evaluation,
+)
+from sustain.taxonomy import Taxonomy, build_taxonomy
+from sustain.transforms import build_eval_transform
+
+SIZE = 32
+SMALL = Taxonomy(
+    classes=("glass_jar", "tin_can", "banana_peel", "crisp_packet"),
+    bins={"recycle": ("glass_jar", "tin_can"), "compost": ("banana_peel",), "landfill": ("crisp_packet",)},
+    sets={"RECYCLABLE": ("glass_jar", "tin_can")},
+)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def tiny_model(num_classes: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("test_vit", pretrained=False, num_classes=num_classes, img_size=SIZE,
+                             drop_path_rate=0.0).eval()
+
+
+def export_meta(taxonomy: Taxonomy, epoch: int = 1, val_acc: float = 0.5) -> dict:
+    return {
+        **taxonomy.to_dict(),
+        "model_name": "test_vit",
+        "num_classes": taxonomy.num_classes,
+        "input_size": [3, SIZE, SIZE],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
+        "model_kwargs": {"img_size": SIZE, "drop_path_rate": 0.0},
+        "epoch": epoch,
+        "val_acc": val_acc,
+        "manifest_hash": "test",
+    }
+
+
+def save_tiny_checkpoint(out_dir: Path, model: torch.nn.Module, taxonomy: Taxonomy, epoch: int = 1,
+                         val_acc: float = 0.5) -> Path:
+    """best_model_*.pth + best_model.safetensors + best_model.json, as training writes them."""
+    return save_best(out_dir, state_dict_copy(model), export_meta(taxonomy, epoch, val_acc))
+
+
+def write_images(folder: Path, n: int, seed: int = 0, prefix: str = "img") -> list[Path]:
+    """Random RGB PNGs of assorted sizes (so resize and crop really run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        w, h = int(rng.integers(24, 80)), int(rng.integers(24, 80))
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pixels[: h // 2] = rng.integers(0, 256, 3, dtype=np.uint8)  # a block of colour, so images differ a lot
+        path = folder / f"{prefix}_{i:03d}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_corrupt(path: Path) -> Path:
+    """A PNG cut in half: decodes as a truncated file."""
+    good = write_images(path.parent / "_src", 1, seed=99)[0].read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(good[: len(good) // 2])
+    return path
+
+
+def rows_for(paths: list[Path], targets: list[tuple[int, ...]], taxonomy: Taxonomy, source: str = "lake_a",
+             split: str = "val") -> list[ManifestRow]:
+    return [ManifestRow(path=str(p), source=source, label=taxonomy.label_name(t), targets=tuple(t), split=split,
+                        content_hash=f"h{i}", group=i) for i, (p, t) in enumerate(zip(paths, targets, strict=True))]
+
+
+def loader_for(rows: list[ManifestRow], taxonomy: Taxonomy, sources: list[str], batch_size: int = 4) -> DataLoader:
+    data_config = {"input_size": (3, SIZE, SIZE), "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                   "interpolation": "bilinear", "crop_pct": 0.875}
+    ds = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform(data_config))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
+
+
+def predicted_classes(model: torch.nn.Module, paths: list[Path], taxonomy: Taxonomy) -> list[int]:
+    """What `model` predicts for each image, through the training-side eval pipeline."""
+    rows = rows_for(paths, [(0,)] * len(paths), taxonomy)
+    preds = collect_predictions(model, loader_for(rows, taxonomy, ["lake_a"]), "cpu", progress=False)
+    return preds.logits.argmax(1).tolist()
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_final_evaluation_reports_cover_every_class(tmp_path: Path):
+    taxonomy = build_taxonomy()  # master_30: most classes have no val samples here
+    model = tiny_model(30)
+    paths = write_images(tmp_path / "img", 6)
+    plastic = taxonomy.resolve("PLASTIC")
+    val_targets = [(0,), (0,), (1,), (2,), plastic, (1,)]
+    val_rows = rows_for(paths, val_targets, taxonomy, source="lake_a")
+    val_rows[5] = rows_for([paths[5]], [(1,)], taxonomy, source="lake_b")[0]
+    val_rows.append(rows_for([write_corrupt(tmp_path / "img" / "broken.png")], [(3,)], taxonomy)[0])
+    test_rows = rows_for(paths[:2], [(4,), (4,)], taxonomy, split="test")
+    sources = ["lake_a", "lake_b"]
+    out = tmp_path / "run"
+
+    results = write_final_evaluation(
+        model, {"val": loader_for(val_rows, taxonomy, sources), "test": loader_for(test_rows, taxonomy, sources)},
+        taxonomy, sources, out, "cpu", None)
+
+    cm = np.load(out / "confusion_matrix.npy")
+    assert cm.shape == (30, 30) and cm.dtype == np.int64 and cm.sum() == 5  # fine, readable samples only
+    assert cm[0].sum() == 2 and cm[1].sum() == 2 and cm[2].sum() == 1
+    test_cm = np.load(out / "test_confusion_matrix.npy")
+    assert test_cm.shape == (30, 30) and test_cm[4].sum() == 2
+
+    report = json.loads((out / "classification_report.json").read_text())
+    assert [c for c in taxonomy.classes if c in report] == list(taxonomy.classes)
+    assert report["tea_bags"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0.0}
+    assert report["aerosol_cans"]["support"] == 2
+    assert report["n_fine"] == 5 and report["n_set"] == 1 and report["failed"] == 1
+    assert report["set_accuracy"] in (0.0, 1.0)
+    assert set(report["per_source_accuracy"]) == {"lake_a", "lake_b"}
+    assert report["per_source_accuracy"]["lake_b"]["n_fine"] == 1
+    assert set(report["bin_accuracy"]["per_bin"]) == set(taxonomy.bins)
+    assert report["top5_accuracy"] >= report["accuracy"]
+    assert 0.0 <= report["expected_calibration_error"] <= 1.0
+    assert results["val"]["accuracy"] == report["accuracy"]
+    assert json.loads((out / "test_classification_report.json").read_text())["tea_bags"]["support"] == 0
+
+
+def test_final_evaluation_uses_the_best_weights_not_the_live_ones(tmp_path: Path):
+    model = tiny_model(SMALL.num_classes)
+    paths = write_images(tmp_path / "img", 8)
+    # label each image with the best model's own prediction: the best epoch scores 100%
+    labels = predicted_classes(model, paths, SMALL)
+    run = tmp_path / "run"
+    save_tiny_checkpoint(run, model, SMALL, epoch=3, val_acc=1.0)
+
+    # later epochs make the live model worse: it now always answers a class some images lack
+    wrong = next(c for c in range(SMALL.num_classes) if c != labels[0])
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[wrong] = 10.0
+    loaders = {"val": loader_for(rows_for(paths, [(c,) for c in labels], SMALL), SMALL, ["lake_a"])}
+
+    live = write_final_evaluation(model, loaders, SMALL, ["lake_a"], tmp_path / "live", "cpu")
+    assert live["val"]["accuracy"] < 1.0  # the check below would catch last-epoch weights
+
+    best = write_final_evaluation(model, loaders, SMALL, ["lake_a"], run, "cpu", checkpoint=run)
+    assert best["val"]["accuracy"] == 1.0
+    assert best["val"]["checkpoint"]["epoch"] == 3
+    saved = json.loads((run / "classification_report.json").read_text())
+    assert saved["accuracy"] == 1.0 and saved["checkpoint"]["val_acc"] == 1.0
+
+
+def test_every_checkpoint_form_loads_the_same_model(tmp_path: Path):
+    model = tiny_model(SMALL.num_classes, seed=1)
+    pth = save_tiny_checkpoint(tmp_path / "run", model, SMALL, epoch=2, val_acc=0.25)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    expected = model(x)
+    for form in (tmp_path / "run", tmp_path / "run" / "best_model.safetensors", tmp_path / "run" / "best_model.json", pth):
+        loaded = load_checkpoint_model(form)
+        assert loaded.taxonomy == SMALL
+        assert loaded.data_config["input_size"] == (3, SIZE, SIZE)
+        torch.testing.assert_close(loaded.model(x), expected)
+
+    (tmp_path / "run" / "best_model.json").unlink()
+    with pytest.raises(UsageError, match="best_model.json"):
+        load_checkpoint_model(tmp_path / "run" / "best_model.safetensors")
+    with pytest.raises(UsageError, match="not found"):
+        load_checkpoint_model(tmp_path / "nowhere")
+    # weights from another architecture are refused with a message, not a traceback
+    other = tmp_path / "other"
+    save_best(other, state_dict_copy(tiny_model(3)), export_meta(SMALL))  # 3-class head, 4 classes in meta
+    with pytest.raises(UsageError, match="do not fit"):
+        load_checkpoint_model(other)
+
+
+def test_evaluate_checkpoint_rebuilds_the_runs_split_from_its_manifest(tmp_path: Path):
+    model = tiny_model(SMALL.num_classes)
+    run = tmp_path / "run"
+    save_tiny_checkpoint(run, model, SMALL)
+    val = write_images(tmp_path / "img", 4, prefix="val")
+    test = write_images(tmp_path / "img", 3, seed=5, prefix="test")
+    labels = predicted_classes(model, test, SMALL)
+    lines = [",".join(MANIFEST_COLUMNS)]
+    lines += [f"{p},v/{p.name},lake_a,glass_jar,val,hv{i},{i},0" for i, p in enumerate(val)]
+    lines += [f"{p},t/{p.name},lake_b,{SMALL.classes[c]},test,ht{i},{10 + i},0" for i, (p, c) in enumerate(zip(test, labels, strict=True))]
+    (run / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+    report = evaluate_checkpoint(run / "best_model.safetensors", split="test", device="cpu")
+
+    assert report["split"] == "test" and report["n_fine"] == 3 and report["accuracy"] == 1.0
+    assert list(report["per_source_accuracy"]) == ["lake_b"]
+    assert np.load(run / "eval_test_confusion_matrix.npy").shape == (4, 4)
+    assert (run / "eval_test_classification_report.json").is_file()
+    assert not (run / "classification_report.json").exists()  # the run's own report is never overwritten
+    (run / "manifest.csv").write_text(lines[0] + "\n")
+    with pytest.raises(UsageError, match="no 'val' rows"):
+        evaluate_checkpoint(run, split="val", device="cpu")
+
+
+def test_evaluate_cli_scores_a_labelled_folder(tmp_path: Path, run_cli):
+    model = tiny_model(SMALL.num_classes)
+    run = tmp_path / "run"
+    save_tiny_checkpoint(run, model, SMALL)
+    data = tmp_path / "new_photos"
+    jars = write_images(data / "Jars", 3)
+    mixed = write_images(data / "recyclables", 2, seed=3)
+    write_images(data / "junk", 1, seed=4)
+    label_map = tmp_path / "map.yaml"
+    label_map.write_text(yaml.safe_dump({"Jars": "glass_jar", "recyclables": "RECYCLABLE", "junk": None}))
+
+    result = run_cli("evaluate", "--checkpoint", run, "--data", data, "--label-map", label_map)
+
+    assert result.code == 0, result.output
+    assert "📊 Per-Class Performance:" in result.out and "Macro F1" in result.out
+    report = json.loads((run / "eval_data_new_photos_classification_report.json").read_text())
+    assert report["n_fine"] == len(jars) and report["n_set"] == len(mixed)
+    assert report["glass_jar"]["support"] == 3 and report["tin_can"]["support"] == 0
+    expected = sum(c == 0 for c in predicted_classes(model, jars, SMALL)) / len(jars)
+    assert report["accuracy"] == pytest.approx(expected)
+
+    # without the map, 'Jars' names no class: exit 2 and the folder is named
+    result = run_cli("evaluate", "--checkpoint", run, "--data", data)
+    assert result.code == 2 and "Jars" in result.output and "--label-map" in result.output
+
+
+@pytest.mark.slow
+def test_a_run_whose_last_epoch_is_worse_reports_the_best_epoch(tmp_path: Path):
+    """End to end through the engine: the final evaluation, `sustain evaluate` and the
+    report all show the best epoch's weights, not the last epoch's."""
+    from engine_helpers import make_tiny_lake, tiny_config
+
+    from sustain import train
+
+    lake = make_tiny_lake(tmp_path / "lake", per_class=8)
+    # "cosine to min_lr" with min_lr far above lr is a rising LR: epoch 1 learns the colours,
+    # then an LR climbing to 0.3 wrecks the model, so the last epoch is worse than the best.
+    cfg = tiny_config(lake, tmp_path / "run", train={"epochs": 3, "lr": 2e-3, "min_lr": 0.3, "warmup_epochs": 0})
+
+    result = train(cfg)
+
+    run = tmp_path / "run"
+    history = json.loads((run / "metrics_history.json").read_text())
+    best = result.best_epoch
+    assert best < len(history["val_acc"]) and history["val_acc"][-1] < history["val_acc"][best - 1], (
+        f"precondition: the last epoch must be worse than the best ({history['val_acc']})")
+    report = json.loads((run / "classification_report.json").read_text())
+    assert report["accuracy"] == pytest.approx(history["val_acc"][best - 1])
+    assert report["checkpoint"]["epoch"] == best
+    again = evaluate_checkpoint(run, split="val", device="cpu")
+    assert again["accuracy"] == pytest.approx(report["accuracy"])
+    assert "✓ matches the best epoch" in (run / "report.html").read_text(encoding="utf-8")

@@ -1,0 +1,130 @@
+"""`sustain report`: plots and a self-contained report.html rebuilt from a run folder's artifacts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sustain.errors import UsageError
+from sustain.evaluate import Predictions, write_split_report
+from sustain.report import (
+    CURVES_FIGSIZE,
+    DPI,
+    build_report,
+    confusion_figsize,
+    per_class_figsize,
+)
+from sustain.taxonomy import build_taxonomy
+
+TAXONOMY = build_taxonomy()  # master_30
+
+
+def _pixels(figsize: tuple[float, float]) -> tuple[int, int]:
+    return round(figsize[0] * DPI), round(figsize[1] * DPI)
+
+
+def make_run(run: Path) -> dict:
+    """A finished run's artifacts: history, val/test reports from real predictions, run.json, data summary."""
+    rng = np.random.default_rng(0)
+    n = 120
+    truth = rng.integers(0, 20, n)  # classes 20..29 have no val samples
+    logits = rng.normal(size=(n, 30)).astype(np.float32)
+    logits[np.arange(n), truth] += np.where(truth < 10, 4.0, 0.5)  # classes 0..9 easy, 10..19 hard
+    targets = torch.zeros(n, 30)
+    targets[torch.arange(n), torch.from_numpy(truth)] = 1.0
+    targets[-5:] = 0
+    targets[-5:, list(TAXONOMY.resolve("ORGANIC"))] = 1.0  # a few set-labelled images
+    preds = Predictions(torch.from_numpy(logits), targets, torch.from_numpy(rng.integers(0, 2, n)), failed=2)
+    val = write_split_report(preds, TAXONOMY, ["demo_master", "demo_coarse"], run, "val",
+                             checkpoint={"epoch": 3, "val_acc": 0.5})
+    write_split_report(preds, TAXONOMY, ["demo_master", "demo_coarse"], run, "test")
+    history = {
+        "epoch": [1, 2, 3, 4],
+        "train_loss": [3.2, 2.1, 1.4, 1.2],
+        "train_acc": [0.1, 0.3, 0.5, 0.6],
+        "val_loss": [3.0, 2.2, 1.9, None],  # a non-finite epoch is written as null
+        "val_acc": [0.2, 0.4, val["accuracy"], 0.45],
+        "val_macro_f1": [0.1, 0.3, 0.5, 0.4],
+        "lr": [1e-3, 8e-4, 4e-4, 1e-4],
+        "skipped": [0.0, 0.07, 0.0, 0.25],
+        "health": ["healthy", "warning", "healthy", "critical"],
+        "epoch_seconds": [10.0, 9.5, 9.7, 9.6],
+        "images_per_second": [120.0, 126.0, 124.0, 125.0],
+    }
+    (run / "metrics_history.json").write_text(json.dumps(history))
+    (run / "run.json").write_text(json.dumps({
+        "config": {"model": {"name": "test_vit"}, "seed": 42}, "device": "cpu", "seed": 42,
+        "manifest_hash": "abc123", "versions": {"torch": torch.__version__},
+        "health": {"nonfinite_loss": 3, "nonfinite_grad": 0, "data_errors": 2},
+        "success_checklist": [{"id": "loss", "item": "Loss decreased", "passed": True, "detail": "3.2 → 1.2"}],
+    }))
+    (run / "data_summary.json").write_text(json.dumps({"total": 1234, "sources": {"<script>alert(1)</script>": 5}}))
+    return val
+
+
+def test_report_files_are_complete_and_self_contained(tmp_path: Path, run_cli):
+    run = tmp_path / "run"
+    val = make_run(run)
+
+    result = run_cli("report", run)
+    assert result.code == 0, result.output
+
+    for name, figsize in (("training_curves.png", CURVES_FIGSIZE), ("confusion_matrix.png", confusion_figsize(30)),
+                          ("per_class_f1.png", per_class_figsize(30))):
+        with Image.open(run / name) as im:
+            assert im.size == _pixels(figsize), name
+            assert len(np.unique(np.asarray(im.convert("L")))) > 20  # a real plot, not a blank canvas
+    assert _pixels(confusion_figsize(30))[0] >= 1400  # 30 legible labels need room
+
+    page = (run / "report.html").read_text(encoding="utf-8")
+    inlined = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(inlined) == 3
+    assert base64.b64decode(inlined[1]) == (run / "confusion_matrix.png").read_bytes()
+    assert "src=\"http" not in page and "<script" not in page  # nothing external, data is escaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+    worst = [w["class"] for w in val["worst_classes"]]
+    assert len(worst) == 5 and all(f"<td>{name}</td>" in page for name in worst)
+    assert all(c in page for c in TAXONOMY.classes[20:])  # the classes without val samples are named
+    assert "10 class(es) have no val samples" in page
+    cm = np.load(run / "confusion_matrix.npy")
+    np.fill_diagonal(cm, 0)
+    t, p = np.unravel_index(cm.argmax(), cm.shape)
+    assert f"<td>{TAXONOMY.classes[t]}</td><td>{TAXONOMY.classes[p]}</td>" in page  # the top confusion pair
+    for text in ("demo_master", "demo_coarse", "compost", "donate", "Loss decreased", "critical", "abc123",
+                 "✓ matches the best epoch", "nonfinite_loss"):
+        assert text in page, text
+
+
+def test_report_tolerates_missing_optional_artifacts(tmp_path: Path):
+    run = tmp_path / "run"
+    make_run(run)
+    for name in ("run.json", "data_summary.json", "test_classification_report.json", "test_confusion_matrix.npy"):
+        (run / name).unlink()
+
+    page = build_report(run).read_text(encoding="utf-8")
+
+    assert "run.json not found (the run may still be in progress)" in page
+    assert "data_summary.json not found" in page
+    assert page.count("data:image/png;base64,") == 3
+
+    # a run in progress: only the history so far
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "metrics_history.json").write_text(json.dumps({"epoch": [1], "train_loss": [2.0], "val_acc": [0.3]}))
+    page = build_report(early).read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 1 and "classification_report.json not found" in page
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
+    with pytest.raises(UsageError, match="not found"):
+        build_report(tmp_path / "nope")
+    with pytest.raises(UsageError, match="No run artifacts"):
+        build_report(tmp_path)
