@@ -1,0 +1,34 @@
+"""`python -m benchmarks` (what `make bench` runs): every benchmark with its default sizes.
+
+Each one prints ratios measured within its own run (these machines are noisy);
+docs/performance.md records the figures. Pass names to run a subset:
+`python -m benchmarks ingest predict`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import bench_ingest, bench_predict, bench_train
+
+BENCHMARKS = {
+    "ingest": lambda: bench_ingest.main([]),
+    "train": lambda: bench_train.main([]),
+    "predict": lambda: (bench_predict.run([]), 0)[1],
+}
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    failures = 0
+    for name in names or list(BENCHMARKS):
+        print(f"\n=== benchmark: {name} ===", flush=True)
+        failures += int(bool(BENCHMARKS[name]()))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
