@@ -33,15 +33,15 @@ class _Section(BaseModel):
 
 
 class TaxonomyConfig(_Section):
-    classes: Union[Literal["master_30"], list[str]] = "master_30"
-    bins: Union[Literal["master_30"], dict[str, list[str]], None] = "master_30"
+    classes: Literal["master_30"] | list[str] = "master_30"
+    bins: Literal["master_30"] | dict[str, list[str]] | None = "master_30"
     sets: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class SourceConfig(_Section):
     name: str = Field(min_length=1)
     root: str = Field(min_length=1)
-    label_map: Union[Literal["identity"], dict[str, LabelTarget]]
+    label_map: Literal["identity"] | dict[str, LabelTarget]
     enabled: bool = True
     ignore_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE_DIRS))
     exclude: list[str] = Field(default_factory=list)  # globs of paths under root to skip, e.g. 'DATASET/DATASET/**'
@@ -77,11 +77,11 @@ class DataConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: Literal["strong", "light", "none"] = "strong"
     augment_options: AugmentOptions = Field(default_factory=AugmentOptions)
-    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = "auto"
+    num_workers: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     strict: bool = False  # unmapped files are an error
     max_image_pixels: int = Field(89_478_485, gt=0)  # decompression-bomb guard (PIL's default)
     near_duplicate_distance: int = Field(4, ge=0, le=64)  # Hamming bits on a 64-bit pHash
-    ingest_workers: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
+    ingest_workers: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     cache_dir: str | None = None  # decode cache; null: <data.root>/.sustain_cache
 
     @field_validator("sources")
@@ -96,14 +96,14 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = "eva02_base_patch14_224"
-    pretrained: Union[bool, str] = True  # true: timm hub; false: random; or a local weights file
+    pretrained: bool | str = True  # true: timm hub; false: random; or a local weights file
     input_size: int | None = Field(None, ge=8)  # null: from the model's pretrained config
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     grad_checkpointing: bool = False  # never used on MPS
-    channels_last: Union[Literal["auto"], bool] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"
     compile: bool = False
 
 

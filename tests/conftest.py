@@ -106,3 +106,55 @@ def run_cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def sustain_log(caplog: pytest.LogCaptureFixture):
+    """caplog, attached to the "sustain" logger itself: setup_logging turns its propagation off."""
+    logger = logging.getLogger("sustain")
+    saved = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+class _ShuffledScandir:
+    """An os.scandir stand-in that lists entries in a random order."""
+
+    def __init__(self, real, path, rng):
+        with real(path) as it:
+            self.entries = list(it)
+        rng.shuffle(self.entries)
+        self._iter = iter(self.entries)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._iter)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def shuffled_scandir(monkeypatch: pytest.MonkeyPatch):
+    """Make os.scandir list every folder in a seeded random order (not the filesystem's)."""
+    import os
+
+    import numpy as np
+
+    real, rng = os.scandir, np.random.default_rng(11)
+    monkeypatch.setattr(os, "scandir", lambda p: _ShuffledScandir(real, p, rng))

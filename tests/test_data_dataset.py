@@ -23,22 +23,6 @@ TRANSFORM = T.Compose([T.Resize((16, 16)), T.ToTensor()])
 
 
 @pytest.fixture
-def sustain_log(caplog: pytest.LogCaptureFixture):
-    """caplog, attached to the "sustain" logger itself: setup_logging turns its propagation off."""
-    logger = logging.getLogger("sustain")
-    saved = logger.level, logger.propagate
-    logger.addHandler(caplog.handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
-@pytest.fixture
 def lake(tmp_path: Path):
     rng = np.random.default_rng(0)
     for folder, n in {"fine/shoes": 10, "fine/clothing": 10, "coarse/metal": 10}.items():

@@ -22,22 +22,6 @@ TAX = build_taxonomy()
 SPLITS = ("train", "val", "test")
 
 
-@pytest.fixture
-def sustain_log(caplog: pytest.LogCaptureFixture):
-    """caplog, attached to the "sustain" logger itself: setup_logging turns its propagation off."""
-    logger = logging.getLogger("sustain")
-    saved = logger.level, logger.propagate
-    logger.addHandler(caplog.handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
 def picture(seed: int, size: int = 24) -> Image.Image:
     """A smooth random picture: distinct seeds give distinct pHashes and colours."""
     rng = np.random.default_rng(seed)
@@ -256,33 +240,10 @@ def test_unmapped_folders_are_reported_with_count_and_example(built) -> None:
 # --------------------------------------------------------------------------- determinism
 
 
-def test_same_split_under_shuffled_listing_other_creation_order_and_location(built, tmp_path, monkeypatch) -> None:
+def test_same_split_under_shuffled_listing_other_creation_order_and_location(built, tmp_path, shuffled_scandir) -> None:
     _, _, _, lake = built
     root = tmp_path / "elsewhere" / "lake"
     build_lake(root, reverse=True)
-    real_scandir = os.scandir
-    rng = np.random.default_rng(11)
-
-    class Shuffled:
-        def __init__(self, path):
-            with real_scandir(path) as it:
-                self.entries = list(it)
-            rng.shuffle(self.entries)
-            self.it = iter(self.entries)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            return next(self.it)
-
-    monkeypatch.setattr(os, "scandir", Shuffled)
     cfg = config_from_dict(lake_config(root, tmp_path))
     again = ingest(cfg, TAX, log_summary=False)
     assert again.manifest_hash == lake.manifest_hash

@@ -123,32 +123,7 @@ def test_modes_become_8bit_rgb(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- walking
 
 
-class _Shuffled:
-    """An os.scandir stand-in that lists entries in a random order."""
-
-    def __init__(self, real, path, rng):
-        with real(path) as it:
-            self.entries = list(it)
-        rng.shuffle(self.entries)
-        self._iter = iter(self.entries)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return next(self._iter)
-
-    def close(self):
-        pass
-
-
-def test_walk_is_sorted_whatever_the_listing_order(tmp_path: Path, monkeypatch) -> None:
+def test_walk_is_sorted_whatever_the_listing_order(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     for rel in ["b/2.jpg", "b/10.jpg", "a/x/1.PNG", "a/0.jpg", "c.jpg", "a/readme.txt", ".hidden/1.jpg",
                 "a/.DS_Store", "DATASET/copy/1.jpg", "keep/DATASET.jpg"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +133,7 @@ def test_walk_is_sorted_whatever_the_listing_order(tmp_path: Path, monkeypatch) 
     assert rels == ["a/0.jpg", "a/x/1.PNG", "b/10.jpg", "b/2.jpg", "c.jpg", "keep/DATASET.jpg"]
     assert plain.excluded == 1 and plain.ignored == ["a/readme.txt"]
 
-    real = os.scandir
-    rng = np.random.default_rng(3)
-    monkeypatch.setattr(os, "scandir", lambda p: _Shuffled(real, p, rng))
+    request.getfixturevalue("shuffled_scandir")
     for _ in range(3):
         assert [f.rel for f in walk_source(tmp_path, exclude=["DATASET/**"]).files] == rels
 
