@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,7 +25,7 @@ DEFAULT_IGNORE_DIRS: tuple[str, ...] = (
 )
 
 # A label_map value: one class, a set name, a list of classes (a set label), or None (drop).
-LabelTarget = Union[str, list[str], None]
+LabelTarget = str | list[str] | None
 
 
 class _Section(BaseModel):
