@@ -1,0 +1,197 @@
+"""End-to-end training throughput against the compute-only ceiling, and an RSS leak check.
+
+    python benchmarks/bench_train.py                      # demo model + eva02_tiny at 224 px
+    python benchmarks/bench_train.py --only demo --epochs 8
+    python benchmarks/bench_train.py --lake data/demo     # reuse an existing demo lake
+
+For each case, in one process:
+- **end to end**: `sustain.engine.train` on the demo lake (decoding, augmentation,
+  DataLoader, guards, bars: everything a user runs); images/s is the median of
+  the engine's per-epoch `images_per_second` over epochs 2..N (epoch 1 warms up);
+- **ceiling**: the same model, optimizer, loss, batch size, precision and CPU
+  thread count, stepping on one batch of tensors already in memory
+  (forward, loss, backward, clip, optimizer step); measured before and after
+  the end-to-end run, the faster counts;
+- **ratio** = end to end / ceiling (goal ≥ 0.9: the data path and the loop
+  overhead together cost at most 10%).
+The demo case also records the process RSS at the end of every epoch: after
+the first epochs it must stay flat (no leak).
+
+Writes benchmarks/results/bench_train.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from sustain.config import Config, load_config  # noqa: E402
+from sustain.device import cpu_count, plan_cpu_threads, plan_num_workers  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "bench_train.json"
+
+CASES: dict[str, list[str]] = {
+    # configs/demo.yaml as `make train` runs it.
+    "demo": [],
+    # EVA02's smallest sibling at its native 224 px; a capped epoch keeps the run short on a CPU.
+    "eva02_tiny_224": ["model.name=eva02_tiny_patch14_224", "model.input_size=224", "model.drop_path_rate=0.1",
+                       "train.batch_size=16", "train.max_steps_per_epoch=6"],
+}
+
+
+class EpochRSS(logging.Handler):
+    """Samples the process RSS whenever the engine logs its `Epoch E/N: ...` line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        import psutil
+
+        self.process = psutil.Process()
+        self.rss_mb: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Epoch ") and "Train Acc" in record.getMessage():
+            self.rss_mb.append(self.process.memory_info().rss / 2**20)
+
+
+def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
+    """Images/s of the bare training step on one in-memory batch, with the engine's own building blocks."""
+    from sustain.device import plan_precision
+    from sustain.engine import build_optimizer, guarded_optimizer_step, make_scaler
+    from sustain.losses import PartialLabelLoss
+    from sustain.model import build_model
+    from sustain.taxonomy import build_taxonomy
+
+    taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
+    model = build_model(cfg.model, taxonomy.num_classes, "cpu")
+    size = cfg.model.input_size or model.pretrained_cfg["input_size"][-1]
+    optimizer = build_optimizer(cfg, model)
+    loss_fn = PartialLabelLoss(cfg.train.label_smoothing)
+    precision = plan_precision("cpu", cfg.train.amp, False)
+    scaler = make_scaler("cpu", precision, precision.autocast)
+    batch = cfg.train.batch_size
+    images = torch.randn(batch, 3, size, size)
+    targets = torch.nn.functional.one_hot(torch.arange(batch) % taxonomy.num_classes, taxonomy.num_classes).float()
+    model.train()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.autocast):
+            loss = loss_fn(model(images), targets)
+        bool(torch.isfinite(loss))  # the engine's loss guard syncs here too
+        scaler.scale(loss / cfg.train.accum_steps).backward()
+        guarded_optimizer_step(model, optimizer, scaler, cfg.train.grad_clip)
+
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: str) -> dict[str, Any]:
+    from sustain.engine import train
+
+    with tempfile.TemporaryDirectory(prefix=f"bench_train_{name}_") as out:
+        cfg = load_config(ROOT / "configs" / "demo.yaml", [
+            f"data.root={lake}", f"output_dir={out}", f"train.epochs={epochs}", "train.early_stopping_patience=0",
+            f"data.num_workers={workers}", "device=cpu", *overrides])
+        n_workers = plan_num_workers(cfg.data.num_workers, "cpu", cpu_count=cpu_count(), in_jupyter=False,
+                                     platform=sys.platform)
+        threads = plan_cpu_threads(torch.get_num_threads(), cpu_count=cpu_count(), num_workers=n_workers)
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the thread count the engine will use
+        steps = min(cfg.train.max_steps_per_epoch or 30, 30)
+        ceiling_before = compute_ceiling(cfg, steps)
+        torch.set_num_threads(saved_threads)
+
+        rss = EpochRSS()
+        logging.getLogger("sustain.engine").addHandler(rss)
+        t = time.perf_counter()
+        try:
+            result = train(cfg)
+        finally:
+            logging.getLogger("sustain.engine").removeHandler(rss)
+        wall = time.perf_counter() - t
+
+        torch.set_num_threads(threads)
+        ceiling_after = compute_ceiling(cfg, steps)
+        torch.set_num_threads(saved_threads)
+
+    per_epoch = result.history["images_per_second"]
+    e2e = statistics.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)
+    ceiling = max(ceiling_before, ceiling_after)
+    growth = (rss.rss_mb[-1] - rss.rss_mb[1]) if len(rss.rss_mb) > 2 else None
+    return {
+        "case": name, "model": cfg.model.name, "input_size": cfg.model.input_size, "batch_size": cfg.train.batch_size,
+        "epochs": epochs, "num_workers": n_workers, "cpu_threads": threads,
+        "end_to_end_images_per_s": round(e2e, 1), "per_epoch_images_per_s": [round(v, 1) for v in per_epoch],
+        "ceiling_images_per_s": round(ceiling, 1),
+        "ceiling_before_after": [round(ceiling_before, 1), round(ceiling_after, 1)],
+        "ratio": round(e2e / ceiling, 3), "wall_s": round(wall, 1),
+        "best_val_acc": result.best_val_acc, "ok": result.ok,
+        "rss_mb_per_epoch": [round(v, 1) for v in rss.rss_mb],
+        "rss_growth_after_epoch_2_mb": round(growth, 1) if growth is not None else None,
+    }
+
+
+def ensure_lake(path: Path | None) -> Path:
+    if path is not None and path.is_dir():
+        return path
+    from sustain.data.demo import make_demo_lake
+
+    target = path or Path(tempfile.mkdtemp(prefix="bench_train_lake_")) / "demo"
+    make_demo_lake(target, seed=0)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lake", type=Path, help="an existing demo lake (default: generate one)")
+    parser.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of the demo case (eva02_tiny runs 3)")
+    parser.add_argument("--workers", default="auto", help="data.num_workers (default: auto, as make train)")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    quiet = logging.getLogger("sustain")  # INFO records must reach the RSS probe, but nothing is printed
+    quiet.setLevel(logging.INFO)
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+
+    lake = ensure_lake(args.lake)
+    rows = []
+    for name in args.only or list(CASES):
+        epochs = args.epochs if name == "demo" else 3
+        row = run_case(name, CASES[name], lake, epochs, args.workers)
+        rows.append(row)
+        print(f"{name:16s} end-to-end {row['end_to_end_images_per_s']:8.1f} img/s   ceiling "
+              f"{row['ceiling_images_per_s']:8.1f} img/s   ratio {row['ratio']:.3f}   "
+              f"workers {row['num_workers']}, threads {row['cpu_threads']}   RSS/epoch {row['rss_mb_per_epoch']}")
+    report = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cpus": cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "results": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"written: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

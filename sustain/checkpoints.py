@@ -1,0 +1,208 @@
+"""Checkpoint files (SPEC §7): atomic, tensors and plain types only, loaded with `weights_only=True`.
+
+Files in the output folder:
+- `last.pth`: everything an exact resume needs (see `docs/training.md`).
+- `best_model_epoch{E}_acc{A:.2f}.pth`: the best weights so far (`model`) and
+  their metadata (`meta`); only the current best is kept.
+- `best_model.safetensors` + `best_model.json`: the weights-only export that
+  inference reads.
+
+Nothing here unpickles arbitrary objects: a checkpoint that holds anything
+but tensors and plain Python types is refused, and its payload never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .utils import atomic_write, atomic_write_text
+
+log = logging.getLogger("sustain.checkpoints")
+
+LAST = "last.pth"
+EXPORT_WEIGHTS = "best_model.safetensors"
+EXPORT_META = "best_model.json"
+BEST_GLOB = "best_model_epoch*_acc*.pth"
+FORMAT_VERSION = 1
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def best_checkpoint_name(epoch: int, val_acc: float) -> str:
+    """`best_model_epoch{E}_acc{A:.2f}.pth` with A the val accuracy in percent."""
+    return f"best_model_epoch{epoch}_acc{100.0 * val_acc:.2f}.pth"
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write `state` atomically; refuse anything `torch.load(weights_only=True)` could not read back."""
+    check_plain(state)
+    return atomic_write(path, lambda fh: torch.save(dict(state), fh))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`. A file holding pickled objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Checkpoint not found: {path}", "pass --resume auto, or the path of a last.pth")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for forbidden globals, RuntimeError for a damaged file
+        raise UsageError(
+            f"Refusing to load checkpoint {path}: it is not a plain tensor checkpoint "
+            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})",
+            "only files written by `sustain train` (tensors and plain Python types) are loaded; "
+            "never load a checkpoint from an untrusted source with weights_only=False",
+        ) from None
+    if not isinstance(state, dict):
+        raise UsageError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict of training state")
+    return state
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError naming the first value that is not a tensor or a plain Python type."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}")
+            check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__name__}: checkpoints hold only tensors and plain types")
+
+
+def state_dict_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A true copy of the weights on the CPU: later training steps cannot change it."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- best model
+
+
+def save_best(out_dir: str | Path, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write the new best checkpoint and the inference export; then delete the previous best.
+
+    `weights` must already be a copy (`state_dict_copy`). `meta` holds the
+    `best_model.json` fields, including `epoch` and `val_acc` (a fraction).
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / best_checkpoint_name(int(meta["epoch"]), float(meta["val_acc"]))
+    previous = [p for p in out_dir.glob(BEST_GLOB) if p != path]
+    save_checkpoint(path, {"format": FORMAT_VERSION, "kind": "best", "model": dict(weights), "meta": dict(meta)})
+    export_weights(out_dir, weights, meta)
+    for old in previous:  # only after the new files are complete
+        old.unlink(missing_ok=True)
+    return path
+
+
+def export_weights(out_dir: str | Path, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """`best_model.safetensors` + `best_model.json` (the files inference uses)."""
+    from safetensors.torch import save as to_safetensors
+
+    out_dir = Path(out_dir)
+    blob = to_safetensors(dict(weights), metadata={"format": "pt"})
+    path = atomic_write(out_dir / EXPORT_WEIGHTS, lambda fh: fh.write(blob))
+    atomic_write_text(out_dir / EXPORT_META, json.dumps(_json_safe(meta), indent=2) + "\n")
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
+    """The checkpoint `--resume auto|PATH` points at (None: start fresh)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = Path(out_dir) / LAST
+        if path.is_file():
+            return path
+        log.info("No %s in %s: starting a new run", LAST, out_dir)
+        return None
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise UsageError(f"Checkpoint to resume from not found: {path}", "use --resume auto or the path of a last.pth")
+    return path
+
+
+def check_resume_compatible(state: Mapping[str, Any], classes: list[str], manifest_hash: str, path: Path) -> None:
+    """Refuse a resume whose class list or data manifest differs from this run's."""
+    if state.get("kind") != "last":
+        raise UsageError(f"{path} is not a resumable checkpoint (kind {state.get('kind')!r})",
+                         "resume from last.pth; best checkpoints hold weights only")
+    saved = list(state.get("classes") or [])
+    if saved != list(classes):
+        added = [c for c in classes if c not in saved]
+        removed = [c for c in saved if c not in classes]
+        detail = "; ".join(filter(None, [f"added {added}" if added else "", f"removed {removed}" if removed else ""]))
+        raise UsageError(
+            f"Cannot resume from {path}: the class list changed ({detail or 'same classes, different order'})",
+            "resume with the taxonomy the run started with, or start a new run in another output folder",
+        )
+    if state.get("manifest_hash") != manifest_hash:
+        raise UsageError(
+            f"Cannot resume from {path}: the data manifest changed "
+            f"(hash {state.get('manifest_hash')} in the checkpoint, {manifest_hash} now)",
+            "resume with the same data and split, or start a new run in another output folder",
+        )
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (CPU, CUDA, MPS) RNG states as tensors and plain types."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+    mps = getattr(torch, "mps", None)
+    if mps is not None and torch.backends.mps.is_available():
+        state["mps"] = mps.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])

@@ -1,0 +1,171 @@
+"""Device and precision plans (SPEC §6).
+
+The decisions are pure functions of what the machine offers (`Backends`), so
+the CUDA and MPS branches can be tested on any machine. `detect_backends()` is
+the only function here that asks the hardware.
+
+Order for `device: auto`: CUDA, then MPS, then CPU.
+- CUDA: bf16 autocast where the GPU supports it, else fp16 with a GradScaler;
+  TF32 matmuls; channels_last for convolutional models; pinned memory.
+- MPS: fp32 unless AMP is asked for; no pinned memory; never gradient
+  checkpointing; DataLoader workers default to 0 inside Jupyter on macOS
+  (spawned workers there are slow to start and fragile).
+- CPU: fp32 unless AMP is asked for (then bf16 autocast, no scaler).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+
+DeviceType = Literal["cuda", "mps", "cpu"]
+
+
+@dataclass(frozen=True)
+class Backends:
+    """What the machine offers."""
+
+    cuda: bool = False
+    cuda_bf16: bool = False
+    cuda_name: str | None = None
+    cuda_count: int = 0
+    mps: bool = False
+    mps_built: bool = False
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    type: DeviceType
+    name: str  # human-readable accelerator name
+    pin_memory: bool
+    allow_tf32: bool
+    grad_checkpointing_ok: bool
+
+    @property
+    def line(self) -> str:
+        """The device line of the startup sequence."""
+        return f"🖥️  Using device: {self.type} ({self.name})"
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    autocast: bool
+    dtype: Literal["bfloat16", "float16", "float32"]
+    grad_scaler: bool
+
+    @property
+    def label(self) -> str:
+        if not self.autocast:
+            return "fp32"
+        return f"{'bf16' if self.dtype == 'bfloat16' else 'fp16'} autocast" + (" + GradScaler" if self.grad_scaler else "")
+
+
+def plan_device(requested: str, available: Backends) -> DevicePlan:
+    """Pick the device: the one asked for, or the first of CUDA, MPS, CPU that exists."""
+    if requested not in ("auto", "cuda", "mps", "cpu"):
+        raise ConfigError("device", f"unknown device {requested!r}", "use auto, cuda, mps or cpu")
+    if requested == "cuda" and not available.cuda:
+        raise ConfigError("device", "CUDA was asked for but no CUDA GPU is available",
+                          "use device: auto (or --set device=cpu), or install a CUDA build of torch")
+    if requested == "mps" and not available.mps:
+        why = "this torch build has MPS but the GPU is not available" if available.mps_built else "this torch build has no MPS support"
+        raise ConfigError("device", f"MPS was asked for but {why}", "use device: auto or cpu; MPS needs macOS 12.3+ on Apple Silicon")
+
+    if requested == "cuda" or (requested == "auto" and available.cuda):
+        return DevicePlan("cuda", available.cuda_name or "CUDA GPU", pin_memory=True, allow_tf32=True,
+                          grad_checkpointing_ok=True)
+    if requested == "mps" or (requested == "auto" and available.mps):
+        return DevicePlan("mps", "Apple Silicon GPU", pin_memory=False, allow_tf32=False, grad_checkpointing_ok=False)
+    return DevicePlan("cpu", "CPU", pin_memory=False, allow_tf32=False, grad_checkpointing_ok=True)
+
+
+def plan_precision(device_type: str, amp: str, bf16_supported: bool) -> PrecisionPlan:
+    """Autocast dtype and GradScaler use for a device and the `train.amp` setting (auto | on | off)."""
+    if amp not in ("auto", "on", "off"):
+        raise ConfigError("train.amp", f"unknown value {amp!r}", "use auto, on or off")
+    use_amp = amp == "on" or (amp == "auto" and device_type == "cuda")
+    if not use_amp:
+        return PrecisionPlan(autocast=False, dtype="float32", grad_scaler=False)
+    if device_type == "cpu":
+        return PrecisionPlan(autocast=True, dtype="bfloat16", grad_scaler=False)
+    if bf16_supported:  # bf16 has fp32's range: no loss scaling needed
+        return PrecisionPlan(autocast=True, dtype="bfloat16", grad_scaler=False)
+    return PrecisionPlan(autocast=True, dtype="float16", grad_scaler=True)
+
+
+def plan_channels_last(setting: str | bool, device_type: str, conv_layers: int) -> bool:
+    """channels_last helps convolutions on CUDA; a ViT has only its patch-embedding conv."""
+    if setting != "auto":
+        return bool(setting)
+    return device_type == "cuda" and conv_layers > 1
+
+
+def plan_num_workers(setting: str | int, device_type: str, *, cpu_count: int, in_jupyter: bool,
+                     platform: str, world_size: int = 1) -> int:
+    """DataLoader workers: the configured number, or a default for the machine."""
+    if setting != "auto":
+        return int(setting)
+    if in_jupyter and platform == "darwin":
+        return 0  # spawned workers inside Jupyter on macOS are slow and fragile
+    per_process = max(1, cpu_count // max(1, world_size))
+    return min(8, max(0, per_process - 1))  # leave a core for the training process
+
+
+def plan_cpu_threads(current: int, *, cpu_count: int, num_workers: int, world_size: int = 1) -> int:
+    """Intra-op threads for CPU training: the cores left after the DataLoader workers, never more than now.
+
+    Oversubscribed cores make PyTorch's worker threads spin against each other;
+    on a 2-core machine with one loader worker, one thread trains many times
+    faster than two (docs/performance.md). Only ever lowers `current`, so a
+    user's own `torch.set_num_threads` / OMP_NUM_THREADS still wins.
+    """
+    free = max(1, cpu_count // max(1, world_size) - num_workers)
+    return max(1, min(current, free))
+
+
+# --------------------------------------------------------------------------- edges
+
+
+def detect_backends() -> Backends:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps_backend = getattr(torch.backends, "mps", None)
+    return Backends(
+        cuda=cuda,
+        cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        cuda_name=torch.cuda.get_device_name(0) if cuda else None,
+        cuda_count=torch.cuda.device_count() if cuda else 0,
+        mps=bool(mps_backend and mps_backend.is_available()),
+        mps_built=bool(mps_backend and mps_backend.is_built()),
+    )
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (where DataLoader workers behave differently on macOS)."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    ip = shell.get_ipython() if hasattr(shell, "get_ipython") else None
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def apply_backend_flags(plan: DevicePlan) -> None:
+    """Process-wide switches that follow from the plan."""
+    import torch
+
+    if plan.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = plan.allow_tf32
+        torch.backends.cudnn.allow_tf32 = plan.allow_tf32
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels

@@ -1,0 +1,1145 @@
+"""The training loop (SPEC §6, §7): `train(cfg, resume=None) -> RunResult`.
+
+Read `_train` top to bottom: it is the run. Setup prints the startup sequence
+(seed, device, model, transform validation, data summary, sanity check), the
+epoch loop trains with the step guards, validates, writes the metrics
+history and the checkpoints, and the end evaluates the best weights, builds
+the report, prints the Success Criteria Checklist and writes `run.json`.
+
+Guards, per step and in this order (SPEC §6):
+1. a batch that failed to load is counted (`data_errors`); an empty batch is skipped;
+2. the loss must be finite *before* backward, else the step is skipped (`nonfinite_loss`);
+3. the gradient norm, after unscaling, must be finite, else the optimizer step is
+   skipped and the GradScaler backs off (`nonfinite_grad`);
+4. `escalate_after` non-finite steps in a row escalate: AMP off, then LR halved,
+   then the run stops with a checkpoint and an explanation;
+5. each epoch's skipped share gets a verdict; a critical epoch stops the run.
+
+Under `torchrun` the same loop runs DDP (gloo on CPU, NCCL on CUDA); only
+rank 0 prints, shows bars and writes files, and validation gathers every
+rank's predictions so each sample counts exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    WeightedRandomSampler,
+    get_worker_info,
+)
+from torch.utils.data.distributed import DistributedSampler
+
+from . import checkpoints as ckpt
+from . import trends
+from .config import Config
+from .device import (
+    DevicePlan,
+    PrecisionPlan,
+    apply_backend_flags,
+    cpu_count,
+    detect_backends,
+    in_jupyter,
+    plan_channels_last,
+    plan_cpu_threads,
+    plan_device,
+    plan_num_workers,
+    plan_precision,
+)
+from .errors import RunFailed, UsageError
+from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights, sample_weights
+from .model import build_model, model_kwargs, parameter_summary
+from .taxonomy import Taxonomy, build_taxonomy
+from .transforms import (
+    build_eval_transform,
+    build_train_transform,
+    resolve_data_config,
+    validate_transforms,
+)
+from .utils import atomic_write_json
+
+log = logging.getLogger("sustain.engine")
+
+HISTORY = "metrics_history.json"
+RUN = "run.json"
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_set_acc",
+                "val_samples", "lr", "skipped", "health", "epoch_seconds", "images_per_second", "per_class_f1")
+TIMING_KEYS = ("epoch_seconds", "images_per_second")  # the only history entries that differ between reruns
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    output_dir: Path
+    epochs_completed: int
+    history: dict[str, list[Any]]
+    best_checkpoint: Path | None = None
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    best_macro_f1: float | None = None
+    stop_reason: str | None = None
+    checklist: list[dict[str, Any]] = field(default_factory=list)
+
+
+# =========================================================================== the run
+
+
+def train(cfg: Config, resume: str | None = None) -> RunResult:
+    """Train the model `cfg` describes; `resume` is None, 'auto' or a checkpoint path."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, resume)
+    finally:
+        torch.set_num_threads(threads)  # the CPU plan may lower it for the run
+
+
+def _train(cfg: Config, resume: str | None) -> RunResult:
+    _ensure_console_logging()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    dist = _Distributed.from_env()
+    if not dist.is_main:
+        logging.getLogger("sustain").setLevel(logging.WARNING)
+    out_dir = prepare_output_dir(cfg.output_dir)  # before anything slow: fail early
+
+    # ---- setup: seed, device, model, transforms ----------------------------
+    seed_everything(cfg.seed + dist.rank)  # ranks differ in augmentation, DDP syncs the weights
+    log.info("✓ Random seed set to %d", cfg.seed)
+    backends = detect_backends()
+    plan = plan_device(cfg.device, backends)
+    apply_backend_flags(plan)
+    precision = plan_precision(plan.type, cfg.train.amp, backends.cuda_bf16)
+    device = dist.init(plan)
+    log.info("%s, %s%s", plan.line, precision.label, f", DDP world size {dist.world}" if dist.enabled else "")
+
+    taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
+    log.info("Creating model: %s", cfg.model.name)
+    model = build_model(cfg.model, taxonomy.num_classes, plan.type)
+    log.info(parameter_summary(model))
+    data_config = resolve_data_config(model, cfg.model)
+    size = data_config["input_size"][-1]
+    train_tf, eval_tf = build_train_transform(data_config, cfg.data), build_eval_transform(data_config)
+    validate_transforms(train_tf, eval_tf, size)
+
+    # ---- data ----------------------------------------------------------------
+    t = time.perf_counter()
+    lake = dist.ingest(cfg, taxonomy, out_dir)
+    timings["ingest_seconds"] = time.perf_counter() - t
+    workers = plan_num_workers(cfg.data.num_workers, plan.type, cpu_count=cpu_count(), in_jupyter=in_jupyter(),
+                               platform=sys.platform, world_size=dist.world)
+    loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist)
+    if plan.type == "cpu":
+        torch.set_num_threads(plan_cpu_threads(torch.get_num_threads(), cpu_count=cpu_count(),
+                                               num_workers=workers, world_size=dist.world))
+    log.info("  DataLoader workers: %d%s", workers,
+             f", CPU threads: {torch.get_num_threads()}" if plan.type == "cpu" else "")
+
+    # ---- model, loss, optimizer, schedule ------------------------------------
+    channels_last = plan_channels_last(cfg.model.channels_last, plan.type,
+                                       sum(isinstance(m, nn.Conv2d) for m in model.modules()))
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    loss_fn = build_train_loss(cfg, lake, taxonomy).to(device)
+    val_loss_fn = PartialLabelLoss()  # validation loss is the plain NLL: no smoothing, no weights
+    optimizer = build_optimizer(cfg, model)
+    updates_per_epoch = math.ceil(loaders.train_batches / cfg.train.accum_steps)
+    scheduler = build_scheduler(cfg, optimizer, updates_per_epoch)
+    ema = build_ema(cfg, model)
+    sanity_check(model, loaders.sanity_batch(), loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
+
+    # ---- a fresh start, or everything last.pth holds -------------------------
+    state = LoopState(guard=GuardState(amp_on=precision.autocast))
+    meta = export_meta(cfg, taxonomy, data_config, lake.manifest_hash)
+    resume_path = ckpt.resolve_resume(resume, out_dir)
+    if resume_path is None and (out_dir / ckpt.LAST).is_file():
+        log.warning("⚠️  %s holds an earlier run: its checkpoints will be replaced (--resume auto continues it)",
+                    out_dir)
+    saved = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
+    if saved is not None:
+        ckpt.check_resume_compatible(saved, list(taxonomy.classes), lake.manifest_hash, resume_path)
+        restore_training_state(saved, cfg, model, optimizer, ema, state)
+        log.info("↩️  Resumed from %s after epoch %d", resume_path, state.epoch)
+    scaler = make_scaler(plan.type, precision, state.guard.amp_on)
+    if saved is not None and scaler.is_enabled() and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
+    fwd_model = dist.wrap(torch.compile(model) if cfg.model.compile else model, device)
+    if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run
+        rng_states = saved["rng"]
+        ckpt.restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
+        del saved
+    timings["setup_seconds"] = time.perf_counter() - started
+
+    # ---- the epochs ------------------------------------------------------------
+    loop = _Loop(cfg, taxonomy, lake.sources, dist, device, plan, precision, channels_last, out_dir, meta,
+                 model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, scaler, loaders, state)
+    t = time.perf_counter()
+    loop.run()
+    timings["train_seconds"] = time.perf_counter() - t
+
+    # ---- the end: best weights on val and test, report, checklist, run.json ---
+    result = loop.finish(timings, started, lake, data_config, workers)
+    dist.close()
+    return result
+
+
+# =========================================================================== state
+
+
+@dataclass
+class GuardState:
+    """What the step guards know across steps and epochs (saved in last.pth)."""
+
+    amp_on: bool = False
+    lr_factor: float = 1.0
+    lr_halved: bool = False
+    streak: int = 0  # non-finite steps in a row
+    escalations: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=lambda: {
+        "steps": 0, "skipped": 0, "nonfinite_loss": 0, "nonfinite_grad": 0, "data_errors": 0, "empty_batches": 0})
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from epoch to epoch; `last.pth` holds all of it."""
+
+    guard: GuardState
+    epoch: int = 0  # completed epochs
+    updates: int = 0  # optimizer steps taken
+    micro_steps: int = 0  # batches seen; the step index of the guard injections
+    history: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
+    best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": None, "val_acc": None,
+                                                          "macro_f1": None, "path": None})
+    bad_epochs: int = 0
+    early_stopped: bool = False
+    stop_reason: str | None = None
+    failed: bool = False
+    health: list[dict[str, Any]] = field(default_factory=list)
+    trend_warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def health_verdict(skipped_pct: float, warn_pct: float, critical_pct: float) -> str:
+    """healthy below warn_pct, warning from warn_pct to critical_pct, critical above."""
+    if skipped_pct > critical_pct:
+        return "critical"
+    if skipped_pct >= warn_pct:
+        return "warning"
+    return "healthy"
+
+
+def next_escalation(amp_on: bool, lr_halved: bool) -> str:
+    """The next rung: AMP off, then LR halved, then stop."""
+    if amp_on:
+        return "amp_off"
+    if not lr_halved:
+        return "lr_halved"
+    return "stop"
+
+
+def is_improvement(score: float | None, best: float | None, monitor: str) -> bool:
+    if score is None or not math.isfinite(score):
+        return False
+    if best is None:
+        return True
+    return score < best if monitor == "val_loss" else score > best
+
+
+# =========================================================================== the loop
+
+
+class _Loop:
+    """The epoch loop. One instance per run; `run()` then `finish()`."""
+
+    def __init__(self, cfg: Config, taxonomy: Taxonomy, sources: list[str], dist: _Distributed,
+                 device: torch.device, plan: DevicePlan, precision: PrecisionPlan, channels_last: bool,
+                 out_dir: Path, meta: dict[str, Any], model: nn.Module, fwd_model: nn.Module, ema: Any,
+                 loss_fn: nn.Module, val_loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, loaders: Loaders, state: LoopState) -> None:
+        self.cfg, self.taxonomy, self.sources, self.dist = cfg, taxonomy, sources, dist
+        self.device, self.plan, self.precision, self.channels_last = device, plan, precision, channels_last
+        self.out_dir, self.meta = out_dir, meta
+        self.model, self.fwd_model, self.ema = model, fwd_model, ema
+        self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.loaders, self.state = loaders, state
+        self.guards = cfg.guards
+        self.inject_loss = set(cfg.guards.inject_nonfinite_loss)
+        self.inject_grad = set(cfg.guards.inject_nonfinite_grad)
+
+    # ------------------------------------------------------------------ epochs
+
+    def run(self) -> None:
+        st, epochs = self.state, self.cfg.train.epochs
+        if st.early_stopped:
+            log.info("The resumed run had already stopped (%s): nothing left to train", st.stop_reason)
+            return
+        if st.epoch >= epochs:
+            log.info("All %d epochs were already trained: nothing left to train", epochs)
+        for epoch in range(st.epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            train_stats = self.train_one_epoch(epoch)
+            val = self.validate()
+            seconds = time.perf_counter() - t0
+            st.epoch = epoch
+            self.record_epoch(epoch, train_stats, val, seconds)
+            stop = self.check_health(epoch, train_stats)
+            self.save_epoch_checkpoints(epoch, val)
+            if stop:
+                break
+            if self.early_stopping(epoch):
+                break
+        self.dist.barrier()
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        cfg, st, g = self.cfg.train, self.state, self.state.guard
+        self.fwd_model.train()
+        self.loaders.set_epoch(epoch)
+        counts = {"steps": 0, "skipped": 0, "nonfinite_loss": 0, "nonfinite_grad": 0, "data_errors": 0,
+                  "empty_batches": 0}
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = seen = 0
+        pending = 0  # micro-batches whose gradients wait for the next optimizer step
+        total = self.loaders.train_batches
+        bar = tqdm(itertools.islice(self.loaders.train, total), total=total, desc=f"Epoch {epoch}/{cfg.epochs}",
+                   disable=not self.dist.is_main, dynamic_ncols=True)
+        t_start = time.perf_counter()
+        for i, batch in enumerate(bar):
+            step = st.micro_steps
+            st.micro_steps += 1
+            counts["steps"] += 1
+            counts["data_errors"] += int(batch.failed)
+            boundary = (i + 1) % cfg.accum_steps == 0 or i + 1 == total
+
+            has_data = len(batch) > 0
+            sync = boundary or not self.dist.enabled  # DDP: all-reduce gradients only on the update step
+            if has_data:
+                images = batch.images.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = batch.targets.to(self.device, non_blocking=True)
+                with self.autocast(), (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
+                    logits = self.fwd_model(images)
+                    loss = self.loss_fn(logits, targets)
+                if step in self.inject_loss:
+                    loss = loss * float("nan")  # debug: watch the loss guard work
+                loss_finite = bool(torch.isfinite(loss.detach()))
+            else:
+                loss_finite = False
+            has_data, loss_finite = self.dist.all_true(has_data, loss_finite)  # every rank skips together
+
+            if not has_data:
+                counts["skipped"] += 1
+                counts["empty_batches"] += 1
+            elif not loss_finite:
+                counts["skipped"] += 1
+                counts["nonfinite_loss"] += 1
+                if self.dist.is_main:
+                    log.warning("⚠️  Non-finite loss at step %d (epoch %d): step skipped", step, epoch)
+                if self.on_nonfinite(epoch, step, "loss"):
+                    break
+            else:
+                with (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
+                    self.scaler.scale(loss / cfg.accum_steps).backward()
+                pending += 1
+                loss_sum += loss.detach().double().cpu() * len(batch)
+                hits = targets.gather(1, logits.detach().argmax(dim=1, keepdim=True)) > 0
+                correct += int(hits.sum())
+                seen += len(batch)
+
+            if boundary and pending:
+                if self.optimizer_step(step):
+                    g.streak = 0
+                else:
+                    counts["skipped"] += pending
+                    counts["nonfinite_grad"] += 1
+                    if self.dist.is_main:
+                        log.warning("⚠️  Non-finite gradient norm at step %d (epoch %d): optimizer step skipped",
+                                    step, epoch)
+                    if self.on_nonfinite(epoch, step, "grad"):
+                        pending = 0
+                        break
+                pending = 0
+            if self.dist.is_main and seen:
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}%",
+                                refresh=False)
+        train_time = time.perf_counter() - t_start
+        bar.close()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        loss_sum, correct, seen, errors = self.dist.sum(float(loss_sum), correct, seen, counts["data_errors"])
+        counts["data_errors"] = int(errors)
+        for k, v in counts.items():
+            g.totals[k] = g.totals.get(k, 0) + v
+        return {
+            "loss": loss_sum / seen if seen else float("nan"),
+            "acc": correct / seen if seen else float("nan"),
+            "images_per_second": seen / train_time if train_time > 0 else 0.0,
+            **counts,
+        }
+
+    def optimizer_step(self, step: int) -> bool:
+        """The guarded update, then the schedule and EMA. False when the step was skipped."""
+        st = self.state
+        if step in self.inject_grad:  # debug: watch the gradient guard work
+            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+        if not guarded_optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.train.grad_clip):
+            return False
+        st.updates += 1
+        set_lr(self.optimizer, self.scheduler, st.updates, st.guard.lr_factor)
+        if self.ema is not None:
+            self.ema.update(self.model, step=st.updates)
+        return True
+
+    def on_nonfinite(self, epoch: int, step: int, kind: str) -> bool:
+        """Count a non-finite step towards escalation; True when the run must stop now."""
+        g = self.state.guard
+        g.streak += 1
+        if g.streak < self.guards.escalate_after:
+            return False
+        action = next_escalation(g.amp_on, g.lr_halved)
+        streak, g.streak = g.streak, 0
+        event = {"epoch": epoch, "step": step, "action": action, "after": f"{streak} non-finite steps in a row"}
+        if action == "amp_off":
+            g.amp_on = False
+            self.scaler = make_scaler(self.plan.type, self.precision, amp_on=False)
+            event["message"] = "mixed precision turned off; training continues in fp32"
+        elif action == "lr_halved":
+            g.lr_halved = True
+            g.lr_factor *= 0.5
+            set_lr(self.optimizer, self.scheduler, self.state.updates, g.lr_factor)
+            event["message"] = f"learning rate halved (now ×{g.lr_factor:g} of the schedule)"
+        else:
+            event["message"] = "the run stops: AMP off and a halved learning rate did not help"
+            self.state.failed = True
+            self.state.stop_reason = (f"{streak} non-finite steps in a row at step {step} (epoch {epoch}) after "
+                                      "escalating (AMP off, LR halved)")
+        g.escalations.append(event)
+        log.warning("⚠️  Escalation (%s): %s → %s", kind, event["after"], event["message"])
+        return action == "stop"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.state.guard.amp_on:
+            return contextlib.nullcontext()
+        return torch.autocast(self.plan.type, dtype=getattr(torch, self.precision.dtype))
+
+    def autocast_factory(self):
+        if not self.state.guard.amp_on:
+            return None
+        return functools.partial(torch.autocast, self.plan.type, dtype=getattr(torch, self.precision.dtype))
+
+    # ------------------------------------------------------------------ validation
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self) -> dict[str, Any]:
+        from .evaluate import collect_predictions
+        from .metrics import epoch_metrics
+
+        preds = collect_predictions(self.eval_model(), self.loaders.val, self.device, self.autocast_factory(),
+                                    desc="Validation", progress=self.dist.is_main)
+        logits, targets, source_ids = self.dist.gather_predictions(preds)
+        m = epoch_metrics(logits.softmax(dim=1), targets, self.taxonomy, source_ids, self.sources)
+        m["loss"] = float(self.val_loss_fn(logits, targets)) if len(logits) else float("nan")
+        m["samples"] = int(len(logits))
+        (m["failed"],) = self.dist.sum(preds.failed)
+        if m["failed"] and self.dist.is_main:
+            log.warning("⚠️  %d validation images could not be loaded and were left out", m["failed"])
+        return m
+
+    # ------------------------------------------------------------------ records
+
+    def record_epoch(self, epoch: int, tr: dict[str, Any], val: dict[str, Any], seconds: float) -> None:
+        from .metrics import format_per_class
+
+        st, guards = self.state, self.guards
+        skipped_pct = 100.0 * tr["skipped"] / max(1, tr["steps"])
+        verdict = health_verdict(skipped_pct, guards.warn_pct, guards.critical_pct)
+        entry = {
+            "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
+            "val_acc": val["acc"], "val_macro_f1": val["macro_f1"], "val_set_acc": val.get("set_acc"),
+            "val_samples": val["samples"], "lr": current_lr(self.optimizer), "skipped": skipped_pct / 100.0,
+            "health": verdict, "epoch_seconds": seconds, "images_per_second": tr["images_per_second"],
+            "per_class_f1": [float(f) for f in val["per_class_f1"]],
+        }
+        for key in HISTORY_KEYS:
+            st.history[key].append(_finite_or_none(entry[key]))
+        st.health.append({"epoch": epoch, "verdict": verdict, "skipped_pct": round(skipped_pct, 3),
+                          **{k: tr[k] for k in ("steps", "skipped", "nonfinite_loss", "nonfinite_grad", "data_errors",
+                                                "empty_batches")},
+                          "val_data_errors": int(val["failed"])})
+
+        if not self.dist.is_main:
+            return
+        atomic_write_json(self.out_dir / HISTORY, st.history)
+        for line in format_per_class(val, self.taxonomy):
+            log.info(line)
+        log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", epoch,
+                 self.cfg.train.epochs, 100 * tr["acc"], val["loss"], 100 * val["acc"], val["macro_f1"])
+        health = (f"Health: {verdict} ({skipped_pct:.1f}% of {tr['steps']} steps skipped: "
+                  f"{tr['nonfinite_loss']} non-finite loss, {tr['nonfinite_grad']} non-finite grad, "
+                  f"{tr['data_errors']} data errors)")
+        if verdict == "healthy":
+            log.info("  %s", health)
+        else:
+            log.warning("⚠️  %s", health)
+        printed = {w["id"] for w in st.trend_warnings}
+        for warning in trends.trend_warnings(st.history):
+            if warning["id"] not in printed:
+                st.trend_warnings.append(warning)
+                log.warning(trends.format_trend_warning(warning))
+
+    def check_health(self, epoch: int, tr: dict[str, Any]) -> bool:
+        """True when the run must stop: a critical epoch, or an escalation that ran out of rungs."""
+        st = self.state
+        if st.failed:
+            log.error("❌ Training stopped: %s. The checkpoint of epoch %d is saved (last.pth). "
+                      "Lower train.lr, set train.amp=off, or check the data; then --resume auto.", st.stop_reason, epoch)
+            return True
+        if st.health[-1]["verdict"] == "critical":
+            pct = st.health[-1]["skipped_pct"]
+            st.failed = True
+            st.stop_reason = (f"{pct:.1f}% of the steps of epoch {epoch} were skipped "
+                              f"(critical above {self.guards.critical_pct:g}%)")
+            log.error("❌ Training stopped: %s (%d non-finite loss, %d non-finite grad, %d empty batches). "
+                      "The checkpoint of epoch %d is saved (last.pth). Frequent NaN/Inf usually means the learning "
+                      "rate is too high or fp16 overflows: lower train.lr or set train.amp=off, then --resume auto.",
+                      st.stop_reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], epoch)
+            return True
+        return False
+
+    def save_epoch_checkpoints(self, epoch: int, val: dict[str, Any]) -> None:
+        st, monitor = self.state, self.cfg.train.monitor
+        score = {"val_macro_f1": val["macro_f1"], "val_acc": val["acc"], "val_loss": val["loss"]}[monitor]
+        improved = is_improvement(score, st.best["score"], monitor)
+        if improved:
+            st.best.update(score=score, epoch=epoch, val_acc=val["acc"], macro_f1=val["macro_f1"])
+            st.bad_epochs = 0
+        else:
+            st.bad_epochs += 1
+        rng = self.dist.gather_rng()  # a collective: every rank takes part
+        if self.dist.is_main:
+            if improved:
+                meta = {**self.meta, "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"]}
+                path = ckpt.save_best(self.out_dir, ckpt.state_dict_copy(self.eval_model()), meta)
+                st.best["path"] = path.name
+                log.info("✓ Saved best model checkpoint: %s", path)
+            ckpt.save_checkpoint(self.out_dir / ckpt.LAST, self.training_state(rng))
+        self.dist.barrier()
+        kill_after = self.guards.debug_kill_after_epoch
+        if kill_after is not None and epoch == kill_after:  # debug: a real crash right after a checkpoint
+            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+    def early_stopping(self, epoch: int) -> bool:
+        st, patience = self.state, self.cfg.train.early_stopping_patience
+        if patience and st.bad_epochs >= patience and epoch < self.cfg.train.epochs:
+            st.early_stopped = True
+            st.stop_reason = (f"early stopping: no gain in {self.cfg.train.monitor} for {patience} epochs "
+                              f"(best at epoch {st.best['epoch']})")
+            log.info("⏹️  Early stopping: no gain in %s for %d epochs (best %.4f at epoch %d)",
+                     self.cfg.train.monitor, patience, st.best["score"], st.best["epoch"])
+            rng = self.dist.gather_rng()
+            if self.dist.is_main:  # record the decision so a resume does not train on
+                ckpt.save_checkpoint(self.out_dir / ckpt.LAST, self.training_state(rng))
+            return True
+        return False
+
+    def training_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """The `last.pth` payload: everything an exact resume needs (tensors and plain types)."""
+        st = self.state
+        return {
+            "format": ckpt.FORMAT_VERSION,
+            "kind": "last",
+            "classes": list(self.taxonomy.classes),
+            "manifest_hash": self.meta["manifest_hash"],
+            "meta": dict(self.meta),
+            "config": self.cfg.to_dict(),
+            "epoch": st.epoch,
+            "updates": st.updates,
+            "micro_steps": st.micro_steps,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": _plain_scheduler_state(self.scheduler),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "early_stopping": {"monitor": self.cfg.train.monitor, "best": dict(st.best), "bad_epochs": st.bad_epochs,
+                               "stopped": st.early_stopped},
+            "guard": {"amp_on": st.guard.amp_on, "lr_factor": st.guard.lr_factor, "lr_halved": st.guard.lr_halved,
+                      "streak": st.guard.streak, "escalations": list(st.guard.escalations),
+                      "totals": dict(st.guard.totals)},
+            "failed": st.failed,
+            "stop_reason": st.stop_reason,
+            "history": {k: list(v) for k, v in st.history.items()},
+            "health": list(st.health),
+            "trend_warnings": list(st.trend_warnings),
+            "rng": rng,
+            "data_order": self.loaders.order_state(),
+        }
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, timings: dict[str, float], started: float, lake: Any, data_config: dict[str, Any],
+               workers: int) -> RunResult:
+        st, out = self.state, self.out_dir
+        best_path = out / st.best["path"] if st.best["path"] else None
+        result = RunResult(ok=not st.failed, output_dir=out, epochs_completed=st.epoch, history=st.history,
+                           best_checkpoint=best_path, best_epoch=st.best["epoch"], best_val_acc=st.best["val_acc"],
+                           best_macro_f1=st.best["macro_f1"], stop_reason=st.stop_reason)
+        if not self.dist.is_main:
+            return result
+
+        final: dict[str, Any] = {}
+        report_error = None
+        t = time.perf_counter()
+        if not st.failed and best_path is not None:
+            from .evaluate import write_final_evaluation
+
+            log.info("📊 Final evaluation of the best weights (epoch %s)", st.best["epoch"])
+            reports = write_final_evaluation(self.eval_model(), self.loaders.final, self.taxonomy,
+                                             self.sources, out, self.device, self.autocast_factory(),
+                                             checkpoint=out)
+            final = {split: {k: r.get(k) for k in ("accuracy", "macro_f1", "n_fine", "n_set", "set_accuracy")}
+                     for split, r in reports.items()}
+        timings["final_evaluation_seconds"] = time.perf_counter() - t
+        timings["total_seconds"] = time.perf_counter() - started
+
+        run = self.run_record(timings, lake, data_config, workers, final)
+        atomic_write_json(out / RUN, run)  # the report reads it
+        if not st.failed:
+            try:
+                from .report import build_report
+
+                log.info("✓ Report written: %s", build_report(out))
+            except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
+                report_error = f"{type(exc).__name__}: {exc}"
+                log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", report_error, out)
+        checklist = trends.success_checklist(
+            st.history,
+            {"completed": not st.failed, "stop_reason": st.stop_reason, "artifacts": trends.artifacts_present(out),
+             "skipped_steps": st.guard.totals["skipped"], "total_steps": st.guard.totals["steps"]},
+            skipped_max=self.guards.warn_pct / 100.0,
+        )
+        for line in trends.format_checklist(checklist):
+            log.info(line)
+        run.update(checklist=checklist, report_error=report_error)
+        atomic_write_json(out / RUN, run)
+        result.checklist = checklist
+        if st.failed:
+            log.error("❌ Training failed: %s", st.stop_reason)
+        else:
+            log.info("✓ Training completed successfully")
+        return result
+
+    def run_record(self, timings: dict[str, float], lake: Any, data_config: dict[str, Any], workers: int,
+                   final: dict[str, Any]) -> dict[str, Any]:
+        import platform
+
+        import timm
+        import torchvision
+
+        st = self.state
+        return {
+            "status": "failed" if st.failed else "completed",
+            "stop_reason": st.stop_reason,
+            "config": self.cfg.to_dict(),
+            "model_name": self.cfg.model.name,
+            "classes": list(self.taxonomy.classes),
+            "taxonomy": self.taxonomy.to_dict(),
+            "normalisation": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+            "device": {"type": self.plan.type, "name": self.plan.name, "precision": self.precision.label,
+                       "amp_on_at_end": st.guard.amp_on, "channels_last": self.channels_last,
+                       "world_size": self.dist.world, "num_workers": workers},
+            "seed": self.cfg.seed,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": torchvision.__version__, "timm": timm.__version__, "numpy": np.__version__},
+            "manifest_hash": lake.manifest_hash,
+            "data_summary": lake.summary,
+            "epochs_completed": st.epoch,
+            "best": {**st.best},
+            "final_evaluation": final,
+            "health": {"totals": dict(st.guard.totals), "escalations": list(st.guard.escalations),
+                       "per_epoch": list(st.health), "trend_warnings": list(st.trend_warnings)},
+            "trend_warnings": list(st.trend_warnings),
+        }
+
+
+# =========================================================================== building blocks
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output folder and prove it is writable, before anything slow happens."""
+    out = Path(path).expanduser()
+    hint = "choose another folder with --output DIR (or output_dir in the config), or fix its permissions"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"Output folder {out} is not writable: {exc.strerror or exc}", hint) from None
+    return out.resolve()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA / MPS device
+
+
+def export_meta(cfg: Config, taxonomy: Taxonomy, data_config: dict[str, Any], manifest_hash: str) -> dict[str, Any]:
+    """The `best_model.json` fields (docs/architecture.md), without the epoch-specific ones."""
+    tax = taxonomy.to_dict()
+    return {
+        "model_name": cfg.model.name,
+        "num_classes": taxonomy.num_classes,
+        "classes": tax["classes"],
+        "bins": tax["bins"],
+        "sets": tax["sets"],
+        "input_size": list(data_config["input_size"]),
+        "mean": list(data_config["mean"]),
+        "std": list(data_config["std"]),
+        "interpolation": data_config["interpolation"],
+        "crop_pct": data_config["crop_pct"],
+        "model_kwargs": model_kwargs(cfg.model),
+        "manifest_hash": manifest_hash,
+    }
+
+
+def build_train_loss(cfg: Config, lake: Any, taxonomy: Taxonomy) -> PartialLabelLoss:
+    weights = None
+    if cfg.train.balance == "loss_weights":
+        counts = class_counts((r.targets for r in lake.split("train")), taxonomy.num_classes)
+        weights = inverse_frequency_weights(counts)  # on the CPU; float32 is MPS-safe
+    return PartialLabelLoss(label_smoothing=cfg.train.label_smoothing, class_weights=weights)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's factory: no weight decay on norms, biases and `no_weight_decay()` params; layer-wise LR decay."""
+    from timm.optim import create_optimizer_v2
+
+    t = cfg.train
+    return create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                               layer_decay=t.layer_decay, filter_bias_and_bn=True)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
+    """Linear warmup then cosine to min_lr, stepped per optimizer update (timm, which honours lr_scale)."""
+    from timm.scheduler import CosineLRScheduler
+
+    t = cfg.train
+    total = max(1, t.epochs * updates_per_epoch)
+    warmup = min(total - 1, round(t.warmup_epochs * updates_per_epoch))
+    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=t.min_lr, warmup_t=warmup,
+                             warmup_lr_init=t.lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+
+
+def guarded_optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                           grad_clip: float | None) -> bool:
+    """Unscale, check the gradient norm, clip, step; False (and no step) when the norm is not finite.
+
+    With an enabled GradScaler, `unscale_` has recorded the inf, so `update()` backs
+    the scale off exactly as `scaler.step` would have; the grads are then dropped.
+    """
+    scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    if not torch.isfinite(norm):
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return True
+
+
+def set_lr(optimizer: torch.optim.Optimizer, scheduler: Any, updates: int, lr_factor: float) -> None:
+    scheduler.step_update(updates)
+    if lr_factor != 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] *= lr_factor
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The largest group LR: the head's, which layer-wise decay leaves unscaled."""
+    return max(float(g["lr"]) for g in optimizer.param_groups)
+
+
+def build_ema(cfg: Config, model: nn.Module):
+    if not cfg.train.ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.train.ema_decay)
+
+
+def make_scaler(device_type: str, precision: PrecisionPlan, amp_on: bool) -> torch.amp.GradScaler:
+    """A GradScaler for fp16; a disabled one (a no-op wrapper) otherwise."""
+    enabled = amp_on and precision.grad_scaler
+    return torch.amp.GradScaler(device_type if device_type in ("cuda", "mps") else "cpu", enabled=enabled)
+
+
+def sanity_check(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device, precision: PrecisionPlan,
+                 num_classes: int, size: int, channels_last: bool) -> None:
+    """One real batch through the model: batch and output shapes, finite loss. Eval mode: no state changes."""
+    hint = "see README › Troubleshooting › 'Sanity check failed'"
+    if batch is None or len(batch) == 0:
+        raise RunFailed("Pre-training sanity check failed: the first training batch has no loadable image", hint)
+    if tuple(batch.images.shape[1:]) != (3, size, size) or tuple(batch.targets.shape) != (len(batch), num_classes):
+        raise RunFailed(f"Pre-training sanity check failed: batch images {tuple(batch.images.shape)} and targets "
+                        f"{tuple(batch.targets.shape)}, expected [B, 3, {size}, {size}] and [B, {num_classes}]", hint)
+    model.eval()
+    images = batch.images.to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    autocast = (torch.autocast(device.type, dtype=getattr(torch, precision.dtype)) if precision.autocast
+                else contextlib.nullcontext())
+    with torch.no_grad(), autocast:
+        out = model(images)
+        loss = loss_fn(out, batch.targets.to(device))
+    if tuple(out.shape) != (len(batch), num_classes):
+        raise RunFailed(f"Pre-training sanity check failed: model output {tuple(out.shape)}, "
+                        f"expected ({len(batch)}, {num_classes})", hint)
+    if not torch.isfinite(loss):
+        raise RunFailed(f"Pre-training sanity check failed: the loss of the first batch is {float(loss)}", hint)
+    model.train()
+    log.info("✅ Pre-training sanity check passed!")
+
+
+def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           ema: Any, state: LoopState) -> None:
+    """Load everything last.pth holds into the freshly built objects and the loop state.
+
+    The LR schedule is a pure function of the config and the update count: it
+    continues at the saved update with this config's LR, warmup and epochs, so a
+    resume may lower `train.lr` or add epochs (the optimizer's moments are kept).
+    """
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if ema is not None and saved.get("ema") is not None:
+        ema.module.load_state_dict(saved["ema"])
+    state.epoch, state.updates, state.micro_steps = saved["epoch"], saved["updates"], saved["micro_steps"]
+    es = saved["early_stopping"]
+    state.best, state.bad_epochs, state.early_stopped = dict(es["best"]), es["bad_epochs"], es["stopped"]
+    g = saved["guard"]
+    state.guard = GuardState(amp_on=g["amp_on"] and state.guard.amp_on, lr_factor=g["lr_factor"],
+                             lr_halved=g["lr_halved"], streak=g["streak"], escalations=list(g["escalations"]),
+                             totals=dict(g["totals"]))
+    saved_lr = saved["config"]["train"]["lr"]
+    if saved_lr != cfg.train.lr:  # the user chose a new LR: it replaces an automatic halving
+        log.info("  train.lr changed from %g to %g: the schedule continues at update %d with the new LR",
+                 saved_lr, cfg.train.lr, state.updates)
+        state.guard.lr_factor, state.guard.lr_halved = 1.0, False
+    if saved["failed"]:  # the run stopped on its guards: a resume continues from the saved epoch
+        log.warning("⚠️  The saved run had stopped (%s); continuing from its checkpoint", saved["stop_reason"])
+        state.guard.streak = 0
+    elif state.early_stopped:
+        state.stop_reason = saved["stop_reason"]
+    state.history = {k: list(saved["history"].get(k, [])) for k in HISTORY_KEYS}
+    state.health = list(saved["health"])
+    state.trend_warnings = list(saved["trend_warnings"])
+
+
+def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
+    state = scheduler.state_dict()
+    ckpt.check_plain(state, "scheduler state")
+    return state
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _ensure_console_logging() -> None:
+    """Plain messages on stdout when nobody configured logging (Python API, notebooks)."""
+    logger = logging.getLogger("sustain")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+# =========================================================================== data loaders
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r of W gets indices r, r+W, ...: every sample exactly once, no padding (evaluation under DDP)."""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochIndexSampler(Sampler[tuple[int, int]]):
+    """Yields (epoch, index) pairs from a sampler of indices, so each item knows which epoch draws it."""
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededItems(Dataset):
+    """Train items whose random augmentation is a function of (seed, epoch, index) alone.
+
+    The same image gets the same crop in any worker, with any number of workers,
+    persistent or not, and after a resume: data loading never depends on which
+    process happened to load an item. The Python, NumPy (timm's RandAugment) and
+    torch generators are seeded per item; in the main process (num_workers=0)
+    torch's stream, which the model draws from (drop path), is left as it was.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        item_seed = _item_seed(self.seed, epoch, index)
+        random.seed(item_seed)
+        np.random.seed(item_seed % 2**32)
+        cpu_rng = torch.default_generator  # manual_seed would also seed every accelerator: 60x slower
+        if get_worker_info() is not None:  # a worker process: its RNG serves only the data
+            cpu_rng.manual_seed(item_seed)
+            return self.dataset[index]
+        saved = cpu_rng.get_state()
+        cpu_rng.manual_seed(item_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            cpu_rng.set_state(saved)
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % 2**63
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_batches: int
+    seed: int
+    rank: int
+    generator: torch.Generator
+    final: dict[str, DataLoader | None]
+    train_items: SeededItems
+
+    def set_epoch(self, epoch: int) -> None:
+        """The order and the augmentation of an epoch depend on (seed, epoch, rank) only: a resume replays them."""
+        self.train.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        self.generator.manual_seed(_epoch_seed(self.seed, epoch, self.rank))
+
+    def order_state(self) -> dict[str, Any]:
+        return {"seed": self.seed, "rank": self.rank, "generator": self.generator.get_state()}
+
+    def sanity_batch(self):
+        from .data.dataset import collate_skip_failed
+
+        n = min(self.train.batch_size or 1, len(self.train_items))
+        return collate_skip_failed([self.train_items[(0, i)] for i in range(n)])
+
+
+def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf, plan: DevicePlan, workers: int,
+                  dist: _Distributed) -> Loaders:
+    from .data.dataset import ManifestDataset, collate_skip_failed
+
+    rows = {split: lake.split(split) for split in ("train", "val", "test")}
+    if not rows["train"]:
+        raise UsageError("No training images: the train split is empty", "add images or sources (see data_summary.json)")
+    if not rows["val"]:
+        raise UsageError("No validation images: the val split is empty",
+                         "add images, or raise data.split.val so each class has a val image")
+
+    def dataset(split: str, tf) -> ManifestDataset:
+        return ManifestDataset(rows[split], taxonomy.num_classes, lake.sources, tf,
+                               max_image_pixels=cfg.data.max_image_pixels)
+
+    generator = torch.Generator()
+    train_items = SeededItems(dataset("train", train_tf), cfg.seed + dist.rank)
+    if dist.enabled:
+        if cfg.train.balance == "sampler":
+            raise UsageError("train.balance: sampler is not supported under torchrun (DDP)",
+                             "use train.balance: loss_weights, which works the same on every rank")
+        sampler: Sampler = DistributedSampler(train_items, num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                              seed=cfg.seed, drop_last=False)
+    elif cfg.train.balance == "sampler":
+        weights = inverse_frequency_weights(class_counts((r.targets for r in rows["train"]), taxonomy.num_classes))
+        sampler = WeightedRandomSampler(sample_weights([r.targets for r in rows["train"]], weights),
+                                        num_samples=len(train_items), replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(train_items, generator=generator)
+
+    # Each loader draws its worker seed from its own generator, never from the global RNG the model uses.
+    common: dict[str, Any] = {"num_workers": workers, "collate_fn": collate_skip_failed, "pin_memory": plan.pin_memory}
+    if workers > 0:
+        common.update(persistent_workers=True, prefetch_factor=4)  # no re-spawn per epoch; ride out hiccups
+    batch_size = cfg.train.batch_size
+    drop_last = len(sampler) > batch_size  # a last batch of 1 breaks BatchNorm
+    train = DataLoader(train_items, batch_size=batch_size, sampler=EpochIndexSampler(sampler), drop_last=drop_last,
+                       generator=torch.Generator(), **common)  # not the sampler's: the order must not depend on workers
+    batches = len(train)
+    if cfg.train.max_steps_per_epoch:
+        batches = min(batches, cfg.train.max_steps_per_epoch)
+
+    val_ds = dataset("val", eval_tf)
+    val = DataLoader(val_ds, batch_size=batch_size, sampler=ShardSampler(len(val_ds), dist.rank, dist.world),
+                     generator=torch.Generator(), **common)
+    once = {**common, "persistent_workers": False, "generator": torch.Generator()}  # the final evaluation reads once
+    final: dict[str, DataLoader | None] = {"val": DataLoader(val_ds, batch_size=batch_size, shuffle=False, **once)}
+    final["test"] = (DataLoader(dataset("test", eval_tf), batch_size=batch_size, shuffle=False, **once)
+                     if rows["test"] else None)
+    return Loaders(train=train, val=val, train_batches=batches, seed=cfg.seed, rank=dist.rank, generator=generator,
+                   final=final, train_items=train_items)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+# =========================================================================== distributed
+
+
+@dataclass
+class _Distributed:
+    """The torchrun environment; a single process when WORLD_SIZE is absent or 1."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # set by init()
+
+    @classmethod
+    def from_env(cls) -> _Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def init(self, plan: DevicePlan) -> torch.device:
+        """Join the process group (NCCL on CUDA, gloo otherwise) and return this rank's device."""
+        if plan.type == "cuda":
+            device = torch.device("cuda", self.local_rank if self.enabled else 0)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device(plan.type)
+        if self.enabled and not torch_dist.is_initialized():
+            torch_dist.init_process_group(backend="nccl" if plan.type == "cuda" else "gloo")
+        self.device = device
+        return device
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def ingest(self, cfg: Config, taxonomy: Taxonomy, out_dir: Path):
+        """Rank 0 ingests and writes the manifest; the others then read the same lake quietly (cached)."""
+        from .data.lake import ingest
+
+        if self.is_main:
+            lake = ingest(cfg, taxonomy, out_dir=out_dir)
+        self.barrier()
+        if not self.is_main:
+            lake = ingest(cfg, taxonomy, out_dir=None, log_summary=False)
+        return lake
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier()
+
+    def _tensor(self, values: list[float]) -> torch.Tensor:
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")  # NCCL needs CUDA tensors
+        return torch.tensor(values, dtype=torch.float64, device=device)
+
+    def all_true(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag AND-ed over the ranks, so every rank takes the same branch."""
+        if not self.enabled:
+            return flags
+        t = self._tensor([float(f) for f in flags])
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
+        return tuple(bool(v) for v in t.tolist())
+
+    def sum(self, *values: float) -> tuple[float, ...]:
+        if not self.enabled:
+            return values
+        t = self._tensor([float(v) for v in values])
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+        return tuple(t.tolist())
+
+    def gather_predictions(self, preds: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every rank's validation shard, concatenated: each sample exactly once (ShardSampler pads nothing)."""
+        if not self.enabled:
+            return preds.logits, preds.targets, preds.source_ids
+        shards: list[Any] = [None] * self.world
+        torch_dist.all_gather_object(shards, (preds.logits, preds.targets, preds.source_ids))
+        return tuple(torch.cat([s[i] for s in shards]) for i in range(3))  # type: ignore[return-value]
+
+    def gather_rng(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states (rank order), for an exact resume of each."""
+        state = ckpt.capture_rng_state()
+        if not self.enabled:
+            return [state]
+        states: list[Any] = [None] * self.world
+        torch_dist.all_gather_object(states, state)
+        return states
+
+    def close(self) -> None:
+        if self.enabled and torch_dist.is_initialized():
+            torch_dist.barrier()
+            torch_dist.destroy_process_group()

@@ -1,0 +1,125 @@
+"""Device and precision plans under simulated hardware (SPEC §6): the CUDA and MPS branches run anywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from sustain.device import (
+    Backends,
+    detect_backends,
+    plan_channels_last,
+    plan_device,
+    plan_num_workers,
+    plan_precision,
+)
+from sustain.errors import ConfigError
+
+CPU_ONLY = Backends()
+MAC = Backends(mps=True, mps_built=True)
+A100 = Backends(cuda=True, cuda_bf16=True, cuda_name="NVIDIA A100", cuda_count=1)
+T4 = Backends(cuda=True, cuda_bf16=False, cuda_name="Tesla T4", cuda_count=1)
+
+
+@pytest.mark.parametrize(("available", "expected"), [
+    (CPU_ONLY, "cpu"),
+    (MAC, "mps"),
+    (A100, "cuda"),
+    (Backends(cuda=True, mps=True, mps_built=True, cuda_name="x"), "cuda"),  # CUDA before MPS
+])
+def test_auto_picks_cuda_then_mps_then_cpu(available: Backends, expected: str) -> None:
+    assert plan_device("auto", available).type == expected
+
+
+def test_explicit_cpu_wins_over_an_accelerator() -> None:
+    assert plan_device("cpu", A100).type == "cpu"
+    assert plan_device("cpu", MAC).type == "cpu"
+
+
+def test_cuda_plan_pins_memory_and_enables_tf32() -> None:
+    plan = plan_device("auto", A100)
+    assert plan.pin_memory and plan.allow_tf32 and plan.grad_checkpointing_ok
+    assert "NVIDIA A100" in plan.line
+
+
+def test_mps_plan_never_pins_memory_nor_checkpoints_gradients() -> None:
+    plan = plan_device("auto", MAC)
+    assert plan.type == "mps"
+    assert not plan.pin_memory
+    assert not plan.grad_checkpointing_ok
+    assert not plan.allow_tf32
+
+
+@pytest.mark.parametrize(("requested", "available", "needle"), [
+    ("cuda", CPU_ONLY, "no CUDA GPU"),
+    ("mps", CPU_ONLY, "no MPS support"),
+    ("mps", Backends(mps_built=True), "not available"),
+])
+def test_asking_for_a_missing_device_names_the_key_and_the_fix(requested, available, needle) -> None:
+    with pytest.raises(ConfigError) as err:
+        plan_device(requested, available)
+    assert err.value.key == "device"
+    assert needle in str(err.value)
+    assert "auto" in str(err.value)
+
+
+def test_cuda_precision_bf16_where_supported_else_fp16_with_scaler() -> None:
+    bf16 = plan_precision("cuda", "auto", bf16_supported=True)
+    assert (bf16.autocast, bf16.dtype, bf16.grad_scaler) == (True, "bfloat16", False)
+    fp16 = plan_precision("cuda", "auto", bf16_supported=False)
+    assert (fp16.autocast, fp16.dtype, fp16.grad_scaler) == (True, "float16", True)
+    assert "GradScaler" in fp16.label
+
+
+@pytest.mark.parametrize("device_type", ["mps", "cpu"])
+def test_mps_and_cpu_default_to_fp32(device_type: str) -> None:
+    plan = plan_precision(device_type, "auto", bf16_supported=False)
+    assert (plan.autocast, plan.dtype, plan.grad_scaler) == (False, "float32", False)
+    assert plan.label == "fp32"
+
+
+def test_amp_only_when_asked_for_on_mps_and_cpu() -> None:
+    mps = plan_precision("mps", "on", bf16_supported=False)
+    assert (mps.autocast, mps.dtype, mps.grad_scaler) == (True, "float16", True)
+    cpu = plan_precision("cpu", "on", bf16_supported=False)
+    assert (cpu.autocast, cpu.dtype, cpu.grad_scaler) == (True, "bfloat16", False)
+    assert not plan_precision("cuda", "off", bf16_supported=True).autocast
+
+
+def test_num_workers_zero_in_jupyter_on_macos_only() -> None:
+    kw = {"cpu_count": 8}
+    assert plan_num_workers("auto", "mps", in_jupyter=True, platform="darwin", **kw) == 0
+    assert plan_num_workers("auto", "mps", in_jupyter=False, platform="darwin", **kw) > 0
+    assert plan_num_workers("auto", "cuda", in_jupyter=True, platform="linux", **kw) > 0
+    assert plan_num_workers(3, "mps", in_jupyter=True, platform="darwin", **kw) == 3  # explicit wins
+
+
+def test_num_workers_leave_a_core_and_share_among_ranks() -> None:
+    assert plan_num_workers("auto", "cpu", cpu_count=2, in_jupyter=False, platform="linux") == 1
+    assert plan_num_workers("auto", "cpu", cpu_count=64, in_jupyter=False, platform="linux") == 8
+    assert plan_num_workers("auto", "cuda", cpu_count=16, in_jupyter=False, platform="linux", world_size=4) == 3
+
+
+def test_channels_last_for_conv_nets_on_cuda_only() -> None:
+    assert plan_channels_last("auto", "cuda", conv_layers=50)
+    assert not plan_channels_last("auto", "cuda", conv_layers=1)  # a ViT: just the patch embedding
+    assert not plan_channels_last("auto", "mps", conv_layers=50)
+    assert plan_channels_last(True, "cpu", conv_layers=0)
+
+
+def test_detect_backends_reports_this_machine() -> None:
+    import torch
+
+    found = detect_backends()
+    assert found.cuda == torch.cuda.is_available()
+    assert plan_device("auto", found).type in ("cuda", "mps", "cpu")
+
+
+def test_cpu_threads_leave_the_loader_workers_their_cores_and_only_ever_lower() -> None:
+    from sustain.device import plan_cpu_threads
+
+    assert plan_cpu_threads(2, cpu_count=2, num_workers=1) == 1
+    assert plan_cpu_threads(2, cpu_count=2, num_workers=0) == 2
+    assert plan_cpu_threads(16, cpu_count=16, num_workers=4) == 12
+    assert plan_cpu_threads(1, cpu_count=16, num_workers=0) == 1  # the user's own setting wins
+    assert plan_cpu_threads(8, cpu_count=8, num_workers=7) == 1
+    assert plan_cpu_threads(8, cpu_count=8, num_workers=1, world_size=2) == 3

@@ -1,0 +1,121 @@
+"""The partial-label loss, class weights and the guarded optimizer step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sustain.engine import guarded_optimizer_step, health_verdict, is_improvement, next_escalation
+from sustain.losses import PartialLabelLoss, class_counts, inverse_frequency_weights, sample_weights
+
+
+def one_hot(labels: list[int], num_classes: int) -> torch.Tensor:
+    return F.one_hot(torch.tensor(labels), num_classes).float()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_single_label_equals_cross_entropy_with_label_smoothing(smoothing: float) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(16, 7) * 3
+    labels = torch.randint(0, 7, (16,))
+    ours = PartialLabelLoss(label_smoothing=smoothing)(logits, one_hot(labels.tolist(), 7))
+    ref = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_set_label_is_minus_log_of_the_summed_set_probability() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0, 0.0]])  # "one of class 0 or 2"
+    p = logits.softmax(dim=1)[0]
+    expected = -math.log(float(p[0] + p[2]))
+    assert PartialLabelLoss()(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_set_label_gradient_lets_the_model_choose_within_the_set() -> None:
+    logits = torch.zeros(1, 4, requires_grad=True)
+    PartialLabelLoss()(logits, torch.tensor([[1.0, 1.0, 0.0, 0.0]])).backward()
+    g = logits.grad[0]
+    assert g[0] == pytest.approx(g[1].item()) and g[0] < 0  # both set members pushed up equally
+    assert g[2] > 0 and g[3] > 0  # the others pushed down
+
+
+def test_loss_is_computed_in_fp32_under_low_precision_logits() -> None:
+    logits = (torch.randn(4, 5) * 20).bfloat16()
+    loss = PartialLabelLoss(0.1)(logits, one_hot([0, 1, 2, 3], 5))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_class_weights_match_weighted_cross_entropy() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(12, 4)
+    labels = torch.randint(0, 4, (12,))
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    ours = PartialLabelLoss(class_weights=w)(logits, one_hot(labels.tolist(), 4))
+    assert ours.item() == pytest.approx(F.cross_entropy(logits, labels, weight=w).item(), rel=1e-6)
+
+
+def test_inverse_frequency_weights_favour_rare_classes_and_count_sets_fractionally() -> None:
+    counts = class_counts([(0,), (0,), (0,), (1,), (0, 1)], num_classes=3)
+    assert counts.tolist() == [3.5, 1.5, 0.0]
+    w = inverse_frequency_weights(counts)
+    assert w.dtype == torch.float32  # MPS has no float64
+    assert w[1] > w[0] > 0 and w[2] == 0
+    assert float(w[:2].mean()) == pytest.approx(1.0)
+    sw = sample_weights([(0,), (1,), (0, 1)], w)
+    assert sw[1] > sw[0] and sw[2] == pytest.approx(float(w[:2].mean()))
+
+
+def _tiny_problem():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt
+
+
+def test_nonfinite_gradient_skips_the_step_and_the_grad_scaler_backs_off() -> None:
+    model, opt = _tiny_problem()
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(model(torch.ones(1, 3)).sum()).backward()
+    model.weight.grad.fill_(float("nan"))
+    assert not guarded_optimizer_step(model, opt, scaler, grad_clip=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert scaler.get_scale() == 512.0  # backed off, as scaler.step would on an overflow
+    assert all(p.grad is None for p in model.parameters())
+
+    scaler.scale(model(torch.ones(1, 3)).sum()).backward()  # the next finite step goes through
+    assert guarded_optimizer_step(model, opt, scaler, grad_clip=1.0)
+    assert not torch.equal(before[0], model.weight)
+
+
+def test_finite_step_clips_the_gradient_norm() -> None:
+    model, opt = _tiny_problem()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before = model.weight.detach().clone()
+    (model(torch.ones(1, 3)).sum() * 1000).backward()
+    assert guarded_optimizer_step(model, opt, scaler, grad_clip=1.0)
+    step = torch.cat([(model.weight - before).flatten()])
+    assert step.norm() <= 0.1 * 1.0 + 1e-6  # lr × clipped norm (bias included in the clip)
+
+
+def test_health_verdict_thresholds() -> None:
+    assert health_verdict(4.99, 5, 20) == "healthy"
+    assert health_verdict(5.0, 5, 20) == "warning"
+    assert health_verdict(20.0, 5, 20) == "warning"
+    assert health_verdict(20.01, 5, 20) == "critical"
+
+
+def test_escalation_ladder() -> None:
+    assert next_escalation(amp_on=True, lr_halved=False) == "amp_off"
+    assert next_escalation(amp_on=False, lr_halved=False) == "lr_halved"
+    assert next_escalation(amp_on=False, lr_halved=True) == "stop"
+
+
+def test_improvement_respects_the_monitor_direction() -> None:
+    assert is_improvement(0.5, None, "val_macro_f1")
+    assert is_improvement(0.6, 0.5, "val_acc") and not is_improvement(0.5, 0.5, "val_acc")
+    assert is_improvement(0.4, 0.5, "val_loss") and not is_improvement(0.6, 0.5, "val_loss")
+    assert not is_improvement(float("nan"), None, "val_loss")
