@@ -76,7 +76,7 @@ from .transforms import (
     resolve_data_config,
     validate_transforms,
 )
-from .utils import atomic_write_json
+from .utils import atomic_write_json, setup_logging
 
 log = logging.getLogger("sustain.engine")
 
@@ -610,7 +610,6 @@ class _Loop:
             return result
 
         final: dict[str, Any] = {}
-        report_error = None
         t = time.perf_counter()
         if not st.failed and best_path is not None:
             from .evaluate import write_final_evaluation
@@ -624,16 +623,8 @@ class _Loop:
         timings["final_evaluation_seconds"] = time.perf_counter() - t
         timings["total_seconds"] = time.perf_counter() - started
 
-        run = self.run_record(timings, lake, data_config, workers, final)
-        atomic_write_json(out / RUN, run)  # the report reads it
-        if not st.failed:
-            try:
-                from .report import build_report
-
-                log.info("✓ Report written: %s", build_report(out))
-            except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
-                report_error = f"{type(exc).__name__}: {exc}"
-                log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", report_error, out)
+        # The checklist needs only the checkpoints and the history, so it is ready before the
+        # report, which then shows it.
         checklist = trends.success_checklist(
             st.history,
             {"completed": not st.failed, "stop_reason": st.stop_reason, "artifacts": trends.artifacts_present(out),
@@ -642,8 +633,18 @@ class _Loop:
         )
         for line in trends.format_checklist(checklist):
             log.info(line)
-        run.update(checklist=checklist, report_error=report_error)
-        atomic_write_json(out / RUN, run)
+        run = self.run_record(timings, lake, data_config, workers, final)
+        run.update(checklist=checklist, report_error=None)
+        atomic_write_json(out / RUN, run)  # the report reads it
+        if not st.failed:
+            try:
+                from .report import build_report
+
+                log.info("✓ Report written: %s", build_report(out))
+            except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
+                run["report_error"] = f"{type(exc).__name__}: {exc}"
+                log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", run["report_error"], out)
+                atomic_write_json(out / RUN, run)
         result.checklist = checklist
         if st.failed:
             log.error("❌ Training failed: %s", st.stop_reason)
@@ -876,14 +877,8 @@ def _finite_or_none(value: Any) -> Any:
 
 def _ensure_console_logging() -> None:
     """Plain messages on stdout when nobody configured logging (Python API, notebooks)."""
-    logger = logging.getLogger("sustain")
-    if logger.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    if not (logging.getLogger("sustain").handlers or logging.getLogger().handlers):
+        setup_logging()
 
 
 # =========================================================================== data loaders

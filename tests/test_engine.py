@@ -104,6 +104,7 @@ def test_demo_run_writes_every_artifact_and_prints_the_spec_messages_in_order(de
     assert set(run["versions"]) >= {"python", "torch", "torchvision", "timm", "numpy"}
     assert run["manifest_hash"] == meta["manifest_hash"] == torch.load(out / "last.pth", weights_only=True)["manifest_hash"]
     assert [item["passed"] for item in run["checklist"] if item["id"] == "completed"] == [True]
+    assert "Success criteria checklist" in (out / "report.html").read_text(encoding="utf-8")
 
     # The final evaluation scored the best weights, not the last epoch's.
     best = history["epoch"].index(meta["epoch"])
