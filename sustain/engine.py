@@ -38,17 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 from torch import nn
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    Sampler,
-    WeightedRandomSampler,
-    get_worker_info,
-)
-from torch.utils.data.distributed import DistributedSampler
 
 from . import checkpoints as ckpt
 from . import trends
@@ -66,8 +56,10 @@ from .device import (
     plan_num_workers,
     plan_precision,
 )
+from .distributed import Distributed
 from .errors import RunFailed, UsageError
-from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights, sample_weights
+from .loaders import Loaders, build_loaders
+from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
 from .model import build_model, model_kwargs, parameter_summary
 from .taxonomy import Taxonomy, build_taxonomy
 from .transforms import (
@@ -117,7 +109,7 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
     _ensure_console_logging()
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    dist = _Distributed.from_env()
+    dist = Distributed.from_env()
     if not dist.is_main:
         logging.getLogger("sustain").setLevel(logging.WARNING)
     out_dir = prepare_output_dir(cfg.output_dir)  # before anything slow: fail early
@@ -269,7 +261,7 @@ def is_improvement(score: float | None, best: float | None, monitor: str) -> boo
 class _Loop:
     """The epoch loop. One instance per run; `run()` then `finish()`."""
 
-    def __init__(self, cfg: Config, taxonomy: Taxonomy, sources: list[str], dist: _Distributed,
+    def __init__(self, cfg: Config, taxonomy: Taxonomy, sources: list[str], dist: Distributed,
                  device: torch.device, plan: DevicePlan, precision: PrecisionPlan, channels_last: bool,
                  out_dir: Path, meta: dict[str, Any], model: nn.Module, fwd_model: nn.Module, ema: Any,
                  loss_fn: nn.Module, val_loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -879,262 +871,3 @@ def _ensure_console_logging() -> None:
     """Plain messages on stdout when nobody configured logging (Python API, notebooks)."""
     if not (logging.getLogger("sustain").handlers or logging.getLogger().handlers):
         setup_logging()
-
-
-# =========================================================================== data loaders
-
-
-class ShardSampler(Sampler[int]):
-    """Rank r of W gets indices r, r+W, ...: every sample exactly once, no padding (evaluation under DDP)."""
-
-    def __init__(self, length: int, rank: int, world: int) -> None:
-        self.indices = list(range(rank, length, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class EpochIndexSampler(Sampler[tuple[int, int]]):
-    """Yields (epoch, index) pairs from a sampler of indices, so each item knows which epoch draws it."""
-
-    def __init__(self, sampler: Sampler[int]) -> None:
-        self.sampler = sampler
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        return ((self.epoch, index) for index in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class SeededItems(Dataset):
-    """Train items whose random augmentation is a function of (seed, epoch, index) alone.
-
-    The same image gets the same crop in any worker, with any number of workers,
-    persistent or not, and after a resume: data loading never depends on which
-    process happened to load an item. The Python, NumPy (timm's RandAugment) and
-    torch generators are seeded per item; in the main process (num_workers=0)
-    torch's stream, which the model draws from (drop path), is left as it was.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        item_seed = _item_seed(self.seed, epoch, index)
-        random.seed(item_seed)
-        np.random.seed(item_seed % 2**32)
-        cpu_rng = torch.default_generator  # manual_seed would also seed every accelerator: 60x slower
-        if get_worker_info() is not None:  # a worker process: its RNG serves only the data
-            cpu_rng.manual_seed(item_seed)
-            return self.dataset[index]
-        saved = cpu_rng.get_state()
-        cpu_rng.manual_seed(item_seed)
-        try:
-            return self.dataset[index]
-        finally:
-            cpu_rng.set_state(saved)
-
-
-def _item_seed(seed: int, epoch: int, index: int) -> int:
-    return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % 2**63
-
-
-@dataclass
-class Loaders:
-    train: DataLoader
-    val: DataLoader
-    train_batches: int
-    seed: int
-    rank: int
-    generator: torch.Generator
-    final: dict[str, DataLoader | None]
-    train_items: SeededItems
-
-    def set_epoch(self, epoch: int) -> None:
-        """The order and the augmentation of an epoch depend on (seed, epoch, rank) only: a resume replays them."""
-        self.train.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        self.generator.manual_seed(_epoch_seed(self.seed, epoch, self.rank))
-
-    def order_state(self) -> dict[str, Any]:
-        return {"seed": self.seed, "rank": self.rank, "generator": self.generator.get_state()}
-
-    def sanity_batch(self):
-        from .data.dataset import collate_skip_failed
-
-        n = min(self.train.batch_size or 1, len(self.train_items))
-        return collate_skip_failed([self.train_items[(0, i)] for i in range(n)])
-
-
-def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf, plan: DevicePlan, workers: int,
-                  dist: _Distributed) -> Loaders:
-    from .data.dataset import ManifestDataset, collate_skip_failed
-
-    rows = {split: lake.split(split) for split in ("train", "val", "test")}
-    if not rows["train"]:
-        raise UsageError("No training images: the train split is empty", "add images or sources (see data_summary.json)")
-    if not rows["val"]:
-        raise UsageError("No validation images: the val split is empty",
-                         "add images, or raise data.split.val so each class has a val image")
-
-    def dataset(split: str, tf) -> ManifestDataset:
-        return ManifestDataset(rows[split], taxonomy.num_classes, lake.sources, tf,
-                               max_image_pixels=cfg.data.max_image_pixels)
-
-    generator = torch.Generator()
-    train_items = SeededItems(dataset("train", train_tf), cfg.seed + dist.rank)
-    if dist.enabled:
-        if cfg.train.balance == "sampler":
-            raise UsageError("train.balance: sampler is not supported under torchrun (DDP)",
-                             "use train.balance: loss_weights, which works the same on every rank")
-        sampler: Sampler = DistributedSampler(train_items, num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                              seed=cfg.seed, drop_last=False)
-    elif cfg.train.balance == "sampler":
-        weights = inverse_frequency_weights(class_counts((r.targets for r in rows["train"]), taxonomy.num_classes))
-        sampler = WeightedRandomSampler(sample_weights([r.targets for r in rows["train"]], weights),
-                                        num_samples=len(train_items), replacement=True, generator=generator)
-    else:
-        sampler = RandomSampler(train_items, generator=generator)
-
-    # Each loader draws its worker seed from its own generator, never from the global RNG the model uses.
-    common: dict[str, Any] = {"num_workers": workers, "collate_fn": collate_skip_failed, "pin_memory": plan.pin_memory}
-    if workers > 0:
-        common.update(persistent_workers=True, prefetch_factor=4)  # no re-spawn per epoch; ride out hiccups
-    batch_size = cfg.train.batch_size
-    drop_last = len(sampler) > batch_size  # a last batch of 1 breaks BatchNorm
-    train = DataLoader(train_items, batch_size=batch_size, sampler=EpochIndexSampler(sampler), drop_last=drop_last,
-                       generator=torch.Generator(), **common)  # not the sampler's: the order must not depend on workers
-    batches = len(train)
-    if cfg.train.max_steps_per_epoch:
-        batches = min(batches, cfg.train.max_steps_per_epoch)
-
-    val_ds = dataset("val", eval_tf)
-    val = DataLoader(val_ds, batch_size=batch_size, sampler=ShardSampler(len(val_ds), dist.rank, dist.world),
-                     generator=torch.Generator(), **common)
-    once = {**common, "persistent_workers": False, "generator": torch.Generator()}  # the final evaluation reads once
-    final: dict[str, DataLoader | None] = {"val": DataLoader(val_ds, batch_size=batch_size, shuffle=False, **once)}
-    final["test"] = (DataLoader(dataset("test", eval_tf), batch_size=batch_size, shuffle=False, **once)
-                     if rows["test"] else None)
-    return Loaders(train=train, val=val, train_batches=batches, seed=cfg.seed, rank=dist.rank, generator=generator,
-                   final=final, train_items=train_items)
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
-
-
-# =========================================================================== distributed
-
-
-@dataclass
-class _Distributed:
-    """The torchrun environment; a single process when WORLD_SIZE is absent or 1."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # set by init()
-
-    @classmethod
-    def from_env(cls) -> _Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        return cls(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def init(self, plan: DevicePlan) -> torch.device:
-        """Join the process group (NCCL on CUDA, gloo otherwise) and return this rank's device."""
-        if plan.type == "cuda":
-            device = torch.device("cuda", self.local_rank if self.enabled else 0)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device(plan.type)
-        if self.enabled and not torch_dist.is_initialized():
-            torch_dist.init_process_group(backend="nccl" if plan.type == "cuda" else "gloo")
-        self.device = device
-        return device
-
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        if not self.enabled:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def ingest(self, cfg: Config, taxonomy: Taxonomy, out_dir: Path):
-        """Rank 0 ingests and writes the manifest; the others then read the same lake quietly (cached)."""
-        from .data.lake import ingest
-
-        if self.is_main:
-            lake = ingest(cfg, taxonomy, out_dir=out_dir)
-        self.barrier()
-        if not self.is_main:
-            lake = ingest(cfg, taxonomy, out_dir=None, log_summary=False)
-        return lake
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch_dist.barrier()
-
-    def _tensor(self, values: list[float]) -> torch.Tensor:
-        device = self.device if self.device.type == "cuda" else torch.device("cpu")  # NCCL needs CUDA tensors
-        return torch.tensor(values, dtype=torch.float64, device=device)
-
-    def all_true(self, *flags: bool) -> tuple[bool, ...]:
-        """Each flag AND-ed over the ranks, so every rank takes the same branch."""
-        if not self.enabled:
-            return flags
-        t = self._tensor([float(f) for f in flags])
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
-        return tuple(bool(v) for v in t.tolist())
-
-    def sum(self, *values: float) -> tuple[float, ...]:
-        if not self.enabled:
-            return values
-        t = self._tensor([float(v) for v in values])
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
-        return tuple(t.tolist())
-
-    def gather_predictions(self, preds: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every rank's validation shard, concatenated: each sample exactly once (ShardSampler pads nothing)."""
-        if not self.enabled:
-            return preds.logits, preds.targets, preds.source_ids
-        shards: list[Any] = [None] * self.world
-        torch_dist.all_gather_object(shards, (preds.logits, preds.targets, preds.source_ids))
-        return tuple(torch.cat([s[i] for s in shards]) for i in range(3))  # type: ignore[return-value]
-
-    def gather_rng(self) -> list[dict[str, Any]]:
-        """Every rank's RNG states (rank order), for an exact resume of each."""
-        state = ckpt.capture_rng_state()
-        if not self.enabled:
-            return [state]
-        states: list[Any] = [None] * self.world
-        torch_dist.all_gather_object(states, state)
-        return states
-
-    def close(self) -> None:
-        if self.enabled and torch_dist.is_initialized():
-            torch_dist.barrier()
-            torch_dist.destroy_process_group()

@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from sustain.config import DataConfig
-from sustain.engine import EpochIndexSampler, SeededItems, ShardSampler
+from sustain.loaders import EpochIndexSampler, SeededItems, ShardSampler
 from sustain.transforms import build_train_transform
 
 DATA_CONFIG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
