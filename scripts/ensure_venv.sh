@@ -21,9 +21,16 @@ else
   echo "Installing pinned requirements into $venv (first time takes a few minutes)..."
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -r "$root/requirements-dev.txt"
+  # pip's chatter goes to a log, shown only when the install fails.
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install -q --upgrade pip &&
+         "$venv/bin/python" -m pip install -q -r "$root/requirements-dev.txt"; } >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -40 >&2
+    echo "✗ Installing the requirements failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
+  echo "✓ Installed: $("$venv/bin/python" -c 'import torch, torchvision, timm, numpy; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, numpy {numpy.__version__}")')"
 fi
 # The package itself is installed editable from this checkout every time:
 # it is quick, and a cached venv may have been built from another clone.
