@@ -43,6 +43,7 @@ from torch import nn
 from . import checkpoints as ckpt
 from . import trends
 from .config import Config
+from .data.lake import check_sources
 from .device import (
     DevicePlan,
     PrecisionPlan,
@@ -113,6 +114,8 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
     if not dist.is_main:
         logging.getLogger("sustain").setLevel(logging.WARNING)
     out_dir = prepare_output_dir(cfg.output_dir)  # before anything slow: fail early
+    taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
+    check_sources(cfg, taxonomy)  # likewise: a missing dataset must not wait for a model download
 
     # ---- setup: seed, device, model, transforms ----------------------------
     seed_everything(cfg.seed + dist.rank)  # ranks differ in augmentation, DDP syncs the weights
@@ -124,7 +127,6 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
     device = dist.init(plan)
     log.info("%s, %s%s", plan.line, precision.label, f", DDP world size {dist.world}" if dist.enabled else "")
 
-    taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
     log.info("Creating model: %s", cfg.model.name)
     model = build_model(cfg.model, taxonomy.num_classes, plan.type)
     log.info(parameter_summary(model))

@@ -145,6 +145,16 @@ def test_unwritable_output_folder_fails_before_training(tiny_lake: Path, tmp_pat
     assert "Random seed" not in result.output and "Creating model" not in result.output
 
 
+def test_missing_data_root_fails_before_the_model_is_created(tiny_lake: Path, tmp_path: Path, run_cli) -> None:
+    raw = tiny_config_dict(tiny_lake, tmp_path / "run")
+    raw["data"]["sources"][0]["root"] = str(tmp_path / "not_downloaded_yet")
+    result = run_cli("train", "--config", write_yaml(tmp_path / "c.yaml", raw))
+    assert result.code == 2
+    assert f"root not found: {tmp_path / 'not_downloaded_yet'}" in result.output
+    assert "sustain data download" in result.output
+    assert "Creating model" not in result.output  # a hub download must not come before this error
+
+
 def test_injected_nonfinite_loss_and_grad_are_skipped_counted_and_reported(tiny_lake: Path, tmp_path: Path,
                                                                            run_cli) -> None:
     raw = tiny_config_dict(tiny_lake, tmp_path / "run", guards={"inject_nonfinite_loss": [1],

@@ -136,16 +136,10 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
     warn = log.warning if log_summary else log.debug
     data = cfg.data
 
-    enabled = [s for s in data.sources if s.enabled]
+    enabled, label_maps, roots = check_sources(cfg, taxonomy)
     disabled = [s.name for s in data.sources if not s.enabled]
     for name in disabled:
         say("⏭️  Skipping %s (enabled: false)", name)
-    if not enabled:
-        raise UsageError("Every source in data.sources has enabled: false, so there is nothing to ingest",
-                         "enable at least one source")
-    label_maps = [compile_label_map(s, taxonomy) for s in enabled]
-    roots = [os.path.abspath(cfg.source_root(s)) for s in enabled]
-    _check_roots(cfg, enabled, roots)
 
     cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else Path(data.root).expanduser() / ".sustain_cache"
     scans = []
@@ -193,6 +187,22 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
         write_lake_files(out_dir, lake, corrupt)
         say("✓ Manifest written: %s (hash %s)", Path(out_dir) / "manifest.csv", digest[:16])
     return lake
+
+
+def check_sources(cfg: Config, taxonomy: Taxonomy) -> tuple[list[SourceConfig], list[LabelMap], list[str]]:
+    """The cheap checks, without reading an image: at least one enabled source, label maps
+    that name known classes, roots that exist. Returns (enabled sources, label maps, roots).
+
+    The engine runs it first, so a missing dataset fails in a second, not after the model loads.
+    """
+    enabled = [s for s in cfg.data.sources if s.enabled]
+    if not enabled:
+        raise UsageError("Every source in data.sources has enabled: false, so there is nothing to ingest",
+                         "enable at least one source")
+    label_maps = [compile_label_map(s, taxonomy) for s in enabled]
+    roots = [os.path.abspath(cfg.source_root(s)) for s in enabled]
+    _check_roots(cfg, enabled, roots)
+    return enabled, label_maps, roots
 
 
 def _workers(setting: int | str) -> int:
