@@ -13,7 +13,7 @@ demo: venv
 	@$(PY) -m sustain data demo --out $(DEMO_LAKE) --if-missing
 
 train: demo
-	$(PY) -m sustain train --config configs/demo.yaml
+	$(PY) -m sustain train --config configs/demo.yaml --set device=cpu
 
 test: venv
 	$(PY) -m pytest
