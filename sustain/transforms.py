@@ -74,7 +74,22 @@ def resolve_augment(data_cfg: DataConfig) -> AugmentPreset:
     """The preset of `data.augment` with the non-null `data.augment_options` applied."""
     preset = PRESETS[data_cfg.augment]
     overrides = {k: v for k, v in data_cfg.augment_options.model_dump().items() if v is not None}
-    return AugmentPreset(**{**preset.__dict__, **overrides})
+    aug = AugmentPreset(**{**preset.__dict__, **overrides})
+    return AugmentPreset(**{**aug.__dict__, "rand_augment": capped_rand_augment(aug.rand_augment)})
+
+
+def capped_rand_augment(spec: str) -> str:
+    """A RandAugment string whose sampled magnitude stays at or below 9.
+
+    With `mstd` noise timm can draw magnitude 10; for Posterize with `inc1` that
+    means keeping 0 bits, which Pillow >= 13 rejects with a ValueError, about once
+    per 1,300 images: a crash in a loader worker mid-epoch. Capping at 9 keeps
+    the EVA02 recipe ('rand-m9-mstd0.5-inc1') and at least 1 bit. A string that
+    sets its own `mmax` is left alone.
+    """
+    if not spec.startswith("rand") or any(part.startswith("mmax") for part in spec.split("-")):
+        return spec
+    return f"{spec}-mmax9"
 
 
 def build_train_transform(data_config: dict[str, Any], data_cfg: DataConfig) -> T.Compose:
