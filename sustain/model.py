@@ -13,7 +13,9 @@ is opt-in and never used on MPS.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,13 +149,48 @@ def _create(name: str, num_classes: int, kwargs: dict[str, Any], **extra: Any) -
 
 def _create_from_hub(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
     try:
-        return _create(name, num_classes, kwargs, pretrained=True)
+        with _cache_only_unless_hub_reachable():
+            return _create(name, num_classes, kwargs, pretrained=True)
     except (OSError, RuntimeError) as exc:  # hub errors subclass OSError; "no pretrained weights" is a RuntimeError
         raise UsageError(
             f"Could not load pretrained weights for {name!r} from the timm hub: {_first_line(exc)}",
             "offline? set model.pretrained to a local weights file (.safetensors/.pth/.bin), "
             "or to false for random initialisation",
         ) from None
+
+
+@contextlib.contextmanager
+def _cache_only_unless_hub_reachable(timeout_s: float = 3.0) -> Iterator[None]:
+    """Without a route to the hub, read only its local cache.
+
+    A cached model then loads at once and a missing one fails at once, instead of
+    after about a minute of download retries.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable(constants.ENDPOINT, timeout_s):
+        yield
+        return
+    log.info("  The timm hub (%s) is unreachable: using the local cache only", constants.ENDPOINT)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def hub_reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub's host opens within `timeout_s` (DNS included)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 def _head_rows(name: str, state_dict: dict[str, torch.Tensor]) -> int | None:

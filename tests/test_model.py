@@ -10,7 +10,13 @@ import torch
 
 from sustain.config import ModelConfig
 from sustain.errors import UsageError
-from sustain.model import MPS_GRAD_CKPT_WARNING, build_model, parameter_summary, read_weights_file
+from sustain.model import (
+    MPS_GRAD_CKPT_WARNING,
+    build_model,
+    hub_reachable,
+    parameter_summary,
+    read_weights_file,
+)
 
 
 def cfg(**kw) -> ModelConfig:
@@ -109,6 +115,21 @@ def test_hub_offline_names_the_local_file_and_false_alternatives(monkeypatch: py
     text = str(err.value)
     assert "test_vit" in text
     assert "local weights file" in text and "false" in text
+
+
+def test_unreachable_hub_reads_the_cache_only_instead_of_retrying(monkeypatch: pytest.MonkeyPatch,
+                                                                  sustain_log) -> None:
+    import huggingface_hub.constants
+
+    # A real connection attempt to a port nothing listens on: refused at once, as with no network.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert not hub_reachable("http://127.0.0.1:9")
+    with pytest.raises(UsageError, match="local weights file"):
+        build_model(cfg(pretrained=True), num_classes=3)
+    # Cache-only mode, rather than the hub client's minute of download retries.
+    assert "is unreachable: using the local cache only" in sustain_log.text
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored for the rest of the process
 
 
 def test_unknown_model_name_is_a_usage_error() -> None:
