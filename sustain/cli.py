@@ -202,14 +202,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SustainError as exc:
         log.error("❌ %s", exc)
         return exc.exit_code
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("sustain."):
-            log.error("❌ `%s` is not implemented yet (missing %s).", " ".join(sys.argv[1:3]) or args.command, exc.name)
-            return 2
-        raise
     except KeyboardInterrupt:
         log.error("Interrupted.")
         return 130
+    except ModuleNotFoundError as exc:
+        log.error("❌ The Python package %r is missing from this environment", exc.name)
+        log.error("  → run `make venv` and use .venv/bin/sustain, or run `bash fix_environment.sh`")
+        return 1
+    except Exception as exc:  # a bug or a broken environment: one clear line, the traceback on request
+        log.error("❌ Unexpected error in `sustain %s`: %s: %s", args.command, type(exc).__name__, exc)
+        if args.verbose:
+            log.exception("Traceback:")
+        else:
+            log.error("  → rerun with -v for the traceback; `sustain doctor` checks the environment")
+        return 1
 
 
 def run() -> None:

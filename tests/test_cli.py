@@ -116,9 +116,26 @@ def test_a_sustain_error_becomes_a_message_and_its_exit_code(run_cli, tmp_path):
     ids=["report", "evaluate", "predict", "download"],
 )
 def test_missing_inputs_exit_2_without_traceback(run_cli, tmp_path, argv):
-    # Before a command is implemented it says so (exit 2); afterwards the missing path is bad input (exit 2).
     missing = tmp_path / "missing"
     result = run_cli(*(a.format(missing=missing) for a in argv))
     assert result.code == 2, result.output
     assert "Traceback" not in result.output
-    assert str(missing) in result.output or "not implemented yet" in result.output
+    assert str(missing) in result.output
+
+
+def test_an_unexpected_error_is_one_line_exit_1_and_the_traceback_only_with_verbose(run_cli, tmp_path,
+                                                                                      monkeypatch):
+    # A bug stands in for any failure the code did not foresee: the CLI boundary must still hold.
+    import sustain.report
+
+    def broken(run_dir):
+        raise RuntimeError("plot backend exploded")
+
+    monkeypatch.setattr(sustain.report, "build_report", broken)
+    result = run_cli("report", tmp_path)
+    assert result.code == 1
+    assert "Unexpected error in `sustain report`: RuntimeError: plot backend exploded" in result.output
+    assert "-v" in result.output and "Traceback" not in result.output
+
+    verbose = run_cli("-v", "report", tmp_path)
+    assert verbose.code == 1 and "Traceback" in verbose.output
