@@ -16,6 +16,7 @@ train: demo
 	$(PY) -m sustain train --config configs/demo.yaml --set device=cpu
 
 test: venv
+	$(PY) -m ruff check --quiet sustain tests benchmarks
 	$(PY) -m pytest
 
 test-fast: venv
