@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from .data.scan import IMAGE_EXTENSIONS
 from .errors import UsageError
 from .metrics import final_metrics, format_per_class
 from .taxonomy import Taxonomy
+from .transforms import build_eval_transform
 from .utils import atomic_write, atomic_write_json
 
 log = logging.getLogger("sustain.evaluate")
@@ -396,13 +397,6 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") 
     return LoadedCheckpoint(model=model, meta=dict(meta), taxonomy=taxonomy_from_meta(meta), path=path)
 
 
-def build_eval_transform_for(data_config: Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """The eval transform training used (`sustain.transforms.build_eval_transform`)."""
-    from .transforms import build_eval_transform
-
-    return build_eval_transform(dict(data_config))
-
-
 # --------------------------------------------------------------------------- sustain evaluate
 
 
@@ -440,7 +434,7 @@ def evaluate_checkpoint(
     else:
         rows, sources = labelled_folder_rows(Path(data_dir), taxonomy, label_map)
         name = f"data_{Path(data_dir).resolve().name}"
-    dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform_for(loaded.data_config))
+    dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform(dict(loaded.data_config)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
     preds = collect_predictions(loaded.model, loader, dev)
     record = _checkpoint_record(loaded.path, loaded.meta)

@@ -30,11 +30,11 @@ from PIL import Image, ImageOps
 from .data.scan import IMAGE_EXTENSIONS, CorruptImage, load_rgb, to_rgb
 from .errors import UsageError
 from .evaluate import (
-    build_eval_transform_for,
     load_checkpoint_model,
     resolve_device,
 )
 from .taxonomy import Taxonomy
+from .transforms import build_eval_transform
 
 log = logging.getLogger("sustain.inference")
 
@@ -136,7 +136,7 @@ class Predictor:
         self.data_config = data_config
         self.device = device
         self.meta = meta or {}
-        self.transform = build_eval_transform_for(data_config)
+        self.transform = build_eval_transform(dict(data_config))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:

@@ -27,6 +27,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from .config import DataConfig, ModelConfig
+from .data.scan import to_rgb
 from .errors import RunFailed
 
 log = logging.getLogger("sustain.transforms")
@@ -130,10 +131,11 @@ def build_eval_transform(data_config: dict[str, Any]) -> T.Compose:
 
 
 class ToRGB:
-    """Convert any PIL mode (L, P, RGBA, CMYK, I;16, ...) to RGB; a class so workers can pickle it."""
+    """Any PIL mode (L, P, RGBA, CMYK, I;16, ...) to RGB, exactly as ingestion converts it
+    (`sustain.data.scan.to_rgb`); a class so workers can pickle it."""
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return to_rgb(img)
 
     def __repr__(self) -> str:
         return "ToRGB()"
