@@ -510,8 +510,8 @@ def check_forward(ctx: DoctorContext) -> CheckResult:
 
 @check("Data")
 def check_data(ctx: DoctorContext) -> CheckResult:
-    from .data.labels import compile_label_map, resolve_label
-    from .data.scan import walk_source
+    from .data.labels import compile_label_map
+    from .data.scan import count_images
 
     cfg = ctx.cfg
     sources = [s for s in cfg.data.sources if s.enabled]
@@ -527,17 +527,11 @@ def check_data(ctx: DoctorContext) -> CheckResult:
     per_source: dict[str, dict[str, Any]] = {}
     unmapped: Counter[str] = Counter()
     for src in sources:
-        label_map = compile_label_map(src, ctx.taxonomy)
         root = cfg.source_root(src)
-        counts: Counter[str] = Counter()
-        for entry in walk_source(root, exclude=src.exclude).files:
-            res = resolve_label(entry.folders, label_map)
-            counts[res.kind] += 1
-            if res.kind == "unmapped":
-                where = "/".join(entry.folders[: res.folder + 1]) if res.folder is not None else "."
-                unmapped[f"{src.name}:{where}"] += 1
-        per_source[src.name] = {"root": str(root.absolute()), "files": sum(counts.values()),
-                                "labelled": counts["label"], "dropped": counts["drop"], "unmapped": counts["unmapped"]}
+        count = count_images(root, compile_label_map(src, ctx.taxonomy), src.exclude)
+        unmapped.update({f"{src.name}:{folder}": n for folder, n in count.unmapped_folders})
+        per_source[src.name] = {"root": str(root.absolute()), "files": count.images,
+                                "labelled": count.labelled, "dropped": count.dropped, "unmapped": count.unmapped}
     data = {"sources": per_source, "unmapped_folders": dict(unmapped.most_common())}
     summary = "; ".join(_source_line(name, s) for name, s in per_source.items())
     empty = [name for name, s in per_source.items() if s["labelled"] == 0]

@@ -30,7 +30,6 @@ import stat
 import time
 import zipfile
 import zlib
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -42,8 +41,8 @@ from ..config import Config, SourceConfig
 from ..errors import ConfigError, RunFailed, UsageError
 from ..taxonomy import build_taxonomy
 from ..utils import atomic_write_json
-from .labels import LabelMap, compile_label_map, resolve_label
-from .scan import walk_source
+from .labels import LabelMap, compile_label_map
+from .scan import SourceCount, count_images
 
 log = logging.getLogger("sustain.data.download")
 
@@ -384,42 +383,10 @@ def _sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- verification
 
 
-@dataclass(frozen=True)
-class SourceCount:
-    """What ingestion will find under a source root (walked and labelled, not yet decoded)."""
-
-    images: int
-    labelled: int
-    dropped: int  # a `null` label_map target
-    unmapped: int
-    excluded: int  # under an `exclude` glob
-    unmapped_folders: tuple[tuple[str, int], ...] = ()  # the largest few, for the warning
-
-    def describe(self) -> str:
-        text = f"{self.images:,} images ({self.labelled:,} labelled, {self.dropped:,} dropped, {self.unmapped:,} unmapped"
-        return text + (f", {self.excluded:,} excluded)" if self.excluded else ")")
-
-
-def count_images(root: Path, label_map: LabelMap, exclude: list[str]) -> SourceCount:
-    """Walk a source root and resolve every file's label, exactly as ingestion does (no decoding)."""
-    walked = walk_source(root, exclude)
-    kinds: Counter[str] = Counter()
-    unmapped: Counter[str] = Counter()
-    for entry in walked.files:
-        res = resolve_label(entry.folders, label_map)
-        kinds[res.kind] += 1
-        if res.kind == "unmapped":
-            folder = "/".join(entry.folders[: res.folder + 1]) if res.folder is not None else "(source root)"
-            unmapped[folder] += 1
-    return SourceCount(images=len(walked.files), labelled=kinds["label"], dropped=kinds["drop"],
-                       unmapped=kinds["unmapped"], excluded=walked.excluded,
-                       unmapped_folders=tuple(unmapped.most_common(5)))
-
-
 def _report_count(name: str, root: Path, count: SourceCount, note: str = "") -> None:
     log.info("✓ %s: %s%s in %s", name, count.describe(), note, root)
     if count.unmapped:
-        folders = ", ".join(f"{f} ({n:,})" for f, n in count.unmapped_folders)
+        folders = ", ".join(f"{f} ({n:,})" for f, n in count.unmapped_folders[:5])
         log.warning("⚠️  %s: %s image(s) map to no class, in: %s. Add those folders to the source's "
                     "label_map (or null to drop them).", name, f"{count.unmapped:,}", folders)
 

@@ -25,6 +25,7 @@ import sqlite3
 import stat
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .labels import LabelMap, resolve_label
 
 log = logging.getLogger("sustain.data.scan")
 
@@ -456,3 +459,38 @@ def cached_result(entry: FileEntry, cached: tuple[int, int, DecodeResult] | None
     if over_before:
         return None  # the limit was raised since: decode it now
     return result
+
+
+@dataclass(frozen=True)
+class SourceCount:
+    """What ingestion will find under a source root (walked and labelled, not yet decoded)."""
+
+    images: int
+    labelled: int
+    dropped: int  # a `null` label_map target
+    unmapped: int
+    excluded: int  # under an `exclude` glob
+    unmapped_folders: tuple[tuple[str, int], ...] = ()  # every unmapped folder, largest first
+
+    def describe(self) -> str:
+        text = f"{self.images:,} images ({self.labelled:,} labelled, {self.dropped:,} dropped, {self.unmapped:,} unmapped"
+        return text + (f", {self.excluded:,} excluded)" if self.excluded else ")")
+
+
+def count_images(root: Path, label_map: LabelMap, exclude: list[str]) -> SourceCount:
+    """Walk a source root and resolve every file's label, exactly as ingestion does (no decoding).
+
+    `sustain data download` and `sustain doctor` both report with it."""
+
+    walked = walk_source(root, exclude)
+    kinds: Counter[str] = Counter()
+    unmapped: Counter[str] = Counter()
+    for entry in walked.files:
+        res = resolve_label(entry.folders, label_map)
+        kinds[res.kind] += 1
+        if res.kind == "unmapped":
+            folder = "/".join(entry.folders[: res.folder + 1]) if res.folder is not None else "(source root)"
+            unmapped[folder] += 1
+    return SourceCount(images=len(walked.files), labelled=kinds["label"], dropped=kinds["drop"],
+                       unmapped=kinds["unmapped"], excluded=walked.excluded,
+                       unmapped_folders=tuple(unmapped.most_common()))
