@@ -34,7 +34,7 @@ LAST = "last.pth"
 EXPORT_WEIGHTS = "best_model.safetensors"
 EXPORT_META = "best_model.json"
 BEST_GLOB = "best_model_epoch*_acc*.pth"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: last.pth also holds a position inside an epoch (step, partial, events)
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -160,6 +160,9 @@ def check_resume_compatible(state: Mapping[str, Any], classes: list[str], manife
     if state.get("kind") != "last":
         raise UsageError(f"{path} is not a resumable checkpoint (kind {state.get('kind')!r})",
                          "resume from last.pth; best checkpoints hold weights only")
+    if not isinstance(state.get("format"), int) or state["format"] > FORMAT_VERSION:
+        raise UsageError(f"{path} has checkpoint format {state.get('format')!r}; this Sustain reads up to "
+                         f"{FORMAT_VERSION}", "update Sustain, or start a new run in another output folder")
     saved = list(state.get("classes") or [])
     if saved != list(classes):
         added = [c for c in classes if c not in saved]

@@ -126,6 +126,7 @@ class TrainConfig(_Section):
     balance: Literal["none", "sampler", "loss_weights"] = "none"
     amp: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA, off for MPS and CPU
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs
+    checkpoint_every_minutes: float = Field(10.0, ge=0)  # mid-epoch last.pth; 0 turns it off
 
 
 class GuardConfig(_Section):

@@ -91,6 +91,27 @@ class Distributed:
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
         return tuple(bool(v) for v in t.tolist())
 
+    def agree_step(self, has_data: bool, finite: torch.Tensor | None, signum: int,
+                   save_due: bool) -> tuple[bool, bool, int, bool]:
+        """The step's one read-back: data present and loss finite (AND over ranks), a stop signal and a
+        due checkpoint (OR over ranks). The loss check stays on the device until here."""
+        if not self.enabled:
+            return has_data, has_data and bool(finite), signum, save_due
+        host = self._tensor([float(has_data), -float(signum), -float(save_due)])  # NCCL: on this rank's GPU
+        loss_ok = (finite.to(host.device, torch.float64) if finite is not None else host.new_zeros(())).reshape(1)
+        flags = torch.cat([host[:1], loss_ok, host[1:]])
+        torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MIN)  # min of -x is -max(x): an OR
+        h, f, s, d = flags.tolist()
+        return bool(h), bool(f), int(-s), bool(-d)
+
+    def agree_signal(self, signum: int) -> int:
+        """The stop signal any rank received (0: none), so every rank stops at the same point."""
+        if not self.enabled:
+            return signum
+        t = self._tensor([float(signum)])
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        return int(t.item())
+
     def sum(self, *values: float) -> tuple[float, ...]:
         if not self.enabled:
             return values
@@ -106,14 +127,17 @@ class Distributed:
         torch_dist.all_gather_object(shards, (preds.logits, preds.targets, preds.source_ids))
         return tuple(torch.cat([s[i] for s in shards]) for i in range(3))  # type: ignore[return-value]
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (plain types and CPU tensors), in rank order."""
+        if not self.enabled:
+            return [obj]
+        objs: list[Any] = [None] * self.world
+        torch_dist.all_gather_object(objs, obj)
+        return objs
+
     def gather_rng(self) -> list[dict[str, Any]]:
         """Every rank's RNG states (rank order), for an exact resume of each."""
-        state = ckpt.capture_rng_state()
-        if not self.enabled:
-            return [state]
-        states: list[Any] = [None] * self.world
-        torch_dist.all_gather_object(states, state)
-        return states
+        return self.gather(ckpt.capture_rng_state())
 
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():

@@ -59,6 +59,7 @@ from .device import (
 )
 from .distributed import Distributed
 from .errors import RunFailed, UsageError
+from .interrupts import Interrupted, StopRequests, resume_command, signal_name
 from .loaders import Loaders, build_loaders
 from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
 from .model import build_model, model_kwargs, parameter_summary
@@ -171,29 +172,58 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
     if saved is not None:
         ckpt.check_resume_compatible(saved, list(taxonomy.classes), lake.manifest_hash, resume_path)
         restore_training_state(saved, cfg, model, optimizer, ema, state)
-        log.info("↩️  Resumed from %s after epoch %d", resume_path, state.epoch)
+        if state.step:
+            log.info("↩️  Resumed from %s at epoch %d, step %d of %d", resume_path, state.epoch + 1, state.step,
+                     loaders.train_batches)
+        else:
+            log.info("↩️  Resumed from %s after epoch %d", resume_path, state.epoch)
     scaler = make_scaler(plan.type, precision, state.guard.amp_on)
     if saved is not None and scaler.is_enabled() and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
     fwd_model = dist.wrap(torch.compile(model) if cfg.model.compile else model, device)
     if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run
-        rng_states = saved["rng"]
+        rng_states, saved_at = saved["rng"], saved.get("saved_at", "?")
         ckpt.restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
         del saved
+    else:
+        saved_at = None
     timings["setup_seconds"] = time.perf_counter() - started
 
     # ---- the epochs ------------------------------------------------------------
     loop = _Loop(cfg, taxonomy, lake.sources, dist, device, plan, precision, channels_last, out_dir, meta,
                  model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, scaler, loaders, state)
+    if saved_at is not None:
+        loop.note_event("resumed", state.epoch + (1 if state.step else 0), state.step,
+                        f"from {resume_path.name} saved at {saved_at}")
     t = time.perf_counter()
-    loop.run()
+    try:
+        with loop.stop.installed():
+            loop.run()
+    except _Stopped as stop:
+        timings["train_seconds"] = time.perf_counter() - t
+        raise _interrupted(loop, stop, timings, lake, data_config, workers) from None
     timings["train_seconds"] = time.perf_counter() - t
 
     # ---- the end: best weights on val and test, report, checklist, run.json ---
     result = loop.finish(timings, started, lake, data_config, workers)
     dist.close()
     return result
+
+
+def _interrupted(loop: _Loop, stop: _Stopped, timings: dict[str, float], lake: Any, data_config: dict[str, Any],
+                 workers: int) -> Interrupted:
+    """run.json says where the run stopped and why; the error's message is the line that continues it."""
+    where = f"epoch {stop.epoch}, step {stop.step} of {stop.total}" if stop.step else f"the end of epoch {stop.epoch - 1}"
+    reason = f"interrupted by {signal_name(stop.signum)} at {where}"
+    if loop.dist.is_main:
+        run = loop.run_record(timings, lake, data_config, workers, {})
+        run.update(status="interrupted", stop_reason=reason)
+        atomic_write_json(loop.out_dir / RUN, run)
+    loop.dist.close()
+    command = resume_command(sys.argv, loop.dist.world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
+    return Interrupted(f"Training {reason}; saved in {loop.out_dir / ckpt.LAST}. Continue with: {command}",
+                       stop.signum)
 
 
 # =========================================================================== state
@@ -229,6 +259,57 @@ class LoopState:
     failed: bool = False
     health: list[dict[str, Any]] = field(default_factory=list)
     trend_warnings: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0  # batches of epoch `epoch + 1` already trained (a mid-epoch checkpoint)
+    partial: list[dict[str, Any]] | None = None  # each rank's EpochProgress at that step
+    events: list[dict[str, Any]] = field(default_factory=list)  # interruptions and resumes, for run.json
+
+
+POSTFIX_EVERY = 25  # the bar's loss/acc are read back from the device every this many steps
+
+
+class EpochProgress:
+    """The running sums of the epoch in progress. Loss and hits stay on the device until read."""
+
+    def __init__(self, device: torch.device, saved: dict[str, Any] | None = None) -> None:
+        saved = saved or {}
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.loss_sum = torch.tensor(saved.get("loss_sum", 0.0), dtype=dtype, device=device)
+        self.correct = torch.tensor(saved.get("correct", 0), dtype=torch.int64, device=device)
+        self.seen: int = saved.get("seen", 0)
+        self.counts: dict[str, int] = {k: 0 for k in GuardState().totals} | saved.get("counts", {})
+
+    @classmethod
+    def resume(cls, device: torch.device, partial: list[dict[str, Any]] | None, rank: int) -> EpochProgress:
+        return cls(device, partial[rank] if partial and rank < len(partial) else None)
+
+    def add(self, loss: torch.Tensor, hits: torch.Tensor) -> None:
+        self.loss_sum += loss.to(self.loss_sum.dtype) * len(hits)
+        self.correct += hits.sum()
+        self.seen += len(hits)
+
+    def postfix(self) -> dict[str, str]:
+        return {"loss": f"{float(self.loss_sum) / self.seen:.4f}", "acc": f"{100.0 * int(self.correct) / self.seen:.2f}%"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
+                "counts": dict(self.counts)}
+
+
+@dataclass
+class StepOutcome:
+    index: int  # the global micro-step
+    trained: int = 0  # 1 when the loss went through backward
+    guard_stop: bool = False
+    signum: int = 0  # a stop signal, agreed over the ranks
+    save_due: bool = False  # a mid-epoch checkpoint is due (rank 0's clock decides)
+
+
+class _Stopped(Exception):
+    """A stop signal, after the position was saved; `_train` turns it into `Interrupted`."""
+
+    def __init__(self, signum: int, epoch: int, step: int, total: int) -> None:
+        super().__init__(signal_name(signum))
+        self.signum, self.epoch, self.step, self.total = signum, epoch, step, total
 
 
 def health_verdict(skipped_pct: float, warn_pct: float, critical_pct: float) -> str:
@@ -276,6 +357,8 @@ class _Loop:
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.loaders, self.state = loaders, state
         self.guards = cfg.guards
+        self.stop = StopRequests()  # `_train` installs its signal handlers around `run()`
+        self.last_save = time.monotonic()
         self.inject_loss = set(cfg.guards.inject_nonfinite_loss)
         self.inject_grad = set(cfg.guards.inject_nonfinite_grad)
 
@@ -291,106 +374,163 @@ class _Loop:
         for epoch in range(st.epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             train_stats = self.train_one_epoch(epoch)
+            if train_stats is None:
+                log.error("❌ Training stopped: %s. The position (epoch %d, step %d) is saved in last.pth. "
+                          "Lower train.lr, set train.amp=off, or check the data; then --resume auto.",
+                          st.stop_reason, epoch, st.step)
+                break
             val = self.validate()
             seconds = time.perf_counter() - t0
             st.epoch = epoch
             self.record_epoch(epoch, train_stats, val, seconds)
             stop = self.check_health(epoch, train_stats)
+            signum = self.dist.agree_signal(self.stop.signum)  # a signal during validation stops here
+            if signum:
+                self.note_event("interrupted", epoch, self.loaders.train_batches, signal_name(signum))
             self.save_epoch_checkpoints(epoch, val)
+            if signum and epoch < epochs:
+                raise _Stopped(signum, epoch + 1, 0, self.loaders.train_batches)
             if stop:
                 break
             if self.early_stopping(epoch):
                 break
         self.dist.barrier()
 
-    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+    def note_event(self, event: str, epoch: int, step: int, reason: str | None) -> None:
+        """An interruption or a resume, for run.json: when, where (epoch, step) and why."""
+        self.state.events.append({"event": event, "time": _now(), "epoch": epoch, "step": step,
+                                  "of": self.loaders.train_batches, "reason": reason})
+
+    def save_position(self, epoch: int, step: int, progress: EpochProgress, reason: str | None) -> None:
+        """A mid-epoch last.pth: `step` batches of `epoch` are trained; every rank's sums and RNG go in."""
+        st = self.state
+        st.step = step
+        st.partial = self.dist.gather(progress.state_dict())
+        if reason is not None:
+            self.note_event("interrupted", epoch, step, reason)
+        self.save_last(self.dist.gather_rng())
+        if self.dist.is_main:
+            log.info("✓ Saved the position: epoch %d, step %d of %d (%s)", epoch, step, self.loaders.train_batches,
+                     self.out_dir / ckpt.LAST)
+
+    def save_last(self, rng: list[dict[str, Any]]) -> None:
+        """Rank 0 writes last.pth; a signal that arrives meanwhile waits for the write to finish."""
+        if self.dist.is_main:
+            with self.stop.saving_block():
+                ckpt.save_checkpoint(self.out_dir / ckpt.LAST, self.training_state(rng))
+        self.last_save = time.monotonic()
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """Train epoch `epoch` from batch `state.step` on; None when the guards stopped the run inside it.
+
+        A mid-epoch checkpoint (every `train.checkpoint_every_minutes`, or on a stop signal) is taken
+        only between optimizer updates, so no accumulated gradient is ever lost or saved.
+        """
         from tqdm.auto import tqdm
 
-        cfg, st, g = self.cfg.train, self.state, self.state.guard
+        cfg, st = self.cfg.train, self.state
         self.fwd_model.train()
-        self.loaders.set_epoch(epoch)
-        counts = {"steps": 0, "skipped": 0, "nonfinite_loss": 0, "nonfinite_grad": 0, "data_errors": 0,
-                  "empty_batches": 0}
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = seen = 0
-        pending = 0  # micro-batches whose gradients wait for the next optimizer step
-        total = self.loaders.train_batches
-        bar = tqdm(itertools.islice(self.loaders.train, total), total=total, desc=f"Epoch {epoch}/{cfg.epochs}",
-                   disable=not self.dist.is_main, dynamic_ncols=True)
+        start, total = st.step, self.loaders.train_batches
+        self.loaders.set_epoch(epoch, start)
+        progress = EpochProgress.resume(self.device, st.partial, self.dist.rank)
+        seen_before, pending = progress.seen, 0  # pending: micro-batches waiting for the next update
+        bar = tqdm(itertools.islice(self.loaders.train, total - start), initial=start, total=total,
+                   desc=f"Epoch {epoch}/{cfg.epochs}", disable=not self.dist.is_main, dynamic_ncols=True)
         t_start = time.perf_counter()
-        for i, batch in enumerate(bar):
-            step = st.micro_steps
-            st.micro_steps += 1
-            counts["steps"] += 1
-            counts["data_errors"] += int(batch.failed)
+        for i, batch in enumerate(bar, start):
             boundary = (i + 1) % cfg.accum_steps == 0 or i + 1 == total
-
-            has_data = len(batch) > 0
-            sync = boundary or not self.dist.enabled  # DDP: all-reduce gradients only on the update step
-            if has_data:
-                images = batch.images.to(self.device, non_blocking=True)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                targets = batch.targets.to(self.device, non_blocking=True)
-                with self.autocast(), (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
-                    logits = self.fwd_model(images)
-                    loss = self.loss_fn(logits, targets)
-                if step in self.inject_loss:
-                    loss = loss * float("nan")  # debug: watch the loss guard work
-                loss_finite = bool(torch.isfinite(loss.detach()))
-            else:
-                loss_finite = False
-            has_data, loss_finite = self.dist.all_true(has_data, loss_finite)  # every rank skips together
-
-            if not has_data:
-                counts["skipped"] += 1
-                counts["empty_batches"] += 1
-            elif not loss_finite:
-                counts["skipped"] += 1
-                counts["nonfinite_loss"] += 1
-                if self.dist.is_main:
-                    log.warning("⚠️  Non-finite loss at step %d (epoch %d): step skipped", step, epoch)
-                if self.on_nonfinite(epoch, step, "loss"):
-                    break
-            else:
-                with (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
-                    self.scaler.scale(loss / cfg.accum_steps).backward()
-                pending += 1
-                loss_sum += loss.detach().double().cpu() * len(batch)
-                hits = targets.gather(1, logits.detach().argmax(dim=1, keepdim=True)) > 0
-                correct += int(hits.sum())
-                seen += len(batch)
-
-            if boundary and pending:
-                if self.optimizer_step(step):
-                    g.streak = 0
-                else:
-                    counts["skipped"] += pending
-                    counts["nonfinite_grad"] += 1
-                    if self.dist.is_main:
-                        log.warning("⚠️  Non-finite gradient norm at step %d (epoch %d): optimizer step skipped",
-                                    step, epoch)
-                    if self.on_nonfinite(epoch, step, "grad"):
-                        pending = 0
-                        break
+            step = self.train_step(epoch, batch, boundary, progress)
+            pending += step.trained
+            stop = step.guard_stop
+            if boundary and pending and not stop:
+                stop = self.update(epoch, step.index, pending, progress)
                 pending = 0
-            if self.dist.is_main and seen:
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}%",
-                                refresh=False)
+            if self.dist.is_main and (i % POSTFIX_EVERY == 0 or i + 1 == total) and progress.seen:
+                bar.set_postfix(progress.postfix(), refresh=False)  # the only mid-epoch read-back of the sums
+            if stop and i + 1 < total:  # the guards stopped the run inside the epoch: resume at the next step
+                bar.close()
+                self.save_position(epoch, i + 1, progress, reason="guards")
+                return None
+            if stop:
+                break
+            if pending == 0 and i + 1 < total and (step.signum or step.save_due):
+                self.save_position(epoch, i + 1, progress, reason=signal_name(step.signum) if step.signum else None)
+                if step.signum:
+                    bar.close()
+                    raise _Stopped(step.signum, epoch, i + 1, total)
         train_time = time.perf_counter() - t_start
         bar.close()
         self.optimizer.zero_grad(set_to_none=True)
+        st.step, st.partial = 0, None
 
-        loss_sum, correct, seen, errors = self.dist.sum(float(loss_sum), correct, seen, counts["data_errors"])
+        counts = progress.counts
+        loss_sum, correct, seen, errors = self.dist.sum(float(progress.loss_sum), int(progress.correct),
+                                                        progress.seen, counts["data_errors"])
         counts["data_errors"] = int(errors)
         for k, v in counts.items():
-            g.totals[k] = g.totals.get(k, 0) + v
+            st.guard.totals[k] = st.guard.totals.get(k, 0) + v
         return {
             "loss": loss_sum / seen if seen else float("nan"),
             "acc": correct / seen if seen else float("nan"),
-            "images_per_second": seen / train_time if train_time > 0 else 0.0,
+            "images_per_second": (progress.seen - seen_before) / train_time if train_time > 0 else 0.0,
             **counts,
         }
+
+    def train_step(self, epoch: int, batch: Any, boundary: bool, progress: EpochProgress) -> StepOutcome:
+        """Forward, the loss guard, backward. The running sums stay on the device (no read-back)."""
+        st, counts = self.state, progress.counts
+        step = st.micro_steps
+        st.micro_steps += 1
+        counts["steps"] += 1
+        counts["data_errors"] += int(batch.failed)
+        has_data, finite = len(batch) > 0, None
+        sync = boundary or not self.dist.enabled  # DDP: all-reduce gradients only on the update step
+        if has_data:
+            images = batch.images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = batch.targets.to(self.device, non_blocking=True)
+            with self.autocast(), (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
+                logits = self.fwd_model(images)
+                loss = self.loss_fn(logits, targets)
+            if step in self.inject_loss:
+                loss = loss * float("nan")  # debug: watch the loss guard work
+            finite = torch.isfinite(loss.detach())
+        # The one read-back a step needs: backward must never see a non-finite loss. Under DDP the
+        # same exchange ANDs the checks over the ranks and ORs a stop signal and a due checkpoint.
+        has_data, loss_finite, signum, save_due = self.dist.agree_step(
+            has_data, finite, self.stop.signum, self.dist.is_main and self.checkpoint_due())
+        outcome = StepOutcome(index=step, signum=signum, save_due=save_due)
+        if not has_data:
+            counts["skipped"] += 1
+            counts["empty_batches"] += 1
+        elif not loss_finite:
+            counts["skipped"] += 1
+            counts["nonfinite_loss"] += 1
+            if self.dist.is_main:
+                log.warning("⚠️  Non-finite loss at step %d (epoch %d): step skipped", step, epoch)
+            outcome.guard_stop = self.on_nonfinite(epoch, step, "loss")
+        else:
+            with (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
+                self.scaler.scale(loss / self.cfg.train.accum_steps).backward()
+            progress.add(loss.detach(), targets.gather(1, logits.detach().argmax(dim=1, keepdim=True)) > 0)
+            outcome.trained = 1
+        return outcome
+
+    def update(self, epoch: int, step: int, pending: int, progress: EpochProgress) -> bool:
+        """The optimizer update after `pending` micro-batches; True when the guards stop the run."""
+        if self.optimizer_step(step):
+            self.state.guard.streak = 0
+            return False
+        progress.counts["skipped"] += pending
+        progress.counts["nonfinite_grad"] += 1
+        if self.dist.is_main:
+            log.warning("⚠️  Non-finite gradient norm at step %d (epoch %d): optimizer step skipped", step, epoch)
+        return self.on_nonfinite(epoch, step, "grad")
+
+    def checkpoint_due(self) -> bool:
+        interval = 60.0 * self.cfg.train.checkpoint_every_minutes
+        return interval > 0 and time.monotonic() - self.last_save >= interval
 
     def optimizer_step(self, step: int) -> bool:
         """The guarded update, then the schedule and EMA. False when the step was skipped."""
@@ -539,7 +679,7 @@ class _Loop:
                 path = ckpt.save_best(self.out_dir, ckpt.state_dict_copy(self.eval_model()), meta)
                 st.best["path"] = path.name
                 log.info("✓ Saved best model checkpoint: %s", path)
-            ckpt.save_checkpoint(self.out_dir / ckpt.LAST, self.training_state(rng))
+        self.save_last(rng)
         self.dist.barrier()
         kill_after = self.guards.debug_kill_after_epoch
         if kill_after is not None and epoch == kill_after:  # debug: a real crash right after a checkpoint
@@ -553,9 +693,7 @@ class _Loop:
                               f"(best at epoch {st.best['epoch']})")
             log.info("⏹️  Early stopping: no gain in %s for %d epochs (best %.4f at epoch %d)",
                      self.cfg.train.monitor, patience, st.best["score"], st.best["epoch"])
-            rng = self.dist.gather_rng()
-            if self.dist.is_main:  # record the decision so a resume does not train on
-                ckpt.save_checkpoint(self.out_dir / ckpt.LAST, self.training_state(rng))
+            self.save_last(self.dist.gather_rng())  # record the decision so a resume does not train on
             return True
         return False
 
@@ -588,7 +726,10 @@ class _Loop:
             "health": list(st.health),
             "trend_warnings": list(st.trend_warnings),
             "rng": rng,
-            "data_order": self.loaders.order_state(),
+            "step": st.step,
+            "partial": st.partial,
+            "events": list(st.events),
+            "saved_at": _now(),
         }
 
     # ------------------------------------------------------------------ the end
@@ -677,6 +818,7 @@ class _Loop:
             "health": {"totals": dict(st.guard.totals), "escalations": list(st.guard.escalations),
                        "per_epoch": list(st.health), "trend_warnings": list(st.trend_warnings)},
             "trend_warnings": list(st.trend_warnings),
+            "interruptions": list(st.events),
         }
 
 
@@ -855,6 +997,8 @@ def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module,
     state.history = {k: list(saved["history"].get(k, [])) for k in HISTORY_KEYS}
     state.health = list(saved["health"])
     state.trend_warnings = list(saved["trend_warnings"])
+    state.step, state.partial = saved.get("step", 0), saved.get("partial")
+    state.events = list(saved.get("events", []))
 
 
 def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
@@ -867,6 +1011,10 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _ensure_console_logging() -> None:

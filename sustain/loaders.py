@@ -9,6 +9,7 @@ validation sample counts exactly once.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .config import Config
 from .device import DevicePlan
 from .errors import UsageError
+from .interrupts import ignore_stop_signals
 from .losses import class_counts, inverse_frequency_weights, sample_weights
 from .taxonomy import Taxonomy
 
@@ -54,6 +56,7 @@ class EpochIndexSampler(Sampler[tuple[int, int]]):
     def __init__(self, sampler: Sampler[int]) -> None:
         self.sampler = sampler
         self.epoch = 0
+        self.skip = 0  # items already trained this epoch (a mid-epoch resume): never loaded again
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,10 +64,11 @@ class EpochIndexSampler(Sampler[tuple[int, int]]):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        return ((self.epoch, index) for index in self.sampler)
+        # The whole order is drawn at once (randperm / multinomial), so skipping costs no decoding.
+        return ((self.epoch, index) for index in itertools.islice(self.sampler, self.skip, None))
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.sampler) - self.skip
 
 
 class SeededItems(Dataset):
@@ -116,13 +120,15 @@ class Loaders:
     final: dict[str, DataLoader | None]
     train_items: SeededItems
 
-    def set_epoch(self, epoch: int) -> None:
-        """The order and the augmentation of an epoch depend on (seed, epoch, rank) only: a resume replays them."""
-        self.train.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        self.generator.manual_seed(_epoch_seed(self.seed, epoch, self.rank))
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The order and the augmentation of an epoch depend on (seed, epoch, rank) only: a resume replays them.
 
-    def order_state(self) -> dict[str, Any]:
-        return {"seed": self.seed, "rank": self.rank, "generator": self.generator.get_state()}
+        `start_batch` > 0 continues the epoch there: the earlier batches are skipped, not loaded.
+        """
+        sampler: EpochIndexSampler = self.train.sampler  # type: ignore[assignment]
+        sampler.set_epoch(epoch)
+        sampler.skip = start_batch * (self.train.batch_size or 1)
+        self.generator.manual_seed(_epoch_seed(self.seed, epoch, self.rank))
 
     def sanity_batch(self):
         from .data.dataset import collate_skip_failed
@@ -163,8 +169,8 @@ def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf,
 
     # Each loader draws its worker seed from its own generator, never from the global RNG the model uses.
     common: dict[str, Any] = {"num_workers": workers, "collate_fn": collate_skip_failed, "pin_memory": plan.pin_memory}
-    if workers > 0:
-        common.update(persistent_workers=True, prefetch_factor=4)  # no re-spawn per epoch; ride out hiccups
+    if workers > 0:  # no re-spawn per epoch; ride out hiccups; Ctrl-C is the training process's to handle
+        common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_stop_signals)
     batch_size = cfg.train.batch_size
     drop_last = len(sampler) > batch_size  # a last batch of 1 breaks BatchNorm
     train = DataLoader(train_items, batch_size=batch_size, sampler=EpochIndexSampler(sampler), drop_last=drop_last,
