@@ -1,0 +1,186 @@
+"""Interrupt-safe training with real processes and real signals (issue 12).
+
+Every interrupted run below is resumed with `--resume auto` until it completes, and its
+metrics history must equal the uninterrupted run's (timing keys aside): the epoch that
+was interrupted too, its train loss and accuracy included.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import (
+    PYTHON,
+    REPO_ROOT,
+    TINY_CLASSES,
+    deterministic_history,
+    make_tiny_lake,
+    one_thread,  # noqa: F401  (autouse fixture)
+    read_json,
+    run_sustain,
+    tiny_config,
+    tiny_config_dict,
+    write_yaml,
+)
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# Drop path and in-process augmentation draw from the global RNG streams; a save after every step.
+SECTIONS = {"train": {"epochs": 3, "checkpoint_every_minutes": 1e-6}, "model": {"drop_path_rate": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_lake(tmp_path_factory.mktemp("tiny_lake"))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The uninterrupted run's history."""
+    from sustain.engine import train
+
+    result = train(tiny_config(tiny_lake, tmp_path_factory.mktemp("reference") / "run", **SECTIONS))
+    assert result.ok
+    return deterministic_history(result.history)
+
+
+def start(args: list[str], cwd: Path = REPO_ROOT) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "-m", "sustain", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
+def wait_for(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str:
+    """Read the process's stdout until a line holds `marker`; return what was read."""
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+        assert time.monotonic() < deadline, f"no {marker!r} within {timeout}s:\n{''.join(seen)[-3000:]}"
+    raise AssertionError(f"the process ended before {marker!r}:\n{''.join(seen)[-3000:]}")
+
+
+def finish(proc: subprocess.Popen, before: str = "") -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=180)
+    return proc.returncode, before + out
+
+
+def test_kill_9_at_five_random_moments_then_resume_ends_like_an_uninterrupted_run(tiny_lake: Path, tmp_path: Path,
+                                                                                  reference: dict) -> None:
+    config = write_yaml(tmp_path / "c.yaml", tiny_config_dict(tiny_lake, tmp_path / "run", **SECTIONS))
+    moments = random.Random(12).sample([i / 10 for i in range(25)], 5)  # seconds after training starts
+    positions = []
+    for delay in moments:
+        proc = start(["train", "--config", str(config), "--resume", "auto"])
+        wait_for(proc, "Pre-training sanity check passed")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        assert finish(proc)[0] == -signal.SIGKILL
+        if (tmp_path / "run" / "last.pth").is_file():
+            last = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+            positions.append((last["epoch"], last["step"]))
+    assert positions == sorted(positions) and any(0 < step for _, step in positions), positions
+
+    resumed = run_sustain(["train", "--config", str(config), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert deterministic_history(read_json(tmp_path / "run" / "metrics_history.json")) == reference
+    events = read_json(tmp_path / "run" / "run.json")["interruptions"]
+    assert [e["event"] for e in events].count("resumed") >= 1
+
+
+@pytest.mark.parametrize("workers", [1])
+def test_sigint_sigterm_sigusr1_mid_epoch_save_the_position_and_resume_exactly(tiny_lake: Path, tmp_path: Path,
+                                                                               reference: dict, workers: int) -> None:
+    raw = tiny_config_dict(tiny_lake, tmp_path / "run", **SECTIONS)
+    raw["data"]["num_workers"] = workers  # the reference loads in-process: the order must not care
+    config = write_yaml(tmp_path / "c.yaml", raw)
+    out = tmp_path / "run"
+    for epoch, sig, code in [(1, signal.SIGINT, 130), (2, signal.SIGTERM, 143), (3, signal.SIGUSR1, 138)]:
+        proc = start(["train", "--config", str(config), *(["--resume", "auto"] if epoch > 1 else [])])
+        before = wait_for(proc, f"Saved the position: epoch {epoch}, step 2 of 6")
+        proc.send_signal(sig)
+        returncode, output = finish(proc, before)
+        assert returncode == code, output[-3000:]
+        name = signal.Signals(sig).name
+        assert f"Training interrupted by {name} at epoch {epoch}, step " in output
+        assert f"Continue with: python -m sustain train --config {config} --resume auto" in output
+        last = torch.load(out / "last.pth", weights_only=True)
+        assert last["epoch"] == epoch - 1 and 2 <= last["step"] < 6, (last["epoch"], last["step"])
+        assert last["events"][-1]["reason"] == name and last["events"][-1]["step"] == last["step"]
+        run = read_json(out / "run.json")
+        assert run["status"] == "interrupted" and name in run["stop_reason"]
+        if epoch > 1:
+            assert f"Resumed from {out / 'last.pth'} at epoch {epoch}, step" in output
+            assert f"Epoch {epoch - 1}/3: Train Acc" not in output  # nothing trained twice
+
+    resumed = run_sustain(["train", "--config", str(config), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert deterministic_history(read_json(out / "metrics_history.json")) == reference
+    events = read_json(out / "run.json")["interruptions"]
+    assert [(e["event"], e["reason"]) for e in events if e["event"] == "interrupted"] == [
+        ("interrupted", "SIGINT"), ("interrupted", "SIGTERM"), ("interrupted", "SIGUSR1")]
+    assert [e["event"] for e in events].count("resumed") == 3
+
+
+def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, tmp_path: Path) -> None:
+    from sustain.engine import train
+
+    out = tmp_path / "run"
+    # amp off: the first escalation halves the LR, the second stops the run, at step 2 of epoch 1.
+    guards = {"critical_pct": 50.0}
+    stopped = train(tiny_config(tiny_lake, out, train={"epochs": 2},
+                                guards={**guards, "escalate_after": 1, "inject_nonfinite_loss": [1, 2]}))
+    assert not stopped.ok and stopped.epochs_completed == 0
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert (last["epoch"], last["step"], last["micro_steps"]) == (0, 3, 3)
+    assert not (out / "metrics_history.json").exists()  # the unfinished epoch is not recorded
+
+    resumed = train(tiny_config(tiny_lake, out, train={"epochs": 2}, guards=guards), resume="auto")
+    assert resumed.ok and resumed.history["epoch"] == [1, 2]
+    totals = torch.load(out / "last.pth", weights_only=True)["guard"]["totals"]
+    assert (totals["steps"], totals["nonfinite_loss"]) == (2 * 6, 2)  # every step once, none twice
+    assert resumed.history["skipped"][0] == pytest.approx(2 / 6)
+
+
+def test_two_process_run_interrupted_on_one_rank_resumes_identically(tmp_path: Path) -> None:
+    import psutil
+
+    classes = TINY_CLASSES[:4]
+    lake = make_tiny_lake(tmp_path / "lake", classes=classes, per_class=12)
+    sections = {"train": {"epochs": 2, "batch_size": 4, "checkpoint_every_minutes": 1e-6}}
+
+    def torchrun(name: str, *extra: str) -> subprocess.Popen:
+        raw = tiny_config_dict(lake, tmp_path / name, classes=classes, **sections)
+        return subprocess.Popen([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "sustain", "train", "--config", str(write_yaml(tmp_path / f"{name}.yaml", raw)),
+                                 *extra], cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+
+    full = torchrun("full")
+    assert finish(full)[0] == 0
+
+    proc = torchrun("run")
+    before = wait_for(proc, "Saved the position: epoch 1, step 2 of")
+    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if p.environ().get("RANK") == "1")
+    rank1.send_signal(signal.SIGTERM)  # one rank only: the others must stop at the same step
+    returncode, output = finish(proc, before)
+    assert returncode != 0
+    assert "Training interrupted by SIGTERM at epoch 1, step " in output
+    assert "Continue with: torchrun --nproc_per_node=2 -m sustain train" in output
+    last = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert last["epoch"] == 0 and last["step"] >= 2 and len(last["rng"]) == len(last["partial"]) == 2
+
+    resumed = torchrun("run", "--resume", "auto")
+    returncode, output = finish(resumed)
+    assert returncode == 0, output[-3000:]
+    got = deterministic_history(read_json(tmp_path / "run" / "metrics_history.json"))
+    assert got == deterministic_history(read_json(tmp_path / "full" / "metrics_history.json"))
