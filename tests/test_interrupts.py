@@ -161,7 +161,7 @@ def test_two_process_run_interrupted_on_one_rank_resumes_identically(tmp_path: P
 
     classes = TINY_CLASSES[:4]
     lake = make_tiny_lake(tmp_path / "lake", classes=classes, per_class=12)
-    sections = {"train": {"epochs": 2, "batch_size": 4, "checkpoint_every_minutes": 1e-6}}
+    sections = {"train": {"epochs": 1, "batch_size": 4, "checkpoint_every_minutes": 1e-6}}
 
     def torchrun(name: str, *extra: str) -> subprocess.Popen:
         raw = tiny_config_dict(lake, tmp_path / name, classes=classes, **sections)
