@@ -160,8 +160,9 @@ def check_resume_compatible(state: Mapping[str, Any], classes: list[str], manife
     if state.get("kind") != "last":
         raise UsageError(f"{path} is not a resumable checkpoint (kind {state.get('kind')!r})",
                          "resume from last.pth; best checkpoints hold weights only")
-    if not isinstance(state.get("format"), int) or state["format"] > FORMAT_VERSION:
-        raise UsageError(f"{path} has checkpoint format {state.get('format')!r}; this Sustain reads up to "
+    fmt = state.get("format", 1)  # version 1 files lack a position: they resume at an epoch's end
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise UsageError(f"{path} has checkpoint format {fmt!r}; this Sustain reads up to "
                          f"{FORMAT_VERSION}", "update Sustain, or start a new run in another output folder")
     saved = list(state.get("classes") or [])
     if saved != list(classes):

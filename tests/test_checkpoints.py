@@ -124,3 +124,5 @@ def test_resume_compatibility_names_what_changed(tmp_path: Path) -> None:
         ckpt.check_resume_compatible(state, ["a", "b", "c"], "h2", tmp_path / "last.pth")
     with pytest.raises(UsageError, match="not a resumable checkpoint"):
         ckpt.check_resume_compatible({**state, "kind": "best"}, ["a", "b", "c"], "h1", tmp_path / "x.pth")
+    with pytest.raises(UsageError, match="checkpoint format 99; this Sustain reads up to 2"):
+        ckpt.check_resume_compatible({**state, "format": 99}, ["a", "b", "c"], "h1", tmp_path / "last.pth")
