@@ -63,6 +63,7 @@ from .loaders import Loaders, build_loaders
 from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
 from .model import build_model, model_kwargs, parameter_summary
 from .taxonomy import Taxonomy, build_taxonomy
+from .tracking import Tracker
 from .transforms import (
     build_eval_transform,
     build_train_transform,
@@ -101,12 +102,13 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     """Train the model `cfg` describes; `resume` is None, 'auto' or a checkpoint path."""
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, resume)
+        with Tracker.create(cfg) as tracker:  # tracking: an unreachable server is exit 2; closed on any exit
+            return _train(cfg, resume, tracker)
     finally:
         torch.set_num_threads(threads)  # the CPU plan may lower it for the run
 
 
-def _train(cfg: Config, resume: str | None) -> RunResult:
+def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     _ensure_console_logging()
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -177,6 +179,9 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
         scaler.load_state_dict(saved["scaler"])
     set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
     fwd_model = dist.wrap(torch.compile(model) if cfg.model.compile else model, device)
+    tracker.start(cfg, data_config, lake.summary, {  # tracking: a resume reopens the saved MLflow run
+        "device": plan.line, "precision": precision.label, "workers": workers,
+        "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved and saved.get("tracking"))
     if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run
         rng_states = saved["rng"]
         ckpt.restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
@@ -186,6 +191,7 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
     # ---- the epochs ------------------------------------------------------------
     loop = _Loop(cfg, taxonomy, lake.sources, dist, device, plan, precision, channels_last, out_dir, meta,
                  model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, scaler, loaders, state)
+    loop.tracker = tracker  # tracking
     t = time.perf_counter()
     loop.run()
     timings["train_seconds"] = time.perf_counter() - t
@@ -262,6 +268,8 @@ def is_improvement(score: float | None, best: float | None, monitor: str) -> boo
 
 class _Loop:
     """The epoch loop. One instance per run; `run()` then `finish()`."""
+
+    tracker: Tracker = Tracker(None, None)  # tracking: a disabled one unless the run sets its own
 
     def __init__(self, cfg: Config, taxonomy: Taxonomy, sources: list[str], dist: Distributed,
                  device: torch.device, plan: DevicePlan, precision: PrecisionPlan, channels_last: bool,
@@ -374,6 +382,7 @@ class _Loop:
                         pending = 0
                         break
                 pending = 0
+            self.tracker.log_step(st.micro_steps, batch.images, loss_sum, seen, t_start)  # tracking
             if self.dist.is_main and seen:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}%",
                                 refresh=False)
@@ -487,6 +496,7 @@ class _Loop:
         if not self.dist.is_main:
             return
         atomic_write_json(self.out_dir / HISTORY, st.history)
+        self.tracker.log_epoch(entry, list(self.taxonomy.classes))  # tracking
         for line in format_per_class(val, self.taxonomy):
             log.info(line)
         log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", epoch,
@@ -589,6 +599,7 @@ class _Loop:
             "trend_warnings": list(st.trend_warnings),
             "rng": rng,
             "data_order": self.loaders.order_state(),
+            "tracking": self.tracker.state(),  # tracking: a resumed run appends to the same MLflow run and step
         }
 
     # ------------------------------------------------------------------ the end
@@ -639,6 +650,7 @@ class _Loop:
                 run["report_error"] = f"{type(exc).__name__}: {exc}"
                 log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", run["report_error"], out)
                 atomic_write_json(out / RUN, run)
+        self.tracker.finish(out, run)  # tracking: final metrics and artifacts; its counts go into run.json
         result.checklist = checklist
         if st.failed:
             log.error("❌ Training failed: %s", st.stop_reason)
