@@ -109,3 +109,93 @@ def test_credentials_in_the_tracking_uri_are_refused(tmp_path: Path) -> None:
                            tracking={"mlflow": {"enabled": True, "tracking_uri": "https://me:secret@mlflow.example"}})
     with pytest.raises(ConfigError, match=r"tracking\.mlflow\.tracking_uri.*MLFLOW_TRACKING_USERNAME"):
         config_from_dict(raw)
+
+
+# --------------------------------------------------------------------------- a server that goes away
+
+class FakeMlflowServer:
+    """The few REST endpoints a Tracker uses, on a real socket (the MLflow server needs Flask, absent here)."""
+
+    def __init__(self, port: int = 0) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+        self.metrics: list[dict] = []
+        self.params: dict[str, str] = {}
+        self.status: str | None = None
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                if "experiments/get-by-name" in self.path:
+                    return self.reply(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no experiment"})
+                self.reply(200, {})  # /health
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                if self.path.endswith("experiments/create"):
+                    return self.reply(200, {"experiment_id": "1"})
+                if self.path.endswith("runs/create"):
+                    return self.reply(200, {"run": {"info": {"run_id": "r1", "experiment_id": "1",
+                                                             "status": "RUNNING", "lifecycle_stage": "active"},
+                                                    "data": {}}})
+                if self.path.endswith("runs/log-batch"):
+                    server.metrics += body.get("metrics", [])
+                    server.params.update({p["key"]: p["value"] for p in body.get("params", [])})
+                elif self.path.endswith("runs/update"):
+                    server.status = body.get("status")
+                self.reply(200, {})
+
+            def reply(self, code: int, obj: dict) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_server_that_goes_away_mid_run_is_a_warning_then_the_buffer_is_delivered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from sustain import tracking
+
+    monkeypatch.setattr(tracking, "RETRY_PAUSES", (0.0,))  # retry at the next call, not after 5 s
+    server = FakeMlflowServer()
+    uri = f"http://127.0.0.1:{server.port}"
+    cfg = config_from_dict(tiny_config_dict(tmp_path, tmp_path / "out", tracking={
+        "tensorboard": False, "mlflow": {"enabled": True, "tracking_uri": uri}}))
+    tracker = tracking.Tracker.create(cfg)
+    tracker.start(cfg, {"mean": (0.5,) * 3, "std": (0.5,) * 3}, {"total_images": 60}, {"device": "cpu"})
+    epoch = {"epoch": 1, "val_acc": 0.5, "health": "healthy", "per_class_f1": [0.5]}
+    tracker.log_epoch(epoch, ["red"])
+    server.stop()  # the server goes away
+
+    t = time.perf_counter()
+    tracker.log_epoch({**epoch, "epoch": 2, "val_acc": 0.6}, ["red"])  # training goes on
+    assert time.perf_counter() - t < 30
+    assert "MLflow at " + uri in caplog.text and "training goes on" in caplog.text
+    assert tracker.record()["mlflow"]["pending"] == 1 and tracker.record()["mlflow"]["failures"] == 1
+
+    server = FakeMlflowServer(server.port)  # back again
+    tracker.log_epoch({**epoch, "epoch": 3, "val_acc": 0.7}, ["red"])
+    out = tmp_path / "out"
+    out.mkdir()
+    tracker.finish(out, {"status": "completed", "epochs_completed": 3})
+    server.stop()
+    assert [(m["step"], m["value"]) for m in server.metrics if m["key"] == "epoch/val_acc"] == [(2, 0.6), (3, 0.7)]
+    assert server.status == "FINISHED"
+    record = read_json(out / "run.json")["tracking"]["mlflow"]
+    assert record["failures"] == 1 and record["retried_ok"] >= 2 and record["dropped"] == 0
+    assert record["pending"] == 0 and record["run_id"] == "r1"
