@@ -36,7 +36,7 @@ log = logging.getLogger("sustain.tracking")
 
 CONNECT_TIMEOUT = 3.0  # seconds for the start-up check of a server
 RETRY_PAUSES = (5.0, 15.0, 60.0)  # seconds between retries after a failure (then 60 s on)
-MAX_BUFFERED = 200_000  # metrics kept while a server is away; the oldest go first
+MAX_PENDING = 10_000  # logging calls kept while a server is away; the oldest metrics go first
 MLFLOW_BATCH = 1000  # MLflow's per-request limit on metrics (params: 100)
 ARTIFACTS = ("report.html", "training_curves.png", "confusion_matrix.png", "per_class_f1.png", "best_model.json",
              "run.json", "metrics_history.json", "classification_report.json", "test_classification_report.json")
@@ -141,6 +141,7 @@ class Tracker:
         self.pending: deque[tuple[str, Any]] = deque()  # MLflow operations not yet delivered
         self.counts = {"failures": 0, "retried_ok": 0, "dropped": 0}
         self.next_try = 0.0
+        self.streak = 0  # failed deliveries in a row: the retry pause grows with it
         self.closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -280,6 +281,7 @@ class Tracker:
                 self.writer.add_scalar(k, v, step)
         if self.client is not None:
             self.pending.append(("metrics", (values, step, int(time.time() * 1000))))
+            self._trim()
             self._flush()
 
     def _image_grid(self, images: Any) -> None:
@@ -296,23 +298,23 @@ class Tracker:
         """Deliver the pending MLflow operations in order; on failure keep them and pause retries."""
         if self.client is None or not self.pending or (not force and time.monotonic() < self.next_try):
             return
-        failures_before = self.counts["failures"]
+        retrying = self.streak > 0
         while self.pending:
             kind, payload = self.pending[0]
             try:
                 self._deliver(kind, payload)
             except Exception as exc:  # a tracking server must never stop training: counted, warned, retried
-                pause = RETRY_PAUSES[min(self.counts["failures"] - failures_before, len(RETRY_PAUSES) - 1)]
+                pause = RETRY_PAUSES[min(self.streak, len(RETRY_PAUSES) - 1)]
+                self.streak += 1
                 self.counts["failures"] += 1
                 self.next_try = time.monotonic() + pause
                 log.warning("⚠️  MLflow at %s: %s: %s; training goes on, %d item(s) kept for a retry in %.0f s",
                             self.uri, type(exc).__name__, str(exc).splitlines()[0][:200],
                             len(self.pending), pause)
-                self._trim()
                 return
             self.pending.popleft()
-            if self.counts["failures"]:
-                self.counts["retried_ok"] += 1
+            self.streak = 0
+            self.counts["retried_ok"] += retrying
 
     def _deliver(self, kind: str, payload: Any) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -349,10 +351,9 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=self.out_dir.name).info.run_id
 
     def _trim(self) -> None:
-        """Keep at most MAX_BUFFERED metric entries waiting; the oldest go first, counted."""
-        while len(self.pending) > 1 and sum(1 for k, _ in self.pending if k == "metrics") > MAX_BUFFERED:
-            i = next(i for i, (k, _) in enumerate(self.pending) if k == "metrics")
-            del self.pending[i]
+        """Keep at most MAX_PENDING operations waiting: the oldest metrics go first, counted."""
+        while len(self.pending) > MAX_PENDING:
+            del self.pending[next(i for i, (k, _) in enumerate(self.pending) if k == "metrics")]
             self.counts["dropped"] += 1
 
     def _drop_pending(self) -> None:
