@@ -195,6 +195,8 @@ class Tracker:
             self.pending.append(("params", params))
         self.pending.append(("tags", {"sustain.output_dir": str(self.out_dir),
                                       **({"sustain.resumed_at_step": str(self.step)} if resume else {})}))
+        if resume:  # an interrupted run was marked KILLED or FAILED: it runs again
+            self.pending.append(("status", "RUNNING"))
         self._flush(force=True)
         if self.run_id:
             log.info("📈 MLflow: run %s in experiment %r at %s", self.run_id, self.cfg.mlflow.experiment, self.uri)
@@ -206,7 +208,7 @@ class Tracker:
         if self.writer is not None:
             self.writer.close()
         if self.client is not None:
-            self.pending.append(("end", status))
+            self.pending.append(("status", status))
             self._flush(force=True)
             self._drop_pending()
 
@@ -222,7 +224,7 @@ class Tracker:
             return
         values = {"train/running_loss": float(loss_sum) / seen,
                   "train/images_per_second": seen / max(time.perf_counter() - t_start, 1e-9)}
-        self._scalars(values, step)
+        self._scalars(values, step, send=False)  # MLflow gets them with the epoch's batch: one write per epoch
 
     def log_epoch(self, entry: Mapping[str, Any], classes: list[str]) -> None:
         """One history entry: the metrics, the LR, the health verdict (0 healthy, 1 warning, 2 critical)."""
@@ -274,7 +276,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ internals
 
-    def _scalars(self, values: Mapping[str, Any], step: int) -> None:
+    def _scalars(self, values: Mapping[str, Any], step: int, send: bool = True) -> None:
         values = {k: float(v) for k, v in values.items() if _finite(v)}
         if self.writer is not None:
             for k, v in values.items():
@@ -282,7 +284,8 @@ class Tracker:
         if self.client is not None:
             self.pending.append(("metrics", (values, step, int(time.time() * 1000))))
             self._trim()
-            self._flush()
+            if send:
+                self._flush()
 
     def _image_grid(self, images: Any) -> None:
         import torch
@@ -334,7 +337,9 @@ class Tracker:
                 self.client.log_batch(self.run_id, metrics=items[i:i + MLFLOW_BATCH])
         elif kind == "artifact":
             self.client.log_artifact(self.run_id, str(payload))
-        elif kind == "end":
+        elif kind == "status" and payload == "RUNNING":
+            self.client.update_run(self.run_id, status=payload)
+        elif kind == "status":
             self.client.set_terminated(self.run_id, status=payload)
 
     def _open_run(self) -> str:
