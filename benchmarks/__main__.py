@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_checkpoint, bench_ingest, bench_predict, bench_train
+from . import bench_checkpoint, bench_ingest, bench_predict, bench_tracking, bench_train
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),
     "train": lambda: bench_train.main([]),
     "predict": lambda: (bench_predict.run([]), 0)[1],
     "checkpoint": lambda: bench_checkpoint.main([]),
+    "tracking": lambda: bench_tracking.main([]),
 }
 
 

@@ -93,6 +93,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_cli
+
+    return compare_cli(args.run_dirs, html_path=args.html)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .diagnostics import run_cli
 
@@ -110,6 +116,7 @@ commands:
   sustain evaluate --checkpoint PATH [--split val|test] [--data DIR]
   sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json]
   sustain report RUN_DIR                     rebuild the plots and report.html
+  sustain compare RUN_DIR RUN_DIR... [--html FILE]   runs side by side; reproducibility of two reruns
   sustain doctor [--config FILE] [--json]    environment diagnostics
 
 exit codes: 0 success, 1 failed run or check, 2 bad usage, config or input
@@ -173,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild the plots and report.html of a run folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="runs side by side: config differences, metrics, per-class F1, time")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained page with the overlaid curves")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("doctor", help="check the environment (same as training_diagnostics.py)")
     p.add_argument("--config")

@@ -146,6 +146,29 @@ class GuardConfig(_Section):
         return self
 
 
+class MlflowConfig(_Section):
+    enabled: bool = False
+    tracking_uri: str | None = None  # null: sqlite:///<output_dir's parent>/mlflow.db; or http(s)://server
+    experiment: str = Field("sustain", min_length=1)
+    log_weights: bool = False  # also upload best_model.safetensors as an artifact
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if uri and (urlsplit(uri).username or urlsplit(uri).password):  # the config is written to run.json
+            raise ValueError("must not hold credentials: set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                             "(or MLFLOW_TRACKING_TOKEN) in the environment instead")
+        return uri
+
+
+class TrackingConfig(_Section):
+    tensorboard: bool = True  # event files in output_dir: `tensorboard --logdir <parent>` shows every run
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    log_every_n_steps: int = Field(50, ge=1)  # running loss and throughput
+
+
 class Config(_Section):
     seed: int = 42
     output_dir: str = "checkpoints"
@@ -155,6 +178,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     guards: GuardConfig = Field(default_factory=GuardConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

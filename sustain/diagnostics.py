@@ -651,34 +651,6 @@ CHECKS: tuple[Check, ...] = (check_pytorch, check_accelerator, check_model, chec
                              check_data, check_output_folder, check_workers)
 
 
-# --------------------------------------------------------------------------- reproducibility
-
-REPRO_TOLERANCE = 0.02  # SPEC §6: a rerun on an accelerator stays within ±2% (val accuracy, as a fraction)
-
-
-def compare_runs(history_a: dict[str, list[Any]], history_b: dict[str, list[Any]],
-                 tolerance: float = REPRO_TOLERANCE) -> CheckResult:
-    """Compare two runs' per-epoch val accuracy (fractions) and their best; PASS within ±tolerance."""
-    a, b = list(history_a.get("val_acc") or []), list(history_b.get("val_acc") or [])
-    name = "Reproducibility"
-    if not a or not b:
-        return CheckResult(name, Status.FAIL, "a run has no val_acc history to compare",
-                           "both runs must finish at least one epoch")
-    if len(a) != len(b):
-        return CheckResult(name, Status.FAIL, f"the runs trained {len(a)} and {len(b)} epochs",
-                           "compare runs of the same config (early stopping differed)", {"epochs": [len(a), len(b)]})
-    worst = max(abs(x - y) for x, y in zip(a, b, strict=True))
-    best_diff = abs(max(a) - max(b))
-    detail = (f"best val acc {max(a):.2%} vs {max(b):.2%}; largest per-epoch difference {worst:.2%} "
-              f"(tolerance ±{tolerance:.0%})")
-    data = {"max_epoch_diff": worst, "best_diff": best_diff, "tolerance": tolerance}
-    if worst <= tolerance:
-        return CheckResult(name, Status.PASS, ("identical val accuracy; " if worst == 0 else "") + detail, None, data)
-    return CheckResult(name, Status.FAIL, detail,
-                       "same config, data and seed should agree: on the CPU exactly, on an accelerator within "
-                       "±2%; check for nondeterministic ops or a changed data lake (manifest hash)", data)
-
-
 # --------------------------------------------------------------------------- running and reporting
 
 
@@ -797,7 +769,7 @@ def environment_probe() -> int:
 
 
 __all__ = [
-    "CHECKS", "CheckResult", "DiagnosticReport", "DoctorContext", "Parity", "Status", "check", "compare_runs",
+    "CHECKS", "CheckResult", "DiagnosticReport", "DoctorContext", "Parity", "Status", "check",
     "environment_probe", "format_result", "format_summary", "forward_backward_parity", "numpy_repair_reason",
     "parity_verdict", "run_cli", "run_diagnostics", "torch_numpy_roundtrip", "versions",
 ]

@@ -64,6 +64,7 @@ from .loaders import Loaders, build_loaders
 from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
 from .model import build_model, model_kwargs, parameter_summary
 from .taxonomy import Taxonomy, build_taxonomy
+from .tracking import Tracker
 from .transforms import (
     build_eval_transform,
     build_train_transform,
@@ -102,12 +103,13 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     """Train the model `cfg` describes; `resume` is None, 'auto' or a checkpoint path."""
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, resume)
+        with Tracker.create(cfg) as tracker:  # tracking: an unreachable server is exit 2; closed on any exit
+            return _train(cfg, resume, tracker)
     finally:
         torch.set_num_threads(threads)  # the CPU plan may lower it for the run
 
 
-def _train(cfg: Config, resume: str | None) -> RunResult:
+def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     _ensure_console_logging()
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -182,6 +184,9 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
         scaler.load_state_dict(saved["scaler"])
     set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
     fwd_model = dist.wrap(torch.compile(model) if cfg.model.compile else model, device)
+    tracker.start(cfg, data_config, lake.summary, {  # tracking: a resume reopens the saved MLflow run
+        "device": plan.line, "precision": precision.label, "workers": workers,
+        "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved and saved.get("tracking"))
     if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run
         rng_states, saved_at = saved["rng"], saved.get("saved_at", "?")
         ckpt.restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
@@ -196,6 +201,7 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
     if saved_at is not None:
         loop.note_event("resumed", state.epoch + (1 if state.step else 0), state.step,
                         f"from {resume_path.name} saved at {saved_at}")
+    loop.tracker = tracker  # tracking
     t = time.perf_counter()
     try:
         with loop.stop.installed():
@@ -344,6 +350,8 @@ def is_improvement(score: float | None, best: float | None, monitor: str) -> boo
 class _Loop:
     """The epoch loop. One instance per run; `run()` then `finish()`."""
 
+    tracker: Tracker = Tracker(None, None)  # tracking: a disabled one unless the run sets its own
+
     def __init__(self, cfg: Config, taxonomy: Taxonomy, sources: list[str], dist: Distributed,
                  device: torch.device, plan: DevicePlan, precision: PrecisionPlan, channels_last: bool,
                  out_dir: Path, meta: dict[str, Any], model: nn.Module, fwd_model: nn.Module, ema: Any,
@@ -445,6 +453,7 @@ class _Loop:
             if boundary and pending and not stop:
                 stop = self.update(epoch, step.index, pending, progress)
                 pending = 0
+            self.tracker.log_step(step.index, batch.images, progress.loss_sum, progress.seen, t_start)  # tracking
             if self.dist.is_main and (i % POSTFIX_EVERY == 0 or i + 1 == total) and progress.seen:
                 bar.set_postfix(progress.postfix(), refresh=False)  # the only mid-epoch read-back of the sums
             if stop and i + 1 < total:  # the guards stopped the run inside the epoch: resume at the next step
@@ -627,6 +636,7 @@ class _Loop:
         if not self.dist.is_main:
             return
         atomic_write_json(self.out_dir / HISTORY, st.history)
+        self.tracker.log_epoch(entry, list(self.taxonomy.classes))  # tracking
         for line in format_per_class(val, self.taxonomy):
             log.info(line)
         log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", epoch,
@@ -730,6 +740,7 @@ class _Loop:
             "partial": st.partial,
             "events": list(st.events),
             "saved_at": _now(),
+            "tracking": self.tracker.state(),  # tracking: a resumed run appends to the same MLflow run and step
         }
 
     # ------------------------------------------------------------------ the end
@@ -780,6 +791,7 @@ class _Loop:
                 run["report_error"] = f"{type(exc).__name__}: {exc}"
                 log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", run["report_error"], out)
                 atomic_write_json(out / RUN, run)
+        self.tracker.finish(out, run)  # tracking: final metrics and artifacts; its counts go into run.json
         result.checklist = checklist
         if st.failed:
             log.error("❌ Training failed: %s", st.stop_reason)

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "device": 3, "model": 3,
     "metrics": 4, "trends": 4, "losses": 4,
     "checkpoints": 5, "evaluate": 5, "report": 5, "loaders": 5, "distributed": 5, "interrupts": 5,
+    "tracking": 5, "compare": 5,
     "engine": 6,
     "inference": 7,
     "diagnostics": 8,

@@ -38,7 +38,6 @@ from sustain.diagnostics import (
     check_output_folder,
     check_pytorch,
     check_workers,
-    compare_runs,
     disk_verdict,
     numpy_repair_reason,
     parity_verdict,
@@ -311,17 +310,3 @@ def test_workers_start_and_deliver_every_item(overrides: list[str]) -> None:
 def test_zero_workers_pass_without_starting_any(overrides: list[str]) -> None:
     result = check_workers(ctx_for(overrides, "data.num_workers=0"))
     assert result.status is Status.PASS and result.data["workers"] == 0
-
-
-# --------------------------------------------------------------------------- reproducibility (notebook section 8)
-
-
-def test_compare_runs_accepts_reruns_within_two_percent() -> None:
-    first = {"val_acc": [0.40, 0.55, 0.61]}
-    assert compare_runs(first, dict(first)).status is Status.PASS
-    assert "identical" in compare_runs(first, dict(first)).detail
-    assert compare_runs(first, {"val_acc": [0.41, 0.54, 0.625]}).status is Status.PASS
-    drifted = compare_runs(first, {"val_acc": [0.40, 0.50, 0.61]})
-    assert drifted.status is Status.FAIL and "5.00%" in drifted.detail and drifted.hint
-    assert compare_runs(first, {"val_acc": [0.40]}).status is Status.FAIL  # stopped at another epoch
-    assert compare_runs(first, {}).status is Status.FAIL

@@ -141,7 +141,7 @@ def test_notebook_runs_top_to_bottom_on_a_tiny_config(tmp_path: Path, kernel: st
     assert images["results-plots"] == 2
     assert "Accuracy per source (val):" in text["results-tables"] and "demo_master" in text["results-tables"]
     assert text["inference"].count("→ predicted") >= 1 and images["inference"] == 1
-    assert "[PASS] Reproducibility: identical val accuracy" in text["repro"]
+    assert "✓ Reproducible: identical" in text["repro"]
     for artifact in ("manifest.csv", "data_summary.json", "best_model.safetensors", "best_model.json", "last.pth",
                      "metrics_history.json", "confusion_matrix.npy", "classification_report.json", "run.json",
                      "training_curves.png", "confusion_matrix.png", "report.html"):
