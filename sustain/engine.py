@@ -453,7 +453,7 @@ class _Loop:
             if boundary and pending and not stop:
                 stop = self.update(epoch, step.index, pending, progress)
                 pending = 0
-            self.tracker.log_step(step.index, batch.images, progress.loss_sum, progress.seen, t_start)  # tracking
+            self.tracker.log_step(self.state.micro_steps, batch.images, progress.loss_sum, progress.seen, t_start)  # tracking
             if self.dist.is_main and (i % POSTFIX_EVERY == 0 or i + 1 == total) and progress.seen:
                 bar.set_postfix(progress.postfix(), refresh=False)  # the only mid-epoch read-back of the sums
             if stop and i + 1 < total:  # the guards stopped the run inside the epoch: resume at the next step
