@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .data.scan import CorruptImage, load_rgb
 from .errors import RunFailed, UsageError
 from .evaluate import LoadedCheckpoint, load_checkpoint_model, read_manifest_split
@@ -84,6 +83,16 @@ class PixelModel(nn.Module):
         return self.model((image.float() / 255.0 - self.mean) / self.std)
 
 
+def sustain_version() -> str:
+    """The installed package's version (`sustain.__version__` sits in the top layer)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sustain")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
 def onnx_metadata(meta: dict[str, Any], precision: str, opset: int) -> dict[str, Any]:
     """What a deployment needs besides the graph; values are JSON-encoded into metadata_props."""
     keep = ("model_name", "classes", "bins", "sets", "input_size", "mean", "std", "interpolation",
@@ -91,7 +100,7 @@ def onnx_metadata(meta: dict[str, Any], precision: str, opset: int) -> dict[str,
     return {**{k: meta.get(k) for k in keep}, "crop_mode": meta.get("crop_mode", "center"),
             "input": "image: uint8 RGB [N, 3, S, S], resized and center-cropped; normalised inside",
             "output": "logits [N, num_classes]; softmax gives probabilities",
-            "precision": precision, "opset": opset, "sustain_version": __version__}
+            "precision": precision, "opset": opset, "sustain_version": sustain_version()}
 
 
 def _write_onnx(proto: Any, path: Path, metadata: dict[str, Any]) -> Path:
@@ -359,7 +368,7 @@ def export_run(path: str | Path, formats: list[str] | tuple[str, ...] = ("onnx",
         log.info("✓ Core ML: %s (numeric parity is checked on macOS only)", coreml)
 
     report: dict[str, Any] = {"checkpoint": str(loaded.path), "model_name": loaded.meta["model_name"],
-                              "manifest_hash": loaded.meta.get("manifest_hash"), "sustain_version": __version__,
+                              "manifest_hash": loaded.meta.get("manifest_hash"), "sustain_version": sustain_version(),
                               "thresholds": {k: asdict(g) for k, g in GATES.items()}, "verified": verify}
     if verify and files:
         report.update(parity_gate(loaded, run_dir, files, split, batch_size))

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "metrics": 4, "trends": 4, "losses": 4,
     "checkpoints": 5, "evaluate": 5, "report": 5, "loaders": 5, "distributed": 5,
     "engine": 6,
-    "inference": 7,
+    "inference": 7, "export": 7, "model_card": 7,
     "diagnostics": 8,
     "cli": 9, "__main__": 9, "__init__": 9,
 }
