@@ -216,3 +216,24 @@ def test_a_broken_export_fails_the_gate_and_no_verify_says_it_skipped(exported, 
     skipped = run_cli("export", run, "--out", tmp_path / "unchecked", "--no-verify")
     assert skipped.code == 0 and "PARITY GATE SKIPPED" in skipped.output
     assert read_json(tmp_path / "unchecked" / "export_report.json")["verified"] is False
+
+
+@pytest.mark.slow
+def test_eva02_with_rope_exports_and_passes_the_gate(tmp_path: Path):
+    """EVA02 is the product's default family; its rotary position embedding must survive the export."""
+    from test_evaluate import export_meta
+
+    from sustain.checkpoints import save_best, state_dict_copy
+
+    torch.manual_seed(0)
+    kwargs = {"img_size": 28, "drop_path_rate": 0.0}
+    eva = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=4, **kwargs).eval()
+    meta = {**export_meta(SMALL), "model_name": "eva02_tiny_patch14_224", "input_size": [3, 28, 28],
+            "model_kwargs": kwargs}
+    run = make_run(tmp_path, tiny_model(SMALL.num_classes))  # the manifest and artifacts
+    save_best(run, state_dict_copy(eva), meta)  # replaces the weights with EVA02's
+
+    report = export_run(run, ["onnx"])
+
+    assert report["passed"] and report["files"]["model.onnx"]["top1_agreement"] == 1.0
+    assert report["files"]["model.onnx"]["max_abs_prob_diff"] < 1e-4
