@@ -38,9 +38,9 @@ from .errors import RunFailed, UsageError
 from .evaluate import LoadedCheckpoint, load_checkpoint_model, read_manifest_split
 from .inference import OnnxBackend, Predictor
 from .metrics import epoch_metrics
-from .model_card import build_model_card
+from .model_card import write_model_folder
 from .taxonomy import Taxonomy
-from .utils import atomic_write, atomic_write_json, atomic_write_text
+from .utils import atomic_write, atomic_write_json
 
 log = logging.getLogger("sustain.export")
 
@@ -163,11 +163,7 @@ def _quiet_root_logger() -> Iterator[None]:
 
 def export_coreml(model: nn.Module, meta: dict[str, Any], path: Path) -> Path:
     """A Core ML package (optional extra; conversion runs where coremltools supports it)."""
-    try:
-        import coremltools as ct
-    except ImportError:
-        raise UsageError("--format coreml needs the optional package coremltools, which is not installed",
-                         "pip install coremltools (numeric parity of Core ML is checkable on macOS only)") from None
+    ct = require_coremltools()
     size = int(meta["input_size"][-1])
     traced = torch.jit.trace(PixelModel(model, tuple(meta["mean"]), tuple(meta["std"])).eval(),
                              torch.zeros(1, 3, size, size, dtype=torch.uint8))
@@ -183,35 +179,13 @@ def export_coreml(model: nn.Module, meta: dict[str, Any], path: Path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- the model folder
-
-
-def write_model_folder(loaded: LoadedCheckpoint, run_dir: Path, out: Path) -> Path:
-    """``model.safetensors`` + ``config.json`` (timm's `save_for_hf`) + ``README.md`` (the model card)."""
-    from timm.models import save_for_hf
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_for_hf(loaded.model, str(out), model_config={"label_names": list(loaded.taxonomy.classes)},
-                model_args=dict(loaded.meta.get("model_kwargs") or {}), safe_serialization=True,
-                data_config=dict(loaded.data_config))
-    atomic_write_text(out / "README.md", build_model_card(loaded.meta, _artifacts(run_dir)))
-    return out
-
-
-def _artifacts(run_dir: Path) -> dict[str, Any]:
-    """The run's JSON artifacts the model card reads; a missing or unreadable one is None."""
-    names = {"run": "run.json", "data_summary": "data_summary.json",
-             "test_report": "test_classification_report.json", "val_report": "classification_report.json"}
-    found: dict[str, Any] = {}
-    for key, name in names.items():
-        try:
-            found[key] = json.loads((run_dir / name).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            found[key] = None
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("⚠️  %s not used for the model card: %s", run_dir / name, exc)
-            found[key] = None
-    return found
+def require_coremltools() -> Any:
+    try:
+        import coremltools
+    except ImportError:
+        raise UsageError("--format coreml needs the optional package coremltools, which is not installed",
+                         "pip install coremltools (numeric parity of Core ML is checkable on macOS only)") from None
+    return coremltools
 
 
 # --------------------------------------------------------------------------- the parity gate
@@ -348,6 +322,8 @@ def export_run(path: str | Path, formats: list[str] | tuple[str, ...] = ("onnx",
         raise UsageError(f"Unknown --quantize {quantize!r}", "only int8 is supported")
     if quantize and "onnx" not in formats:
         raise UsageError("--quantize int8 quantises the ONNX model", "add --format onnx")
+    if "coreml" in formats:
+        require_coremltools()  # before anything is written
     loaded = load_checkpoint_model(path, "cpu")
     run_dir = loaded.path if loaded.path.is_dir() else loaded.path.parent
     check_taxonomy(loaded, run_dir)

@@ -1,4 +1,5 @@
-"""The model card (``export/model/README.md``): a pure function of the checkpoint's metadata and
+"""The exported model folder (``export/model/``): weights and config.json through timm's own
+`save_for_hf`, and the model card (README.md), a pure function of the checkpoint's metadata and
 the run's artifacts (``run.json``, ``data_summary.json``, ``test_classification_report.json``).
 
 A missing artifact leaves its section saying so; nothing is invented.
@@ -6,10 +7,46 @@ A missing artifact leaves its section saying so; nothing is invented.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from .evaluate import LoadedCheckpoint
+from .utils import atomic_write_text
+
+log = logging.getLogger("sustain.export")
+
 WORST_SHOWN = 5
+
+
+def write_model_folder(loaded: LoadedCheckpoint, run_dir: Path, out: Path) -> Path:
+    """``model.safetensors`` + ``config.json`` (timm's `save_for_hf`) + ``README.md`` (the model card)."""
+    from timm.models import save_for_hf
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_for_hf(loaded.model, str(out), model_config={"label_names": list(loaded.taxonomy.classes)},
+                model_args=dict(loaded.meta.get("model_kwargs") or {}), safe_serialization=True,
+                data_config=dict(loaded.data_config))
+    atomic_write_text(out / "README.md", build_model_card(loaded.meta, _artifacts(run_dir)))
+    return out
+
+
+def _artifacts(run_dir: Path) -> dict[str, Any]:
+    """The run's JSON artifacts the model card reads; a missing or unreadable one is None."""
+    names = {"run": "run.json", "data_summary": "data_summary.json",
+             "test_report": "test_classification_report.json", "val_report": "classification_report.json"}
+    found: dict[str, Any] = {}
+    for key, name in names.items():
+        try:
+            found[key] = json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            found[key] = None
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("⚠️  %s not used for the model card: %s", run_dir / name, exc)
+            found[key] = None
+    return found
 
 
 def build_model_card(meta: Mapping[str, Any], artifacts: Mapping[str, Any]) -> str:

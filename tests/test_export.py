@@ -189,6 +189,7 @@ def test_bad_input_gets_a_clear_error_before_anything_is_written(exported, tmp_p
 
     coreml = run_cli("export", run, "--format", "coreml", "--out", tmp_path / "cm")
     assert coreml.code == 2 and "pip install coremltools" in coreml.output and "macOS" in coreml.output
+    assert not (tmp_path / "cm").exists()
 
     other = tmp_path / "other"  # a checkpoint of another taxonomy inside this run's folder
     other.mkdir()
