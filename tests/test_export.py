@@ -227,7 +227,7 @@ def test_eva02_with_rope_exports_and_passes_the_gate(tmp_path: Path):
     from sustain.checkpoints import save_best, state_dict_copy
 
     torch.manual_seed(0)
-    kwargs = {"img_size": 28, "drop_path_rate": 0.0}
+    kwargs = {"img_size": 28, "drop_path_rate": 0.0, "depth": 2}  # two blocks: RoPE and all, 6x faster to export
     eva = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=4, **kwargs).eval()
     meta = {**export_meta(SMALL), "model_name": "eva02_tiny_patch14_224", "input_size": [3, 28, 28],
             "model_kwargs": kwargs}
