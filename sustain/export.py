@@ -349,8 +349,9 @@ def export_run(path: str | Path, formats: list[str] | tuple[str, ...] = ("onnx",
     if verify and files:
         report.update(parity_gate(loaded, run_dir, files, split, batch_size))
     else:
-        log.warning("⚠️  PARITY GATE SKIPPED (--no-verify): nobody checked that the exported model answers "
-                    "like the trained one. Do not deploy it unchecked.")
+        why = "--no-verify" if not verify else "Core ML is checkable on macOS only"
+        log.warning("⚠️  PARITY GATE SKIPPED (%s): nobody checked that the exported model answers "
+                    "like the trained one. Do not deploy it unchecked.", why)
         report["passed"] = None
     atomic_write_json(out_dir / REPORT, report)
     _log_verdict(report, out_dir / REPORT)
