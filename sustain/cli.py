@@ -82,7 +82,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_cli
 
-    return predict_cli(args.checkpoint, args.inputs, topk=args.topk, tta=args.tta, as_json=args.json)
+    return predict_cli(args.checkpoint, args.inputs, topk=args.topk, tta=args.tta, as_json=args.json,
+                       backend=args.backend)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    export_run(args.run, formats=args.format or ["onnx"], quantize=args.quantize, split=args.split,
+               out=args.out, verify=not args.no_verify)  # a failed parity gate raises RunFailed: exit 1
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -114,7 +123,8 @@ commands:
   sustain data demo --out DIR                generate the procedural demo lake
   sustain data download --config FILE        fetch the Kaggle sources (your own credentials)
   sustain evaluate --checkpoint PATH [--split val|test] [--data DIR]
-  sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json]
+  sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json] [--backend torch|onnx]
+  sustain export RUN_DIR|CHECKPOINT [--format onnx|coreml] [--quantize int8] [--split test|val] [--out DIR] [--no-verify]
   sustain report RUN_DIR                     rebuild the plots and report.html
   sustain compare RUN_DIR RUN_DIR... [--html FILE]   runs side by side; reproducibility of two reruns
   sustain doctor [--config FILE] [--json]    environment diagnostics
@@ -175,7 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run the exported model.onnx (see `sustain export`) in ONNX Runtime")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained model (ONNX, a timm model folder) and check its parity")
+    p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--format", action="append", metavar="onnx|coreml",
+                   help="repeatable; default onnx (coreml needs `pip install coremltools`)")
+    p.add_argument("--quantize", choices=["int8"], help="also write model_int8.onnx (dynamic quantisation), gated too")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="the held-out split of the parity gate")
+    p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/export")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="rebuild the plots and report.html of a run folder")
     p.add_argument("run_dir")

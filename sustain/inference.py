@@ -10,6 +10,11 @@ interpolation, crop_pct) and the taxonomy (classes, bins), so inference uses
 exactly the eval transform and image decoding of training. Images are decoded
 one by one and scored in batches. A file that cannot be read gets a result
 with ``error`` set and no classes; the others are still scored.
+
+Two backends score the images: PyTorch (the checkpoint) and ONNX Runtime (the
+``model.onnx`` that `sustain export` writes, ``Predictor.from_onnx``). Both
+decode, resize and crop the same way; the ONNX graph takes the uint8 pixels
+and normalises inside, so its metadata is all it needs.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from typing import IO, Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchvision import transforms as T
 
 from .data.scan import IMAGE_EXTENSIONS, CorruptImage, load_rgb, to_rgb
 from .errors import UsageError
 from .evaluate import (
+    LoadedCheckpoint,
     load_checkpoint_model,
     resolve_device,
+    taxonomy_from_meta,
 )
 from .taxonomy import Taxonomy
 from .transforms import build_eval_transform
@@ -123,27 +131,127 @@ def _chunks(items: Sequence[ImageInput], size: int) -> Iterator[list[_Loaded]]:
         yield [_load(item, start + i) for i, item in enumerate(items[start : start + size])]
 
 
+# --------------------------------------------------------------------------- backends
+
+
+def split_eval_transform(data_config: dict[str, Any]) -> tuple[T.Compose, T.Compose]:
+    """The eval transform in two halves: decode-side (RGB, resize, crop: PIL in, PIL out at
+    the model's size) and tensor-side (to float, normalise). The ONNX backend feeds the first
+    half's pixels as uint8; the PyTorch backend runs both, exactly as training evaluated."""
+    steps = build_eval_transform(dict(data_config)).transforms
+    cut = next(i for i, step in enumerate(steps) if isinstance(step, T.ToTensor))
+    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+
+
+def to_pixels(images: Sequence[Image.Image], resize: T.Compose) -> np.ndarray:
+    """uint8 [N, 3, S, S] RGB: what an exported model takes."""
+    return np.stack([np.asarray(resize(im), dtype=np.uint8).transpose(2, 0, 1) for im in images])
+
+
+class TorchBackend:
+    """A PyTorch module and the full eval transform."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, data_config: dict[str, Any], device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.transform = build_eval_transform(dict(data_config))
+
+    def probs(self, images: Sequence[Image.Image]) -> np.ndarray:
+        x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        with torch.inference_mode():
+            return self.model(x).float().softmax(dim=1).cpu().numpy()
+
+
+class OnnxBackend:
+    """An exported ``model.onnx`` in an ONNX Runtime session: uint8 pixels in, logits out."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, data_config: dict[str, Any], device: torch.device) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        else:
+            device = torch.device("cpu")  # ONNX Runtime has no MPS provider; CPU it is
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = device
+        self.resize, _ = split_eval_transform(data_config)
+
+    def probs(self, images: Sequence[Image.Image]) -> np.ndarray:
+        logits = self.session.run(None, {self.input_name: to_pixels(images, self.resize)})[0]
+        return torch.from_numpy(logits).float().softmax(dim=1).numpy()
+
+
+def read_onnx_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata_props `sustain export` writes (JSON values), as a dict."""
+    import onnxruntime as ort
+
+    try:
+        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf errors
+        raise UsageError(f"Cannot read ONNX model {path}: {exc}", "export it again with `sustain export`") from None
+    meta = {k: json.loads(v) for k, v in props.items()}
+    missing = [k for k in ("classes", "input_size", "mean", "std") if k not in meta]
+    if missing:
+        raise UsageError(f"ONNX model {path} lacks the metadata {missing}",
+                         "use a model.onnx written by `sustain export`")
+    return meta
+
+
+def resolve_onnx(path: str | Path) -> Path:
+    """A ``.onnx`` file, or the ``model.onnx`` in a folder or in its ``export/``."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / "model.onnx", path / "export" / "model.onnx"):
+        if candidate.is_file() and candidate.suffix == ".onnx":
+            return candidate
+    raise UsageError(f"No ONNX model at {path}",
+                     f"export one first: `sustain export {path} --format onnx`, or pass the .onnx file")
+
+
 # --------------------------------------------------------------------------- predictor
 
 
 class Predictor:
-    """A trained model with its preprocessing and taxonomy, ready to classify images."""
+    """A trained model with its preprocessing and taxonomy, ready to classify images.
 
-    def __init__(self, model: torch.nn.Module, taxonomy: Taxonomy, data_config: dict[str, Any],
+    ``model`` is a PyTorch module, or an `OnnxBackend` (see `Predictor.from_onnx`)."""
+
+    def __init__(self, model: torch.nn.Module | OnnxBackend, taxonomy: Taxonomy, data_config: dict[str, Any],
                  device: torch.device, meta: dict[str, Any] | None = None) -> None:
-        self.model = model.to(device).eval()
+        self.backend = model if isinstance(model, OnnxBackend) else TorchBackend(model, data_config, device)
+        self.model = getattr(self.backend, "model", None)  # the torch module, when there is one
         self.taxonomy = taxonomy
         self.data_config = data_config
-        self.device = device
+        self.device = self.backend.device
         self.meta = meta or {}
-        self.transform = build_eval_transform(dict(data_config))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
-        """Load a run folder, ``best_model.safetensors`` (+ its ``.json``) or a ``.pth`` checkpoint."""
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto",
+                        backend: str = "torch") -> Predictor:
+        """Load a run folder, ``best_model.safetensors`` (+ its ``.json``) or a ``.pth`` checkpoint;
+        with ``backend="onnx"`` the run's exported ``export/model.onnx`` (or a ``.onnx`` file)."""
+        if backend == "onnx":
+            return cls.from_onnx(path, device)
+        if backend != "torch":
+            raise UsageError(f"Unknown backend {backend!r}", "use torch or onnx")
         dev = resolve_device(device)
         loaded = load_checkpoint_model(path, dev)
         return cls(loaded.model, loaded.taxonomy, loaded.data_config, dev, loaded.meta)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
+        """An exported ``model.onnx`` (or a folder holding one, or a run with ``export/``):
+        classes, bins and preprocessing come from its metadata."""
+        path = resolve_onnx(path)
+        meta = read_onnx_meta(path)
+        data_config = LoadedCheckpoint(None, meta, taxonomy_from_meta(meta), path).data_config
+        backend = OnnxBackend(path, data_config, resolve_device(device))
+        return cls(backend, taxonomy_from_meta(meta), data_config, backend.device, meta)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -155,18 +263,13 @@ class Predictor:
         image and its mirror image (mirrored before the transform, so crops match exactly)."""
         batch_size = batch_size or default_batch_size(self.device)
         out = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                batch = images[start : start + batch_size]
-                probs = self._probs(batch)
-                if tta:
-                    probs = (probs + self._probs([ImageOps.mirror(im) for im in batch])) / 2
-                out.append(probs.cpu().numpy())
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            probs = self.backend.probs(batch)
+            if tta:
+                probs = (probs + self.backend.probs([ImageOps.mirror(im) for im in batch])) / 2
+            out.append(probs)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
-
-    def _probs(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        x = torch.stack([self.transform(im) for im in images]).to(self.device)
-        return self.model(x).float().softmax(dim=1)
 
     def predict(self, images_or_paths: ImageInput | Iterable[ImageInput], topk: int = 3, tta: bool = False,
                 batch_size: int | None = None) -> list[Prediction]:
@@ -205,9 +308,9 @@ def top_predictions(name: str, probs: np.ndarray, taxonomy: Taxonomy, topk: int)
 # --------------------------------------------------------------------------- sustain predict
 
 
-def load_ensemble(checkpoints: Sequence[str | Path], device: str = "auto") -> list[Predictor]:
+def load_ensemble(checkpoints: Sequence[str | Path], device: str = "auto", backend: str = "torch") -> list[Predictor]:
     """Predictors for every --checkpoint; they must share the class list (same order)."""
-    predictors = [Predictor.from_checkpoint(path, device) for path in checkpoints]
+    predictors = [Predictor.from_checkpoint(path, device, backend) for path in checkpoints]
     first = predictors[0]
     for path, p in zip(checkpoints[1:], predictors[1:], strict=True):
         if p.classes != first.classes:
@@ -218,14 +321,15 @@ def load_ensemble(checkpoints: Sequence[str | Path], device: str = "auto") -> li
 
 def predict_cli(checkpoints: Sequence[str | Path], inputs: Sequence[str | Path], topk: int = 3,
                 tta: bool = False, as_json: bool = False, *, batch_size: int | None = None,
-                device: str = "auto", out: IO[str] | None = None) -> int:
+                device: str = "auto", backend: str = "torch", out: IO[str] | None = None) -> int:
     """`sustain predict`: print a table (or JSON lines) and return the exit code:
     0 when every image was scored, 1 when any input could not be read (its row says why).
-    With several checkpoints their probabilities are averaged."""
+    With several checkpoints their probabilities are averaged. ``backend="onnx"`` runs each
+    run's exported ``export/model.onnx`` (or the given ``.onnx`` files) in ONNX Runtime."""
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, got {topk}")
     out = out or sys.stdout
-    predictors = load_ensemble(checkpoints, device)
+    predictors = load_ensemble(checkpoints, device, backend)
     items = expand_inputs(inputs)
     batch_size = batch_size or default_batch_size(predictors[0].device)
     results: list[Prediction] = []

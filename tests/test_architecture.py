@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "checkpoints": 5, "evaluate": 5, "report": 5, "loaders": 5, "distributed": 5, "interrupts": 5,
     "tracking": 5, "compare": 5,
     "engine": 6,
-    "inference": 7,
+    "inference": 7, "export": 7, "model_card": 7,
     "diagnostics": 8,
     "cli": 9, "__main__": 9, "__init__": 9,
 }
