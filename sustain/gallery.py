@@ -23,6 +23,7 @@ import base64
 import csv
 import io
 import logging
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ def load_predictions(path: str | Path) -> SamplePredictions:
                                  paths=d["paths"], sources=d["sources"], labels=d["labels"],
                                  probs=d["probs"].astype(np.float32), targets=d["targets"].astype(bool),
                                  in_sample=bool(d["in_sample"]))
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path} could not be read: {exc}") from None
 
 
