@@ -95,6 +95,20 @@ def test_store_round_trips_without_pickle_and_names_a_broken_file(tmp_path: Path
         load_predictions(path)
 
 
+def test_suspects_csv_says_which_scores_are_in_sample(tmp_path: Path):
+    from dataclasses import replace
+
+    from sustain.gallery import write_suspects_csv
+
+    train = replace(SP, split="train", in_sample=True)
+    write_suspects_csv(tmp_path / "s.csv", [*suspect_labels(SP), *suspect_labels(train)])
+    rows = [r.split(",") for r in (tmp_path / "s.csv").read_text().splitlines()]
+    assert rows[0][:7] == ["rank", "split", "scores", "path", "source", "given_label", "predicted_label"]
+    assert [(r[1], r[2], r[3], r[5], r[6]) for r in rows[1:3]] == [
+        ("val", "held-out", "sure_wrong.jpg", "glass", "can"), ("val", "held-out", "set_outside.jpg", "RECYCLABLE", "peel")]
+    assert [r[2] for r in rows[3:]] == ["in-sample", "in-sample"] and rows[1][7] == "0.0200"
+
+
 def test_thumbnails_are_small_rotated_jpegs_and_a_missing_file_is_counted(tmp_path: Path):
     big = tmp_path / "portrait.jpg"
     exif = Image.Exif()
