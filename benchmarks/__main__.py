@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_ingest, bench_predict, bench_train
+from . import bench_gallery, bench_ingest, bench_predict, bench_train
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),
     "train": lambda: bench_train.main([]),
     "predict": lambda: (bench_predict.run([]), 0)[1],
+    "gallery": lambda: bench_gallery.main([]),
 }
 
 
