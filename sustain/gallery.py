@@ -139,7 +139,7 @@ def sample(sp: SamplePredictions, i: int) -> Sample:
     top = np.argsort(-p, kind="stable")[:3]
     pred = int(top[0])
     return Sample(split=sp.split, path=str(sp.paths[i]), source=str(sp.sources[i]), given=str(sp.labels[i]),
-                  predicted=sp.classes[pred], p_predicted=float(p[pred]), p_given=float(sp.given_mass[i]),
+                  predicted=sp.classes[pred], p_predicted=float(p[pred]), p_given=float(p[sp.targets[i]].sum()),
                   top3=tuple((sp.classes[int(j)], float(p[j])) for j in top), in_sample=sp.in_sample)
 
 
