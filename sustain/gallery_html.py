@@ -33,8 +33,9 @@ from .gallery import (
 
 CSS = """
 .sg-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6rem;margin:.5rem 0 1rem}
-.sg-tile{margin:0;border:1px solid #ddd;border-radius:4px;padding:.3rem;font-size:.78rem;line-height:1.25;min-width:0}
-.sg-tile img{display:block;margin:0 auto .25rem;max-width:100%;height:auto;border:0}
+.sg-tile{margin:0;border:1px solid #ddd;border-radius:4px;padding:.3rem;font-size:.78rem;line-height:1.25;min-width:0;
+ overflow-wrap:anywhere}
+.sg-tile img{display:block;margin:0 auto .25rem;width:128px;height:128px;max-width:100%;object-fit:contain;border:0}
 .sg-none{height:96px;display:flex;align-items:center;justify-content:center;background:#f4f4f4;color:#777;text-align:center}
 .sg-path{display:block;color:#777;font-size:.7rem;overflow-wrap:anywhere;font-family:ui-monospace,monospace}
 .sg-bad{color:#c62828} .sg-muted{color:#777} .sg-flag{background:#fdecea}

@@ -32,6 +32,7 @@ PROBE = """(() => {
     without_alt: imgs.filter(i => !i.alt.trim()).length,
     scroll_width: document.documentElement.scrollWidth,
     client_width: document.documentElement.clientWidth,
+    tiles_overflowing: [...document.querySelectorAll('.sg-tile')].filter(t => t.scrollWidth > t.clientWidth + 1).length,
     wider: [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 1280.5)
              .map(e => e.tagName + '.' + e.className).slice(0, 5),
   };
@@ -50,6 +51,7 @@ def test_report_renders_in_chromium_decoded_narrow_and_offline(tmp_path: Path):
     p = page.probe
     assert p["gallery"] >= 48 and p["undecoded"] == [] and p["without_alt"] == 0
     assert p["scroll_width"] <= p["client_width"] == 1280, p["wider"]
+    assert p["tiles_overflowing"] == 0  # long class names and paths wrap inside their tile
     outside = [u[:80] for u in page.requests if u != report.resolve().as_uri() and not u.startswith("data:")]
     assert outside == []
 
