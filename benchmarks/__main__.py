@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_checkpoint, bench_export, bench_ingest, bench_predict, bench_tracking, bench_train
+from . import bench_checkpoint, bench_export, bench_gallery, bench_ingest, bench_predict, bench_tracking, bench_train
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "checkpoint": lambda: bench_checkpoint.main([]),
     "tracking": lambda: bench_tracking.main([]),
     "export": lambda: bench_export.main([]),
+    "gallery": lambda: bench_gallery.main([]),
 }
 
 

@@ -125,6 +125,8 @@ commands:
   sustain evaluate --checkpoint PATH [--split val|test] [--data DIR]
   sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json] [--backend torch|onnx]
   sustain export RUN_DIR|CHECKPOINT [--format onnx|coreml] [--quantize int8] [--split test|val] [--out DIR] [--no-verify]
+  sustain evaluate --checkpoint PATH [--split val|test|train] [--data DIR]
+  sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json]
   sustain report RUN_DIR                     rebuild the plots and report.html
   sustain compare RUN_DIR RUN_DIR... [--html FILE]   runs side by side; reproducibility of two reruns
   sustain doctor [--config FILE] [--json]    environment diagnostics
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a checkpoint on its val/test split or on a labelled folder")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--split", choices=["val", "test", "train"], default="val")
     p.add_argument("--data", metavar="DIR", help="a folder of labelled images (<class>/<image>) to score instead")
     p.add_argument("--label-map", metavar="YAML", help="with --data: a YAML {folder: class} mapping")
     p.set_defaults(func=cmd_evaluate)

@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.metrics import classification_report
+from torch.utils.data import DataLoader, Dataset
 
 from .checkpoints import EXPORT_META, EXPORT_WEIGHTS, load_checkpoint
 from .data.scan import IMAGE_EXTENSIONS
 from .errors import UsageError
+from .gallery import SamplePredictions, predictions_file, save_predictions
 from .metrics import final_metrics, format_per_class
 from .taxonomy import Taxonomy
 from .transforms import build_eval_transform
@@ -50,6 +52,7 @@ class Predictions:
     targets: torch.Tensor  # float32 [N, C] multi-hot
     source_ids: torch.Tensor  # int64 [N]
     failed: int  # samples the loader dropped because they could not be read
+    indices: torch.Tensor | None = None  # int64 [N]: dataset index of each row, from an `indexed_loader`
 
     @property
     def probs(self) -> torch.Tensor:
@@ -88,9 +91,12 @@ def collect_predictions(
 
     device = torch.device(device)
     model.eval()
-    logits, targets, source_ids, failed = [], [], [], 0
+    logits, targets, source_ids, indices, failed = [], [], [], [], 0
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            if isinstance(batch, tuple):  # (Batch, dataset indices) from an indexed_loader
+                batch, index = batch
+                indices.append(index)
             failed += int(batch.failed)
             if batch.images is None or len(batch.images) == 0:
                 continue
@@ -106,7 +112,44 @@ def collect_predictions(
         targets=torch.cat(targets) if targets else torch.zeros(0, num_classes),
         source_ids=torch.cat(source_ids) if source_ids else torch.zeros(0, dtype=torch.long),
         failed=failed,
+        indices=torch.cat(indices) if indices else None,
     )
+
+
+class _Indexed(Dataset):
+    """A dataset whose items also carry their index (module level: DataLoader workers pickle it)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+class _IndexedCollate:
+    """The loader's collate over the items, plus the indices of those that loaded."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: Sequence[tuple[int, Any]]) -> tuple[Any, torch.Tensor]:
+        loaded = torch.tensor([i for i, item in items if item is not None], dtype=torch.int64)
+        return self.collate([item for _, item in items]), loaded
+
+
+def indexed_loader(loader: Any) -> Any:
+    """The same DataLoader whose batches also say which dataset rows they hold, so each
+    prediction keeps its file path even when unreadable images were dropped.
+    Anything but a DataLoader over a dataset with ``paths`` is returned as is."""
+    if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "paths"):
+        return loader
+    workers = loader.num_workers
+    return DataLoader(_Indexed(loader.dataset), batch_size=loader.batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=_IndexedCollate(loader.collate_fn), pin_memory=loader.pin_memory,
+                      prefetch_factor=loader.prefetch_factor if workers else None)
 
 
 def _num_outputs(model: torch.nn.Module) -> int:
@@ -241,10 +284,33 @@ def write_final_evaluation(
     for split, loader in loaders.items():
         if loader is None:
             continue
-        preds = collect_predictions(model, loader, device, autocast, desc=f"Final evaluation ({split})")
+        preds = collect_predictions(model, indexed_loader(loader), device, autocast,
+                                    desc=f"Final evaluation ({split})")
         results[split] = write_split_report(preds, taxonomy, sources, out_dir, split, checkpoint=record)
+        write_prediction_store(preds, getattr(loader, "dataset", None), taxonomy, sources,
+                               Path(out_dir) / predictions_file(split), split)
         log.info("%s", summary_line(results[split]))
     return results
+
+
+def write_prediction_store(preds: Predictions, dataset: Any, taxonomy: Taxonomy, sources: Sequence[str] | None,
+                           path: Path, split: str, *, in_sample: bool = False) -> Path | None:
+    """``predictions_<split>.npz`` (see `sustain.gallery`): each scored image's path, source, given
+    label, probabilities and targets, for `sustain report`'s gallery. Needs the dataset's
+    ``paths`` and predictions from an `indexed_loader`; otherwise nothing is written."""
+    if preds.indices is None or not hasattr(dataset, "paths"):
+        log.debug("no per-sample store for %s: the loader does not say which file each row is", split)
+        return None
+    targets = preds.targets.numpy() > 0.5
+    names: dict[tuple[int, ...], str] = {}
+    labels = [names.setdefault(key, taxonomy.label_name(key))
+              for key in map(tuple, (np.flatnonzero(t).tolist() for t in targets))]
+    source_names = [sources[i] if sources else "" for i in preds.source_ids.tolist()]
+    store = SamplePredictions(split=split, classes=tuple(taxonomy.classes),
+                              paths=np.array([dataset.paths[i] for i in preds.indices.tolist()], dtype=str),
+                              sources=np.array(source_names, dtype=str), labels=np.array(labels, dtype=str),
+                              probs=preds.probs.numpy(), targets=targets, in_sample=in_sample)
+    return save_predictions(path, store)
 
 
 def summary_line(report: Mapping[str, Any]) -> str:
@@ -420,8 +486,6 @@ def evaluate_checkpoint(
     and ``eval_<split>_classification_report.json`` (``eval_data_<name>_…`` for
     a folder), so the training run's own reports are never overwritten.
     """
-    from torch.utils.data import DataLoader
-
     from .data.dataset import ManifestDataset, collate_skip_failed
 
     dev = resolve_device(device)
@@ -436,10 +500,13 @@ def evaluate_checkpoint(
         name = f"data_{Path(data_dir).resolve().name}"
     dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform(dict(loaded.data_config)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
-    preds = collect_predictions(loaded.model, loader, dev)
+    preds = collect_predictions(loaded.model, indexed_loader(loader), dev)
     record = _checkpoint_record(loaded.path, loaded.meta)
-    report = write_split_report(preds, taxonomy, sources, Path(out_dir or run_dir), name,
-                                stem=f"eval_{name}_", checkpoint=record)
+    out = Path(out_dir or run_dir)
+    report = write_split_report(preds, taxonomy, sources, out, name, stem=f"eval_{name}_", checkpoint=record)
+    # The train split's store is in-sample: the model learned those labels (the report says so).
+    write_prediction_store(preds, dataset, taxonomy, sources, out / predictions_file(f"eval_{name}"), name,
+                           in_sample=name == "train")
     for line in format_per_class(_per_class_view(report), taxonomy):
         log.info("%s", line)
     log.info("%s", summary_line(report))

@@ -2,10 +2,11 @@
 
 Reads (each optional; a missing one is named in the HTML instead of failing):
 ``metrics_history.json``, ``confusion_matrix.npy``, ``classification_report.json``
-and their ``test_*`` twins, ``run.json`` and ``data_summary.json``.
-Writes ``training_curves.png``, ``confusion_matrix.png``, ``per_class_f1.png``
-and ``report.html`` (one self-contained file: images inlined as base64,
-styles inline, no scripts).
+and their ``test_*`` twins, ``run.json``, ``data_summary.json`` and the
+per-sample ``predictions_*.npz`` (the error gallery, `sustain.gallery_html`).
+Writes ``training_curves.png``, ``confusion_matrix.png``, ``per_class_f1.png``,
+``suspect_labels.csv`` and ``report.html`` (one self-contained file: images
+inlined as base64, styles inline, no scripts, no request leaves the file).
 
 Figure sizes are fixed by the constants below (pixels = inches × DPI), so a
 report looks the same on every machine; the confusion matrix grows with the
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
+from .gallery import SUSPECTS_CSV, predictions_file, write_suspects_csv
+from .gallery_html import Gallery, build_gallery
 from .metrics import top_confusions
 from .utils import atomic_write, atomic_write_text
 
@@ -43,7 +46,8 @@ DATA_SUMMARY = "data_summary.json"
 VAL_REPORT, VAL_CONFUSION = "classification_report.json", "confusion_matrix.npy"
 TEST_REPORT, TEST_CONFUSION = "test_classification_report.json", "test_confusion_matrix.npy"
 CURVES_PNG, CONFUSION_PNG, F1_PNG = "training_curves.png", "confusion_matrix.png", "per_class_f1.png"
-ARTIFACTS = (HISTORY, VAL_CONFUSION, VAL_REPORT, TEST_CONFUSION, TEST_REPORT, RUN, DATA_SUMMARY)
+ARTIFACTS = (HISTORY, VAL_CONFUSION, VAL_REPORT, TEST_CONFUSION, TEST_REPORT, RUN, DATA_SUMMARY,
+             predictions_file("val"))
 
 
 def confusion_figsize(num_classes: int) -> tuple[float, float]:
@@ -257,11 +261,15 @@ def build_report(run_dir: str | Path) -> Path:
         f1, support = _per_class(val, classes)
         images["Per-class F1 (val)"] = plot_per_class_f1(f1, support, classes, run_dir / F1_PNG)
 
+    gallery = build_gallery(run_dir, notes=notes)
+    if (run_dir / predictions_file("val")).is_file():
+        write_suspects_csv(run_dir / SUSPECTS_CSV, gallery.suspects)
     page = render_html(run_dir=run_dir, history=history, run=run, data_summary=data_summary,
                        reports={"val": val, "test": test}, confusions={"val": confusion, "test": test_confusion},
-                       classes=classes, images=images, notes=notes)
+                       classes=classes, images=images, notes=notes, gallery=gallery)
     out = atomic_write_text(run_dir / "report.html", page)
-    log.debug("report written with %d plot(s); notes: %s", len(images), notes)
+    log.debug("report written with %d plot(s), %d suspect label(s), %.1f MB of thumbnails; notes: %s",
+              len(images), len(gallery.suspects), gallery.thumbnails_bytes / 1e6, notes)
     return out
 
 
@@ -274,8 +282,11 @@ table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;paddi
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{background:#fff8e1;border-left:4px solid #f0ad4e;padding:.4rem .8rem;margin:.3rem 0}
 .ok{color:#2e7d32} .bad{color:#c62828} img{max-width:100%;border:1px solid #eee} .muted{color:#777}
-details{margin:.5rem 0} pre{background:#f7f7f7;padding:.5rem;overflow-x:auto}
+details{margin:.5rem 0} pre{background:#f7f7f7;padding:.5rem;white-space:pre-wrap;overflow-wrap:anywhere}
+table{display:block;max-width:100%;overflow-x:auto} td{overflow-wrap:anywhere}
 """
+# The page may load nothing but its own inline styles and data: images; a browser enforces it.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _e(value: Any) -> str:
@@ -494,7 +505,7 @@ def _evaluation_section(reports: Mapping[str, Any]) -> str:
 
 def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, reports: Mapping[str, Any],
                 confusions: Mapping[str, np.ndarray | None], classes: Sequence[str] | None,
-                images: Mapping[str, Path], notes: Sequence[str]) -> str:
+                images: Mapping[str, Path], notes: Sequence[str], gallery: Gallery | None = None) -> str:
     """The whole report page as one string (pure apart from reading the PNGs it inlines)."""
     val = reports.get("val")
     title = f"Sustain run report — {run_dir.resolve().name}"
@@ -508,6 +519,8 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
     sections.append("<h2>Top confusions (val)</h2>" + _confusion_section(confusions.get("val"), classes))
     if confusions.get("test") is not None:
         sections.append("<h3>Top confusions (test)</h3>" + _confusion_section(confusions["test"], classes))
+    if gallery is not None:
+        sections.append(gallery.html)
     sections.append("<h2>Plots</h2>" + ("".join(_img(t, p) for t, p in images.items()) or
                                          '<p class="muted">No plots: the artifacts they need are missing.</p>'))
     sections.append("<h2>Health record</h2>" + _health_section(run, history))
@@ -517,5 +530,7 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
     sections.append("<h2>Data summary</h2>" + (_value_html(summary) if summary is not None else
                                                  '<p class="muted">data_summary.json not found.</p>'))
     body = "\n".join(sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
             f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")

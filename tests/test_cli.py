@@ -78,7 +78,7 @@ def test_each_command_documents_its_spec_options(run_cli, command):
         (["train"], "--config"),  # a required option is missing
         (["predict", "--checkpoint", "x.pth"], "IMAGE_OR_DIR"),
         (["predict", "--checkpoint", "x.pth", "a.jpg", "--topk", "three"], "three"),
-        (["evaluate", "--checkpoint", "x.pth", "--split", "train"], "train"),
+        (["evaluate", "--checkpoint", "x.pth", "--split", "holdout"], "holdout"),
     ],
     ids=["unknown-command", "unknown-data-command", "missing-config", "missing-inputs", "bad-int",
          "bad-choice"],

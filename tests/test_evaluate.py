@@ -279,3 +279,54 @@ def test_a_run_whose_last_epoch_is_worse_reports_the_best_epoch(tmp_path: Path):
     again = evaluate_checkpoint(run, split="val", device="cpu")
     assert again["accuracy"] == pytest.approx(report["accuracy"])
     assert "✓ matches the best epoch" in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_final_evaluation_stores_each_images_path_beside_its_probabilities(tmp_path: Path):
+    """predictions_<split>.npz keeps path ↔ probabilities aligned even when an unreadable image
+    in the middle of a batch is dropped, with DataLoader workers."""
+    from sustain.gallery import load_predictions
+
+    model = tiny_model(SMALL.num_classes)
+    paths = write_images(tmp_path / "img", 7)
+    broken = write_corrupt(tmp_path / "img" / "broken.png")
+    ordered = [*paths[:3], broken, *paths[3:]]
+    targets = [(0,), (1,), (2,), (3,), (0, 1), (3,), (1,), (2,)]
+    rows = rows_for(ordered, targets, SMALL)
+    loader = loader_for(rows, SMALL, ["lake_a"], batch_size=3)
+    loader = DataLoader(loader.dataset, batch_size=3, shuffle=False, collate_fn=collate_skip_failed, num_workers=1)
+
+    write_final_evaluation(model, {"val": loader, "test": None}, SMALL, ["lake_a"], tmp_path / "run", "cpu")
+
+    store = load_predictions(tmp_path / "run" / "predictions_val.npz")
+    assert not (tmp_path / "run" / "predictions_test.npz").exists()
+    assert store.paths.tolist() == [str(p) for p in paths]  # the broken one left out, the rest in order
+    assert store.labels.tolist() == ["glass_jar", "tin_can", "banana_peel", "RECYCLABLE", "crisp_packet",
+                                     "tin_can", "banana_peel"]
+    assert store.sources.tolist() == ["lake_a"] * 7 and store.classes == SMALL.classes
+    alone = collect_predictions(model, loader_for(rows_for(paths, [(0,)] * 7, SMALL), SMALL, ["lake_a"]), "cpu",
+                                progress=False)
+    np.testing.assert_allclose(store.probs, alone.probs.numpy(), atol=1e-5)  # each row is its own image's
+
+
+def test_evaluate_train_split_adds_in_sample_scores_to_the_report(tmp_path: Path, run_cli):
+    from sustain.gallery import load_predictions
+
+    model = tiny_model(SMALL.num_classes)
+    run = tmp_path / "run"
+    save_tiny_checkpoint(run, model, SMALL)
+    train = write_images(tmp_path / "img", 5, prefix="train")
+    lines = [",".join(MANIFEST_COLUMNS)]
+    lines += [f"{p},tr/{p.name},lake_a,glass_jar,train,h{i},{i},0" for i, p in enumerate(train)]
+    (run / "manifest.csv").write_text("\n".join(lines) + "\n")
+    val = rows_for(write_images(tmp_path / "img", 4, seed=3, prefix="val"), [(1,)] * 4, SMALL)
+    write_final_evaluation(model, {"val": loader_for(val, SMALL, ["lake_a"])}, SMALL, ["lake_a"], run, "cpu")
+
+    assert run_cli("evaluate", "--checkpoint", run, "--split", "train").code == 0
+    store = load_predictions(run / "predictions_eval_train.npz")
+    assert store.in_sample and store.split == "train" and len(store.paths) == 5
+
+    assert run_cli("report", run).code == 0
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "Train scores are <b>in-sample</b>" in page and "<h3>train</h3>" in page  # its per-source table
+    csv_rows = [r.split(",") for r in (run / "suspect_labels.csv").read_text().splitlines()[1:]]
+    assert all(r[2] == ("in-sample" if r[1] == "train" else "held-out") for r in csv_rows)

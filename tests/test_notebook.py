@@ -140,10 +140,15 @@ def test_notebook_runs_top_to_bottom_on_a_tiny_config(tmp_path: Path, kernel: st
     assert "✓ Training completed successfully" in text["train"] and "Best epoch 1" in text["train"]
     assert images["results-plots"] == 2
     assert "Accuracy per source (val):" in text["results-tables"] and "demo_master" in text["results-tables"]
+    gallery = "".join(o.get("data", {}).get("text/html", "") for c in code_cells(nb) if c.id == "results-gallery"
+                      for o in c.outputs)
+    assert "Suspect labels:" in text["results-gallery"] and "Top mistakes (val)" in gallery
+    assert "data:image/jpeg;base64," in gallery  # the photos themselves, inline
     assert text["inference"].count("→ predicted") >= 1 and images["inference"] == 1
     assert "✓ Reproducible: identical" in text["repro"]
     for artifact in ("manifest.csv", "data_summary.json", "best_model.safetensors", "best_model.json", "last.pth",
                      "metrics_history.json", "confusion_matrix.npy", "classification_report.json", "run.json",
-                     "training_curves.png", "confusion_matrix.png", "report.html"):
+                     "training_curves.png", "confusion_matrix.png", "report.html", "predictions_val.npz",
+                     "suspect_labels.csv"):
         assert (out / artifact).is_file(), artifact
     assert (tmp_path / "run_rerun" / "metrics_history.json").is_file()

@@ -128,3 +128,57 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
         build_report(tmp_path / "nope")
     with pytest.raises(UsageError, match="No run artifacts"):
         build_report(tmp_path)
+
+
+# --------------------------------------------------------------------------- the error gallery
+
+
+def test_report_rebuilds_the_error_gallery_from_the_stores_alone(tmp_path: Path, run_cli):
+    from gallery_helpers import add_gallery
+
+    from sustain.gallery import top_mistakes
+
+    run = tmp_path / "run"
+    make_run(run)
+    stores = add_gallery(run)
+    assert not list(run.glob("*.safetensors")) and not list(run.glob("*.pth"))  # no model to run
+
+    result = run_cli("report", run)
+    assert result.code == 0, result.output
+
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert (run / "report.html").stat().st_size <= 5_000_000
+    assert re.search(r"https?://|src=\"file:|<script|<link", page) is None
+    tags = re.findall(r"<img [^>]*>", page)
+    thumbs = [t for t in tags if 'src="data:image/jpeg;base64,' in t]
+    assert len(thumbs) >= 48 and all(re.search(r'alt="[^"]{10,}"', t) for t in tags)
+    for split in ("val", "test"):
+        first = top_mistakes(stores[split])[0]
+        assert f"Top mistakes ({split})" in page and first.path in page
+        assert f"predicted <b class=\"sg-bad\">{first.predicted}</b>" in page
+    assert "Most-confused pairs (val), with examples" in page and "Per-source view" in page
+    assert "The train split is not screened" in page
+
+    rows = (run / "suspect_labels.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("rank,split,scores,path,source,given_label,predicted_label")
+    flagged = {r.split(",")[3] for r in rows[1:]}
+    for split in ("val", "test"):  # the three mislabelled images of each split are caught
+        assert {stores[split].paths[i] for i in range(3)} <= flagged
+
+
+def test_a_photo_gone_since_the_run_is_named_not_replaced(tmp_path: Path):
+    from gallery_helpers import add_gallery
+
+    from sustain.gallery import top_mistakes
+    from sustain.gallery_html import build_gallery
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stores = add_gallery(run)
+    gone = top_mistakes(stores["val"])[0].path
+    Path(gone).unlink()
+
+    page = build_gallery(run).html
+    assert "image(s) could not be read for a thumbnail" in page and gone in page
+    tile = page[page.index('<figure class="sg-tile">'):page.index("</figure>")]
+    assert "image not readable" in tile and "<img" not in tile
