@@ -237,8 +237,7 @@ def run_benchmark(cpu: bool, rounds: int, compile_backend: str | None) -> dict[s
         flops_per_image = count_train_flops(model, batch, device, precision) / batch_size
         for compiled in [False] + ([True] if batch_size in compiled_sizes else []):
             if compiled:
-                torch._dynamo.reset()
-                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+                torch._dynamo.reset()  # each batch size compiles afresh, as a run with that batch would
             log.info("batch %d, %s", batch_size, f"torch.compile ({compile_backend})" if compiled else "eager")
             best = measure_pair(cfg, model, compiled, plan, precision, device, batch, case, rounds)
             for kind, m in best.items():
