@@ -49,7 +49,7 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
              "where pip can download, and carry .gpu_wheels/ along" >&2
         exit 2
     fi
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
         --target "$WORK/site" "$ROOT"/.gpu_wheels/*.whl || exit 1
     export PYTHONPATH="$PYTHONPATH:$WORK/site"
     SUSTAIN_CARRIED_WHEELS="$(cd "$ROOT/.gpu_wheels" && echo *.whl)"

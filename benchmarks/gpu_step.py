@@ -12,7 +12,9 @@ so the loader is not in the way. For each batch size, with and without
   clip, optimizer step; the same model, optimizer factory, batch and precision.
 The two alternate for `--rounds` timed windows each, and the faster window
 counts. MFU = measured FLOP/s (forward + backward, counted once by
-`torch.utils.flop_counter.FlopCounterMode`) / the GPU's dense bf16 peak.
+`torch.utils.flop_counter.FlopCounterMode`) / the GPU's dense bf16 peak from
+its datasheet; `matmul_bf16_tflops` is what a large bf16 matrix product
+reaches on it, the practical ceiling.
 Peak memory is the most allocated during a timed window.
 """
 
@@ -53,7 +55,7 @@ log = logging.getLogger("benchmarks.gpu_step")
 # Dense bf16 tensor-core peaks (vendor datasheets, TFLOP/s), most specific name first.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("GH200", 989.4), ("H200", 989.4), ("H100 NVL", 835.5), ("H100 PCIe", 756.5), ("H100", 989.4),
-    ("H800", 989.4), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0),
+    ("H800", 989.4), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0),
 )
 
 GPU_CASE = {"overrides": ["model.pretrained=false"], "batches": [64, 128], "compile_batches": [128],
@@ -68,6 +70,21 @@ def peak_bf16_flops(device_name: str | None) -> float | None:
         if device_name and key.lower() in device_name.lower():
             return tflops * 1e12
     return None
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float | None:
+    """The bf16 n×n×n matrix-product rate this GPU reaches (a practical ceiling beside the datasheet's)."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return round(2 * n**3 * repeats / (time.perf_counter() - t) / 1e12, 1)
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, device: torch.device):
@@ -181,10 +198,11 @@ def timed_window(run: Callable[[int], dict[str, Any]], steps: int, device: torch
     return seconds, peak, int(stats.get("skipped", 0))
 
 
-def measure_pair(cfg: Config, model: nn.Module, compiled: bool, plan: DevicePlan, precision: PrecisionPlan,
-                 device: torch.device, batch, case: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
+def measure_pair(cfg: Config, model: nn.Module, compile_backend: str | None, plan: DevicePlan,
+                 precision: PrecisionPlan, device: torch.device, batch, case: dict[str, Any],
+                 rounds: int) -> dict[str, dict[str, Any]]:
     """Both steps on the same weights, alternating; the faster of `rounds` windows counts for each."""
-    fwd_model = torch.compile(model) if compiled else model
+    fwd_model = torch.compile(model, backend=compile_backend) if compile_backend else model
     runners = {"sustain": sustain_runner(cfg, model, fwd_model, plan, precision, device, batch),
                "plain": plain_runner(cfg, model, fwd_model, precision, device, batch)}
     best: dict[str, dict[str, Any]] = {}
@@ -208,13 +226,14 @@ def measure_pair(cfg: Config, model: nn.Module, compiled: bool, plan: DevicePlan
     return best
 
 
-def run_benchmark(cpu: bool, rounds: int, compile_backend: str | None) -> dict[str, Any]:
+def run_benchmark(cpu: bool, rounds: int, compile_backend: str | None,
+                  save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every case in turn; `save(result)` after each, so a time-out still leaves the figures so far."""
     from sustain.model import build_model, parameter_summary
 
     case = CPU_CASE if cpu else GPU_CASE
     cfg = load_config(ROOT / "configs" / "eva02_master30.yaml", case["overrides"])
-    backends = detect_backends()
-    plan = plan_device("cpu" if cpu else "cuda", backends)
+    plan = plan_device("cpu" if cpu else "cuda", detect_backends())
     apply_backend_flags(plan)  # TF32 and cuDNN autotuning, as a run sets them
     device = torch.device("cuda", 0) if plan.type == "cuda" else torch.device("cpu")
     precision = PrecisionPlan(autocast=True, dtype="bfloat16", grad_scaler=False)  # the bf16 plan, on any device
@@ -228,8 +247,9 @@ def run_benchmark(cpu: bool, rounds: int, compile_backend: str | None) -> dict[s
     result: dict[str, Any] = {
         "model": cfg.model.name, "parameters": parameter_summary(model), "input_size": size,
         "device": plan.name, "precision": precision.label, "channels_last": channels_last,
-        "peak_bf16_tflops": peak / 1e12 if peak else None, "steps_per_window": case["steps"], "rounds": rounds,
-        "compile_backend": compile_backend, "rows": [],
+        "peak_bf16_tflops": peak / 1e12 if peak else None, "matmul_bf16_tflops": matmul_tflops(device),
+        "steps_per_window": case["steps"], "rounds": rounds,
+        "compile_backend": compile_backend, "rows": [], "errors": [],
     }
     compiled_sizes = case["compile_batches"] if compile_backend else []
     for batch_size in case["batches"]:
@@ -239,21 +259,39 @@ def run_benchmark(cpu: bool, rounds: int, compile_backend: str | None) -> dict[s
             if compiled:
                 torch._dynamo.reset()  # each batch size compiles afresh, as a run with that batch would
             log.info("batch %d, %s", batch_size, f"torch.compile ({compile_backend})" if compiled else "eager")
-            best = measure_pair(cfg, model, compiled, plan, precision, device, batch, case, rounds)
-            for kind, m in best.items():
-                ips = case["steps"] * batch_size / m["seconds"]
-                result["rows"].append({
-                    "step": kind, "batch": batch_size, "compile": compiled, "images_per_s": round(ips, 1),
-                    "step_ms": round(1000 * m["seconds"] / case["steps"], 2),
-                    "mfu": round(ips * flops_per_image / peak, 4) if peak else None,
-                    "tflops": round(ips * flops_per_image / 1e12, 2),
-                    "peak_memory_gib": round(m["peak"] / 2**30, 2) if m["peak"] is not None else None,
-                    "warmup_s": m["warmup_s"], "skipped_steps": m["skipped"],
-                    "gflops_per_image": round(flops_per_image / 1e9, 2)})
-            s, p = best["sustain"]["seconds"], best["plain"]["seconds"]
-            result["rows"].append({"step": "ratio sustain/plain", "batch": batch_size, "compile": compiled,
-                                   "ratio": round(p / s, 3)})
+            try:
+                best = measure_pair(cfg, model, compile_backend if compiled else None, plan, precision, device,
+                                    batch, case, rounds)
+            except Exception as exc:  # a failed compile (or OOM) must not cost the other figures; reported
+                log.exception("batch %d, compile=%s failed", batch_size, compiled)
+                result["errors"].append({"batch": batch_size, "compile": compiled,
+                                         "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                model.zero_grad(set_to_none=True)
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            else:
+                result["rows"].extend(case_rows(best, batch_size, compiled, flops_per_image, peak, case["steps"]))
+            save(result)
     return result
+
+
+def case_rows(best: dict[str, dict[str, Any]], batch_size: int, compiled: bool, flops_per_image: float,
+              peak: float | None, steps: int) -> list[dict[str, Any]]:
+    rows = []
+    for kind, m in best.items():
+        ips = steps * batch_size / m["seconds"]
+        rows.append({
+            "step": kind, "batch": batch_size, "compile": compiled, "images_per_s": round(ips, 1),
+            "step_ms": round(1000 * m["seconds"] / steps, 2),
+            "mfu": round(ips * flops_per_image / peak, 4) if peak else None,
+            "tflops": round(ips * flops_per_image / 1e12, 2),
+            "peak_memory_gib": round(m["peak"] / 2**30, 2) if m["peak"] is not None else None,
+            "warmup_s": m["warmup_s"], "skipped_steps": m["skipped"],
+            "gflops_per_image": round(flops_per_image / 1e9, 2)})
+    rows.append({"step": "ratio sustain/plain", "batch": batch_size, "compile": compiled,
+                 "ratio": round(best["plain"]["seconds"] / best["sustain"]["seconds"], 3)})
+    return rows
 
 
 def load_taxonomy(cfg: Config):
@@ -292,12 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cpu:
         torch.set_num_threads(1)  # a tiny model steps fastest on one thread (see tests/engine_helpers.py)
-    result = run_benchmark(args.cpu, args.rounds, None if backend == "none" else backend)
+    def save(result: dict[str, Any]) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    result = run_benchmark(args.cpu, args.rounds, None if backend == "none" else backend, save)
     for line in format_rows(result):
         print(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0
+    for error in result["errors"]:
+        print(f"FAILED: batch {error['batch']}, compile={error['compile']}: {error['error']}", file=sys.stderr)
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ def section_failures(doc: dict[str, Any], on_gpu: bool) -> list[str]:
         problems.append("torchrun DDP check failed")
     if not (doc["step"] or {}).get("rows"):
         problems.append("no step throughput")
+    problems += [f"step at batch {e['batch']}, compile={e['compile']}: {e['error'][:300]}"
+                 for e in (doc["step"] or {}).get("errors", [])]
     if not (doc["loader"] or {}).get("rows") or any(r["failed"] for r in doc["loader"]["rows"]):
         problems.append("loader throughput missing or images failed to load")
     return problems
