@@ -14,7 +14,9 @@ run's run.json) into the one file the script leaves in its output folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -69,7 +71,7 @@ def gather_env() -> dict[str, Any]:
                       "memory_gib": round(props.total_memory / 2**30, 1),
                       "capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count,
                       "bf16": torch.cuda.is_bf16_supported(), "cudnn": torch.backends.cudnn.version(),
-                      "nccl": ".".join(map(str, torch.cuda.nccl.version())), "driver": _nvidia_smi("driver_version")}
+                      "nccl": _nccl_version(), "driver": _nvidia_smi("driver_version")}
     return env
 
 
@@ -98,63 +100,74 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_ddp(args: argparse.Namespace) -> int:
-    """A few DDP steps and the collectives the engine uses, on the backend a real run picks."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+    """Sustain's own DDP code (`sustain.distributed`) on the backend a run picks: NCCL on CUDA, gloo on the CPU.
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
-        if key not in os.environ:
-            print(f"gpu_check ddp: {key} is not set; run it under torchrun (see this module's docstring)",
-                  file=sys.stderr)
-            return 2
-    cuda = torch.cuda.is_available() and not args.cpu
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    backend = "nccl" if cuda else "gloo"
+    With one process a run skips DDP, so its collectives are switched on here
+    for the single rank: process group, DDP wrapper with `no_sync`
+    accumulation under bf16 autocast, and every collective the engine calls.
+    """
+    import torch.distributed as torch_dist
+
+    from sustain.device import detect_backends, plan_device
+    from sustain.distributed import Distributed
+
+    class OneRankDDP(Distributed):
+        @property
+        def enabled(self) -> bool:
+            return True
+
+    if "WORLD_SIZE" not in os.environ:
+        print("gpu_check ddp: run it under torchrun (see this module's docstring)", file=sys.stderr)
+        return 2
+    env = Distributed.from_env()
+    dist = OneRankDDP(rank=env.rank, world=env.world, local_rank=env.local_rank)
     t0 = time.perf_counter()
-    dist.init_process_group(backend=backend)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+    device = dist.init(plan_device("cpu" if args.cpu else "cuda", detect_backends()))
+    model = dist.wrap(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(),
+                                          torch.nn.Linear(64, 8)).to(device), device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for step in range(4):
-        x = torch.randn(32, 64, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = ddp(x).float().pow(2).mean()
-        if step % 2 == 0:
-            with ddp.no_sync():  # gradient accumulation: no all-reduce on this micro-step
-                loss.backward()
-            continue
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    flags = torch.tensor([1.0, 0.0], dtype=torch.float64, device=device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MIN)  # what Distributed.all_true does
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, {"rank": dist.get_rank()})
-    payload = torch.ones(64 * 2**20 // 4, device=device)  # 64 MiB all-reduce, timed
-    dist.all_reduce(payload)
-    if cuda:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    dist.all_reduce(payload)
-    if cuda:
-        torch.cuda.synchronize()
-    allreduce_ms = 1000 * (time.perf_counter() - t)
-    dist.barrier()
-    dist.destroy_process_group()
-    ok = (all(map(lambda v: v == v and abs(v) < 1e6, losses)) and flags.tolist() == [1.0, 0.0]
-          and gathered == [{"rank": r} for r in range(len(gathered))])
-    result = {"ok": ok, "backend": backend, "world_size": len(gathered), "device": str(device),
-              "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None, "losses": losses,
-              "allreduce_64mib_ms": round(allreduce_ms, 3), "seconds": round(time.perf_counter() - t0, 2)}
-    print(f"torchrun ×{result['world_size']} {backend}: {'ok' if ok else 'FAILED'}, 64 MiB all-reduce "
-          f"{result['allreduce_64mib_ms']} ms")
-    if int(os.environ["RANK"]) == 0:
+        sync = step % 2 == 1  # accumulation over 2 micro-steps: all-reduce on the second only
+        with torch.autocast(device.type, dtype=torch.bfloat16), (contextlib.nullcontext() if sync else model.no_sync()):
+            loss = model(torch.randn(32, 64, device=device)).float().pow(2).mean()
+            loss.backward()
+        if sync:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    flags, sums = dist.all_true(True, False), dist.sum(1.5, 2.0)
+    preds = SimpleNamespace(logits=torch.randn(3, 8), targets=torch.ones(3, 8), source_ids=torch.zeros(3))
+    logits, _, _ = dist.gather_predictions(preds)
+    rng = dist.gather_rng()
+    allreduce_ms = timed_allreduce(torch_dist, device)
+    dist.close()
+    ok = (len(losses) == 2 and all(map(math.isfinite, losses)) and flags == (True, False) and sums == (1.5, 2.0)
+          and torch.equal(logits, preds.logits) and len(rng) == dist.world)
+    result = {"ok": ok, "backend": "nccl" if device.type == "cuda" else "gloo", "world_size": dist.world,
+              "device": str(device), "nccl": _nccl_version() if device.type == "cuda" else None, "losses": losses,
+              "allreduce_64mib_ms": allreduce_ms, "seconds": round(time.perf_counter() - t0, 2)}
+    print(f"torchrun ×{dist.world} {result['backend']}: {'ok' if ok else 'FAILED'}, 64 MiB all-reduce "
+          f"{allreduce_ms} ms")
+    if dist.is_main:
         write_json(args.out, result)
     return 0 if ok else 1
+
+
+def timed_allreduce(torch_dist, device: torch.device, mib: int = 64) -> float:
+    payload = torch.ones(mib * 2**20 // 4, device=device)
+    for _ in range(2):  # the first call sets up the communicator, the second is timed
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        torch_dist.all_reduce(payload)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return round(1000 * (time.perf_counter() - t), 3)
+
+
+def _nccl_version() -> str:
+    return ".".join(map(str, torch.cuda.nccl.version()))
 
 
 # --------------------------------------------------------------------------- the loader
