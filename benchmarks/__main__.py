@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_checkpoint, bench_export, bench_gallery, bench_ingest, bench_predict, bench_tracking, bench_train
+from . import (
+    bench_checkpoint,
+    bench_export,
+    bench_gallery,
+    bench_ingest,
+    bench_predict,
+    bench_tracking,
+    bench_train,
+)
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),

@@ -122,11 +122,9 @@ commands:
   sustain data ingest --config FILE          build and print the data summary and manifest
   sustain data demo --out DIR                generate the procedural demo lake
   sustain data download --config FILE        fetch the Kaggle sources (your own credentials)
-  sustain evaluate --checkpoint PATH [--split val|test] [--data DIR]
+  sustain evaluate --checkpoint PATH [--split val|test|train] [--data DIR]
   sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json] [--backend torch|onnx]
   sustain export RUN_DIR|CHECKPOINT [--format onnx|coreml] [--quantize int8] [--split test|val] [--out DIR] [--no-verify]
-  sustain evaluate --checkpoint PATH [--split val|test|train] [--data DIR]
-  sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json]
   sustain report RUN_DIR                     rebuild the plots and report.html
   sustain compare RUN_DIR RUN_DIR... [--html FILE]   runs side by side; reproducibility of two reruns
   sustain doctor [--config FILE] [--json]    environment diagnostics
