@@ -134,7 +134,7 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     scheduler = engine.build_scheduler(cfg, optimizer, updates_per_epoch=1000)
     state = engine.LoopState(guard=engine.GuardState(amp_on=precision.autocast))
     engine.set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
-    loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch: None)
+    loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch, start=0: None)
     loop = engine._Loop(
         cfg=cfg, taxonomy=build_taxonomy(**cfg.taxonomy.model_dump()), sources=["synthetic"],
         dist=Distributed(device=device), device=device, plan=plan, precision=precision,
