@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from sustain.data import scan
-from sustain.data.split import SIGNATURE
 from sustain.data.scan import (
     CorruptImage,
     DecodeCache,
@@ -21,6 +20,7 @@ from sustain.data.scan import (
     load_rgb,
     walk_source,
 )
+from sustain.data.split import SIGNATURE
 
 
 def smooth_rgb(seed: int, size: int = 24) -> Image.Image:
