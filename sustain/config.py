@@ -101,6 +101,7 @@ class ModelConfig(_Section):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_mode: Literal["center", "squash", "border"] | None = None  # null: the model's pretrained config
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     grad_checkpointing: bool = False  # never used on MPS
     channels_last: Literal["auto"] | bool = "auto"
