@@ -34,7 +34,7 @@ from ..config import Config, SourceConfig
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
 from ..utils import atomic_write_json, atomic_write_text
-from .labels import LabelMap, Resolution, compile_label_map, resolve_label
+from .labels import LabelMap, compile_label_map
 from .scan import (
     SIGNATURE_VERSION,
     DecodeCache,
@@ -43,7 +43,7 @@ from .scan import (
     cached_result,
     decode_files,
     default_workers,
-    walk_source,
+    walk_labelled,
 )
 from .split import COLOUR_TOLERANCE, SPLITS, assign_splits, near_duplicate_groups
 
@@ -234,30 +234,14 @@ def _check_roots(cfg: Config, sources: Sequence[SourceConfig], roots: Sequence[s
 def _scan_source(source: SourceConfig, root: str, label_map: LabelMap, skip: Sequence[Path]) -> _SourceScan:
     """Walk one source and resolve every file's label (no decoding yet)."""
     try:
-        walk = walk_source(root, exclude=source.exclude, skip=skip)
+        walked = walk_labelled(root, label_map, exclude=source.exclude, skip=skip)
     except OSError as exc:
         raise UsageError(f"Source '{source.name}': cannot read its root {root}: {exc.strerror or exc}",
                          "check the folder's permissions") from None
-    scan = _SourceScan(source, root, label_map, candidates=len(walk.files), excluded=walk.excluded,
-                       other_files=walk.ignored, unreadable=walk.unreadable)
-    by_folder: dict[str, tuple[Resolution, tuple[str, ...]]] = {}
-    for entry in walk.files:
-        folder = entry.rel.rpartition("/")[0]
-        known = by_folder.get(folder)
-        if known is None:
-            folders = tuple(folder.split("/")) if folder else ()
-            known = by_folder[folder] = (resolve_label(folders, label_map), folders)
-        res, folders = known
-        if res.kind == "label":
-            scan.labelled.append((entry, res.targets))
-            scan.used_keys.add(res.key)
-        elif res.kind == "drop":
-            scan.dropped[res.key] += 1
-            scan.used_keys.add(res.key)
-        else:
-            shown = "/".join(folders[: res.folder + 1]) if res.folder is not None else (folder or ".")
-            scan.unmapped.setdefault(shown, []).append(entry.path)
-    return scan
+    walk = walked.walk
+    return _SourceScan(source, root, label_map, labelled=walked.labelled, unmapped=walked.unmapped,
+                       dropped=walked.dropped, used_keys=walked.used_keys, candidates=len(walk.files),
+                       excluded=walk.excluded, other_files=walk.ignored, unreadable=walk.unreadable)
 
 
 def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels: int, workers: int,

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .labels import LabelMap, resolve_label
+from .labels import LabelMap, Resolution, resolve_label
 from .split import CROPS
 
 log = logging.getLogger("sustain.data.scan")
@@ -45,6 +45,10 @@ IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico",
 })
+
+# Operating-system litter, never data: macOS resource forks and Windows thumbnail caches. (Hidden
+# entries, including macOS's `._x.jpg` AppleDouble files and `.DS_Store`, are skipped by their dot.)
+SKIPPED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
 
 # Bump when decode_file's output for the same bytes would change (content hash, pHash, conversion):
 # the cache is dropped. Bump SIGNATURE_VERSION when only the signature variants change: the cache's
@@ -125,8 +129,9 @@ def compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
 def walk_source(root: str | Path, exclude: Sequence[str] = (), skip: Sequence[str | Path] = ()) -> WalkResult:
     """All files under `root`, sorted by relative path whatever order the filesystem lists them in.
 
-    Hidden entries (a leading '.') and the folders in `skip` (e.g. the decode
-    cache) are passed over; symlinked folders are followed once each.
+    Hidden entries (a leading '.': `.DS_Store`, AppleDouble `._x.jpg`), `__MACOSX`, `Thumbs.db`
+    and the folders in `skip` (e.g. the decode cache) are passed over; symlinked folders are
+    followed once each.
     """
     root = os.path.abspath(root)
     excluded = compile_globs(exclude)
@@ -148,7 +153,7 @@ def walk_source(root: str | Path, exclude: Sequence[str] = (), skip: Sequence[st
             result.unreadable.append(f"{rel} ({exc.strerror or exc})")
             return
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or entry.name.lower() in SKIPPED_NAMES:
                 continue
             child_rel = f"{rel}/{entry.name}" if rel else entry.name
             try:
@@ -520,6 +525,42 @@ def cached_result(entry: FileEntry, cached: tuple[int, int, DecodeResult] | None
     return result
 
 
+@dataclass
+class LabelledWalk:
+    """A walked source with every file's label resolved: what ingestion, `count_images`,
+    `sustain evaluate --data` and `sustain predict DIR` all see."""
+
+    walk: WalkResult
+    labelled: list[tuple[FileEntry, tuple[int, ...]]] = field(default_factory=list)
+    unmapped: dict[str, list[str]] = field(default_factory=dict)  # folder (as shown) -> absolute paths
+    dropped: Counter = field(default_factory=Counter)  # label_map key -> files
+    used_keys: set[str] = field(default_factory=set)
+
+
+def walk_labelled(root: str | Path, label_map: LabelMap, exclude: Sequence[str] = (),
+                  skip: Sequence[str | Path] = ()) -> LabelledWalk:
+    """The one walk-and-label pass: `walk_source`, then `resolve_label` once per folder."""
+    result = LabelledWalk(walk_source(root, exclude, skip))
+    by_folder: dict[str, tuple[Resolution, tuple[str, ...]]] = {}
+    for entry in result.walk.files:
+        folder = entry.rel.rpartition("/")[0]
+        known = by_folder.get(folder)
+        if known is None:
+            folders = tuple(folder.split("/")) if folder else ()
+            known = by_folder[folder] = (resolve_label(folders, label_map), folders)
+        res, folders = known
+        if res.kind == "label":
+            result.labelled.append((entry, res.targets))
+            result.used_keys.add(res.key)
+        elif res.kind == "drop":
+            result.dropped[res.key] += 1
+            result.used_keys.add(res.key)
+        else:
+            shown = "/".join(folders[: res.folder + 1]) if res.folder is not None else (folder or ".")
+            result.unmapped.setdefault(shown, []).append(entry.path)
+    return result
+
+
 @dataclass(frozen=True)
 class SourceCount:
     """What ingestion will find under a source root (walked and labelled, not yet decoded)."""
@@ -540,16 +581,8 @@ def count_images(root: Path, label_map: LabelMap, exclude: list[str]) -> SourceC
     """Walk a source root and resolve every file's label, exactly as ingestion does (no decoding).
 
     `sustain data download` and `sustain doctor` both report with it."""
-
-    walked = walk_source(root, exclude)
-    kinds: Counter[str] = Counter()
-    unmapped: Counter[str] = Counter()
-    for entry in walked.files:
-        res = resolve_label(entry.folders, label_map)
-        kinds[res.kind] += 1
-        if res.kind == "unmapped":
-            folder = "/".join(entry.folders[: res.folder + 1]) if res.folder is not None else "(source root)"
-            unmapped[folder] += 1
-    return SourceCount(images=len(walked.files), labelled=kinds["label"], dropped=kinds["drop"],
-                       unmapped=kinds["unmapped"], excluded=walked.excluded,
-                       unmapped_folders=tuple(unmapped.most_common()))
+    walked = walk_labelled(root, label_map, exclude)
+    unmapped = sorted(((folder, len(paths)) for folder, paths in walked.unmapped.items()), key=lambda f: -f[1])
+    return SourceCount(images=len(walked.walk.files), labelled=len(walked.labelled),
+                       dropped=sum(walked.dropped.values()), unmapped=sum(n for _, n in unmapped),
+                       excluded=walked.walk.excluded, unmapped_folders=tuple(unmapped))
