@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_ingest, bench_predict, bench_train
+from . import bench_dedupe, bench_ingest, bench_predict, bench_train
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),
+    "dedupe": lambda: bench_dedupe.main([]),
     "train": lambda: bench_train.main([]),
     "predict": lambda: (bench_predict.run([]), 0)[1],
 }

@@ -62,13 +62,13 @@ def test_banded_grouping_equals_the_pairwise_definition(distance: int) -> None:
     sig = np.zeros(n + 60, dtype=SIGNATURE)
     sig["phash"][:n] = rng.integers(0, 2**63, n, dtype=np.uint64) * 2 + 1
     sig["variants"][:n] = rng.integers(0, 2**63, (n, N_VARIANTS), dtype=np.uint64)
-    sig["colour"][:n] = rng.integers(0, 256, (n, 6))
+    sig["colour"][:n] = rng.integers(0, 256, (n, 12))
     for k in range(60):  # plant near copies: of the image itself, or of one of its variants (mirror, crops)
         base = k % 40
         v = int(rng.integers(-1, N_VARIANTS))
         sig["phash"][n + k] = _flip(int(sig["phash"][base] if v < 0 else sig["variants"][base][v]), rng, 8)
         sig["variants"][n + k] = rng.integers(0, 2**63, N_VARIANTS, dtype=np.uint64)
-        sig["colour"][n + k] = np.clip(sig["colour"][base].astype(int) + rng.integers(-16, 17, 6) // 2 * (k % 3 > 0) + rng.integers(-16, 17, 6) * (k % 3 == 0), 0, 255)
+        sig["colour"][n + k] = np.clip(sig["colour"][base].astype(int) + rng.integers(-16, 17, 12) // 2 * (k % 3 > 0) + rng.integers(-16, 17, 12) * (k % 3 == 0), 0, 255)
     got = near_duplicate_groups(sig, distance)
     want = _brute_force_groups(sig, distance, COLOUR_TOLERANCE)
     assert _same_partition(got, want)
@@ -77,7 +77,7 @@ def test_banded_grouping_equals_the_pairwise_definition(distance: int) -> None:
 
 
 def test_equal_phash_with_different_colours_is_not_a_duplicate() -> None:
-    sigs = [pack_signature(5, [9] * N_VARIANTS, [c] * 6) for c in (10, 200, 21)]
+    sigs = [pack_signature(5, [9] * N_VARIANTS, [c] * 12) for c in (10, 200, 21)]
     groups = near_duplicate_groups(sigs, 4)
     assert groups.tolist() == [0, 1, 0]
 
@@ -88,9 +88,9 @@ def test_a_mirror_or_crop_variant_matches_the_other_images_phash() -> None:
     def far() -> list[int]:  # variants that match nothing
         return [int(v) for v in rng.integers(0, 2**63, N_VARIANTS, dtype=np.uint64)]
 
-    original = pack_signature(0, far(), [50] * 6)
-    mirrored = pack_signature(0xFFFF_0000_FFFF_0000, [0b11] + far()[1:], [52] * 6)  # its mirror hash: 2 bits off
-    unrelated = pack_signature(0xF0F0F0F0F0F0F0F0, far(), [50] * 6)
+    original = pack_signature(0, far(), [50] * 12)
+    mirrored = pack_signature(0xFFFF_0000_FFFF_0000, [0b11] + far()[1:], [52] * 12)  # its mirror hash: 2 bits off
+    unrelated = pack_signature(0xF0F0F0F0F0F0F0F0, far(), [50] * 12)
     assert near_duplicate_groups([original, mirrored, unrelated], 4).tolist() == [0, 0, 1]
 
 
@@ -105,7 +105,7 @@ def test_union_find_components() -> None:
 def test_chains_are_transitive() -> None:
     # a-b and b-c are 3 bits apart, a-c is 6: one group at distance 4
     far = [(1 << 64) - 1] * N_VARIANTS
-    groups = near_duplicate_groups([pack_signature(h, far, [0] * 6) for h in (0b0, 0b111, 0b111111)], 4)
+    groups = near_duplicate_groups([pack_signature(h, far, [0] * 12) for h in (0b0, 0b111, 0b111111)], 4)
     assert len(set(groups.tolist())) == 1
 
 

@@ -54,7 +54,7 @@ SKIPPED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
 # the cache is dropped. Bump SIGNATURE_VERSION when only the signature variants change: the cache's
 # rows are kept and only the variants are computed again.
 DECODER_VERSION = "2"
-SIGNATURE_VERSION = "1"
+SIGNATURE_VERSION = "2"
 
 # Below this many cache misses the pool's start-up costs more than it saves.
 POOL_MIN_FILES = 256
@@ -323,7 +323,7 @@ def perceptual_hash(img: Image.Image) -> int:
 
 def signature_variants(img: Image.Image) -> bytes:
     """The signature beyond the pHash (split.SIGNATURE): the pHashes of the mirror and of the
-    centred crops, then the mean colour of the whole image and of its centre half."""
+    centred crops, then the mean colours of the whole image, its centre, top and bottom halves."""
     grey = img.convert("L")
     w, h = grey.size
     hashes = [_phash32(_grey32(grey)[:, ::-1])]
@@ -331,7 +331,8 @@ def signature_variants(img: Image.Image) -> bytes:
         mx, my = w * (1 - fx) / 2, h * (1 - fy) / 2
         hashes.append(_phash32(_grey32(grey, (mx, my, w - mx, h - my))))
     small = np.asarray(img.resize((16, 16), Image.Resampling.BOX, reducing_gap=2.0), dtype=np.float64)
-    means = np.concatenate([small.reshape(-1, 3).mean(0), small[4:12, 4:12].reshape(-1, 3).mean(0)])
+    regions = (small, small[4:12, 4:12], small[:8], small[8:])  # whole, centre, top and bottom halves
+    means = np.concatenate([r.reshape(-1, 3).mean(0) for r in regions])
     return b"".join(v.to_bytes(8, "big") for v in hashes) + np.rint(means).astype(np.uint8).tobytes()
 
 

@@ -7,10 +7,11 @@ A near-duplicate signature (docs/data.md, "Near duplicates") is, per image:
   crops (91% of each side, and 88%/94% of the width by 88%/94% of the
   height): a copy cut 3-6% per side shows the same content as one of these
   crops, and a mirrored copy shows the mirror;
-- `colour`: the mean RGB of the whole image and of its centre half. pHash is
-  computed on grey levels, so the same shape in other colours collides in it;
-  means do not move when an image is resized, re-encoded or mirrored, and
-  little when a border is cut.
+- `colour`: the mean RGB of the whole image, of its centre, and of its top
+  and bottom halves. pHash is computed on grey levels, so the same shape in
+  other colours collides in it; means do not move when an image is resized,
+  re-encoded or mirrored (a mirror keeps top and bottom), and little when a
+  border is cut.
 
 Two images match when one's phash is within `d` bits of the other's phash
 or of one of its variants, and their colours are within `COLOUR_TOLERANCE`
@@ -47,7 +48,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 CROPS: tuple[tuple[float, float], ...] = ((0.91, 0.91), (0.88, 0.88), (0.94, 0.94), (0.88, 0.94), (0.94, 0.88))
 N_VARIANTS = 1 + len(CROPS)  # the mirror, then the crops
 # phash, variants, then the colour means, big-endian: the bytes one image's signature packs into.
-SIGNATURE = np.dtype([("phash", ">u8"), ("variants", ">u8", (N_VARIANTS,)), ("colour", "u1", (6,))])
+SIGNATURE = np.dtype([("phash", ">u8"), ("variants", ">u8", (N_VARIANTS,)), ("colour", "u1", (12,))])
 
 # Largest difference (0-255, any channel) between two images' mean colours that still counts
 # as the same picture. Resizing and re-encoding real photos moved the means by at most 1.5,
@@ -77,7 +78,7 @@ def _band_masks(max_distance: int) -> list[tuple[int, int]]:
 
 
 def pack_signature(phash: int, variants: Sequence[int], colour: Sequence[int]) -> bytes:
-    """One image's SIGNATURE bytes: its pHash, N_VARIANTS variant pHashes, 6 colour means."""
+    """One image's SIGNATURE bytes: its pHash, N_VARIANTS variant pHashes, 12 colour means."""
     record = np.zeros((), dtype=SIGNATURE)
     record["phash"], record["variants"], record["colour"] = phash, variants, colour
     return record.tobytes()
