@@ -11,6 +11,7 @@ import sys
 
 from . import (
     bench_checkpoint,
+    bench_dedupe,
     bench_export,
     bench_gallery,
     bench_ingest,
@@ -21,6 +22,7 @@ from . import (
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),
+    "dedupe": lambda: bench_dedupe.main([]),
     "train": lambda: bench_train.main([]),
     "predict": lambda: (bench_predict.run([]), 0)[1],
     "checkpoint": lambda: bench_checkpoint.main([]),

@@ -101,6 +101,7 @@ class ModelConfig(_Section):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_mode: Literal["center", "squash", "border"] | None = None  # null: the model's pretrained config
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     grad_checkpointing: bool = False  # never used on MPS
     channels_last: Literal["auto"] | bool = "auto"
@@ -256,8 +257,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return out
 
 
+class ConfigErrors(ConfigError):
+    """Several config errors, reported together so one edit can fix them all."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__(errors[0].key, "")
+        self.errors = errors
+        lines = [f"  {i}. {e.message.removeprefix('Config error at ')}" + (f"\n     → {e.hint}" if e.hint else "")
+                 for i, e in enumerate(errors, 1)]
+        self.message = f"{len(errors)} config errors:\n" + "\n".join(lines)
+        self.hint = None
+
+
 def _to_config_error(exc: ValidationError, raw: dict[str, Any]) -> ConfigError:
+    """Every problem pydantic found, one ConfigError each (a union's alternatives count as one)."""
     errors = exc.errors()
+    seen: dict[tuple[str, ...], list[dict]] = {}
+    for err in errors:
+        seen.setdefault(tuple(str(p) for p in err["loc"] if not _is_union_tag(p)), []).append(err)
+    found = [_one_config_error(same_key, raw) for same_key in seen.values()]
+    return found[0] if len(found) == 1 else ConfigErrors(found)
+
+
+def _one_config_error(errors: list[dict], raw: dict[str, Any]) -> ConfigError:
     err = errors[0]
     loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
     kind = err["type"]

@@ -871,6 +871,7 @@ def export_meta(cfg: Config, taxonomy: Taxonomy, data_config: dict[str, Any], ma
         "std": list(data_config["std"]),
         "interpolation": data_config["interpolation"],
         "crop_pct": data_config["crop_pct"],
+        "crop_mode": data_config["crop_mode"],  # Predictor must crop as the final evaluation does
         "model_kwargs": model_kwargs(cfg.model),
         "manifest_hash": manifest_hash,
     }

@@ -546,51 +546,55 @@ def read_manifest_split(manifest: Path, split: str, taxonomy: Taxonomy) -> tuple
 def labelled_folder_rows(
     root: Path, taxonomy: Taxonomy, label_map: str | Path | None = None
 ) -> tuple[list[Any], list[str]]:
-    """ManifestRows for ``root/<folder>/**/<image>``; the folder is a class or set
-    name, or is mapped by a YAML ``{folder: class | [classes] | SET | null}``."""
-    import yaml
-
+    """ManifestRows for ``root/<folder>/**/<image>``, walked and labelled as ingestion does
+    (`data.scan.walk_labelled`); a folder is a class or set name, or is mapped by a YAML
+    ``{folder: class | [classes] | SET | null}``."""
     from .data.lake import ManifestRow
+    from .data.scan import walk_labelled
 
     if not root.is_dir():
         raise UsageError(f"--data folder not found: {root}", "pass a folder of <class>/<image> files")
-    mapping: dict[str, Any] | None = None
-    if label_map is not None:
+    source = f"data_{root.resolve().name}"
+    walked = walk_labelled(root, _folder_label_map(source, taxonomy, label_map))
+    if walked.unmapped:
+        folders = sorted(walked.unmapped)
+        problem = (f"Folders in {root} are not in --label-map {label_map}: {folders}" if label_map is not None else
+                   f"Folders in {root} name no class or set of the checkpoint: {folders}")
+        raise UsageError(problem, "use the checkpoint's class or set names, or pass --label-map map.yaml "
+                                  "with {folder: class | [classes] | SET | null} (null skips a folder)")
+    rows = [ManifestRow(path=entry.path, source=source, label=taxonomy.label_name(targets), targets=targets,
+                        split="eval", content_hash="", group=i, relpath=entry.rel)
+            for i, (entry, targets) in enumerate(walked.labelled)]
+    if not rows:
+        raise UsageError(f"No images found under {root}/<class>/", f"image extensions: {sorted(IMAGE_EXTENSIONS)}")
+    return rows, [source]
+
+
+def _folder_label_map(source: str, taxonomy: Taxonomy, label_map: str | Path | None) -> Any:
+    """The LabelMap for `--data`: the --label-map YAML, or every class and set name as itself."""
+    import yaml
+    from pydantic import ValidationError
+
+    from .config import SourceConfig
+    from .data.labels import compile_label_map
+    from .errors import ConfigError
+
+    if label_map is None:
+        mapping: Any = {name: name for name in (*taxonomy.classes, *taxonomy.sets)}
+    else:
         try:
             mapping = yaml.safe_load(Path(label_map).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise UsageError(f"Cannot read --label-map {label_map}: {exc}", "give a YAML {folder: class} mapping") from None
         if not isinstance(mapping, dict):
             raise UsageError(f"--label-map {label_map} must be a mapping {{folder: class}}")
-    source = f"data_{root.resolve().name}"
-    rows: list[Any] = []
-    unmapped: list[str] = []
-    unknown: dict[str, Any] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if mapping is not None and folder.name not in mapping:
-            unmapped.append(folder.name)
-            continue
-        label = mapping[folder.name] if mapping is not None else folder.name
-        if label is None:
-            continue  # mapped to null on purpose: not scored
-        try:
-            targets = taxonomy.resolve(label)
-        except KeyError:
-            unknown[folder.name] = label
-            continue
-        name = taxonomy.label_name(targets)
-        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
-            rows.append(ManifestRow(path=str(path.resolve()), source=source, label=name, targets=targets,
-                                    split="eval", content_hash="", group=len(rows)))
-    if unmapped:
-        raise UsageError(f"Folders in {root} are not in --label-map {label_map}: {unmapped}",
-                         "add them to the map (a class, a set, a list of classes, or null to skip)")
-    if unknown:
-        problem = (f"--label-map {label_map} maps folders to names that are no class or set of the checkpoint: {unknown}"
-                   if mapping is not None else
-                   f"Folders in {root} name no class or set of the checkpoint: {list(unknown)}")
-        raise UsageError(problem, "use the checkpoint's class or set names, or pass --label-map map.yaml "
-                                  "with {folder: class | [classes] | SET | null}")
-    if not rows:
-        raise UsageError(f"No images found under {root}/<class>/", f"image extensions: {sorted(IMAGE_EXTENSIONS)}")
-    return rows, [source]
+    try:
+        return compile_label_map(SourceConfig(name=source, root=".", label_map={str(k): v for k, v in mapping.items()}),
+                                 taxonomy)
+    except ValidationError as exc:
+        raise UsageError(f"--label-map {label_map}: {exc.errors()[0]['msg']}",
+                         "each folder maps to a class, a set, a list of classes, or null") from None
+    except ConfigError as exc:
+        problem = exc.message.split(": ", 1)[-1]
+        raise UsageError(f"--label-map {label_map} maps folders to names that are no class or set of the checkpoint: "
+                         f"{problem}", exc.hint) from None

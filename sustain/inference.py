@@ -33,7 +33,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
-from .data.scan import IMAGE_EXTENSIONS, CorruptImage, load_rgb, to_rgb
+from .data.scan import CorruptImage, load_rgb, to_rgb, walk_source
 from .errors import UsageError
 from .evaluate import (
     LoadedCheckpoint,
@@ -97,15 +97,16 @@ class _Loaded:
 
 
 def expand_inputs(items: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-    """Files and PIL images as given; directories walked recursively, sorted, image
-    extensions only. A path that does not exist stays in the list (it becomes an error)."""
+    """Files and PIL images as given; directories walked as ingestion walks a source
+    (`data.scan.walk_source`: sorted, image extensions only, hidden files and OS litter
+    skipped). A path that does not exist stays in the list (it becomes an error)."""
     if isinstance(items, (str, Path, Image.Image)):
         items = [items]
     out: list[ImageInput] = []
     for item in items:
         if isinstance(item, (str, Path)) and Path(item).is_dir():
-            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            out.extend(str(p) for p in found) if found else out.append(str(item))
+            found = [f.path for f in walk_source(item).files]
+            out.extend(found) if found else out.append(str(item))
         else:
             out.append(item)
     return out

@@ -49,7 +49,7 @@ PRESETS: dict[str, AugmentPreset] = {
 
 
 def resolve_data_config(model: nn.Module, model_cfg: ModelConfig) -> dict[str, Any]:
-    """input_size (3,S,S), mean, std, interpolation, crop_pct: the model's pretrained config + overrides."""
+    """input_size (3,S,S), mean, std, interpolation, crop_pct, crop_mode: the model's pretrained config + overrides."""
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(model)
@@ -61,6 +61,8 @@ def resolve_data_config(model: nn.Module, model_cfg: ModelConfig) -> dict[str, A
         cfg["std"] = tuple(model_cfg.std)
     if model_cfg.interpolation is not None:
         cfg["interpolation"] = model_cfg.interpolation
+    if model_cfg.crop_mode is not None:
+        cfg["crop_mode"] = model_cfg.crop_mode
     return {
         "input_size": tuple(int(v) for v in cfg["input_size"]),
         "mean": tuple(float(v) for v in cfg["mean"]),

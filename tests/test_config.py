@@ -281,3 +281,15 @@ def test_library_errors_carry_the_key():
     assert info.value.exit_code == 2
     with pytest.raises(UsageError):
         load_config(CONFIGS / "no_such.yaml")
+
+
+def test_every_config_error_is_reported_at_once(run_cli, write_config):
+    raw = {"seed": "abc", "trian": {"epochs": 3}, "model": {"name": "test_vit", "pretrianed": False}}
+    result = run_cli("train", "--config", write_config(raw))
+
+    assert result.code == 2 and "Traceback" not in result.output
+    text = result.output
+    assert "4 config errors" in text
+    for needle in ["'data': required key is missing", "'trian': unknown key", "did you mean 'train'?",
+                   "'model.pretrianed': unknown key", "did you mean 'model.pretrained'?", "'seed'", "'abc'"]:
+        assert needle in text, needle

@@ -20,6 +20,7 @@ from sustain.data.scan import (
     load_rgb,
     walk_source,
 )
+from sustain.data.split import SIGNATURE
 
 
 def smooth_rgb(seed: int, size: int = 24) -> Image.Image:
@@ -67,7 +68,7 @@ def test_pixel_limit_reason_names_the_size_and_good_file_decodes(corrupt_dir: Pa
     assert "120x100 = 12,000 pixels > 10,000" in huge.reason
     assert (huge.width, huge.height) == (120, 100)
     good = decode_file(str(corrupt_dir / "good.jpg"), max_pixels=10_000)
-    assert good.ok and len(good.content_hash) == 64 and len(good.thumb) == 48
+    assert good.ok and len(good.content_hash) == 64 and len(good.signature) == SIGNATURE.itemsize
     assert (good.width, good.height) == (64, 64)
 
 

@@ -6,20 +6,32 @@ import numpy as np
 import pytest
 
 from sustain.data.split import (
+    COLOUR_TOLERANCE,
+    N_VARIANTS,
+    SIGNATURE,
     assign_splits,
     connected_components,
     near_duplicate_groups,
+    pack_signature,
     split_targets,
 )
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
-def _brute_force_groups(hashes: list[int], thumbs: np.ndarray, d: int, tol: float) -> np.ndarray:
+def _brute_force_groups(sig: np.ndarray, d: int, tol: float) -> np.ndarray:
     """Every pair compared, components by depth-first search: the definition, slowly."""
-    n = len(hashes)
-    near = [[j for j in range(n) if bin(hashes[i] ^ hashes[j]).count("1") <= d
-             and np.abs(thumbs[i].astype(int) - thumbs[j]).mean() <= tol] for i in range(n)]
+    n = len(sig)
+    hashes = [int(h) for h in sig["phash"]]
+    variants = [[int(v) for v in row] for row in sig["variants"]]
+    colours = sig["colour"].astype(int)
+
+    def match(i: int, j: int) -> bool:
+        close = any(bin(hashes[i] ^ h).count("1") <= d for h in [hashes[j], *variants[j]]) or any(
+            bin(v ^ hashes[j]).count("1") <= d for v in variants[i])
+        return close and np.abs(colours[i] - colours[j]).max() <= tol
+
+    near = [[j for j in range(n) if match(i, j)] for i in range(n)]
     label = [-1] * n
     for start in range(n):
         if label[start] < 0:
@@ -37,28 +49,49 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(pairs_a) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
+def _flip(h: int, rng: np.random.Generator, most: int) -> int:
+    for bit in rng.choice(64, size=int(rng.integers(0, most + 1)), replace=False):
+        h ^= 1 << int(bit)
+    return h
+
+
 @pytest.mark.parametrize("distance", [0, 2, 4, 7])
 def test_banded_grouping_equals_the_pairwise_definition(distance: int) -> None:
     rng = np.random.default_rng(distance)
-    hashes = [int(x) for x in rng.integers(0, 2**63, 120, dtype=np.uint64) * 2 + 1]
-    thumbs = rng.integers(0, 256, (120, 48), dtype=np.uint8)
-    for base in range(40):  # plant near copies: a few bits flipped, colours nudged
-        h = hashes[base]
-        for bit in rng.choice(64, size=int(rng.integers(0, 9)), replace=False):
-            h ^= 1 << int(bit)
-        hashes.append(h)
-        thumbs = np.vstack([thumbs, np.clip(thumbs[base].astype(int) + rng.integers(-4, 5, 48), 0, 255).astype(np.uint8)])
-    got = near_duplicate_groups(hashes, distance, thumbs, colour_tolerance=3.0)
-    want = _brute_force_groups(hashes, thumbs, distance, 3.0)
+    n = 120
+    sig = np.zeros(n + 60, dtype=SIGNATURE)
+    sig["phash"][:n] = rng.integers(0, 2**63, n, dtype=np.uint64) * 2 + 1
+    sig["variants"][:n] = rng.integers(0, 2**63, (n, N_VARIANTS), dtype=np.uint64)
+    sig["colour"][:n] = rng.integers(0, 256, (n, 12))
+    for k in range(60):  # plant near copies: of the image itself, or of one of its variants (mirror, crops)
+        base = k % 40
+        v = int(rng.integers(-1, N_VARIANTS))
+        sig["phash"][n + k] = _flip(int(sig["phash"][base] if v < 0 else sig["variants"][base][v]), rng, 8)
+        sig["variants"][n + k] = rng.integers(0, 2**63, N_VARIANTS, dtype=np.uint64)
+        sig["colour"][n + k] = np.clip(sig["colour"][base].astype(int) + rng.integers(-16, 17, 12) // 2 * (k % 3 > 0) + rng.integers(-16, 17, 12) * (k % 3 == 0), 0, 255)
+    got = near_duplicate_groups(sig, distance)
+    want = _brute_force_groups(sig, distance, COLOUR_TOLERANCE)
     assert _same_partition(got, want)
-    assert len(set(got.tolist())) < len(hashes)  # something was grouped
+    assert len(set(got.tolist())) < len(sig)  # something was grouped
     assert got[0] == 0 and set(got.tolist()) == set(range(got.max() + 1))  # numbered by first appearance
 
 
 def test_equal_phash_with_different_colours_is_not_a_duplicate() -> None:
-    thumbs = [bytes([10] * 48), bytes([200] * 48), bytes([11] * 48)]
-    groups = near_duplicate_groups([5, 5, 5], 4, thumbs)
+    sigs = [pack_signature(5, [9] * N_VARIANTS, [c] * 12) for c in (10, 200, 21)]
+    groups = near_duplicate_groups(sigs, 4)
     assert groups.tolist() == [0, 1, 0]
+
+
+def test_a_mirror_or_crop_variant_matches_the_other_images_phash() -> None:
+    rng = np.random.default_rng(0)
+
+    def far() -> list[int]:  # variants that match nothing
+        return [int(v) for v in rng.integers(0, 2**63, N_VARIANTS, dtype=np.uint64)]
+
+    original = pack_signature(0, far(), [50] * 12)
+    mirrored = pack_signature(0xFFFF_0000_FFFF_0000, [0b11] + far()[1:], [52] * 12)  # its mirror hash: 2 bits off
+    unrelated = pack_signature(0xF0F0F0F0F0F0F0F0, far(), [50] * 12)
+    assert near_duplicate_groups([original, mirrored, unrelated], 4).tolist() == [0, 0, 1]
 
 
 def test_union_find_components() -> None:
@@ -71,7 +104,8 @@ def test_union_find_components() -> None:
 
 def test_chains_are_transitive() -> None:
     # a-b and b-c are 3 bits apart, a-c is 6: one group at distance 4
-    groups = near_duplicate_groups([0b0, 0b111, 0b111111], 4)
+    far = [(1 << 64) - 1] * N_VARIANTS
+    groups = near_duplicate_groups([pack_signature(h, far, [0] * 12) for h in (0b0, 0b111, 0b111111)], 4)
     assert len(set(groups.tolist())) == 1
 
 

@@ -238,18 +238,15 @@ def test_partial_archive_and_interrupted_unpack_are_redone(tmp_path, secret, kag
     # An interrupted download: the first half of the archive is on disk.
     plan.archive_dir.mkdir(parents=True)
     (plan.archive_dir / "garbage-classification.zip").write_bytes(payload[: len(payload) // 2])
-    # An interrupted unpack: a half-filled staging folder, and an old download folder without marker.
+    # An interrupted unpack: a half-filled staging folder (Sustain's own, hidden).
     (plan.staging / "junk").mkdir(parents=True)
     (plan.staging / "junk" / "half.jpg").write_bytes(JPG[:10])
-    (plan.root / "plastic").mkdir(parents=True)
-    (plan.root / "plastic" / "stale.jpg").write_bytes(JPG)
 
     assert download_sources(cfg, only=["garbage_6"]) is True
 
     call = kaggle_net["calls"][-1]
     assert call["force"] is False and call["existing_bytes"] == len(payload) // 2  # handed over to resume
     assert not plan.staging.exists()
-    assert not (plan.root / "plastic" / "stale.jpg").exists()
     assert sorted(p.name for p in plan.root.rglob("*.jpg")) == ["cardboard1.jpg", "m1.jpg", "plastic1.jpg", "trash1.jpg"]
     assert _counts(plan.marker) == EXPECTED["garbage_6"]
 
@@ -293,8 +290,13 @@ def test_wrong_layout_fails_the_source_and_keeps_the_files(tmp_path, secret, kag
     assert download_sources(cfg) is False
 
     plan = plan_downloads(cfg)[0]
+    kept = plan.dest.parent / f"{plan.dest.name}.unexpected-layout"
     assert "missing folder 'pictures'" in records.text and "['images']" in records.text
-    assert (plan.dest / "images/images/eggshells").is_dir() and not plan.marker.exists()
+    assert str(kept) in records.text  # the user is told where the files are
+    assert (kept / "images/images/eggshells").is_dir() and not plan.dest.exists() and not plan.marker.exists()
+
+    assert download_sources(cfg) is False  # a second failure keeps the first one's files too
+    assert kept.is_dir() and (kept.parent / f"{kept.name}-2" / "images").is_dir()
 
 
 def test_unsafe_member_paths_are_refused(tmp_path):
@@ -385,3 +387,62 @@ def test_download_dirs_are_checked_before_anything_runs(tmp_path):
     escaping = [dict(SOURCES[0], download_dir="../outside", root="../outside/images")]
     with pytest.raises(ConfigError, match="sub-folder of data.root"):
         plan_downloads(config_from_dict(_raw_config(tmp_path, escaping)))
+
+
+# --------------------------------------------------------------------------- never destroy what we did not create
+
+
+def _hand_placed(root: Path, members: dict[str, bytes]) -> None:
+    for name, data in members.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+def test_a_folder_placed_by_hand_is_adopted_without_downloading(tmp_path, home, kaggle_net, records):
+    cfg = config_from_dict(_raw_config(tmp_path / "data", [SOURCES[2]]))
+    plan = plan_downloads(cfg)[0]
+    _hand_placed(plan.dest, {k: v for k, v in ARCHIVES[plan.slug].items() if not k.startswith("__MACOSX")})
+    (plan.dest / "NOTES.txt").write_text("my notes")
+
+    assert download_sources(cfg) is True  # no credentials needed: nothing is fetched
+
+    assert kaggle_net["calls"] == []
+    assert (plan.dest / "NOTES.txt").read_text() == "my notes"
+    assert json.loads(plan.marker.read_text())["adopted"] is True and _counts(plan.marker) == EXPECTED["garbage_6"]
+    assert "placed by hand: adopted" in records.text
+
+    records.lines.clear()
+    assert download_sources(cfg) is True  # a re-run: still nothing fetched
+    assert kaggle_net["calls"] == [] and "(already downloaded)" in records.text
+
+
+def test_a_folder_with_other_content_is_left_alone_and_the_data_goes_next_to_it(tmp_path, secret, kaggle_net,
+                                                                                records):
+    cfg = config_from_dict(_raw_config(tmp_path / "data", [SOURCES[2]]))
+    plan = plan_downloads(cfg)[0]
+    _hand_placed(plan.dest, {"NOTES.txt": b"my notes", "old/garbage/x.jpg": JPG})
+
+    assert download_sources(cfg) is True
+
+    beside = plan.dest.parent / f"{plan.dest.name}.sustain-download"
+    assert sorted(p.relative_to(plan.dest).as_posix() for p in plan.dest.rglob("*") if p.is_file()) == \
+        ["NOTES.txt", "old/garbage/x.jpg"]  # untouched
+    assert _counts(beside / ".sustain_download.json") == EXPECTED["garbage_6"]
+    assert "leaving them untouched" in records.text and str(beside) in records.text
+    assert "download_dir: kaggle/garbage-classification-6.sustain-download" in records.text  # what to change
+
+    n_calls = len(kaggle_net["calls"])
+    assert download_sources(cfg) is True  # a re-run does not fetch again, and repeats the advice
+    assert len(kaggle_net["calls"]) == n_calls and "download_dir: kaggle/" in records.text
+
+
+def test_a_zip_slip_member_fails_the_source_and_writes_nothing_outside(tmp_path, secret, kaggle_net, records):
+    cfg = config_from_dict(_raw_config(tmp_path / "data", [SOURCES[2]]))
+    plan = plan_downloads(cfg)[0]
+    kaggle_net["served"][plan.slug] = _zip_bytes({**ARCHIVES[plan.slug], "../../../escaped.png": PNG})
+
+    assert download_sources(cfg) is False
+
+    assert "unsafe member" in records.text
+    assert not list(tmp_path.rglob("escaped.png"))
+    assert not plan.dest.exists() and not plan.marker.exists()

@@ -3,19 +3,24 @@
 For each selected source with a `kaggle:` slug:
 
 1. skip it when its download folder holds a completion marker for the same slug and the
-   source root is there;
+   source root is there; adopt a folder the user filled by hand (no marker, but the source
+   root is there with images): count it and write the marker, download nothing;
 2. otherwise ask the official `kaggle` client for the archive, into
    `<data.root>/.sustain_downloads/<source>/` (the client resumes a partial file itself;
    a finished archive is not fetched again);
 3. unpack it ourselves, safely (no absolute or `..` member paths, no links, nothing
    executed), into a staging folder next to the download folder;
 4. check the layout (the source root exists inside) and count the images with the scan that
-   ingestion uses; then swap the staging folder into place, write the marker
+   ingestion uses; then move the staging folder into place, write the marker
    `.sustain_download.json` (archive size and hash, counts; never a credential) and delete
    the archive.
 
-An interrupted unpack leaves only the staging folder, which the next run discards. The network
-call (`KaggleApi.dataset_download_files`) is the only thing the tests fake.
+Nothing Sustain did not create is ever deleted or overwritten: a download folder that holds
+something else is left as it is and the dataset goes next to it (`<download_dir>.sustain-download`,
+the summary says what to change in the config); an archive with an unexpected layout is kept in
+`<download_dir>.unexpected-layout`. An interrupted unpack leaves only the (hidden) staging
+folder, which the next run discards. The network call (`KaggleApi.dataset_download_files`) is
+the only thing the tests fake.
 """
 
 from __future__ import annotations
@@ -91,6 +96,16 @@ class DownloadPlan:
     @property
     def staging(self) -> Path:
         return self.dest.parent / f".{self.dest.name}.unpacking"
+
+    @property
+    def beside(self) -> Path:
+        """Where the download goes when `dest` holds something Sustain did not put there."""
+        return self.dest.parent / f"{self.dest.name}.sustain-download"
+
+    @property
+    def unexpected(self) -> Path:
+        """Where an archive whose layout does not match the config is kept, for the user to look at."""
+        return self.dest.parent / f"{self.dest.name}.unexpected-layout"
 
 
 class ArchiveError(RunFailed):
@@ -391,15 +406,44 @@ def _report_count(name: str, root: Path, count: SourceCount, note: str = "") -> 
                     "label_map (or null to drop them).", name, f"{count.unmapped:,}", folders)
 
 
-def read_marker(plan: DownloadPlan) -> dict[str, Any] | None:
-    """The completion marker if it vouches for this plan (same slug, root present), else None."""
+def read_marker(plan: DownloadPlan, dest: Path | None = None) -> dict[str, Any] | None:
+    """The completion marker in `dest` (default: the plan's) if it vouches for this plan
+    (same slug, root present), else None."""
+    dest = plan.dest if dest is None else dest
     try:
-        marker = json.loads(plan.marker.read_text(encoding="utf-8"))
+        marker = json.loads((dest / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or marker.get("kaggle") != plan.slug:
         return None
-    return marker if plan.root.is_dir() else None
+    return marker if (dest / plan.root_in_dest).is_dir() else None
+
+
+def _hand_placed(plan: DownloadPlan) -> SourceCount | None:
+    """The count of a download folder the user filled by hand with the expected layout, else None."""
+    if read_marker(plan) is not None or not plan.root.is_dir():
+        return None
+    count = plan.count()
+    return count if count.images > 0 else None
+
+
+def _write_marker(plan: DownloadPlan, dest: Path, count: SourceCount, **fields: Any) -> None:
+    atomic_write_json(dest / MARKER_NAME, {
+        "format": MARKER_FORMAT,
+        "source": plan.name,
+        "kaggle": plan.slug,
+        **fields,
+        "counts": {"images": count.images, "labelled": count.labelled, "dropped": count.dropped,
+                   "unmapped": count.unmapped, "excluded": count.excluded},
+        "root": plan.root_in_dest.as_posix(),
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+
+
+def _config_change(plan: DownloadPlan, dest: Path) -> str:
+    data_root = plan.archive_dir.parent.parent
+    return (f"set data.sources[{plan.name}].download_dir: {dest.relative_to(data_root).as_posix()} and "
+            f"root: {(dest / plan.root_in_dest).relative_to(data_root).as_posix()}")
 
 
 # --------------------------------------------------------------------------- the command
@@ -416,7 +460,8 @@ def download_sources(cfg: Config, only: list[str] | None = None) -> bool:
     if not plans:
         log.info("Nothing to download: no enabled source in the config has a `kaggle:` slug.")
         return True
-    pending = [p for p in plans if read_marker(p) is None]
+    pending = [p for p in plans if read_marker(p) is None and _hand_placed(p) is None
+               and read_marker(p, p.beside) is None]
     api = None
     if pending:
         where = require_credentials()
@@ -425,11 +470,9 @@ def download_sources(cfg: Config, only: list[str] | None = None) -> bool:
 
     results: dict[str, tuple[bool, str]] = {}
     for plan in tqdm(plans, desc="Sources", unit="source", leave=False):
-        marker = read_marker(plan)
-        if marker is not None:
-            count = plan.count()
-            results[plan.name] = (count.images > 0, count.describe() + ", already downloaded")
-            _report_count(plan.name, plan.root, count, " (already downloaded)")
+        done = _already_there(plan)
+        if done is not None:
+            results[plan.name] = done
             continue
         if not plan.source.enabled:
             log.info("%s has enabled: false in the config; fetching it because --only names it", plan.name)
@@ -439,7 +482,7 @@ def download_sources(cfg: Config, only: list[str] | None = None) -> bool:
             raise
         except RunFailed as exc:  # this source only: corrupt archive, layout, HTTP error, disk
             log.error("❌ %s: %s", plan.name, exc)
-            results[plan.name] = (False, exc.message)
+            results[plan.name] = (False, str(exc))
 
     log.info("📊 Download summary:")
     for name, (ok, detail) in results.items():
@@ -452,9 +495,36 @@ def download_sources(cfg: Config, only: list[str] | None = None) -> bool:
     return not failed
 
 
+def _already_there(plan: DownloadPlan) -> tuple[bool, str] | None:
+    """(ok, summary) for a source that needs no download: marked, adopted, or fetched beside; else None."""
+    if read_marker(plan) is not None:
+        count = plan.count()
+        _report_count(plan.name, plan.root, count, " (already downloaded)")
+        return count.images > 0, count.describe() + ", already downloaded"
+    count = _hand_placed(plan)
+    if count is not None:
+        _write_marker(plan, plan.dest, count, adopted=True)
+        _report_count(plan.name, plan.root, count, " (placed by hand: adopted, nothing downloaded)")
+        return True, count.describe() + ", placed by hand and adopted"
+    if read_marker(plan, plan.beside) is not None:
+        message = (f"downloaded earlier into {plan.beside}, because {plan.dest} holds other files; "
+                   + _config_change(plan, plan.beside))
+        log.warning("⚠️  %s: %s", plan.name, message)
+        return True, message
+    return None
+
+
 def download_one(api: Any, plan: DownloadPlan) -> str:
     """Fetch, unpack, check and install one source; return its summary line."""
-    log.info("📥 Downloading %s (%s) → %s", plan.name, plan.slug, plan.dest)
+    target = plan.dest
+    if _occupied(plan.dest):  # something Sustain did not put there: leave it, unpack next to it
+        target = plan.beside
+        if _occupied(target):
+            raise RunFailed(f"{plan.dest} and {target} both hold files that Sustain did not put there",
+                            "move them away, or point the source's download_dir somewhere empty")
+        log.warning("⚠️  %s: %s holds files that are not this dataset's layout; leaving them untouched and "
+                    "unpacking into %s", plan.name, plan.dest, target)
+    log.info("📥 Downloading %s (%s) → %s", plan.name, plan.slug, target)
     archive = _fetch_archive(api, plan)
     files = unpack_archive(archive, plan.staging, desc=f"Unpacking {plan.name}")
 
@@ -463,39 +533,44 @@ def download_one(api: Any, plan: DownloadPlan) -> str:
     if count is None or count.images == 0:
         top = sorted(p.name for p in plan.staging.iterdir())[:10]
         where = "no images under" if staged_root.is_dir() else "missing folder"
-        # Keep what was unpacked in place (no marker) so the user can look at it.
-        _install(plan)
+        kept = _free_name(plan.unexpected)
+        os.replace(plan.staging, kept)  # kept for the user to look at, never deleted by us
         raise RunFailed(
             f"unexpected layout in {archive.name}: {where} '{plan.root_in_dest.as_posix()}'; "
-            f"the archive's top level holds {top}",
-            f"inspect {plan.dest}, fix the source's `root` in the config, and re-run")
+            f"the archive's top level holds {top}. Its files are in {kept}",
+            "look there, fix the source's `root` (and download_dir) in the config, move the folder to "
+            "the download_dir, and re-run")
 
-    _install(plan)
-    atomic_write_json(plan.marker, {
-        "format": MARKER_FORMAT,
-        "source": plan.name,
-        "kaggle": plan.slug,
-        "archive": archive.name,
-        "archive_bytes": archive.stat().st_size,
-        "archive_sha256": _sha256(archive),
-        "files": files,
-        "counts": {"images": count.images, "labelled": count.labelled, "dropped": count.dropped,
-                   "unmapped": count.unmapped, "excluded": count.excluded},
-        "root": plan.root_in_dest.as_posix(),
-        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    _install(plan.staging, target)
+    _write_marker(plan, target, count, archive=archive.name, archive_bytes=archive.stat().st_size,
+                  archive_sha256=_sha256(archive), files=files)
     archive.unlink()
     _remove_empty(plan.archive_dir)
-    _report_count(plan.name, plan.root, count)
+    _report_count(plan.name, target / plan.root_in_dest, count)
+    if target != plan.dest:
+        return f"{count.describe()}, in {target}: {_config_change(plan, target)}"
     return count.describe()
 
 
-def _install(plan: DownloadPlan) -> None:
-    """Replace the download folder by the staging folder (old content only goes once the new is whole)."""
-    if plan.dest.exists():
-        shutil.rmtree(plan.dest)
-    plan.dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(plan.staging, plan.dest)
+def _occupied(folder: Path) -> bool:
+    return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _install(staging: Path, target: Path) -> None:
+    """Move the staging folder to `target`, which is absent or an empty folder (nothing is replaced)."""
+    if target.is_dir():
+        target.rmdir()  # empty: fails, rather than deletes, if anything appeared in it meanwhile
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, target)
 
 
 def _remove_empty(folder: Path) -> None:

@@ -27,23 +27,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, SourceConfig
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
 from ..utils import atomic_write_json, atomic_write_text
-from .labels import LabelMap, Resolution, compile_label_map, resolve_label
+from .labels import LabelMap, compile_label_map
 from .scan import (
+    SIGNATURE_VERSION,
     DecodeCache,
     DecodeResult,
     FileEntry,
     cached_result,
     decode_files,
     default_workers,
-    walk_source,
+    walk_labelled,
 )
-from .split import SPLITS, assign_splits, near_duplicate_groups
+from .split import COLOUR_TOLERANCE, SPLITS, assign_splits, near_duplicate_groups
 
 log = logging.getLogger("sustain.data.lake")
 
@@ -84,8 +86,7 @@ class _Image(NamedTuple):
     entry: FileEntry
     targets: tuple[int, ...]
     content_hash: str
-    phash: int
-    thumb: bytes
+    signature: bytes  # split.SIGNATURE
 
 
 @dataclass
@@ -151,12 +152,10 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
     try:
         images, corrupt, decode_stats = _decode_sources(scans, cache, data.max_image_pixels,
                                                          _workers(data.ingest_workers), progress=log_summary)
+        kept, duplicate_counts, conflicts = merge_exact_duplicates(images)
+        groups = _near_duplicate_groups(cache, [im.signature for im in kept], data.near_duplicate_distance)
     finally:
         cache.close()
-
-    kept, duplicate_counts, conflicts = merge_exact_duplicates(images)
-    groups = near_duplicate_groups([im.phash for im in kept], data.near_duplicate_distance,
-                                   [im.thumb for im in kept])
     names_of = {t: taxonomy.label_name(t) for t in {im.targets for im in kept}}
     labels = [names_of[im.targets] for im in kept]
     fractions = data.split.model_dump()
@@ -205,6 +204,18 @@ def check_sources(cfg: Config, taxonomy: Taxonomy) -> tuple[list[SourceConfig], 
     return enabled, label_maps, roots
 
 
+def _near_duplicate_groups(cache: DecodeCache, signatures: list[bytes], distance: int) -> np.ndarray:
+    """near_duplicate_groups, remembered in the cache for exactly these signatures: a warm ingest skips it."""
+    digest = hashlib.sha256(f"{SIGNATURE_VERSION}\0{distance}\0{COLOUR_TOLERANCE}\0".encode())
+    digest.update(b"".join(signatures))
+    key = digest.hexdigest()
+    groups = cache.load_groups(key)
+    if groups is None or groups.size != len(signatures):
+        groups = near_duplicate_groups(signatures, distance)
+        cache.store_groups(key, groups)
+    return groups
+
+
 def _workers(setting: int | str) -> int:
     return default_workers() if setting == "auto" else int(setting)
 
@@ -223,30 +234,14 @@ def _check_roots(cfg: Config, sources: Sequence[SourceConfig], roots: Sequence[s
 def _scan_source(source: SourceConfig, root: str, label_map: LabelMap, skip: Sequence[Path]) -> _SourceScan:
     """Walk one source and resolve every file's label (no decoding yet)."""
     try:
-        walk = walk_source(root, exclude=source.exclude, skip=skip)
+        walked = walk_labelled(root, label_map, exclude=source.exclude, skip=skip)
     except OSError as exc:
         raise UsageError(f"Source '{source.name}': cannot read its root {root}: {exc.strerror or exc}",
                          "check the folder's permissions") from None
-    scan = _SourceScan(source, root, label_map, candidates=len(walk.files), excluded=walk.excluded,
-                       other_files=walk.ignored, unreadable=walk.unreadable)
-    by_folder: dict[str, tuple[Resolution, tuple[str, ...]]] = {}
-    for entry in walk.files:
-        folder = entry.rel.rpartition("/")[0]
-        known = by_folder.get(folder)
-        if known is None:
-            folders = tuple(folder.split("/")) if folder else ()
-            known = by_folder[folder] = (resolve_label(folders, label_map), folders)
-        res, folders = known
-        if res.kind == "label":
-            scan.labelled.append((entry, res.targets))
-            scan.used_keys.add(res.key)
-        elif res.kind == "drop":
-            scan.dropped[res.key] += 1
-            scan.used_keys.add(res.key)
-        else:
-            shown = "/".join(folders[: res.folder + 1]) if res.folder is not None else (folder or ".")
-            scan.unmapped.setdefault(shown, []).append(entry.path)
-    return scan
+    walk = walked.walk
+    return _SourceScan(source, root, label_map, labelled=walked.labelled, unmapped=walked.unmapped,
+                       dropped=walked.dropped, used_keys=walked.used_keys, candidates=len(walk.files),
+                       excluded=walk.excluded, other_files=walk.ignored, unreadable=walk.unreadable)
 
 
 def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels: int, workers: int,
@@ -255,6 +250,7 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
     cached = cache.load([s.root.rstrip(os.sep) + os.sep for s in scans])
     results: dict[str, DecodeResult] = {}
     todo: dict[str, FileEntry] = {}
+    known: dict[str, DecodeResult] = {}  # cached rows from before the signature variants: upgraded
     walked: set[str] = set()
     for scan in scans:
         for entry, _ in scan.labelled:
@@ -262,6 +258,9 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
             hit = cached_result(entry, cached.get(entry.path), max_pixels)
             if hit is None:
                 todo[entry.path] = entry
+            elif hit.ok and hit.variants is None:
+                todo[entry.path] = entry
+                known[entry.path] = hit
             else:
                 results[entry.path] = hit
     stale = [p for p in cached if p not in walked and not os.path.exists(p)]
@@ -277,7 +276,7 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
             bar.update(len(paths))
 
         try:
-            decode_files(sorted(todo), max_pixels, workers, keep)
+            decode_files(sorted(todo), max_pixels, workers, keep, known)
         finally:
             bar.close()
 
@@ -287,10 +286,11 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
         for entry, targets in scan.labelled:
             result = results[entry.path]
             if result.ok:
-                images.append(_Image(index, entry, targets, result.content_hash, result.phash, result.thumb))
+                images.append(_Image(index, entry, targets, result.content_hash, result.signature))
             else:
                 corrupt.append((index, entry.path, result.reason))
-    return images, corrupt, {"cached": len(results) - len(todo), "decoded": len(todo)}
+    return images, corrupt, {"cached": len(results) - len(todo), "decoded": len(todo) - len(known),
+                             "upgraded": len(known)}
 
 
 # --------------------------------------------------------------------------- decisions (pure)
@@ -496,7 +496,8 @@ def format_summary(summary: dict[str, Any], taxonomy: Taxonomy) -> list[str]:
                    f"{imb['largest']['images']:,}, smallest {_short(imb['smallest']['label'])} "
                    f"{imb['smallest']['images']:,})")
     decode = summary["decode"]
-    out.append(f"  Decode cache: {decode['cached']:,} cached, {decode['decoded']:,} decoded ({decode['cache']})")
+    upgraded = f", {decode['upgraded']:,} given their new signatures" if decode.get("upgraded") else ""
+    out.append(f"  Decode cache: {decode['cached']:,} cached, {decode['decoded']:,} decoded{upgraded} ({decode['cache']})")
     out.append(f"  Manifest hash: {summary['manifest_hash'][:16]}")
     return out
 

@@ -4,9 +4,9 @@
 - `load_rgb`: the one way an image file becomes a PIL RGB image, here and at
   training time: pixel limit checked before decoding, EXIF orientation
   applied, palette/alpha/CMYK/greyscale/16-bit converted to 8-bit RGB.
-- `decode_file`: `load_rgb` plus a content hash of the bytes, a 64-bit
-  perceptual hash and a 4x4 colour thumbnail (the near-duplicate signature);
-  failures come back as a reason, never as a blank image.
+- `decode_file`: `load_rgb` plus a content hash of the bytes and the
+  near-duplicate signature (a 64-bit perceptual hash and its variants, see
+  `split`); failures come back as a reason, never as a blank image.
 - `DecodeCache`: results keyed by path, size and mtime in a small SQLite
   file, so a second ingest decodes nothing that did not change.
 - `decode_files`: the cache misses, decoded in a process pool.
@@ -36,7 +36,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .labels import LabelMap, resolve_label
+from .labels import LabelMap, Resolution, resolve_label
+from .split import CROPS
 
 log = logging.getLogger("sustain.data.scan")
 
@@ -45,8 +46,15 @@ IMAGE_EXTENSIONS = frozenset({
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico",
 })
 
-# Bump when decode_file's output for the same bytes would change (hashes, conversion).
+# Operating-system litter, never data: macOS resource forks and Windows thumbnail caches. (Hidden
+# entries, including macOS's `._x.jpg` AppleDouble files and `.DS_Store`, are skipped by their dot.)
+SKIPPED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+
+# Bump when decode_file's output for the same bytes would change (content hash, pHash, conversion):
+# the cache is dropped. Bump SIGNATURE_VERSION when only the signature variants change: the cache's
+# rows are kept and only the variants are computed again.
 DECODER_VERSION = "2"
+SIGNATURE_VERSION = "3"
 
 # Below this many cache misses the pool's start-up costs more than it saves.
 POOL_MIN_FILES = 256
@@ -121,8 +129,9 @@ def compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
 def walk_source(root: str | Path, exclude: Sequence[str] = (), skip: Sequence[str | Path] = ()) -> WalkResult:
     """All files under `root`, sorted by relative path whatever order the filesystem lists them in.
 
-    Hidden entries (a leading '.') and the folders in `skip` (e.g. the decode
-    cache) are passed over; symlinked folders are followed once each.
+    Hidden entries (a leading '.': `.DS_Store`, AppleDouble `._x.jpg`), `__MACOSX`, `Thumbs.db`
+    and the folders in `skip` (e.g. the decode cache) are passed over; symlinked folders are
+    followed once each.
     """
     root = os.path.abspath(root)
     excluded = compile_globs(exclude)
@@ -144,7 +153,7 @@ def walk_source(root: str | Path, exclude: Sequence[str] = (), skip: Sequence[st
             result.unreadable.append(f"{rel} ({exc.strerror or exc})")
             return
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or entry.name.lower() in SKIPPED_NAMES:
                 continue
             child_rel = f"{rel}/{entry.name}" if rel else entry.name
             try:
@@ -189,7 +198,7 @@ class DecodeResult(NamedTuple):
 
     content_hash: str | None
     phash: int | None  # 64-bit perceptual hash, unsigned
-    thumb: bytes | None  # 4x4 RGB box-filtered thumbnail, 48 bytes
+    variants: bytes | None  # the rest of the near-duplicate signature (split.SIGNATURE)
     width: int
     height: int
     reason: str | None = None
@@ -197,6 +206,11 @@ class DecodeResult(NamedTuple):
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    @property
+    def signature(self) -> bytes:
+        """The packed near-duplicate signature (split.SIGNATURE) of a good image."""
+        return self.phash.to_bytes(8, "big") + self.variants
 
 
 @contextlib.contextmanager
@@ -281,38 +295,109 @@ def to_rgb(img: Image.Image) -> Image.Image:
 _DCT = None
 
 
-def perceptual_hash(img: Image.Image) -> int:
-    """64-bit pHash: the 8x8 lowest frequencies of a 32x32 greyscale DCT, thresholded at their median."""
+def _dct_matrix() -> np.ndarray:
     global _DCT
     if _DCT is None:
         n = np.arange(32)
         dct = np.sqrt(2.0 / 32) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / 64)
         dct[0] /= np.sqrt(2.0)
         _DCT = dct
-    grey = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0), dtype=np.float64)
-    low = (_DCT @ grey @ _DCT.T)[:8, :8]
-    bits = (low > np.median(low)).ravel()
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return _DCT
 
 
-def colour_thumbnail(img: Image.Image) -> bytes:
-    """The mean colour of each cell of a 4x4 grid: pHash is colour-blind, this is not."""
-    return img.resize((4, 4), Image.Resampling.BOX, reducing_gap=2.0).tobytes()
+def _phash_bits(greys: np.ndarray) -> np.ndarray:
+    """pHashes of a stack of 32x32 grey arrays, as 8 bytes each: the 8x8 lowest DCT frequencies,
+    thresholded at their median."""
+    dct = _dct_matrix()
+    low = (dct @ greys @ dct.T)[:, :8, :8].reshape(len(greys), 64)
+    return np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
 
 
-def decode_file(path: str, max_pixels: int) -> DecodeResult:
-    """Decode one file; a failure is a result with a reason, never an exception."""
+def _grey32(grey: Image.Image, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    return np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS, box=box, reducing_gap=2.0), dtype=np.float64)
+
+
+def perceptual_hash(img: Image.Image) -> int:
+    """64-bit pHash: the 8x8 lowest frequencies of a 32x32 greyscale DCT, thresholded at their median."""
+    return int.from_bytes(_phash_bits(_grey32(img.convert("L"))[None]).tobytes(), "big")
+
+
+_REGIONS = None
+_CROP_DCT = None
+_GRID = 64  # crops are cut from the grey image resized to this square once
+
+
+def _region_weights() -> np.ndarray:
+    """(4, 256) averaging weights over a 16x16 thumbnail: whole, centre, top half, bottom half."""
+    global _REGIONS
+    if _REGIONS is None:
+        masks = np.zeros((4, 16, 16))
+        masks[0], masks[1, 4:12, 4:12], masks[2, :8], masks[3, 8:] = 1, 1, 1, 1
+        _REGIONS = (masks / masks.sum(axis=(1, 2), keepdims=True)).reshape(4, 256)
+    return _REGIONS
+
+
+def _box_matrix(fraction: float) -> np.ndarray:
+    """(32, _GRID) weights that average the centred `fraction` of a line of _GRID pixels into 32."""
+    lo = _GRID * (1 - fraction) / 2
+    edges = lo + np.arange(33) * (_GRID * fraction / 32)
+    pixels = np.arange(_GRID)
+    overlap = np.clip(np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels), 0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _crop_dct() -> tuple[np.ndarray, np.ndarray]:
+    """Per crop, the rows and the columns of (8 lowest DCT frequencies x crop-and-resize to 32):
+    a crop's low frequencies are then rows @ grey64 @ columns.T, one product for all crops."""
+    global _CROP_DCT
+    if _CROP_DCT is None:
+        low = _dct_matrix()[:8]
+        _CROP_DCT = (np.stack([low @ _box_matrix(fy) for _, fy in CROPS]),
+                     np.stack([low @ _box_matrix(fx) for fx, _ in CROPS]))
+    return _CROP_DCT
+
+
+def signature(img: Image.Image) -> tuple[int, bytes]:
+    """(pHash, the rest of the near-duplicate signature (split.SIGNATURE)): the pHashes of the
+    mirror and of the centred crops, then the mean colours of the whole image, its centre, top
+    and bottom halves. The crops are matrix products on one 64x64 grey image (3 resizes per
+    image, not 8: decoding stays the cost of a cold ingest)."""
+    grey = img.convert("L")
+    full = _grey32(grey)
+    flipped = _phash_bits(np.stack([full, full[:, ::-1]]))
+    grid = np.asarray(grey.resize((_GRID, _GRID), Image.Resampling.LANCZOS, reducing_gap=2.0), dtype=np.float64)
+    rows, cols = _crop_dct()
+    left = (rows.reshape(-1, _GRID) @ grid).reshape(len(CROPS), 8, _GRID)  # one BLAS product for every crop
+    low = np.einsum("cig,cjg->cij", left, cols).reshape(len(CROPS), 64)
+    crops = np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
+    small = np.asarray(img.resize((16, 16), Image.Resampling.BOX, reducing_gap=2.0), dtype=np.float64)
+    means = _region_weights() @ small.reshape(256, 3)
+    return (int.from_bytes(flipped[0].tobytes(), "big"),
+            flipped[1].tobytes() + crops.tobytes() + np.rint(means).astype(np.uint8).tobytes())
+
+
+def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -> DecodeResult:
+    """Decode one file; a failure is a result with a reason, never an exception.
+
+    `known`: a cached result written before the signature variants existed; its content
+    hash and pHash are kept and only the variants are computed."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return DecodeResult(None, None, None, 0, 0, f"{UNREADABLE}: {exc.strerror or exc}")
-    content_hash = hashlib.sha256(data).hexdigest() if data else None
+    if known is not None and known.phash is not None:
+        content_hash = known.content_hash
+    else:
+        content_hash = hashlib.sha256(data).hexdigest() if data else None
     try:
         img = load_rgb(data, max_pixels)
     except CorruptImage as exc:
         width, height = _header_size(data) if exc.reason.startswith(OVER_PIXEL_LIMIT) else (0, 0)
         return DecodeResult(content_hash, None, None, width, height, exc.reason)
-    return DecodeResult(content_hash, perceptual_hash(img), colour_thumbnail(img), img.width, img.height)
+    phash, variants = signature(img)
+    if known is not None and known.phash is not None:
+        phash = known.phash  # the same definition: kept as the old version computed it
+    return DecodeResult(content_hash, phash, variants, img.width, img.height)
 
 
 def _header_size(data: bytes) -> tuple[int, int]:
@@ -320,21 +405,24 @@ def _header_size(data: bytes) -> tuple[int, int]:
         return img.size
 
 
-def _decode_batch(paths: list[str], max_pixels: int) -> list[DecodeResult]:
-    return [decode_file(p, max_pixels) for p in paths]
+def _decode_batch(paths: list[str], max_pixels: int, known: dict[str, DecodeResult]) -> list[DecodeResult]:
+    return [decode_file(p, max_pixels, known.get(p)) for p in paths]
 
 
 def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
-                 on_batch: Callable[[list[str], list[DecodeResult]], None]) -> None:
+                 on_batch: Callable[[list[str], list[DecodeResult]], None],
+                 known: dict[str, DecodeResult] | None = None) -> None:
     """Decode `paths`, calling `on_batch(paths, results)` as batches finish (in any order).
 
     Uses a process pool of `workers` when there are enough files to repay its
     start-up; 'spawn' so it behaves the same on Linux, macOS and in notebooks
     (and never forks a process that holds torch's threads). As with any
     spawned process, a script that calls this must guard its entry point with
-    `if __name__ == "__main__":`.
+    `if __name__ == "__main__":`. `known`: cached results whose signature variants are
+    missing (an older cache); only the variants are computed for them.
     """
     pending = list(paths)
+    known = known or {}
     if workers > 1 and len(pending) >= POOL_MIN_FILES and _spawn_can_start():
         size = max(16, min(256, len(pending) // (workers * 16)))
         batches = [pending[i:i + size] for i in range(0, len(pending), size)]
@@ -342,7 +430,8 @@ def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
         try:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_decode_batch, batch, max_pixels): i for i, batch in enumerate(batches)}
+                futures = {pool.submit(_decode_batch, batch, max_pixels, {p: known[p] for p in batch if p in known}): i
+                           for i, batch in enumerate(batches)}
                 for future in as_completed(futures):
                     i = futures[future]
                     on_batch(batches[i], future.result())
@@ -353,7 +442,7 @@ def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
             pending = [p for i, batch in enumerate(batches) if i not in done for p in batch]
     for start in range(0, len(pending), 64):
         batch = pending[start:start + 64]
-        on_batch(batch, _decode_batch(batch, max_pixels))
+        on_batch(batch, _decode_batch(batch, max_pixels, known))
 
 
 def _spawn_can_start() -> bool:
@@ -403,15 +492,22 @@ class DecodeCache:
         db = sqlite3.connect(location, timeout=60)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        row = db.execute("SELECT value FROM meta WHERE key = 'decoder_version'").fetchone()
-        if row is None or row[0] != DECODER_VERSION:
-            with db:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        with db:
+            if meta.get("decoder_version") != DECODER_VERSION:
                 db.execute("DROP TABLE IF EXISTS files")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('decoder_version', ?)", (DECODER_VERSION,))
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-            "content_hash TEXT, phash INTEGER, thumb BLOB, width INTEGER, height INTEGER, reason TEXT) WITHOUT ROWID"
-        )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                "content_hash TEXT, phash INTEGER, width INTEGER, height INTEGER, reason TEXT, variants BLOB) "
+                "WITHOUT ROWID")
+            # A cache from before the signature variants: keep its rows, the variants are computed on use.
+            if "variants" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
+                db.execute("ALTER TABLE files ADD COLUMN variants BLOB")
+            if meta.get("signature_version") != SIGNATURE_VERSION:
+                db.execute("UPDATE files SET variants = NULL")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('signature_version', ?)", (SIGNATURE_VERSION,))
+            db.execute("CREATE TABLE IF NOT EXISTS groups (key TEXT PRIMARY KEY, labels BLOB)")
         return db
 
     def load(self, prefixes: Sequence[str]) -> dict[str, tuple[int, int, DecodeResult]]:
@@ -420,19 +516,30 @@ class DecodeCache:
         mask = (1 << 64) - 1
         for prefix in prefixes:
             rows = self.db.execute(
-                "SELECT path, size, mtime_ns, content_hash, phash, thumb, width, height, reason FROM files "
+                "SELECT path, size, mtime_ns, content_hash, phash, variants, width, height, reason FROM files "
                 "WHERE path >= ? AND path < ?", (prefix, prefix + "\U0010ffff")).fetchall()
             out.update((path, (size, mtime_ns, DecodeResult(content_hash, None if phash is None else phash & mask,
-                                                              thumb, width, height, reason)))
-                       for path, size, mtime_ns, content_hash, phash, thumb, width, height, reason in rows)
+                                                              variants, width, height, reason)))
+                       for path, size, mtime_ns, content_hash, phash, variants, width, height, reason in rows)
         return out
 
     def store(self, entries: Sequence[tuple[FileEntry, DecodeResult]]) -> None:
         with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(f.path, f.size, f.mtime_ns, r.content_hash, _signed(r.phash), r.thumb, r.width, r.height, r.reason)
-                 for f, r in entries])
+                "INSERT OR REPLACE INTO files (path, size, mtime_ns, content_hash, phash, width, height, reason, "
+                "variants) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.path, f.size, f.mtime_ns, r.content_hash, _signed(r.phash), r.width, r.height, r.reason,
+                  r.variants) for f, r in entries])
+
+    def load_groups(self, key: str) -> np.ndarray | None:
+        """Near-duplicate groups stored for exactly these signatures and settings, or None."""
+        row = self.db.execute("SELECT labels FROM groups WHERE key = ?", (key,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.int64)
+
+    def store_groups(self, key: str, labels: np.ndarray) -> None:
+        with self.db:  # only the latest lake's groups are worth keeping
+            self.db.execute("DELETE FROM groups")
+            self.db.execute("INSERT INTO groups VALUES (?, ?)", (key, labels.astype(np.int64).tobytes()))
 
     def forget(self, paths: Sequence[str]) -> None:
         with self.db:
@@ -461,6 +568,42 @@ def cached_result(entry: FileEntry, cached: tuple[int, int, DecodeResult] | None
     return result
 
 
+@dataclass
+class LabelledWalk:
+    """A walked source with every file's label resolved: what ingestion, `count_images`,
+    `sustain evaluate --data` and `sustain predict DIR` all see."""
+
+    walk: WalkResult
+    labelled: list[tuple[FileEntry, tuple[int, ...]]] = field(default_factory=list)
+    unmapped: dict[str, list[str]] = field(default_factory=dict)  # folder (as shown) -> absolute paths
+    dropped: Counter = field(default_factory=Counter)  # label_map key -> files
+    used_keys: set[str] = field(default_factory=set)
+
+
+def walk_labelled(root: str | Path, label_map: LabelMap, exclude: Sequence[str] = (),
+                  skip: Sequence[str | Path] = ()) -> LabelledWalk:
+    """The one walk-and-label pass: `walk_source`, then `resolve_label` once per folder."""
+    result = LabelledWalk(walk_source(root, exclude, skip))
+    by_folder: dict[str, tuple[Resolution, tuple[str, ...]]] = {}
+    for entry in result.walk.files:
+        folder = entry.rel.rpartition("/")[0]
+        known = by_folder.get(folder)
+        if known is None:
+            folders = tuple(folder.split("/")) if folder else ()
+            known = by_folder[folder] = (resolve_label(folders, label_map), folders)
+        res, folders = known
+        if res.kind == "label":
+            result.labelled.append((entry, res.targets))
+            result.used_keys.add(res.key)
+        elif res.kind == "drop":
+            result.dropped[res.key] += 1
+            result.used_keys.add(res.key)
+        else:
+            shown = "/".join(folders[: res.folder + 1]) if res.folder is not None else (folder or ".")
+            result.unmapped.setdefault(shown, []).append(entry.path)
+    return result
+
+
 @dataclass(frozen=True)
 class SourceCount:
     """What ingestion will find under a source root (walked and labelled, not yet decoded)."""
@@ -481,16 +624,8 @@ def count_images(root: Path, label_map: LabelMap, exclude: list[str]) -> SourceC
     """Walk a source root and resolve every file's label, exactly as ingestion does (no decoding).
 
     `sustain data download` and `sustain doctor` both report with it."""
-
-    walked = walk_source(root, exclude)
-    kinds: Counter[str] = Counter()
-    unmapped: Counter[str] = Counter()
-    for entry in walked.files:
-        res = resolve_label(entry.folders, label_map)
-        kinds[res.kind] += 1
-        if res.kind == "unmapped":
-            folder = "/".join(entry.folders[: res.folder + 1]) if res.folder is not None else "(source root)"
-            unmapped[folder] += 1
-    return SourceCount(images=len(walked.files), labelled=kinds["label"], dropped=kinds["drop"],
-                       unmapped=kinds["unmapped"], excluded=walked.excluded,
-                       unmapped_folders=tuple(unmapped.most_common()))
+    walked = walk_labelled(root, label_map, exclude)
+    unmapped = sorted(((folder, len(paths)) for folder, paths in walked.unmapped.items()), key=lambda f: -f[1])
+    return SourceCount(images=len(walked.walk.files), labelled=len(walked.labelled),
+                       dropped=sum(walked.dropped.values()), unmapped=sum(n for _, n in unmapped),
+                       excluded=walked.walk.excluded, unmapped_folders=tuple(unmapped))

@@ -1,14 +1,25 @@
 """Duplicate groups and the train/val/test split (SPEC §4). Pure functions.
 
-Near duplicates are images whose 64-bit perceptual hashes differ in at most
-`d` bits and whose 4x4 colour thumbnails differ by at most
-`COLOUR_TOLERANCE` on average (pHash is computed on grey levels, and simple
-images of different colours, the same shape on a plain background, collide
-in it). Instead of comparing every pair, the hashes are cut into `d + 1`
-bands: by the pigeonhole principle two hashes within distance `d` agree
-exactly on at least one band, so only hashes sharing a band value are
-compared (multi-index hashing). Matches are joined into connected
-components, so grouping is transitive.
+A near-duplicate signature (docs/data.md, "Near duplicates") is, per image:
+
+- `phash`: the 64-bit perceptual hash of the whole image;
+- six variants, 64-bit pHashes of the image's mirror and of five centred
+  crops (91% of each side, and 88%/94% of the width by 88%/94% of the
+  height): a copy cut 3-6% per side shows the same content as one of these
+  crops, and a mirrored copy shows the mirror;
+- `colour`: the mean RGB of the whole image, of its centre, and of its top
+  and bottom halves. pHash is computed on grey levels, so the same shape in
+  other colours collides in it; means do not move when an image is resized,
+  re-encoded or mirrored (a mirror keeps top and bottom), and little when a
+  border is cut.
+
+Two images match when one's phash is within `d` bits of the other's phash
+or of one of its variants, and their colours are within `COLOUR_TOLERANCE`
+on every channel. Instead of comparing every pair, the hashes are cut into
+`d + 1` bands: by the pigeonhole principle two hashes within distance `d`
+agree exactly on at least one band, so only hashes sharing a band value are
+compared (multi-index hashing, a sorted join per band). Matches are joined
+into connected components, so grouping is transitive.
 
 The split is decided per duplicate group, never per file, so no exact or
 near duplicate can sit in two splits. Groups are stratified by label: each
@@ -32,12 +43,21 @@ import numpy as np
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
-# Mean absolute difference (0-255) between two 4x4 RGB thumbnails that still counts
-# as the same picture. Re-encoding or resizing moves it by about 1; different
-# pictures with a colliding pHash were 4 or more apart on the demo lake.
-COLOUR_TOLERANCE = 3.0
+# Centred crops whose pHashes are variants: (width fraction, height fraction). Border crops of
+# 3-6% per side keep 88-94% of each side; these five leave at most 3% of scale mismatch.
+CROPS: tuple[tuple[float, float], ...] = ((0.91, 0.91), (0.88, 0.88), (0.94, 0.94), (0.88, 0.94), (0.94, 0.88))
+N_VARIANTS = 1 + len(CROPS)  # the mirror, then the crops
+# phash, variants, then the colour means, big-endian: the bytes one image's signature packs into.
+SIGNATURE = np.dtype([("phash", ">u8"), ("variants", ">u8", (N_VARIANTS,)), ("colour", "u1", (12,))])
+
+# Largest difference (0-255, any channel) between two images' mean colours that still counts
+# as the same picture. Resizing and re-encoding real photos moved the means by at most 1.5,
+# a 3-6% border crop the halves' means by more (12 lost one crop in 71 that 16 keeps, with no
+# false merge either way: benchmarks/bench_dedupe.py); the same shape in another colour differs by tens.
+COLOUR_TOLERANCE = 16
 
 _POPCOUNT16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
+_JOIN_CHUNK = 1 << 21  # candidate pairs compared at once: bounds the memory of a crowded band
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,53 +78,46 @@ def _band_masks(max_distance: int) -> list[tuple[int, int]]:
     return out
 
 
-def near_duplicate_groups(phashes: Sequence[int] | np.ndarray, max_distance: int,
-                          thumbs: Sequence[bytes] | np.ndarray | None = None,
+def pack_signature(phash: int, variants: Sequence[int], colour: Sequence[int]) -> bytes:
+    """One image's SIGNATURE bytes: its pHash, N_VARIANTS variant pHashes, 12 colour means."""
+    record = np.zeros((), dtype=SIGNATURE)
+    record["phash"], record["variants"], record["colour"] = phash, variants, colour
+    return record.tobytes()
+
+
+def signatures_array(signatures: Sequence[bytes] | np.ndarray) -> np.ndarray:
+    """Packed signatures (bytes of the SIGNATURE layout) as a structured array."""
+    if isinstance(signatures, np.ndarray):
+        return signatures.astype(SIGNATURE, copy=False)
+    return np.frombuffer(b"".join(signatures), dtype=SIGNATURE)
+
+
+def near_duplicate_groups(signatures: Sequence[bytes] | np.ndarray, max_distance: int,
                           colour_tolerance: float = COLOUR_TOLERANCE) -> np.ndarray:
     """Component label per item: items that match, directly or by a chain, share one.
 
-    Two items match when their pHashes are within `max_distance` bits and, if
-    `thumbs` (48-byte colour thumbnails) are given, their thumbnails are
-    within `colour_tolerance`. Labels are numbered by first appearance.
+    `signatures`: one packed SIGNATURE per item. Labels are numbered by first appearance.
     """
-    values = np.asarray(phashes, dtype=np.uint64)
-    if values.size == 0:
+    sig = signatures_array(signatures)
+    if sig.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if thumbs is None:
-        colours = np.zeros((values.size, 1), dtype=np.uint8)
-    elif isinstance(thumbs, np.ndarray):
-        colours = thumbs.astype(np.uint8, copy=False)
-    else:
-        colours = np.frombuffer(b"".join(thumbs), dtype=np.uint8).reshape(values.size, -1)
-    # Items identical in both signatures collapse into one before any comparison.
-    keys = np.concatenate([values[:, None].view(np.uint8), colours], axis=1)
-    _, first_of, inverse = np.unique(np.ascontiguousarray(keys).view(f"V{keys.shape[1]}").ravel(),
-                                     return_index=True, return_inverse=True)
+    # Items with identical signatures collapse into one before any comparison.
+    _, first_of, inverse = np.unique(sig.view(f"V{SIGNATURE.itemsize}"), return_index=True, return_inverse=True)
     inverse = inverse.ravel()
-    unique, unique_colours = values[first_of], colours[first_of].astype(np.int16)
+    unique = sig[first_of]
     n = unique.size
+    index = unique["phash"].astype(np.uint64)
+    colours = unique["colour"].astype(np.int16)
     edges_a: list[np.ndarray] = []
     edges_b: list[np.ndarray] = []
     if n > 1:
-        for shift, mask in _band_masks(max_distance):
-            band = (unique >> np.uint64(shift)) & np.uint64(mask)
-            order = np.argsort(band, kind="stable")
-            sorted_band = band[order]
-            # End (exclusive) of the run of equal band values each position belongs to.
-            starts = np.flatnonzero(np.r_[True, sorted_band[1:] != sorted_band[:-1]])
-            run_end = np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n]))
-            active = np.flatnonzero(run_end - np.arange(n) > 1)
-            offset = 1
-            while active.size:  # pairs (p, p + offset) inside a run; total work = sum of run_len^2 / 2
-                a, b = order[active], order[active + offset]
-                close = np.flatnonzero(hamming(unique[a], unique[b]) <= max_distance)
-                if close.size:
-                    a, b = a[close], b[close]
-                    same_colour = np.abs(unique_colours[a] - unique_colours[b]).mean(axis=1) <= colour_tolerance
-                    edges_a.append(a[same_colour])
-                    edges_b.append(b[same_colour])
-                offset += 1
-                active = active[run_end[active] - active > offset]
+        bands = _band_masks(max_distance)
+        queries = [index] + [unique["variants"][:, v].astype(np.uint64) for v in range(N_VARIANTS)]
+        for query in queries:
+            for a, b in _join(index, query, bands, max_distance):
+                keep = (a != b) & (np.abs(colours[a] - colours[b]).max(axis=1) <= colour_tolerance)
+                edges_a.append(a[keep])
+                edges_b.append(b[keep])
     if edges_a:
         component = connected_components(n, np.concatenate(edges_a), np.concatenate(edges_b))
     else:
@@ -114,6 +127,34 @@ def near_duplicate_groups(phashes: Sequence[int] | np.ndarray, max_distance: int
     rank = np.empty(first.size, dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(first.size)
     return rank[dense.ravel()]
+
+
+def _join(index: np.ndarray, query: np.ndarray, bands: list[tuple[int, int]], max_distance: int):
+    """Yield (index item, query item) pairs within `max_distance` bits, a chunk at a time.
+
+    Per band: the index sorted by band value, each query's run of equal values found by
+    binary search, the run expanded into candidate pairs and checked. A pair found in two
+    bands comes twice (union-find does not mind)."""
+    for shift, mask in bands:
+        band = (index >> np.uint64(shift)) & np.uint64(mask)
+        order = np.argsort(band, kind="stable")
+        sorted_band = band[order]
+        wanted = (query >> np.uint64(shift)) & np.uint64(mask)
+        lo = np.searchsorted(sorted_band, wanted, "left")
+        counts = np.searchsorted(sorted_band, wanted, "right") - lo
+        has = np.flatnonzero(counts)
+        ends = np.cumsum(counts[has])
+        start = 0
+        while start < has.size:  # queries whose runs together fit in one chunk (at least one)
+            stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _JOIN_CHUNK)))
+            q = has[start:stop]
+            reps = counts[q]
+            qi = np.repeat(q, reps)
+            offset = np.arange(qi.size) - np.repeat(np.cumsum(reps) - reps, reps)
+            ii = order[np.repeat(lo[q], reps) + offset]
+            close = hamming(index[ii], query[qi]) <= max_distance
+            yield ii[close], qi[close]
+            start = stop
 
 
 def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
