@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_ingest, bench_predict, bench_train, bench_vs_timm
+from . import bench_ingest, bench_loader, bench_predict, bench_train, bench_vs_timm
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),
     "train": lambda: bench_train.main([]),
+    "loader": lambda: bench_loader.main([]),
     "predict": lambda: (bench_predict.run([]), 0)[1],
     "vs_timm": lambda: bench_vs_timm.main([]),  # skipped unless TIMM_TRAIN_PY names timm's train.py
 }

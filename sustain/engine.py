@@ -159,6 +159,10 @@ def _train(cfg: Config, resume: str | None) -> RunResult:
     t = time.perf_counter()
     batch = loaders.sanity_batch()
     load_seconds = time.perf_counter() - t
+    if img_cache is not None and plan.type == "cpu":  # that load filled the cache; the epochs read from it
+        t = time.perf_counter()
+        batch = loaders.sanity_batch()
+        load_seconds = time.perf_counter() - t
     sanity_check(model, batch, loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
     if plan.type == "cpu":  # measured CPU plan (docs/performance.md); loaders start no worker until iterated
         cpu = plan_cpu_measured(cfg, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
