@@ -15,20 +15,24 @@ from . import (
     bench_export,
     bench_gallery,
     bench_ingest,
+    bench_loader,
     bench_predict,
     bench_tracking,
     bench_train,
+    bench_vs_timm,
 )
 
 BENCHMARKS = {
     "ingest": lambda: bench_ingest.main([]),
     "dedupe": lambda: bench_dedupe.main([]),
     "train": lambda: bench_train.main([]),
+    "loader": lambda: bench_loader.main([]),
     "predict": lambda: (bench_predict.run([]), 0)[1],
     "checkpoint": lambda: bench_checkpoint.main([]),
     "tracking": lambda: bench_tracking.main([]),
     "export": lambda: bench_export.main([]),
     "gallery": lambda: bench_gallery.main([]),
+    "vs_timm": lambda: bench_vs_timm.main([]),  # skipped unless TIMM_TRAIN_PY names timm's train.py
 }
 
 

@@ -83,6 +83,7 @@ class DataConfig(_Section):
     near_duplicate_distance: int = Field(4, ge=0, le=64)  # Hamming bits on a 64-bit pHash
     ingest_workers: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     cache_dir: str | None = None  # decode cache; null: <data.root>/.sustain_cache
+    image_cache: Literal["auto", "off"] | Annotated[int, Field(ge=8)] = "auto"  # stored shorter side, px
 
     @field_validator("sources")
     @classmethod

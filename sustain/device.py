@@ -127,6 +127,61 @@ def plan_cpu_threads(current: int, *, cpu_count: int, num_workers: int, world_si
     return max(1, min(current, free))
 
 
+@dataclass(frozen=True)
+class CpuPlan:
+    threads: int  # intra-op threads of the training process
+    workers: int  # DataLoader workers (0: the training process loads its own batches)
+    batch_seconds: float  # the predicted time per batch
+    reason: str
+
+    @property
+    def line(self) -> str:
+        return f"⚙️  CPU plan: {self.threads} compute thread(s), {self.workers} loader worker(s): {self.reason}"
+
+
+# The share of a training step that spreads over intra-op threads (Amdahl's law);
+# resnet18 and eva02_tiny steps on 1 vs 2 cores of this machine give 0.85-0.95.
+PARALLEL_FRACTION = 0.9
+
+
+def plan_cpu(*, cores: int, step_seconds: float, step_threads: int, load_seconds: float, max_threads: int,
+             workers: int | None = None, world_size: int = 1, max_workers: int = 8) -> CpuPlan:
+    """Intra-op threads and loader workers from a measured step and a measured batch load.
+
+    `step_seconds` is one training step measured with `step_threads` threads;
+    `load_seconds` is loading one batch on one core. Each process of
+    `world_size` gets its share of `cores`; threads + workers never exceed it
+    (oversubscribed cores make the intra-op threads wait on each other), and
+    workers=0 means the training process loads its batches between steps. The
+    step scales by Amdahl's law; `max_threads` (the user's torch.set_num_threads
+    or OMP_NUM_THREADS) is never exceeded; `workers`, when the user set it, is
+    kept. Among the plans with the shortest predicted batch, the one with fewer
+    processes wins (less memory, less start-up).
+    """
+    share = max(1, cores // max(1, world_size))
+    serial = step_seconds * ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / max(1, step_threads))
+
+    def step(t: int) -> float:
+        return serial * ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / t)
+
+    worker_options = [workers] if workers is not None else range(0, min(max_workers, share - 1) + 1)
+    best: tuple[float, int, int] | None = None
+    for w in worker_options:
+        for t in range(1, max(1, min(max_threads, share - w)) + 1):
+            seconds = load_seconds + step(t) if w == 0 else max(step(t), load_seconds / w)
+            key = (round(seconds, 4), w + t, -t)
+            if best is None or key < (round(best[0], 4), best[1] + best[2], -best[2]):
+                best = (seconds, w, t)
+    assert best is not None
+    seconds, w, t = best
+    bound = "loading" if w and load_seconds / w >= step(t) else "compute"
+    why = (f"a step takes {step(t) * 1e3:.0f} ms on {t} thread(s), loading a batch {load_seconds * 1e3:.0f} ms "
+           f"on one core; {share} core(s) per process, {bound}-bound")
+    if t == max_threads and t < share - w:
+        why += f" (threads capped at {max_threads} by torch.set_num_threads / OMP_NUM_THREADS)"
+    return CpuPlan(threads=t, workers=w, batch_seconds=seconds, reason=why)
+
+
 # --------------------------------------------------------------------------- edges
 
 

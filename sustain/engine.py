@@ -43,8 +43,10 @@ from torch import nn
 from . import checkpoints as ckpt
 from . import trends
 from .config import Config
+from .data import image_cache
 from .data.lake import check_sources
 from .device import (
+    CpuPlan,
     DevicePlan,
     PrecisionPlan,
     apply_backend_flags,
@@ -52,7 +54,7 @@ from .device import (
     detect_backends,
     in_jupyter,
     plan_channels_last,
-    plan_cpu_threads,
+    plan_cpu,
     plan_device,
     plan_num_workers,
     plan_precision,
@@ -144,12 +146,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     timings["ingest_seconds"] = time.perf_counter() - t
     workers = plan_num_workers(cfg.data.num_workers, plan.type, cpu_count=cpu_count(), in_jupyter=in_jupyter(),
                                platform=sys.platform, world_size=dist.world)
-    loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist)
-    if plan.type == "cpu":
-        torch.set_num_threads(plan_cpu_threads(torch.get_num_threads(), cpu_count=cpu_count(),
-                                               num_workers=workers, world_size=dist.world))
-    log.info("  DataLoader workers: %d%s", workers,
-             f", CPU threads: {torch.get_num_threads()}" if plan.type == "cpu" else "")
+    img_cache = image_cache.for_config(cfg.data, size, data_config["crop_pct"])  # None: data.image_cache off
+    loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
 
     # ---- model, loss, optimizer, schedule ------------------------------------
     channels_last = plan_channels_last(cfg.model.channels_last, plan.type,
@@ -161,7 +159,22 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     updates_per_epoch = math.ceil(loaders.train_batches / cfg.train.accum_steps)
     scheduler = build_scheduler(cfg, optimizer, updates_per_epoch)
     ema = build_ema(cfg, model)
-    sanity_check(model, loaders.sanity_batch(), loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
+    t = time.perf_counter()
+    batch = loaders.sanity_batch()
+    load_seconds = time.perf_counter() - t
+    if img_cache is not None and plan.type == "cpu":  # that load filled the cache; the epochs read from it
+        t = time.perf_counter()
+        batch = loaders.sanity_batch()
+        load_seconds = time.perf_counter() - t
+    sanity_check(model, batch, loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
+    if plan.type == "cpu":  # measured CPU plan (docs/performance.md); loaders start no worker until iterated
+        cpu = plan_cpu_measured(cfg, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
+        if cpu.workers != workers:
+            workers = cpu.workers
+            loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
+    log.info("  DataLoader workers: %d%s", workers,
+             f", CPU threads: {torch.get_num_threads()}" if plan.type == "cpu" else "")
+    del batch
 
     # ---- a fresh start, or everything last.pth holds -------------------------
     state = LoopState(guard=GuardState(amp_on=precision.autocast))
@@ -210,6 +223,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
         timings["train_seconds"] = time.perf_counter() - t
         raise _interrupted(loop, stop, timings, lake, data_config, workers) from None
     timings["train_seconds"] = time.perf_counter() - t
+    if img_cache is not None and dist.is_main:
+        log.info(image_cache.describe(img_cache))
 
     # ---- the end: best weights on val and test, report, checklist, run.json ---
     result = loop.finish(timings, started, lake, data_config, workers)
@@ -976,6 +991,32 @@ def sanity_check(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch
         raise RunFailed(f"Pre-training sanity check failed: the loss of the first batch is {float(loss)}", hint)
     model.train()
     log.info("✅ Pre-training sanity check passed!")
+
+
+def plan_cpu_measured(cfg: Config, model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device,
+                      precision: PrecisionPlan, load_seconds: float, channels_last: bool, world: int) -> CpuPlan:
+    """Time one forward and backward of the sanity batch, plan threads and workers from it, apply the threads."""
+    threads = torch.get_num_threads()  # the user's cap: train() starts from their setting
+    model.eval()  # no BatchNorm statistics or drop-path draws change: the run is as without the timing
+    images = batch.images.to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    autocast = (torch.autocast(device.type, dtype=getattr(torch, precision.dtype)) if precision.autocast
+                else contextlib.nullcontext())
+    for _ in range(2):  # the first backward builds autograd's buffers: time the second
+        t = time.perf_counter()
+        with autocast:
+            loss = loss_fn(model(images), batch.targets.to(device))
+        loss.backward()
+        step_seconds = time.perf_counter() - t
+        model.zero_grad(set_to_none=True)
+    model.train()
+    setting = cfg.data.num_workers
+    cpu = plan_cpu(cores=cpu_count(), step_seconds=step_seconds, step_threads=threads, load_seconds=load_seconds,
+                   max_threads=threads, workers=None if setting == "auto" else int(setting), world_size=world)
+    torch.set_num_threads(cpu.threads)
+    log.info(cpu.line)
+    return cpu
 
 
 def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,

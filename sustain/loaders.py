@@ -138,7 +138,7 @@ class Loaders:
 
 
 def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf, plan: DevicePlan, workers: int,
-                  dist: Distributed) -> Loaders:
+                  dist: Distributed, image_cache: Any = None) -> Loaders:
     from .data.dataset import ManifestDataset, collate_skip_failed
 
     rows = {split: lake.split(split) for split in ("train", "val", "test")}
@@ -150,7 +150,7 @@ def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf,
 
     def dataset(split: str, tf) -> ManifestDataset:
         return ManifestDataset(rows[split], taxonomy.num_classes, lake.sources, tf,
-                               max_image_pixels=cfg.data.max_image_pixels)
+                               max_image_pixels=cfg.data.max_image_pixels, image_cache=image_cache)
 
     generator = torch.Generator()
     train_items = SeededItems(dataset("train", train_tf), cfg.seed + dist.rank)

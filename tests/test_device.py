@@ -123,3 +123,45 @@ def test_cpu_threads_leave_the_loader_workers_their_cores_and_only_ever_lower() 
     assert plan_cpu_threads(1, cpu_count=16, num_workers=0) == 1  # the user's own setting wins
     assert plan_cpu_threads(8, cpu_count=8, num_workers=7) == 1
     assert plan_cpu_threads(8, cpu_count=8, num_workers=1, world_size=2) == 3
+
+
+def test_cpu_plan_gives_the_cores_to_compute_when_the_step_dominates():
+    from sustain.device import plan_cpu
+
+    # resnet18-like: a 1.7 s step on one thread, a 50 ms batch load, 2 cores.
+    plan = plan_cpu(cores=2, step_seconds=1.7, step_threads=1, load_seconds=0.05, max_threads=2)
+    assert (plan.threads, plan.workers) == (2, 0)
+    assert "compute-bound" in plan.reason and "2 compute thread(s), 0 loader worker(s)" in plan.line
+    # 16 cores: most go to compute, a worker or two keep up with the light loading.
+    big = plan_cpu(cores=16, step_seconds=1.0, step_threads=1, load_seconds=0.5, max_threads=16)
+    assert big.threads >= 12 and 1 <= big.workers <= 4 and big.threads + big.workers <= 16
+
+
+def test_cpu_plan_gives_the_cores_to_loading_when_loading_dominates():
+    from sustain.device import plan_cpu
+
+    # the demo model: a 20 ms step, a 300 ms batch load.
+    plan = plan_cpu(cores=2, step_seconds=0.02, step_threads=2, load_seconds=0.3, max_threads=2)
+    assert (plan.threads, plan.workers) == (1, 1)
+    assert "loading-bound" in plan.reason
+    big = plan_cpu(cores=16, step_seconds=0.02, step_threads=16, load_seconds=0.3, max_threads=16)
+    assert big.workers == 8 and big.threads + big.workers <= 16  # capped at 8 workers
+
+
+def test_cpu_plan_never_oversubscribes_and_respects_the_users_settings():
+    import itertools
+
+    from sustain.device import plan_cpu
+
+    for cores, step, load, cap, world in itertools.product((1, 2, 4, 16), (0.01, 0.3, 3.0), (0.01, 0.3, 3.0),
+                                                           (1, 2, 16), (1, 2)):
+        plan = plan_cpu(cores=cores, step_seconds=step, step_threads=1, load_seconds=load, max_threads=cap,
+                        world_size=world)
+        assert plan.threads <= cap
+        assert plan.threads + plan.workers <= max(1, cores // world)
+    # OMP_NUM_THREADS=1 on 8 cores: one thread, and the other cores load.
+    capped = plan_cpu(cores=8, step_seconds=1.0, step_threads=1, load_seconds=1.0, max_threads=1)
+    assert capped.threads == 1 and capped.workers >= 1 and "capped at 1" in capped.reason
+    # data.num_workers set by the user is kept; only the threads are planned around it.
+    fixed = plan_cpu(cores=2, step_seconds=1.7, step_threads=1, load_seconds=0.05, max_threads=2, workers=1)
+    assert (fixed.threads, fixed.workers) == (1, 1)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .image_cache import ImageCache
 from .lake import ManifestRow
 from .scan import CorruptImage, load_rgb
 
@@ -33,7 +34,8 @@ class ManifestDataset(Dataset):
     """Images of manifest rows, decoded the way ingest decoded them (EXIF, RGB, pixel limit)."""
 
     def __init__(self, rows: Sequence[ManifestRow], num_classes: int, source_names: Sequence[str],
-                 transform: Callable[[Any], torch.Tensor] | None, *, max_image_pixels: int | None = None) -> None:
+                 transform: Callable[[Any], torch.Tensor] | None, *, max_image_pixels: int | None = None,
+                 image_cache: ImageCache | None = None) -> None:
         source_index = {name: i for i, name in enumerate(source_names)}
         unknown = sorted({r.source for r in rows} - set(source_index))
         if unknown:
@@ -48,6 +50,7 @@ class ManifestDataset(Dataset):
         self.num_classes = num_classes
         self.transform = transform
         self.max_image_pixels = max_image_pixels
+        self.image_cache = image_cache  # training-resolution copies (data/image_cache.py); None: the originals
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,7 +58,8 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> Item | None:
         path = self.paths[index]
         try:
-            image = load_rgb(path, self.max_image_pixels)
+            image = (self.image_cache.load(path) if self.image_cache is not None
+                     else load_rgb(path, self.max_image_pixels))
         except CorruptImage as exc:
             log.warning("⚠️  Could not load %s (%s): dropped from its batch", path, exc.reason)
             return None

@@ -1,0 +1,104 @@
+"""The train loader on camera photos: images/s per core with and without the image cache.
+
+    python benchmarks/bench_loader.py                 # 24 photos of 4032x3024, 224 px input
+    python benchmarks/bench_loader.py --photos 48 --size 224
+
+In one process, on one core (no workers, one thread), the strong train
+transform (random-resized crop from 0.08, flip, RandAugment m9) of each photo:
+- `original`: data.image_cache off: the full photo is decoded every epoch;
+- `cache auto`: the stored copy at the eval resize (input / crop_pct);
+- `cache crop`: the stored copy at input / sqrt(0.08), big enough that the
+  smallest crop is never upsampled;
+and, per cache size, the one-off cost of filling an entry and its disk use.
+Goal: >= 100 img/s per core from the cache (7.5 from the originals).
+Writes benchmarks/results/bench_loader.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sustain.config import DataConfig  # noqa: E402
+from sustain.data.image_cache import ImageCache, disk_usage  # noqa: E402
+from sustain.data.scan import load_rgb  # noqa: E402
+from sustain.transforms import build_train_transform  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "bench_loader.json"
+
+
+def camera_photos(folder: Path, count: int, size: tuple[int, int] = (4032, 3024)) -> list[str]:
+    """Camera-like JPEGs: smooth shapes from a small drawing, upsampled, with sensor noise; quality 92."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        small = rng.integers(0, 255, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+        img = np.clip(img + rng.integers(-4, 5, img.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+        path = folder / f"photo_{i:03d}.jpg"
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=92)
+        path.write_bytes(buf.getvalue())
+        paths.append(str(path))
+    return paths
+
+
+def per_second(paths: list[str], load, tf) -> float:
+    t = time.perf_counter()
+    for p in paths:
+        tf(load(p))
+    return len(paths) / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=24)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    data_config = {"input_size": (3, args.size, args.size), "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                   "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center"}
+    tf = build_train_transform(data_config, DataConfig(sources=[{"name": "x", "root": ".", "label_map": "identity"}]))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        paths = camera_photos(Path(tmp), args.photos)
+        original = per_second(paths, load_rgb, tf)
+        rows.append({"pipeline": "original", "img_per_s_per_core": round(original, 1)})
+        for name, side in (("cache auto", math.ceil(args.size / 0.875)),
+                           ("cache crop", math.ceil(args.size / math.sqrt(0.08)))):
+            cache = ImageCache(os.path.join(tmp, f"cache_{side}"), side)
+            fill = per_second(paths, cache.load, tf)
+            hit = per_second(paths, cache.load, tf)
+            usage = disk_usage(cache.directory)
+            rows.append({"pipeline": f"{name} ({side} px)", "img_per_s_per_core": round(hit, 1),
+                         "fill_img_per_s": round(fill, 1), "kb_per_image": round(usage["bytes_per_image"] / 1e3, 1),
+                         "speedup": round(hit / original, 1)})
+    load = os.getloadavg()[0]
+    print(f"\ntrain transform on {args.photos} photos of 4032x3024 at {args.size} px, one core (load {load:.1f}):")
+    for r in rows:
+        extra = (f"  fill {r['fill_img_per_s']:.1f} img/s, {r['kb_per_image']:.0f} KB/image, {r['speedup']}x"
+                 if "fill_img_per_s" in r else "")
+        print(f"  {r['pipeline']:<22} {r['img_per_s_per_core']:>7.1f} img/s per core{extra}")
+    print("goal: >= 100 img/s per core from the cache")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"load": load, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The training-resolution image cache: each photo decoded once, stored small.
+
+A 12-megapixel phone photo costs ~130 ms to decode and resize on one core,
+every epoch; the model sees 224 px of it. The cache keeps a copy whose shorter
+side is `side` pixels (a JPEG at quality 95, a few tens of KB), so every later
+read costs a millisecond or two. The first read of an image fills its entry:
+JPEG draft decoding (libjpeg's DCT scaling, 1/2 to 1/8) skips most of the
+full-size work, then a Lanczos resize gives the stored size exactly.
+
+- Entries are keyed like the decode cache, by absolute path, size and mtime
+  (plus the stored side and a format version): a changed file gets a new
+  entry, never a stale one.
+- A miss returns the image decoded from the bytes it stores, so a hit and a
+  miss give the same pixels: results do not depend on which worker, epoch or
+  process filled the entry (exact resume, worker-count independence).
+- Each entry is written to a unique temporary file and renamed into place, so
+  loader workers and DDP ranks may fill and read it concurrently; a folder
+  that cannot be written just leaves the cache empty (counted, logged once).
+- Images already at or below the stored size are read from the original.
+
+Every pixel-limit, truncation and corruption check of `scan.load_rgb` still
+runs on a miss; a hit reads only files this cache wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .scan import (
+    NOT_AN_IMAGE,
+    UNREADABLE,
+    ZERO_BYTES,
+    CorruptImage,
+    _classify,
+    _strict_pillow,
+    over_limit_reason,
+    to_rgb,
+)
+
+log = logging.getLogger("sustain.data.image_cache")
+
+CACHE_VERSION = "1"  # bump when the stored pixels for the same file would change
+QUALITY = 95  # JPEG quality of the stored copies: visually lossless, ~10x smaller than the pixels
+FOLDER = "images"  # under the decode cache's folder
+
+
+def stored_side(input_size: int, crop_pct: float, setting: str | int = "auto") -> int | None:
+    """The shorter side of the stored copies, or None for no cache.
+
+    `auto` stores what the eval transform resizes to (input / crop_pct, e.g.
+    256 px for 224 at crop_pct 0.875), as FFCV's `max_resolution` does; the
+    smallest random-resized crops are then upsampled a little, which costs no
+    accuracy in our measurements (docs/performance.md › Image cache). An
+    integer stores that many pixels instead (e.g. input / sqrt(crop_scale_min)
+    for crops without any upsampling).
+    """
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return math.ceil(input_size / max(crop_pct, 1e-6))
+    return int(setting)
+
+
+def load_reduced(source: str | Path | bytes, min_side: int, max_pixels: int | None = None
+                 ) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode an image to 8-bit RGB whose shorter side is at least `min_side`, as cheaply as the format allows.
+
+    For a JPEG, the decoder scales the DCT by 1/2, 1/4 or 1/8 where that keeps
+    both sides at or above `min_side`; other formats decode in full. Returns the
+    image and the full-size (width, height) after EXIF orientation, which is what
+    `scan.load_rgb(...).size` would be. The same checks and reasons as `load_rgb`:
+    zero bytes, not an image, over the pixel limit, truncated, decode error.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise CorruptImage(f"{UNREADABLE}: {exc.strerror or exc}") from None
+    if not data:
+        raise CorruptImage(ZERO_BYTES)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    with _strict_pillow():
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise CorruptImage(f"{NOT_AN_IMAGE}: no image format recognises its content") from None
+        except Exception as exc:  # a header Pillow recognised but could not parse
+            raise CorruptImage(_classify(exc)) from None
+        width, height = img.size
+        if limit is not None and width * height > limit:
+            raise CorruptImage(over_limit_reason(width, height, limit))
+        try:
+            if img.format == "JPEG":
+                img.draft(None, (min_side, min_side))  # both sides stay >= min_side
+            img.load()
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees: sides swap
+                width, height = height, width
+            img = to_rgb(ImageOps.exif_transpose(img))
+        except Exception as exc:
+            raise CorruptImage(_classify(exc)) from None
+    return img, (width, height)
+
+
+def shrink(img: Image.Image, side: int) -> Image.Image:
+    """Resize so the shorter side is `side` (Lanczos); an image already that small is returned as is."""
+    width, height = img.size
+    if min(width, height) <= side:
+        return img
+    if width <= height:
+        width, height = side, max(1, round(height * side / width))
+    else:
+        width, height = max(1, round(width * side / height)), side
+    return img.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def encode(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=QUALITY, subsampling=0)  # 4:4:4: colour edges matter for glass vs plastic
+    return out.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+@dataclass
+class ImageCache:
+    """Stored copies under `directory`, shorter side `side` px. Picklable: loader workers get a copy."""
+
+    directory: str
+    side: int
+    max_pixels: int | None = None
+    write_failures: int = 0
+
+    def entry(self, path: str, size: int, mtime_ns: int) -> Path:
+        key = hashlib.sha256(f"{CACHE_VERSION}\0{self.side}\0{path}\0{size}\0{mtime_ns}".encode()).hexdigest()
+        return Path(self.directory) / key[:2] / f"{key[2:]}.jpg"
+
+    def load(self, path: str) -> Image.Image:
+        """The image at training resolution: from its entry, or decoded now and stored. Raises CorruptImage."""
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise CorruptImage(f"{UNREADABLE}: {exc.strerror or exc}") from None
+        target = self.entry(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        try:
+            return decode(target.read_bytes())
+        except OSError:  # no entry yet (or no folder to hold one)
+            pass
+        except Exception as exc:  # a damaged entry (e.g. a full disk): decode the original again
+            log.warning("⚠️  Image cache entry %s for %s is unreadable (%s): re-creating it", target, path, exc)
+        img, _ = load_reduced(path, self.side, self.max_pixels)
+        if min(img.size) <= self.side:
+            return img  # small originals are read as they are
+        data = encode(shrink(img, self.side))
+        self._write(target, data)
+        return decode(data)  # the same pixels a later hit will read
+
+    def _write(self, target: Path, data: bytes) -> None:
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, target)  # atomic: a concurrent reader sees no entry or a whole one
+        except OSError as exc:
+            self.write_failures += 1
+            if self.write_failures == 1:
+                log.warning("⚠️  Image cache not writable at %s (%s): decoding originals instead",
+                            self.directory, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def for_config(data_cfg, input_size: int, crop_pct: float) -> ImageCache | None:
+    """The cache `data.image_cache` asks for, in the decode cache's folder; None when it is off."""
+    side = stored_side(input_size, crop_pct, data_cfg.image_cache)
+    if side is None:
+        return None
+    root = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else Path(data_cfg.root).expanduser() / ".sustain_cache"
+    return ImageCache(str(root.absolute() / FOLDER), side, data_cfg.max_image_pixels)
+
+
+def describe(cache: ImageCache) -> str:
+    usage = disk_usage(cache.directory)
+    return (f"🗂️  Image cache: {usage['images']:,} images at {cache.side} px, {usage['bytes'] / 1e6:.1f} MB "
+            f"({usage['bytes_per_image'] / 1e3:.0f} KB per image) in {cache.directory}")
+
+
+def disk_usage(directory: str | Path) -> dict[str, int]:
+    """Entries and bytes under a cache folder (temporary files included: they are disk use too)."""
+    files = total = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+                files += 1
+            except OSError:  # removed meanwhile
+                continue
+    return {"images": files, "bytes": total, "bytes_per_image": total // files if files else 0}

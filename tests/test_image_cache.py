@@ -1,0 +1,156 @@
+"""The training-resolution image cache and draft decoding (sustain/data/image_cache.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sustain.data.image_cache import ImageCache, disk_usage, load_reduced, stored_side
+from sustain.data.scan import TRUNCATED, CorruptImage, colour_thumbnail, load_rgb, perceptual_hash
+from sustain.data.split import near_duplicate_groups
+
+
+def photo(seed: int, size: tuple[int, int] = (1600, 1200)) -> Image.Image:
+    """A camera-like picture: smooth shapes, texture and sensor noise (real photos from scikit-image)."""
+    from skimage import data as skd
+
+    sources = [skd.astronaut, skd.coffee, skd.chelsea, skd.rocket, skd.retina, skd.immunohistochemistry]
+    base = Image.fromarray(sources[seed % len(sources)]()[..., :3]).resize(size, Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(seed).integers(-6, 7, (size[1], size[0], 3), dtype=np.int16)
+    return Image.fromarray(np.clip(np.asarray(base, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def jpeg(img: Image.Image, quality: int = 90, **kw) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=quality, **kw)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    return [jpeg(photo(i)) for i in range(6)]
+
+
+def test_stored_side_follows_the_eval_resize_unless_configured() -> None:
+    assert stored_side(224, 0.875) == 256
+    assert stored_side(128, 0.875, "auto") == 147
+    assert stored_side(224, 0.9, 400) == 400
+    assert stored_side(224, 0.875, "off") is None
+
+
+def test_draft_decoding_keeps_the_duplicate_signatures(photos: list[bytes]) -> None:
+    """Signatures from a draft decode (>= 256 px) equal the full decode's, and so do the duplicate groups."""
+    variants = list(photos)
+    variants.append(jpeg(load_rgb(photos[0]), quality=70))  # a re-encoded copy: a near duplicate
+    variants.append(jpeg(load_rgb(photos[1]).resize((1200, 900)), quality=85))  # a resized copy
+    full = [load_rgb(b) for b in variants]
+    drafts = [load_reduced(b, 256) for b in variants]
+    for f, (d, size) in zip(full, drafts, strict=True):
+        assert size == f.size  # the manifest's width and height stay the full size
+        assert min(d.size) < min(f.size)  # it really decoded at a reduced scale
+        assert perceptual_hash(d) == perceptual_hash(f)
+        diff = np.abs(np.frombuffer(colour_thumbnail(d), np.uint8).astype(int)
+                      - np.frombuffer(colour_thumbnail(f), np.uint8).astype(int))
+        assert diff.mean() <= 2.0  # inside split.COLOUR_TOLERANCE (3.0): only borderline pairs could move
+    groups_full = near_duplicate_groups([perceptual_hash(f) for f in full], 4, [colour_thumbnail(f) for f in full])
+    groups_draft = near_duplicate_groups([perceptual_hash(d) for d, _ in drafts], 4,
+                                         [colour_thumbnail(d) for d, _ in drafts])
+    assert groups_full.tolist() == groups_draft.tolist()
+    assert groups_full[6] == groups_full[0] and groups_full[7] == groups_full[1]
+
+
+def test_draft_decoding_still_detects_truncated_and_corrupt_files(photos: list[bytes]) -> None:
+    data = photos[0]
+    with pytest.raises(CorruptImage) as exc:
+        load_reduced(data[: len(data) // 2], 256)
+    assert exc.value.reason.startswith(TRUNCATED)
+    with pytest.raises(CorruptImage, match="zero bytes"):
+        load_reduced(b"", 256)
+    with pytest.raises(CorruptImage, match="not an image"):
+        load_reduced(b"GIF89a" + b"\0" * 40, 256)
+    with pytest.raises(CorruptImage, match="over the pixel limit"):
+        load_reduced(data, 256, max_pixels=1000)
+
+
+def test_exif_rotated_photo_reports_its_upright_size() -> None:
+    img = photo(2, (1200, 800))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    data = jpeg(img, exif=exif.tobytes())
+    reduced, size = load_reduced(data, 128)
+    assert size == load_rgb(data).size == (800, 1200)
+    assert reduced.height > reduced.width
+
+
+def test_cache_hit_and_miss_give_the_same_pixels_and_a_changed_file_is_redone(tmp_path: Path, photos) -> None:
+    src = tmp_path / "a.jpg"
+    src.write_bytes(photos[0])
+    cache = ImageCache(str(tmp_path / "cache"), side=160)
+    miss = np.asarray(cache.load(str(src)))
+    assert min(miss.shape[:2]) == 160 and disk_usage(cache.directory)["images"] == 1
+    hit = np.asarray(ImageCache(str(tmp_path / "cache"), side=160).load(str(src)))
+    assert np.array_equal(miss, hit)
+    # The stored copy is close to the full decode resized the same way (no colour shift, no blur).
+    reference = np.asarray(load_rgb(photos[0]).resize(miss.shape[1::-1], Image.Resampling.LANCZOS), dtype=float)
+    assert np.abs(reference - miss).mean() < 3.0
+
+    src.write_bytes(photos[1])  # the file changes: its size and mtime key a new entry
+    os.utime(src, ns=(1, 10**18))
+    changed = np.asarray(cache.load(str(src)))
+    assert not np.array_equal(changed, miss)
+    assert disk_usage(cache.directory)["images"] == 2
+    usage = disk_usage(cache.directory)
+    assert 0 < usage["bytes_per_image"] < 60_000  # compact: ~1/10 of the raw pixels
+
+
+def test_small_images_are_read_from_the_original_and_broken_ones_still_fail(tmp_path: Path) -> None:
+    small = tmp_path / "small.png"
+    photo(3, (120, 90)).save(small)
+    cache = ImageCache(str(tmp_path / "cache"), side=160)
+    assert np.array_equal(np.asarray(cache.load(str(small))), np.asarray(load_rgb(small)))
+    assert disk_usage(cache.directory)["images"] == 0
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpeg(photo(4))[:5000])
+    with pytest.raises(CorruptImage, match="truncated"):
+        cache.load(str(broken))
+
+
+def test_an_unwritable_cache_folder_still_loads_and_counts_the_failure(tmp_path: Path, photos, caplog) -> None:
+    src = tmp_path / "a.jpg"
+    src.write_bytes(photos[0])
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    cache = ImageCache(str(blocker / "cache"), side=160)
+    img = cache.load(str(src))
+    assert min(img.size) == 160 and cache.write_failures == 1
+    assert "not writable" in caplog.text
+
+
+def test_cached_loading_is_the_same_with_any_number_of_workers(tmp_path: Path, photos) -> None:
+    from torch.utils.data import DataLoader
+
+    from sustain.data.dataset import ManifestDataset, collate_skip_failed
+    from sustain.data.lake import ManifestRow
+
+    rows = []
+    for i, data in enumerate(photos[:4]):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(data)
+        rows.append(ManifestRow(str(path), "s", "a", (0,), "train", str(i), i))
+
+    def batches(workers: int) -> torch.Tensor:
+        cache = ImageCache(str(tmp_path / "cache"), side=96)
+        ds = ManifestDataset(rows, 2, ["s"], lambda im: torch.from_numpy(np.asarray(im.resize((64, 64))).copy()),
+                             image_cache=cache)
+        loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate_skip_failed)
+        return torch.cat([b.images for b in loader])
+
+    filled_by_two_workers = batches(2)  # a cold cache, filled concurrently
+    assert torch.equal(filled_by_two_workers, batches(0))  # read back warm in the main process
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
