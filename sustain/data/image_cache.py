@@ -34,17 +34,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .scan import (
-    NOT_AN_IMAGE,
     UNREADABLE,
-    ZERO_BYTES,
     CorruptImage,
-    _classify,
-    _strict_pillow,
-    over_limit_reason,
-    to_rgb,
+    load_rgb_sized,
 )
 
 log = logging.getLogger("sustain.data.image_cache")
@@ -81,36 +76,7 @@ def load_reduced(source: str | Path | bytes, min_side: int, max_pixels: int | No
     `scan.load_rgb(...).size` would be. The same checks and reasons as `load_rgb`:
     zero bytes, not an image, over the pixel limit, truncated, decode error.
     """
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise CorruptImage(f"{UNREADABLE}: {exc.strerror or exc}") from None
-    if not data:
-        raise CorruptImage(ZERO_BYTES)
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    with _strict_pillow():
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise CorruptImage(f"{NOT_AN_IMAGE}: no image format recognises its content") from None
-        except Exception as exc:  # a header Pillow recognised but could not parse
-            raise CorruptImage(_classify(exc)) from None
-        width, height = img.size
-        if limit is not None and width * height > limit:
-            raise CorruptImage(over_limit_reason(width, height, limit))
-        try:
-            if img.format == "JPEG":
-                img.draft(None, (min_side, min_side))  # both sides stay >= min_side
-            img.load()
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees: sides swap
-                width, height = height, width
-            img = to_rgb(ImageOps.exif_transpose(img))
-        except Exception as exc:
-            raise CorruptImage(_classify(exc)) from None
-    return img, (width, height)
+    return load_rgb_sized(source, max_pixels, draft_side=min_side)
 
 
 def shrink(img: Image.Image, side: int) -> Image.Image:
