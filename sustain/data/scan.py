@@ -269,11 +269,12 @@ def load_rgb_sized(source: str | Path | bytes, max_pixels: int | None = None, dr
             if draft_side and img.format == "JPEG":
                 img.draft(None, (draft_side, draft_side))
             img.load()
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees: sides swap
-                width, height = height, width
-            return to_rgb(ImageOps.exif_transpose(img)), (width, height)
+            decoded = img.size
+            rgb = to_rgb(ImageOps.exif_transpose(img))
         except Exception as exc:
             raise CorruptImage(_classify(exc)) from None
+    # EXIF orientation by 90 degrees swaps the sides; read it off the result instead of parsing EXIF twice.
+    return rgb, ((height, width) if rgb.size != decoded else (width, height))
 
 
 def over_limit_reason(width: int, height: int, limit: int) -> str:
