@@ -510,9 +510,7 @@ class _Loop:
         has_data, finite = len(batch) > 0, None
         sync = boundary or not self.dist.enabled  # DDP: all-reduce gradients only on the update step
         if has_data:
-            images = batch.images.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images_on_device(batch, self.device, self.channels_last)
             targets = batch.targets.to(self.device, non_blocking=True)
             with self.autocast(), (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
                 logits = self.fwd_model(images)
@@ -597,9 +595,7 @@ class _Loop:
         return action == "stop"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.state.guard.amp_on:
-            return contextlib.nullcontext()
-        return torch.autocast(self.plan.type, dtype=getattr(torch, self.precision.dtype))
+        return autocast_context(self.plan.type, self.precision, enabled=self.state.guard.amp_on)
 
     def autocast_factory(self):
         if not self.state.guard.amp_on:
@@ -976,12 +972,8 @@ def sanity_check(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch
         raise RunFailed(f"Pre-training sanity check failed: batch images {tuple(batch.images.shape)} and targets "
                         f"{tuple(batch.targets.shape)}, expected [B, 3, {size}, {size}] and [B, {num_classes}]", hint)
     model.eval()
-    images = batch.images.to(device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    autocast = (torch.autocast(device.type, dtype=getattr(torch, precision.dtype)) if precision.autocast
-                else contextlib.nullcontext())
-    with torch.no_grad(), autocast:
+    images = images_on_device(batch, device, channels_last)
+    with torch.no_grad(), autocast_context(device.type, precision, enabled=precision.autocast):
         out = model(images)
         loss = loss_fn(out, batch.targets.to(device))
     if tuple(out.shape) != (len(batch), num_classes):
@@ -993,19 +985,27 @@ def sanity_check(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch
     log.info("✅ Pre-training sanity check passed!")
 
 
+def autocast_context(device_type: str, precision: PrecisionPlan, *, enabled: bool) -> contextlib.AbstractContextManager:
+    """The one way the engine builds autocast: the plan's dtype when enabled, else a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=getattr(torch, precision.dtype))
+
+
+def images_on_device(batch: Any, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = batch.images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def plan_cpu_measured(cfg: Config, model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device,
                       precision: PrecisionPlan, load_seconds: float, channels_last: bool, world: int) -> CpuPlan:
     """Time one forward and backward of the sanity batch, plan threads and workers from it, apply the threads."""
     threads = torch.get_num_threads()  # the user's cap: train() starts from their setting
     model.eval()  # no BatchNorm statistics or drop-path draws change: the run is as without the timing
-    images = batch.images.to(device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    autocast = (torch.autocast(device.type, dtype=getattr(torch, precision.dtype)) if precision.autocast
-                else contextlib.nullcontext())
+    images = images_on_device(batch, device, channels_last)
     for _ in range(2):  # the first backward builds autograd's buffers: time the second
         t = time.perf_counter()
-        with autocast:
+        with autocast_context(device.type, precision, enabled=precision.autocast):
             loss = loss_fn(model(images), batch.targets.to(device))
         loss.backward()
         step_seconds = time.perf_counter() - t
