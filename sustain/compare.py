@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .report import CSS, history_series, html_table, new_figure
 from .tracking import flatten
-from .utils import atomic_write_text
+from .utils import atomic_write_text, escape_html
 
 log = logging.getLogger("sustain.compare")
 
@@ -131,14 +132,12 @@ def format_comparison(result: Mapping[str, Any]) -> list[str]:
 
 def curves_png(runs: Sequence[Mapping[str, Any]]) -> bytes:
     """Val accuracy, val macro-F1, train and val loss per epoch, one line per run."""
-    from .report import _figure, _series
-
-    fig = _figure((12.0, 8.0))
+    fig = new_figure((12.0, 8.0))
     for ax, (key, title) in zip(fig.subplots(2, 2).flat, (("val_acc", "Val accuracy"), ("val_macro_f1", "Val macro-F1"),
                                                            ("train_loss", "Train loss"), ("val_loss", "Val loss")),
                                 strict=True):
         for r in runs:
-            values = _series(r["history"], key)
+            values = history_series(r["history"], key)
             ax.plot(range(1, len(values) + 1), values, marker="o", label=r["name"])
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
@@ -150,16 +149,14 @@ def curves_png(runs: Sequence[Mapping[str, Any]]) -> bytes:
 
 
 def render_html(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str:
-    from .report import _CSS, _e, _table
-
     rows = table_rows(result)
     repro = result["reproducibility"]
-    verdict = f"<p><b>{_e(VERDICTS[repro['verdict']])}</b> ({_e(repro['detail'])})</p>" if repro else ""
+    verdict = f"<p><b>{escape_html(VERDICTS[repro['verdict']])}</b> ({escape_html(repro['detail'])})</p>" if repro else ""
     png = base64.b64encode(curves_png(runs)).decode("ascii")
-    paths = "".join(f"<li>{_e(r['name'])}: {_e(r['path'])}</li>" for r in result["runs"])
+    paths = "".join(f"<li>{escape_html(r['name'])}: {escape_html(r['path'])}</li>" for r in result["runs"])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Sustain run comparison</title>'
-            f"<style>{_CSS}</style></head><body>\n<h1>Sustain run comparison</h1><ul>{paths}</ul>{verdict}"
-            f"{_table(rows[0], rows[1:])}<h2>Training curves</h2>"
+            f"<style>{CSS}</style></head><body>\n<h1>Sustain run comparison</h1><ul>{paths}</ul>{verdict}"
+            f"{html_table(rows[0], rows[1:])}<h2>Training curves</h2>"
             f'<img alt="training curves" src="data:image/png;base64,{png}">\n</body></html>\n')
 
 

@@ -8,7 +8,6 @@ break anywhere, so nothing scrolls sideways on a laptop screen.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from .gallery import (
     suspect_labels,
     top_mistakes,
 )
+from .utils import escape_html
 
 CSS = """
 .sg-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6rem;margin:.5rem 0 1rem}
@@ -51,10 +51,6 @@ class Gallery:
     thumbnails_bytes: int = 0
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -63,13 +59,13 @@ def tile(s: Sample, thumbs: Thumbnails) -> str:
     """One image with its given and predicted label, probability, source and path."""
     uri = thumbs(s.path)
     alt = f"{s.split} image labelled {s.given}, predicted {s.predicted} ({_pct(s.p_predicted)}), source {s.source}"
-    picture = (f'<img src="{uri}" alt="{_e(alt)}" loading="eager">' if uri else
+    picture = (f'<img src="{uri}" alt="{escape_html(alt)}" loading="eager">' if uri else
                f'<div class="sg-none">{"image not readable" if s.path in thumbs.missing else "over the size budget"}</div>')
     return (f'<figure class="sg-tile">{picture}<figcaption>'
-            f"label <b>{_e(s.given)}</b> ({_pct(s.p_given)})<br>"
-            f'predicted <b class="sg-bad">{_e(s.predicted)}</b> ({_pct(s.p_predicted)})<br>'
-            f'<span class="sg-muted">{_e(s.source)} · {_e(s.split)}</span>'
-            f'<span class="sg-path" title="{_e(s.path)}">{_e(s.path)}</span></figcaption></figure>')
+            f"label <b>{escape_html(s.given)}</b> ({_pct(s.p_given)})<br>"
+            f'predicted <b class="sg-bad">{escape_html(s.predicted)}</b> ({_pct(s.p_predicted)})<br>'
+            f'<span class="sg-muted">{escape_html(s.source)} · {escape_html(s.split)}</span>'
+            f'<span class="sg-path" title="{escape_html(s.path)}">{escape_html(s.path)}</span></figcaption></figure>')
 
 
 def _grid(samples: Sequence[Sample], thumbs: Thumbnails) -> str:
@@ -88,7 +84,7 @@ def _pairs(sp: SamplePredictions, thumbs: Thumbnails) -> str:
     pairs = confused_pairs(sp, PAIRS, PER_PAIR)
     if not pairs:
         return "<p>No confusions.</p>"
-    return "".join(f"<h4>{_e(t)} → {_e(p)} <span class=\"sg-muted\">({n} image{'s' * (n != 1)})</span></h4>"
+    return "".join(f"<h4>{escape_html(t)} → {escape_html(p)} <span class=\"sg-muted\">({n} image{'s' * (n != 1)})</span></h4>"
                    + _grid(examples, thumbs) for t, p, n, examples in pairs)
 
 
@@ -97,7 +93,7 @@ def _suspects(stores: Sequence[SamplePredictions], suspects: list[Sample], thumb
                        for sp in stores)
     out = (f'<p class="sg-muted">An image is suspect when its given label gets ≤ {_pct(SUSPECT_GIVEN_MAX)} '
            f"(for a set label: summed over the set's classes) while one class outside it gets ≥ "
-           f"{_pct(SUSPECT_OTHER_MIN)}. Scored: {_e(scored)}. Review them in <code>{SUSPECTS_CSV}</code> "
+           f"{_pct(SUSPECT_OTHER_MIN)}. Scored: {escape_html(scored)}. Review them in <code>{SUSPECTS_CSV}</code> "
            f"(docs/evaluation.md says how to feed fixes back).</p>")
     if any(sp.in_sample for sp in stores):
         out += ('<p class="sg-note">Train scores are <b>in-sample</b>: the model learned those labels, wrong '
@@ -119,10 +115,10 @@ def _sources(sp: SamplePredictions) -> str:
     for v in views:
         confusions = "; ".join(f"{t} → {p} ({n})" for t, p, n in v.confusions) or "none"
         flag = " ⚠ below the other sources" if v.disagrees else ""
-        rows.append(f'<tr class="{"sg-flag" if v.disagrees else ""}"><td>{_e(v.source)}{flag}</td>'
+        rows.append(f'<tr class="{"sg-flag" if v.disagrees else ""}"><td>{escape_html(v.source)}{flag}</td>'
                     f"<td>{v.n_fine}</td><td>{_pct(v.accuracy)}</td><td>{_pct(v.others_accuracy)}</td>"
                     f"<td>{v.n_set}</td><td>{_pct(v.set_accuracy)}</td><td>{v.n_suspect}</td>"
-                    f"<td>{_e(confusions)}</td></tr>")
+                    f"<td>{escape_html(confusions)}</td></tr>")
     head = ("<tr><th>source</th><th>fine images</th><th>accuracy</th><th>other sources</th><th>set images</th>"
             "<th>set accuracy</th><th>suspects</th><th>worst confusions</th></tr>")
     return f'<table class="sg-table">{head}{"".join(rows)}</table>'
@@ -141,15 +137,15 @@ def render_gallery(stores: Sequence[SamplePredictions], n: int = TOP_MISTAKES,
     suspects = sorted((s for sp in stores for s in suspect_labels(sp)), key=lambda s: (s.in_sample, s.p_given))
     parts = [f"<style>{CSS}</style>"]
     for sp in held_out:
-        parts.append(f"<{h}>Top mistakes ({_e(sp.split)})</{h}>" + _mistakes(sp, n, thumbs))
-        parts.append(f"<{sub}>Most-confused pairs ({_e(sp.split)}), with examples</{sub}>" + _pairs(sp, thumbs))
+        parts.append(f"<{h}>Top mistakes ({escape_html(sp.split)})</{h}>" + _mistakes(sp, n, thumbs))
+        parts.append(f"<{sub}>Most-confused pairs ({escape_html(sp.split)}), with examples</{sub}>" + _pairs(sp, thumbs))
     parts.append(f"<{h}>Suspect labels</{h}>" + _suspects(stores, suspects, thumbs))
     parts.append(f"<{h}>Per-source view</{h}>" + '<p class="sg-muted">A source well below the others on the same '
                  "taxonomy is how a mislabelled dataset shows up.</p>")
-    parts += [f"<{sub}>{_e(sp.split)}</{sub}>" + _sources(sp) for sp in stores]
+    parts += [f"<{sub}>{escape_html(sp.split)}</{sub}>" + _sources(sp) for sp in stores]
     if thumbs.missing:
         parts.append(f'<p class="sg-note">{len(thumbs.missing)} image(s) could not be read for a thumbnail '
-                     f"(moved or deleted since the run?), e.g. {_e(next(iter(thumbs.missing)))}</p>")
+                     f"(moved or deleted since the run?), e.g. {escape_html(next(iter(thumbs.missing)))}</p>")
     if thumbs.over_budget:
         parts.append(f'<p class="sg-note">{thumbs.over_budget} thumbnail(s) left out to keep the report under '
                      f"{thumbs.budget / 1e6:.0f} MB.</p>")
@@ -162,5 +158,5 @@ def build_gallery(run_dir: str | Path, n: int = TOP_MISTAKES, notes: list[str] |
     notes = [] if notes is None else notes
     gallery = render_gallery(load_run_predictions(run_dir, notes), n)
     if local and notes:
-        gallery.html = "".join(f'<p class="sg-note">{_e(x)}</p>' for x in notes) + gallery.html
+        gallery.html = "".join(f'<p class="sg-note">{escape_html(x)}</p>' for x in notes) + gallery.html
     return gallery

@@ -16,7 +16,6 @@ number of classes so 30 labels stay legible.
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from .errors import UsageError
 from .gallery import SUSPECTS_CSV, predictions_file, write_suspects_csv
 from .gallery_html import Gallery, build_gallery
 from .metrics import top_confusions
-from .utils import atomic_write, atomic_write_text
+from .utils import atomic_write, atomic_write_text, escape_html
 
 log = logging.getLogger("sustain.report")
 
@@ -59,7 +58,7 @@ def per_class_figsize(num_classes: int) -> tuple[float, float]:
     return 10.0, min(max(4.0, 0.3 * num_classes + 1.5), 40.0)
 
 
-def _figure(figsize: tuple[float, float]):
+def new_figure(figsize: tuple[float, float]):
     # A bare Figure, not pyplot: no global backend switch (a notebook keeps its inline
     # plots) and nothing to close; savefig renders PNG with Agg.
     from matplotlib.figure import Figure
@@ -73,7 +72,7 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _series(history: Mapping[str, Any], key: str) -> list[float]:
+def history_series(history: Mapping[str, Any], key: str) -> list[float]:
     """A history column as floats, NaN where an entry is missing or non-finite (a gap in the plot)."""
     return [np.nan if (v := _number(x)) is None else v for x in history.get(key) or []]
 
@@ -89,12 +88,12 @@ def _save(fig: Any, path: Path) -> Path:
 def plot_training_curves(history: Mapping[str, Any], path: str | Path) -> Path:
     """Loss, accuracy, macro-F1, LR and skipped steps per epoch (fractions shown as %)."""
     n = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
-    epochs = _series(history, "epoch") or [float(i + 1) for i in range(n)]
-    fig = _figure(CURVES_FIGSIZE)
+    epochs = history_series(history, "epoch") or [float(i + 1) for i in range(n)]
+    fig = new_figure(CURVES_FIGSIZE)
     axes = fig.subplots(2, 3)
 
     def line(ax, key: str, label: str, scale: float = 1.0) -> None:
-        values = _series(history, key)
+        values = history_series(history, key)
         if values:
             ax.plot(epochs[: len(values)], [v * scale for v in values], marker="o", label=label)
 
@@ -111,11 +110,11 @@ def plot_training_curves(history: Mapping[str, Any], path: str | Path) -> Path:
     ax.set(title="Val macro-F1", xlabel="epoch", ylim=(0, 1))
     ax = axes[1, 0]
     line(ax, "lr", "lr")
-    if any(v > 0 for v in _series(history, "lr") if not np.isnan(v)):
+    if any(v > 0 for v in history_series(history, "lr") if not np.isnan(v)):
         ax.set_yscale("log")
     ax.set(title="Learning rate (end of epoch)", xlabel="epoch")
     ax = axes[1, 1]
-    skipped = [0.0 if np.isnan(v) else 100 * v for v in _series(history, "skipped")]
+    skipped = [0.0 if np.isnan(v) else 100 * v for v in history_series(history, "skipped")]
     colours = ["tab:green" if s < 5 else "tab:orange" if s <= 20 else "tab:red" for s in skipped]
     ax.bar(epochs[: len(skipped)], skipped, color=colours)
     ax.axhline(5, color="tab:orange", linestyle="--", linewidth=1)
@@ -150,7 +149,7 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: s
     """Row-normalised heat map; true classes on rows; cells ≥ 1% annotated."""
     norm = normalise_rows(confusion)
     k = len(classes)
-    fig = _figure(confusion_figsize(k))
+    fig = new_figure(confusion_figsize(k))
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
@@ -173,7 +172,7 @@ def plot_per_class_f1(f1: Sequence[float], support: Sequence[int | None], classe
 
     k = len(classes)
     order = sorted(range(k), key=lambda i: (support[i] == 0, f1[i], i), reverse=True)
-    fig = _figure(per_class_figsize(k))
+    fig = new_figure(per_class_figsize(k))
     ax = fig.subplots()
     colours = ["lightgrey" if support[i] == 0 else colormaps["RdYlGn"](f1[i]) for i in order]
     ax.barh(range(k), [f1[i] for i in order], color=colours)
@@ -275,7 +274,7 @@ def build_report(run_dir: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- HTML
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:top}
@@ -287,10 +286,6 @@ table{display:block;max-width:100%;overflow-x:auto} td{overflow-wrap:anywhere}
 """
 # The page may load nothing but its own inline styles and data: images; a browser enforces it.
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -305,12 +300,12 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
-    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
+def html_table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{escape_html(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join(
         "<tr>" + "".join(
-            f'<td class="num">{_e(c)}</td>' if isinstance(c, (int, float)) or (isinstance(c, str) and c.endswith("%"))
-            else f"<td>{_e(c)}</td>" for c in row) + "</tr>"
+            f'<td class="num">{escape_html(c)}</td>' if isinstance(c, (int, float)) or (isinstance(c, str) and c.endswith("%"))
+            else f"<td>{escape_html(c)}</td>" for c in row) + "</tr>"
         for row in rows
     )
     return f"<table>{head}{body}</table>"
@@ -322,25 +317,25 @@ def _value_html(value: Any, depth: int = 0) -> str:
         if not value:
             return '<span class="muted">(empty)</span>'
         if depth >= 3:
-            return f"<pre>{_e(json.dumps(value, indent=1, default=str))}</pre>"
-        rows = "".join(f"<tr><th>{_e(k)}</th><td>{_value_html(v, depth + 1)}</td></tr>" for k, v in value.items())
+            return f"<pre>{escape_html(json.dumps(value, indent=1, default=str))}</pre>"
+        rows = "".join(f"<tr><th>{escape_html(k)}</th><td>{_value_html(v, depth + 1)}</td></tr>" for k, v in value.items())
         return f"<table>{rows}</table>"
     if isinstance(value, list):
         if value and all(isinstance(v, Mapping) for v in value) and depth < 3:
             keys = list(dict.fromkeys(k for v in value for k in v))
-            return _table(keys, [[_fmt(v.get(k)) if not isinstance(v.get(k), (Mapping, list)) else
+            return html_table(keys, [[_fmt(v.get(k)) if not isinstance(v.get(k), (Mapping, list)) else
                                   json.dumps(v.get(k), default=str) for k in keys] for v in value])
         if any(isinstance(v, (Mapping, list)) for v in value):
-            return f"<pre>{_e(json.dumps(value, indent=1, default=str))}</pre>"
+            return f"<pre>{escape_html(json.dumps(value, indent=1, default=str))}</pre>"
         if len(value) > 40:
-            return _e(", ".join(_fmt(v) for v in value[:40])) + f' <span class="muted">… ({len(value)} items)</span>'
-        return _e(", ".join(_fmt(v) for v in value)) or '<span class="muted">(none)</span>'
-    return _e(_fmt(value))
+            return escape_html(", ".join(_fmt(v) for v in value[:40])) + f' <span class="muted">… ({len(value)} items)</span>'
+        return escape_html(", ".join(_fmt(v) for v in value)) or '<span class="muted">(none)</span>'
+    return escape_html(_fmt(value))
 
 
 def _img(title: str, path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<h3>{_e(title)}</h3><img alt="{_e(title)}" src="data:image/png;base64,{data}">'
+    return f'<h3>{escape_html(title)}</h3><img alt="{escape_html(title)}" src="data:image/png;base64,{data}">'
 
 
 def _best_epoch(history: Mapping[str, Any], report: Mapping[str, Any] | None) -> int | None:
@@ -348,10 +343,10 @@ def _best_epoch(history: Mapping[str, Any], report: Mapping[str, Any] | None) ->
     ckpt = (report or {}).get("checkpoint") or {}
     if isinstance(ckpt.get("epoch"), int):
         return ckpt["epoch"]
-    f1 = _series(history, "val_macro_f1")
+    f1 = history_series(history, "val_macro_f1")
     if not f1 or all(np.isnan(f1)):
         return None
-    epochs = _series(history, "epoch") or list(range(1, len(f1) + 1))
+    epochs = history_series(history, "epoch") or list(range(1, len(f1) + 1))
     return int(epochs[int(np.nanargmax(f1))])
 
 
@@ -376,25 +371,25 @@ def _summary_section(run: Any, history: Any, val: Any, classes: Sequence[str] | 
         best = _best_epoch(history, val if isinstance(val, Mapping) else None)
         if best is not None:
             rows.append(("best epoch", best))
-            eps = [int(e) for e in _series(history, "epoch") if not np.isnan(e)] or list(range(1, epochs + 1))
+            eps = [int(e) for e in history_series(history, "epoch") if not np.isnan(e)] or list(range(1, epochs + 1))
             if best in eps:
                 i = eps.index(best)
                 for key in ("val_acc", "val_macro_f1", "val_loss"):
-                    col = _series(history, key)
+                    col = history_series(history, key)
                     if i < len(col):
                         rows.append((f"{key} at best epoch", _fmt(col[i], pct=key == "val_acc")))
-                if isinstance(val, Mapping) and i < len(_series(history, "val_acc")):
-                    hist_acc, final_acc = _series(history, "val_acc")[i], val.get("accuracy")
+                if isinstance(val, Mapping) and i < len(history_series(history, "val_acc")):
+                    hist_acc, final_acc = history_series(history, "val_acc")[i], val.get("accuracy")
                     if isinstance(final_acc, (int, float)) and not np.isnan(hist_acc):
                         same = abs(hist_acc - final_acc) < 1e-4
                         rows.append(("final val accuracy (best weights)",
                                      f"{_fmt(float(final_acc), pct=True)} "
                                      + ("✓ matches the best epoch" if same else "≠ history (EMA or a different val set?)")))
-    body = _table(None, rows) if rows else '<p class="muted">No summary available.</p>'
+    body = html_table(None, rows) if rows else '<p class="muted">No summary available.</p>'
     if isinstance(run, Mapping):
         for key in ("timings", "versions"):
             if key in run:
-                body += f"<h3>{_e(key.capitalize())}</h3>" + _value_html(run[key])
+                body += f"<h3>{escape_html(key.capitalize())}</h3>" + _value_html(run[key])
         checklist = run.get("success_checklist") or run.get("checklist")
         if checklist:
             body += "<h3>Success criteria checklist</h3>" + _checklist_html(checklist)
@@ -410,11 +405,11 @@ def _checklist_html(items: Any) -> str:
     lines = []
     for it in items:
         if not isinstance(it, Mapping):
-            lines.append(f"<li>{_e(it)}</li>")
+            lines.append(f"<li>{escape_html(it)}</li>")
             continue
         ok = bool(it.get("passed"))
-        lines.append(f'<li class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(it.get("item", it.get("id", "")))}'
-                     f' <span class="muted">{_e(it.get("detail", ""))}</span></li>')
+        lines.append(f'<li class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {escape_html(it.get("item", it.get("id", "")))}'
+                     f' <span class="muted">{escape_html(it.get("detail", ""))}</span></li>')
     return "<ul>" + "".join(lines) + "</ul>"
 
 
@@ -438,7 +433,7 @@ def _health_section(run: Any, history: Any) -> str:
         cols = [(name, col) for name, col in cols if col]
         rows = [[_fmt(col[i], pct=name == "skipped") if i < len(col) and not isinstance(col[i], (Mapping, list))
                  else json.dumps(col[i], default=str) if i < len(col) else "" for name, col in cols] for i in range(n)]
-        parts.append("<h3>Per epoch</h3>" + _table([c[0] for c in cols], rows))
+        parts.append("<h3>Per epoch</h3>" + html_table([c[0] for c in cols], rows))
     return "".join(parts) or '<p class="muted">No health record (run.json and metrics_history.json are missing).</p>'
 
 
@@ -447,10 +442,10 @@ def _worst_section(val: Mapping[str, Any], classes: Sequence[str]) -> str:
     seen = sorted((i for i in range(len(classes)) if support[i] > 0), key=lambda i: (f1[i], i))
     rows = [[classes[i], f"{f1[i]:.4f}", float(val[classes[i]].get("precision", 0)),
              float(val[classes[i]].get("recall", 0)), support[i]] for i in seen[:WORST_SHOWN]]
-    out = _table(["class", "F1", "precision", "recall", "support"], [[_fmt(c) for c in r] for r in rows])
+    out = html_table(["class", "F1", "precision", "recall", "support"], [[_fmt(c) for c in r] for r in rows])
     absent = [classes[i] for i in range(len(classes)) if support[i] == 0]
     if absent:
-        out += f'<p class="note">{len(absent)} class(es) have no val samples (support 0): {_e(", ".join(absent))}</p>'
+        out += f'<p class="note">{len(absent)} class(es) have no val samples (support 0): {escape_html(", ".join(absent))}</p>'
     return out
 
 
@@ -462,7 +457,7 @@ def _confusion_section(confusion: np.ndarray | None, classes: Sequence[str] | No
     rows = [[t, p, n, f"{100 * norm[classes.index(t), classes.index(p)]:.1f}%"] for t, p, n in pairs]
     if not rows:
         return "<p>No confusions: every val image landed on its true class.</p>"
-    return _table(["true class", "predicted as", "images", "share of true class"], rows)
+    return html_table(["true class", "predicted as", "images", "share of true class"], rows)
 
 
 def _evaluation_section(reports: Mapping[str, Any]) -> str:
@@ -481,11 +476,11 @@ def _evaluation_section(reports: Mapping[str, Any]) -> str:
             v = (r.get("bin_accuracy") or {}).get("acc") if key is None else r.get(key)
             cells.append(_fmt(v, pct=pct))
         rows.append([label, *cells])
-    out = _table(["", *present], rows)
+    out = html_table(["", *present], rows)
 
     bins = sorted({b for r in present.values() for b in ((r.get("bin_accuracy") or {}).get("per_bin") or {})})
     if bins:
-        out += "<h3>Bin accuracy (SPEC §3)</h3>" + _table(
+        out += "<h3>Bin accuracy (SPEC §3)</h3>" + html_table(
             ["bin", *(f"{s} acc (n)" for s in present)],
             [[b, *(f"{_fmt(pb.get('acc'), True)} ({pb.get('n', 0)})" for pb in
                    (((r.get("bin_accuracy") or {}).get("per_bin") or {}).get(b, {}) for r in present.values()))]
@@ -498,7 +493,7 @@ def _evaluation_section(reports: Mapping[str, Any]) -> str:
             if ps.get("n_set"):
                 text += f"; set {_fmt(ps.get('set_acc'), True)} (n={ps['n_set']})"
             return text
-        out += "<h3>Per-source accuracy</h3>" + _table(["source", *present], [[s, *(cell(r, s) for r in present.values())]
+        out += "<h3>Per-source accuracy</h3>" + html_table(["source", *present], [[s, *(cell(r, s) for r in present.values())]
                                                                              for s in sources])
     return out
 
@@ -509,9 +504,9 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
     """The whole report page as one string (pure apart from reading the PNGs it inlines)."""
     val = reports.get("val")
     title = f"Sustain run report — {run_dir.resolve().name}"
-    sections = [f"<h1>{_e(title)}</h1>",
-                f'<p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from the artifacts in {_e(run_dir.resolve())}</p>']
-    sections += [f'<p class="note">{_e(n)}</p>' for n in notes]
+    sections = [f"<h1>{escape_html(title)}</h1>",
+                f'<p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from the artifacts in {escape_html(run_dir.resolve())}</p>']
+    sections += [f'<p class="note">{escape_html(n)}</p>' for n in notes]
     sections.append("<h2>Run summary</h2>" + _summary_section(run, history, val, classes))
     sections.append("<h2>Final evaluation (best weights)</h2>" + _evaluation_section(reports))
     if isinstance(val, Mapping) and classes:
@@ -532,5 +527,5 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
     body = "\n".join(sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape_html(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -10,6 +11,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+
+def escape_html(value: Any) -> str:
+    """Any value as text safe inside HTML, attributes included (report, gallery, compare)."""
+    return html.escape(str(value), quote=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
