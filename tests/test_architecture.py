@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sustain"
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "config": 0, "taxonomy": 0, "utils": 0,
+    "errors": 0, "config": 0, "taxonomy": 0, "utils": 0, "artifacts": 0,
     "data": 1,
     "transforms": 2,
     "device": 3, "model": 3,

@@ -1,0 +1,285 @@
+"""Every file Sustain writes, by name, and one typed record per JSON artifact.
+
+The lowest layer: the engine writes these records, and the report, trends,
+compare, evaluate, export, the notebook and the tests read them back with the
+same code, so no reader guesses at a key its producer might have written.
+
+Each record is a dataclass with `to_dict()`, `write(folder)` and a
+`read(folder)` class method. A file with a key the record does not know, or
+without one it requires, is an `ArtifactError` that names the file and the
+key; optional keys an older Sustain did not write read as their defaults.
+The training state inside `last.pth` is a record of the engine's own
+(`checkpoints`), as it holds tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .errors import SustainError
+from .utils import atomic_write_json
+
+# ---- the ingest's files (the output folder of `sustain data ingest` or of a run)
+MANIFEST = "manifest.csv"
+DATA_SUMMARY = "data_summary.json"
+CORRUPT_FILES = "corrupt_files.txt"
+
+# ---- a training run's files
+HISTORY = "metrics_history.json"
+RUN = "run.json"
+LAST = "last.pth"
+BEST_GLOB = "best_model_epoch*_acc*.pth"
+EXPORT_WEIGHTS = "best_model.safetensors"
+EXPORT_META = "best_model.json"
+
+# ---- the final evaluation and the report (val; test files are prefixed "test_")
+VAL_REPORT = "classification_report.json"
+VAL_CONFUSION = "confusion_matrix.npy"
+TEST_REPORT = "test_classification_report.json"
+TEST_CONFUSION = "test_confusion_matrix.npy"
+PREDICTIONS = "predictions_{split}.npz"
+SUSPECTS_CSV = "suspect_labels.csv"
+REPORT_HTML = "report.html"
+CURVES_PNG = "training_curves.png"
+CONFUSION_PNG = "confusion_matrix.png"
+F1_PNG = "per_class_f1.png"
+
+# ---- `sustain export`
+EXPORT_REPORT = "export_report.json"
+
+
+def best_checkpoint_name(epoch: int, val_acc: float) -> str:
+    """`best_model_epoch{E}_acc{A:.2f}.pth` with A the val accuracy in percent."""
+    return f"best_model_epoch{epoch}_acc{100.0 * val_acc:.2f}.pth"
+
+
+def split_report_name(split: str) -> str:
+    """`classification_report.json` for val, `<split>_classification_report.json` otherwise."""
+    return VAL_REPORT if split == "val" else f"{split}_{VAL_REPORT}"
+
+
+def split_confusion_name(split: str) -> str:
+    return VAL_CONFUSION if split == "val" else f"{split}_{VAL_CONFUSION}"
+
+
+class ArtifactError(SustainError):
+    """An artifact file that cannot be read as its record."""
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/Inf: a non-finite float is stored as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+R = TypeVar("R", bound="_Record")
+
+
+class _Record:
+    """Shared writer and reader of the JSON records below."""
+
+    FILE: ClassVar[str]
+    LEGACY: ClassVar[frozenset[str]] = frozenset()  # keys older versions wrote; read and dropped
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def write(self, folder: str | Path) -> Path:
+        return atomic_write_json(Path(folder) / self.FILE, self.to_dict())
+
+    @classmethod
+    def from_dict(cls: type[R], data: Any, *, source: str = "") -> R:
+        where = source or cls.FILE
+        if not isinstance(data, Mapping):
+            raise ArtifactError(f"{where} does not hold a JSON object", "rebuild it with the command that wrote it")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        data = {k: v for k, v in data.items() if k not in cls.LEGACY}
+        unknown = sorted(set(data) - set(fields))
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
+        if unknown or missing:
+            parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + \
+                    ([f"missing key(s) {', '.join(missing)}"] if missing else [])
+            raise ArtifactError(f"{where}: {'; '.join(parts)}",
+                                "it was written by another version of Sustain or edited by hand: rebuild it")
+        return cls(**{k: data[k] for k in data})
+
+    @classmethod
+    def read(cls: type[R], folder: str | Path) -> R:
+        path = Path(folder) / cls.FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} not found", "is this a Sustain run folder?") from None
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path} cannot be read: {exc}", "rebuild it with the command that wrote it") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def read_if_present(cls: type[R], folder: str | Path) -> R | None:
+        return cls.read(folder) if (Path(folder) / cls.FILE).is_file() else None
+
+
+# =========================================================================== metrics_history.json
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_set_acc",
+                "val_samples", "lr", "skipped", "health", "epoch_seconds", "images_per_second", "per_class_f1")
+TIMING_KEYS = ("epoch_seconds", "images_per_second")  # the only history entries that differ between reruns
+
+
+@dataclass
+class History(_Record):
+    """One list per column, one entry per finished epoch. Fractions 0-1 (`train_acc`, `val_acc`,
+    `val_macro_f1`, `skipped`); non-finite numbers are null."""
+
+    FILE: ClassVar[str] = HISTORY
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float | None] = field(default_factory=list)
+    train_acc: list[float | None] = field(default_factory=list)
+    val_loss: list[float | None] = field(default_factory=list)
+    val_acc: list[float | None] = field(default_factory=list)
+    val_macro_f1: list[float | None] = field(default_factory=list)
+    val_set_acc: list[float | None] = field(default_factory=list)
+    val_samples: list[int] = field(default_factory=list)
+    lr: list[float | None] = field(default_factory=list)
+    skipped: list[float | None] = field(default_factory=list)
+    health: list[str] = field(default_factory=list)
+    epoch_seconds: list[float | None] = field(default_factory=list)
+    images_per_second: list[float | None] = field(default_factory=list)
+    per_class_f1: list[list[float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        """Add one epoch; `entry` must hold every column."""
+        missing = [k for k in HISTORY_KEYS if k not in entry]
+        if missing:
+            raise KeyError(f"history entry without {', '.join(missing)}")
+        for key in HISTORY_KEYS:
+            getattr(self, key).append(finite_or_none(entry[key]))
+
+    def column(self, key: str) -> list[float | None]:
+        """A numeric column with every non-number as None (for plots and trends)."""
+        return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+                for v in getattr(self, key)]
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {k: getattr(self, k)[i] for k in HISTORY_KEYS}
+
+    def without_timings(self) -> dict[str, Any]:
+        """Everything that must be identical between two runs of the same config and seed."""
+        return {k: v for k, v in self.to_dict().items() if k not in TIMING_KEYS}
+
+
+# =========================================================================== best_model.json
+
+
+@dataclass
+class ModelMeta(_Record):
+    """What travels with the weights (`best_model.json`, the export, the ONNX metadata): the classes
+    and everything the eval transform uses, so a Predictor crops and scales as the final evaluation."""
+
+    FILE: ClassVar[str] = EXPORT_META
+
+    model_name: str
+    num_classes: int
+    classes: list[str]
+    input_size: list[int]
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    crop_pct: float
+    bins: dict[str, Any] = field(default_factory=dict)
+    sets: dict[str, Any] = field(default_factory=dict)
+    crop_mode: str = "center"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    manifest_hash: str | None = None
+    epoch: int | None = None  # the epoch-specific three: absent before the first best checkpoint
+    val_acc: float | None = None
+    val_macro_f1: float | None = None
+
+    def data_config(self) -> dict[str, Any]:
+        """The timm data config the eval transform is built from."""
+        return {"input_size": tuple(self.input_size), "mean": tuple(self.mean), "std": tuple(self.std),
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode}
+
+
+# =========================================================================== data_summary.json
+
+
+@dataclass
+class DataSummary(_Record):
+    """What an ingest found, kept, merged and dropped (docs/data.md, "The data summary")."""
+
+    FILE: ClassVar[str] = DATA_SUMMARY
+
+    total_images: int
+    manifest_hash: str
+    seed: int
+    split_fractions: dict[str, float]
+    splits: dict[str, int]
+    sources: dict[str, dict[str, Any]]
+    classes: dict[str, dict[str, Any]]
+    disabled_sources: list[Any] = field(default_factory=list)
+    set_labels: dict[str, Any] = field(default_factory=dict)
+    empty_classes: list[str] = field(default_factory=list)
+    small_labels: list[Any] = field(default_factory=list)
+    imbalance_ratio: float | None = None
+    imbalance: dict[str, Any] | None = None
+    unmapped: dict[str, Any] = field(default_factory=dict)
+    dropped: dict[str, Any] = field(default_factory=dict)
+    corrupt: dict[str, Any] = field(default_factory=dict)
+    duplicates: dict[str, Any] = field(default_factory=dict)
+    other_files: int = 0
+    excluded: int = 0
+    decode: dict[str, Any] = field(default_factory=dict)
+    image_cache: dict[str, Any] | None = None  # size on disk and per image, when the cache is on
+
+
+# =========================================================================== run.json
+
+RUN_STATUSES = ("completed", "failed", "early_stopped", "interrupted")
+
+
+@dataclass
+class RunRecord(_Record):
+    """What a run did (`run.json`): written at the end, and when a signal stops it."""
+
+    FILE: ClassVar[str] = RUN
+    LEGACY: ClassVar[frozenset[str]] = frozenset({"trend_warnings", "success_checklist"})  # now health.trend_warnings, checklist
+
+    status: str
+    stop_reason: str | None
+    config: dict[str, Any]
+    model_name: str
+    classes: list[str]
+    taxonomy: dict[str, Any]
+    normalisation: dict[str, Any]
+    device: dict[str, Any]
+    seed: int
+    timings: dict[str, float]
+    versions: dict[str, str]
+    manifest_hash: str
+    data_summary: dict[str, Any]
+    epochs_completed: int
+    best: dict[str, Any]
+    final_evaluation: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)  # totals, escalations, per_epoch, trend_warnings
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
+    checklist: list[dict[str, Any]] = field(default_factory=list)
+    report_error: str | None = None
+    tracking: dict[str, Any] | None = None
+
+    @property
+    def trend_warnings(self) -> list[dict[str, Any]]:
+        return list(self.health.get("trend_warnings") or [])
