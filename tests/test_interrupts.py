@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -73,6 +74,18 @@ def wait_for(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str:
     raise AssertionError(f"the process ended before {marker!r}:\n{''.join(seen)[-3000:]}")
 
 
+def wait_for_position(proc: subprocess.Popen, mark: tuple[int, int], timeout: float = 120) -> str:
+    """Read stdout until a run saves its position at `mark` (epoch, step) or later."""
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        saved = re.search(r"Saved the position: epoch (\d+), step (\d+) of", line)
+        if saved and (int(saved[1]), int(saved[2])) >= mark:
+            return "".join(seen)
+        assert time.monotonic() < deadline, f"no save at {mark} within {timeout}s:\n{''.join(seen)[-3000:]}"
+    raise AssertionError(f"the process ended before a save at {mark}:\n{''.join(seen)[-3000:]}")
+
+
 def finish(proc: subprocess.Popen, before: str = "") -> tuple[int, str]:
     out, _ = proc.communicate(timeout=180)
     return proc.returncode, before + out
@@ -81,12 +94,16 @@ def finish(proc: subprocess.Popen, before: str = "") -> tuple[int, str]:
 def test_kill_9_at_five_random_moments_then_resume_ends_like_an_uninterrupted_run(tiny_lake: Path, tmp_path: Path,
                                                                                   reference: dict) -> None:
     config = write_yaml(tmp_path / "c.yaml", tiny_config_dict(tiny_lake, tmp_path / "run", **SECTIONS))
-    moments = random.Random(12).sample([i / 10 for i in range(25)], 5)  # seconds after training starts
+    # Five moments spread over the run, tied to its progress rather than the clock (a fast machine
+    # finishes the whole tiny run within a second): after a given save, plus up to about one step,
+    # so that some kills land inside a step and some inside the next save.
+    rng = random.Random(12)
+    marks = sorted(rng.sample([(e, s) for e in (1, 2, 3) for s in range(1, 6)], 5))
     positions = []
-    for delay in moments:
+    for mark in marks:
         proc = start(["train", "--config", str(config), "--resume", "auto"])
-        wait_for(proc, "Pre-training sanity check passed")
-        time.sleep(delay)
+        wait_for_position(proc, mark)
+        time.sleep(rng.uniform(0, 0.05))
         proc.send_signal(signal.SIGKILL)
         assert finish(proc)[0] == -signal.SIGKILL
         if (tmp_path / "run" / "last.pth").is_file():
