@@ -74,14 +74,39 @@ def test_cells_only_call_the_package() -> None:
     assert setup.index("PYTORCH_ENABLE_MPS_FALLBACK") < setup.index("import sustain")
 
 
-def test_config_switch_is_one_line_and_parameters_come_from_the_environment() -> None:
+def test_config_switch_is_one_line_and_parameters_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parameters cell, run as the notebook runs it: the demo by default, the environment's
+    values when set, and the real run after uncommenting exactly one line."""
+    from sustain.config import load_config
+
     params = [c for c in code_cells(load()) if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
     source = params[0].source
-    assert '"configs/demo.yaml"' in source
-    assert re.search(r'^# CONFIG = "configs/eva02_master30.yaml"', source, re.M)
+
+    def run(cell: str) -> dict:
+        namespace: dict = {}
+        exec("import json, os\n" + cell, namespace)  # the notebook's own cell; setup imports json and os
+        return namespace
+
     for var in ("SUSTAIN_NB_CONFIG", "SUSTAIN_NB_OVERRIDES", "SUSTAIN_NB_OUTPUT", "SUSTAIN_NB_REPRO"):
-        assert var in source
+        monkeypatch.delenv(var, raising=False)
+    default = run(source)
+    assert (default["CONFIG"], default["OVERRIDES"], default["OUTPUT_DIR"], default["RUN_REPRODUCIBILITY_CHECK"]) == (
+        "configs/demo.yaml", [], None, False)
+
+    switched = re.sub(r"^# (CONFIG = .*)$", r"\1", source, count=1, flags=re.M)
+    changed = [a for a, b in zip(source.splitlines(), switched.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1
+    real = run(switched)["CONFIG"]
+    assert real != "configs/demo.yaml" and load_config(REPO / real).model.name.startswith("eva02")
+
+    monkeypatch.setenv("SUSTAIN_NB_CONFIG", "other.yaml")
+    monkeypatch.setenv("SUSTAIN_NB_OVERRIDES", '["train.epochs=1"]')
+    monkeypatch.setenv("SUSTAIN_NB_OUTPUT", "/tmp/out")
+    monkeypatch.setenv("SUSTAIN_NB_REPRO", "1")
+    env = run(source)
+    assert (env["CONFIG"], env["OVERRIDES"], env["OUTPUT_DIR"], env["RUN_REPRODUCIBILITY_CHECK"]) == (
+        "other.yaml", ["train.epochs=1"], "/tmp/out", True)
 
 
 def test_guide_names_the_sections_that_exist() -> None:
