@@ -25,23 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .artifacts import BEST_GLOB, EXPORT_META, EXPORT_WEIGHTS, LAST, best_checkpoint_name  # noqa: F401  (re-exported)
 from .errors import UsageError
 from .utils import atomic_write, atomic_write_text
 
 log = logging.getLogger("sustain.checkpoints")
 
-LAST = "last.pth"
-EXPORT_WEIGHTS = "best_model.safetensors"
-EXPORT_META = "best_model.json"
-BEST_GLOB = "best_model_epoch*_acc*.pth"
 FORMAT_VERSION = 2  # 2: last.pth also holds a position inside an epoch (step, partial, events)
 
 _PLAIN = (str, int, float, bool, type(None))
-
-
-def best_checkpoint_name(epoch: int, val_acc: float) -> str:
-    """`best_model_epoch{E}_acc{A:.2f}.pth` with A the val accuracy in percent."""
-    return f"best_model_epoch{epoch}_acc{100.0 * val_acc:.2f}.pth"
 
 
 # --------------------------------------------------------------------------- save / load

@@ -50,6 +50,7 @@ from .device import (
 )
 from .errors import RunFailed, SustainError, UsageError
 from .taxonomy import Taxonomy, build_taxonomy
+from .utils import finite_or_none
 
 log = logging.getLogger("sustain.diagnostics")
 
@@ -413,17 +414,13 @@ def _mps_result(ctx: DoctorContext) -> CheckResult:
 def parity_verdict(parity: Parity, model_name: str, fix: str) -> CheckResult:
     numbers = (f"max logit diff {parity.logit_diff:.2e} (relative {parity.logit_rel_diff:.2e}), "
                f"gradient diff {parity.grad_rel_diff:.2e}")
-    data = {"device": "mps", "logit_rel_diff": _finite_or_none(parity.logit_rel_diff),
-            "grad_rel_diff": _finite_or_none(parity.grad_rel_diff)}  # NaN is not JSON
+    data = {"device": "mps", "logit_rel_diff": finite_or_none(parity.logit_rel_diff),
+            "grad_rel_diff": finite_or_none(parity.grad_rel_diff)}  # NaN is not JSON
     if parity.agrees():
         return passed(f"MPS (Apple Silicon GPU) built and available; small op OK; one forward+backward of "
                       f"{model_name} matches the CPU ({numbers})", **data)
     return failed(f"MPS forward+backward of {model_name} disagrees with the CPU ({numbers}; tolerance "
                   f"{PARITY_LOGIT_TOL:g} logits, {PARITY_GRAD_TOL:g} gradients)", fix, **data)
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------- model, transforms, forward

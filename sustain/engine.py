@@ -42,6 +42,7 @@ from torch import nn
 
 from . import checkpoints as ckpt
 from . import trends
+from .artifacts import HISTORY_KEYS, History, RunRecord
 from .config import Config
 from .data import image_cache
 from .data.lake import check_sources
@@ -73,15 +74,10 @@ from .transforms import (
     resolve_data_config,
     validate_transforms,
 )
-from .utils import atomic_write_json, setup_logging
+from .utils import finite_or_none, setup_logging
 
 log = logging.getLogger("sustain.engine")
 
-HISTORY = "metrics_history.json"
-RUN = "run.json"
-HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_set_acc",
-                "val_samples", "lr", "skipped", "health", "epoch_seconds", "images_per_second", "per_class_f1")
-TIMING_KEYS = ("epoch_seconds", "images_per_second")  # the only history entries that differ between reruns
 
 
 @dataclass
@@ -240,7 +236,7 @@ def _interrupted(loop: _Loop, stop: _Stopped, timings: dict[str, float], lake: A
     if loop.dist.is_main:
         run = loop.run_record(timings, lake, data_config, workers, {})
         run.update(status="interrupted", stop_reason=reason)
-        atomic_write_json(loop.out_dir / RUN, run)
+        RunRecord.from_dict(run).write(loop.out_dir)
     loop.dist.close()
     command = resume_command(sys.argv, loop.dist.world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
     return Interrupted(f"Training {reason}; saved in {loop.out_dir / ckpt.LAST}. Continue with: {command}",
@@ -638,7 +634,7 @@ class _Loop:
             "per_class_f1": [float(f) for f in val["per_class_f1"]],
         }
         for key in HISTORY_KEYS:
-            st.history[key].append(_finite_or_none(entry[key]))
+            st.history[key].append(finite_or_none(entry[key]))
         st.health.append({"epoch": epoch, "verdict": verdict, "skipped_pct": round(skipped_pct, 3),
                           **{k: tr[k] for k in ("steps", "skipped", "nonfinite_loss", "nonfinite_grad", "data_errors",
                                                 "empty_batches")},
@@ -646,7 +642,7 @@ class _Loop:
 
         if not self.dist.is_main:
             return
-        atomic_write_json(self.out_dir / HISTORY, st.history)
+        History.from_dict(st.history).write(self.out_dir)
         self.tracker.log_epoch(entry, list(self.taxonomy.classes))  # tracking
         for line in format_per_class(val, self.taxonomy):
             log.info(line)
@@ -792,7 +788,7 @@ class _Loop:
             log.info(line)
         run = self.run_record(timings, lake, data_config, workers, final)
         run.update(checklist=checklist, report_error=None)
-        atomic_write_json(out / RUN, run)  # the report reads it
+        RunRecord.from_dict(run).write(out)  # the report reads it
         if not st.failed:
             try:
                 from .report import build_report
@@ -801,7 +797,7 @@ class _Loop:
             except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
                 run["report_error"] = f"{type(exc).__name__}: {exc}"
                 log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", run["report_error"], out)
-                atomic_write_json(out / RUN, run)
+                RunRecord.from_dict(run).write(out)
         self.tracker.finish(out, run)  # tracking: final metrics and artifacts; its counts go into run.json
         result.checklist = checklist
         if st.failed:
@@ -840,7 +836,6 @@ class _Loop:
             "final_evaluation": final,
             "health": {"totals": dict(st.guard.totals), "escalations": list(st.guard.escalations),
                        "per_epoch": list(st.health), "trend_warnings": list(st.trend_warnings)},
-            "trend_warnings": list(st.trend_warnings),
             "interruptions": list(st.events),
         }
 
@@ -1059,12 +1054,6 @@ def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
     state = scheduler.state_dict()
     ckpt.check_plain(state, "scheduler state")
     return state
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _now() -> str:

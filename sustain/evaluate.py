@@ -30,14 +30,15 @@ import torch
 from sklearn.metrics import classification_report
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoints import EXPORT_META, EXPORT_WEIGHTS, load_checkpoint
+from .artifacts import EXPORT_META, EXPORT_WEIGHTS, MANIFEST, VAL_CONFUSION, VAL_REPORT
+from .checkpoints import load_checkpoint
 from .data.scan import IMAGE_EXTENSIONS
 from .errors import UsageError
 from .gallery import SamplePredictions, predictions_file, save_predictions
 from .metrics import final_metrics, format_per_class
 from .taxonomy import Taxonomy
 from .transforms import build_eval_transform
-from .utils import atomic_write, atomic_write_json
+from .utils import atomic_write, atomic_write_json, fmt_metric
 
 log = logging.getLogger("sustain.evaluate")
 
@@ -231,7 +232,7 @@ def report_paths(out_dir: Path, split: str, stem: str | None = None) -> tuple[Pa
     other splits are prefixed with their name (SPEC §7); `stem` replaces the prefix."""
     if stem is None:
         stem = "" if split == "val" else f"{split}_"
-    return out_dir / f"{stem}confusion_matrix.npy", out_dir / f"{stem}classification_report.json"
+    return out_dir / f"{stem}{VAL_CONFUSION}", out_dir / f"{stem}{VAL_REPORT}"
 
 
 def write_split_report(
@@ -322,12 +323,8 @@ def summary_line(report: Mapping[str, Any]) -> str:
         f"📊 {report['split']}: Acc {pct(report['accuracy'])} ({report['n_fine']} fine-labelled images), "
         f"Macro F1 {report['macro_f1']:.4f}, Top-5 {pct(report['top5_accuracy'])}, "
         f"Bin {pct(report['bin_accuracy']['acc'])}, Set {pct(report['set_accuracy'])} "
-        f"({report['n_set']} set-labelled), ECE {_fmt(report['expected_calibration_error'])}"
+        f"({report['n_set']} set-labelled), ECE {fmt_metric(report['expected_calibration_error'])}"
     )
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 # --------------------------------------------------------------------------- loading checkpoints
@@ -493,7 +490,7 @@ def evaluate_checkpoint(
     run_dir = loaded.path if loaded.path.is_dir() else loaded.path.parent
     taxonomy = loaded.taxonomy
     if data_dir is None:
-        rows, sources = read_manifest_split(run_dir / "manifest.csv", split, taxonomy)
+        rows, sources = read_manifest_split(run_dir / MANIFEST, split, taxonomy)
         name = split
     else:
         rows, sources = labelled_folder_rows(Path(data_dir), taxonomy, label_map)
