@@ -798,7 +798,10 @@ class _Loop:
                 run["report_error"] = f"{type(exc).__name__}: {exc}"
                 log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", run["report_error"], out)
                 RunRecord.from_dict(run).write(out)
-        self.tracker.finish(out, run)  # tracking: final metrics and artifacts; its counts go into run.json
+        tracked = self.tracker.finish(out, run)  # tracking: final metrics and artifacts; its counts go into run.json
+        if tracked is not None:
+            run["tracking"] = tracked
+            RunRecord.from_dict(run).write(out)
         result.checklist = checklist
         if st.failed:
             log.error("❌ Training failed: %s", st.stop_reason)

@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from .artifacts import EXPORT_REPORT, MANIFEST, RUN
+from .checkpoints import LoadedCheckpoint, load_checkpoint_model
 from .data.scan import CorruptImage, load_rgb
 from .errors import RunFailed, UsageError
-from .evaluate import LoadedCheckpoint, load_checkpoint_model, read_manifest_split
+from .evaluate import read_manifest_split
 from .inference import OnnxBackend, Predictor
 from .metrics import epoch_metrics
 from .model_card import write_model_folder

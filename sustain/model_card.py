@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import DATA_SUMMARY, RUN, TEST_REPORT, VAL_REPORT
-from .evaluate import LoadedCheckpoint
+from .checkpoints import LoadedCheckpoint
 from .utils import atomic_write_text
 
 log = logging.getLogger("sustain.export")

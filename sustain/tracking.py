@@ -236,8 +236,9 @@ class Tracker:
             values[f"val_f1/{_safe_key(c)}"] = f
         self._scalars(values, epoch)
 
-    def finish(self, out_dir: Path, run: dict[str, Any]) -> None:
-        """Final evaluation, checklist, confusion image and artifacts; then the counts go into run.json."""
+    def finish(self, out_dir: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Final evaluation, checklist, confusion image and artifacts; returns the counts for run.json
+        (None when tracking is off)."""
         if self.cfg is not None:
             import json
 
@@ -258,9 +259,7 @@ class Tracker:
                 self.pending.append(("tags", {"sustain.status": str(run.get("status"))}))
                 self.pending.extend(("artifact", out_dir / n) for n in names if (out_dir / n).is_file())
         self.close("FINISHED" if run.get("status") == "completed" else "FAILED")
-        if self.cfg is not None:
-            run["tracking"] = self.record()
-            artifacts.RunRecord.from_dict(run).write(out_dir)
+        return self.record() if self.cfg is not None else None
 
     def state(self) -> dict[str, Any]:
         """What `last.pth` keeps so a resumed run appends to the same run and step."""
