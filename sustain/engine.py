@@ -62,6 +62,7 @@ from .device import (
 )
 from .distributed import Distributed
 from .errors import RunFailed, UsageError
+from .guards import COUNTS, Guards
 from .interrupts import Interrupted, StopRequests, resume_command, signal_name
 from .loaders import Loaders, build_loaders
 from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
@@ -173,7 +174,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     del batch
 
     # ---- a fresh start, or everything last.pth holds -------------------------
-    state = LoopState(guard=GuardState(amp_on=precision.autocast))
+    state = LoopState()
+    guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
     meta = export_meta(cfg, taxonomy, data_config, lake.manifest_hash)
     resume_path = ckpt.resolve_resume(resume, out_dir)
     if resume_path is None and (out_dir / ckpt.LAST).is_file():
@@ -182,16 +184,13 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     saved = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
     if saved is not None:
         ckpt.check_resume_compatible(saved, list(taxonomy.classes), lake.manifest_hash, resume_path)
-        restore_training_state(saved, cfg, model, optimizer, ema, state)
+        restore_training_state(saved, cfg, model, optimizer, ema, state, guards)
         if state.step:
             log.info("↩️  Resumed from %s at epoch %d, step %d of %d", resume_path, state.epoch + 1, state.step,
                      loaders.train_batches)
         else:
             log.info("↩️  Resumed from %s after epoch %d", resume_path, state.epoch)
-    scaler = make_scaler(plan.type, precision, state.guard.amp_on)
-    if saved is not None and scaler.is_enabled() and saved.get("scaler"):
-        scaler.load_state_dict(saved["scaler"])
-    set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
+    set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
     fwd_model = dist.wrap(torch.compile(model) if cfg.model.compile else model, device)
     tracker.start(cfg, data_config, lake.summary, {  # tracking: a resume reopens the saved MLflow run
         "device": plan.line, "precision": precision.label, "workers": workers,
@@ -206,7 +205,7 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
 
     # ---- the epochs ------------------------------------------------------------
     loop = _Loop(cfg, taxonomy, lake.sources, dist, device, plan, precision, channels_last, out_dir, meta,
-                 model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, scaler, loaders, state)
+                 model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, guards, loaders, state)
     if saved_at is not None:
         loop.note_event("resumed", state.epoch + (1 if state.step else 0), state.step,
                         f"from {resume_path.name} saved at {saved_at}")
@@ -247,23 +246,9 @@ def _interrupted(loop: _Loop, stop: _Stopped, timings: dict[str, float], lake: A
 
 
 @dataclass
-class GuardState:
-    """What the step guards know across steps and epochs (saved in last.pth)."""
-
-    amp_on: bool = False
-    lr_factor: float = 1.0
-    lr_halved: bool = False
-    streak: int = 0  # non-finite steps in a row
-    escalations: list[dict[str, Any]] = field(default_factory=list)
-    totals: dict[str, int] = field(default_factory=lambda: {
-        "steps": 0, "skipped": 0, "nonfinite_loss": 0, "nonfinite_grad": 0, "data_errors": 0, "empty_batches": 0})
-
-
-@dataclass
 class LoopState:
     """Everything the loop carries from epoch to epoch; `last.pth` holds all of it."""
 
-    guard: GuardState
     epoch: int = 0  # completed epochs
     updates: int = 0  # optimizer steps taken
     micro_steps: int = 0  # batches seen; the step index of the guard injections
@@ -280,6 +265,27 @@ class LoopState:
     partial: list[dict[str, Any]] | None = None  # each rank's EpochProgress at that step
     events: list[dict[str, Any]] = field(default_factory=list)  # interruptions and resumes, for run.json
 
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's part of last.pth (plain types); `load_state_dict` reads back exactly these keys."""
+        return {"epoch": self.epoch, "updates": self.updates, "micro_steps": self.micro_steps,
+                "early_stopping": {"best": dict(self.best), "bad_epochs": self.bad_epochs, "stopped": self.early_stopped},
+                "failed": self.failed, "stop_reason": self.stop_reason,
+                "history": {k: list(v) for k, v in self.history.items()}, "health": list(self.health),
+                "trend_warnings": list(self.trend_warnings), "step": self.step, "partial": self.partial,
+                "events": list(self.events)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue a saved run. A run its guards stopped trains on (`failed` is not restored); an
+        early stop stays stopped. Format-1 files (no position in an epoch) resume at the epoch's end."""
+        self.epoch, self.updates, self.micro_steps = saved["epoch"], saved["updates"], saved["micro_steps"]
+        es = saved["early_stopping"]
+        self.best, self.bad_epochs, self.early_stopped = dict(es["best"]), es["bad_epochs"], es["stopped"]
+        self.stop_reason = saved["stop_reason"] if self.early_stopped else None
+        self.history = {k: list(saved["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.health, self.trend_warnings = list(saved["health"]), list(saved["trend_warnings"])
+        self.step, self.partial = saved.get("step", 0), saved.get("partial")
+        self.events = list(saved.get("events", []))
+
 
 POSTFIX_EVERY = 25  # the bar's loss/acc are read back from the device every this many steps
 
@@ -293,7 +299,7 @@ class EpochProgress:
         self.loss_sum = torch.tensor(saved.get("loss_sum", 0.0), dtype=dtype, device=device)
         self.correct = torch.tensor(saved.get("correct", 0), dtype=torch.int64, device=device)
         self.seen: int = saved.get("seen", 0)
-        self.counts: dict[str, int] = {k: 0 for k in GuardState().totals} | saved.get("counts", {})
+        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0) | saved.get("counts", {})
 
     @classmethod
     def resume(cls, device: torch.device, partial: list[dict[str, Any]] | None, rank: int) -> EpochProgress:
@@ -329,24 +335,6 @@ class _Stopped(Exception):
         self.signum, self.epoch, self.step, self.total = signum, epoch, step, total
 
 
-def health_verdict(skipped_pct: float, warn_pct: float, critical_pct: float) -> str:
-    """healthy below warn_pct, warning from warn_pct to critical_pct, critical above."""
-    if skipped_pct > critical_pct:
-        return "critical"
-    if skipped_pct >= warn_pct:
-        return "warning"
-    return "healthy"
-
-
-def next_escalation(amp_on: bool, lr_halved: bool) -> str:
-    """The next rung: AMP off, then LR halved, then stop."""
-    if amp_on:
-        return "amp_off"
-    if not lr_halved:
-        return "lr_halved"
-    return "stop"
-
-
 def is_improvement(score: float | None, best: float | None, monitor: str) -> bool:
     if score is None or not math.isfinite(score):
         return False
@@ -367,15 +355,14 @@ class _Loop:
                  device: torch.device, plan: DevicePlan, precision: PrecisionPlan, channels_last: bool,
                  out_dir: Path, meta: dict[str, Any], model: nn.Module, fwd_model: nn.Module, ema: Any,
                  loss_fn: nn.Module, val_loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 scaler: torch.amp.GradScaler, loaders: Loaders, state: LoopState) -> None:
+                 guards: Guards, loaders: Loaders, state: LoopState) -> None:
         self.cfg, self.taxonomy, self.sources, self.dist = cfg, taxonomy, sources, dist
         self.device, self.plan, self.precision, self.channels_last = device, plan, precision, channels_last
         self.out_dir, self.meta = out_dir, meta
         self.model, self.fwd_model, self.ema = model, fwd_model, ema
         self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.optimizer, self.scheduler, self.guards = optimizer, scheduler, guards
         self.loaders, self.state = loaders, state
-        self.guards = cfg.guards
         self.stop = StopRequests()  # `_train` installs its signal handlers around `run()`
         self.last_save = time.monotonic()
         self.inject_loss = set(cfg.guards.inject_nonfinite_loss)
@@ -488,7 +475,7 @@ class _Loop:
                                                         progress.seen, counts["data_errors"])
         counts["data_errors"] = int(errors)
         for k, v in counts.items():
-            st.guard.totals[k] = st.guard.totals.get(k, 0) + v
+            self.guards.state.totals[k] = self.guards.state.totals.get(k, 0) + v
         return {
             "loss": loss_sum / seen if seen else float("nan"),
             "acc": correct / seen if seen else float("nan"),
@@ -530,7 +517,7 @@ class _Loop:
             outcome.guard_stop = self.on_nonfinite(epoch, step, "loss")
         else:
             with (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
-                self.scaler.scale(loss / self.cfg.train.accum_steps).backward()
+                self.guards.backward(loss / self.cfg.train.accum_steps)
             progress.add(loss.detach(), targets.gather(1, logits.detach().argmax(dim=1, keepdim=True)) > 0)
             outcome.trained = 1
         return outcome
@@ -538,7 +525,6 @@ class _Loop:
     def update(self, epoch: int, step: int, pending: int, progress: EpochProgress) -> bool:
         """The optimizer update after `pending` micro-batches; True when the guards stop the run."""
         if self.optimizer_step(step):
-            self.state.guard.streak = 0
             return False
         progress.counts["skipped"] += pending
         progress.counts["nonfinite_grad"] += 1
@@ -555,46 +541,31 @@ class _Loop:
         st = self.state
         if step in self.inject_grad:  # debug: watch the gradient guard work
             next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
-        if not guarded_optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.train.grad_clip):
+        if not self.guards.optimizer_step(self.model, self.optimizer, self.cfg.train.grad_clip):
             return False
         st.updates += 1
-        set_lr(self.optimizer, self.scheduler, st.updates, st.guard.lr_factor)
+        set_lr(self.optimizer, self.scheduler, st.updates, self.guards.state.lr_factor)
         if self.ema is not None:
             self.ema.update(self.model, step=st.updates)
         return True
 
     def on_nonfinite(self, epoch: int, step: int, kind: str) -> bool:
         """Count a non-finite step towards escalation; True when the run must stop now."""
-        g = self.state.guard
-        g.streak += 1
-        if g.streak < self.guards.escalate_after:
+        event = self.guards.on_nonfinite(epoch, step, kind)
+        if event is None:
             return False
-        action = next_escalation(g.amp_on, g.lr_halved)
-        streak, g.streak = g.streak, 0
-        event = {"epoch": epoch, "step": step, "action": action, "after": f"{streak} non-finite steps in a row"}
-        if action == "amp_off":
-            g.amp_on = False
-            self.scaler = make_scaler(self.plan.type, self.precision, amp_on=False)
-            event["message"] = "mixed precision turned off; training continues in fp32"
-        elif action == "lr_halved":
-            g.lr_halved = True
-            g.lr_factor *= 0.5
-            set_lr(self.optimizer, self.scheduler, self.state.updates, g.lr_factor)
-            event["message"] = f"learning rate halved (now ×{g.lr_factor:g} of the schedule)"
-        else:
-            event["message"] = "the run stops: AMP off and a halved learning rate did not help"
+        if event["action"] == "lr_halved":
+            set_lr(self.optimizer, self.scheduler, self.state.updates, self.guards.state.lr_factor)
+        elif event["action"] == "stop":
             self.state.failed = True
-            self.state.stop_reason = (f"{streak} non-finite steps in a row at step {step} (epoch {epoch}) after "
-                                      "escalating (AMP off, LR halved)")
-        g.escalations.append(event)
-        log.warning("⚠️  Escalation (%s): %s → %s", kind, event["after"], event["message"])
-        return action == "stop"
+            self.state.stop_reason = f"{event['after']} at step {step} (epoch {epoch}) after escalating (AMP off, LR halved)"
+        return event["action"] == "stop"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast_context(self.plan.type, self.precision, enabled=self.state.guard.amp_on)
+        return autocast_context(self.plan.type, self.precision, enabled=self.guards.state.amp_on)
 
     def autocast_factory(self):
-        if not self.state.guard.amp_on:
+        if not self.guards.state.amp_on:
             return None
         return functools.partial(torch.autocast, self.plan.type, dtype=getattr(torch, self.precision.dtype))
 
@@ -623,9 +594,9 @@ class _Loop:
     def record_epoch(self, epoch: int, tr: dict[str, Any], val: dict[str, Any], seconds: float) -> None:
         from .metrics import format_per_class
 
-        st, guards = self.state, self.guards
+        st = self.state
         skipped_pct = 100.0 * tr["skipped"] / max(1, tr["steps"])
-        verdict = health_verdict(skipped_pct, guards.warn_pct, guards.critical_pct)
+        verdict = self.guards.verdict(skipped_pct)
         entry = {
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
             "val_acc": val["acc"], "val_macro_f1": val["macro_f1"], "val_set_acc": val.get("set_acc"),
@@ -672,7 +643,7 @@ class _Loop:
             pct = st.health[-1]["skipped_pct"]
             st.failed = True
             st.stop_reason = (f"{pct:.1f}% of the steps of epoch {epoch} were skipped "
-                              f"(critical above {self.guards.critical_pct:g}%)")
+                              f"(critical above {self.cfg.guards.critical_pct:g}%)")
             log.error("❌ Training stopped: %s (%d non-finite loss, %d non-finite grad, %d empty batches). "
                       "The checkpoint of epoch %d is saved (last.pth). Frequent NaN/Inf usually means the learning "
                       "rate is too high or fp16 overflows: lower train.lr or set train.amp=off, then --resume auto.",
@@ -698,7 +669,7 @@ class _Loop:
                 log.info("✓ Saved best model checkpoint: %s", path)
         self.save_last(rng)
         self.dist.barrier()
-        kill_after = self.guards.debug_kill_after_epoch
+        kill_after = self.cfg.guards.debug_kill_after_epoch
         if kill_after is not None and epoch == kill_after:  # debug: a real crash right after a checkpoint
             os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
@@ -716,7 +687,7 @@ class _Loop:
 
     def training_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """The `last.pth` payload: everything an exact resume needs (tensors and plain types)."""
-        st = self.state
+        # No scheduler state: the LR is a pure function of the config and `updates` (set_lr).
         return {
             "format": ckpt.FORMAT_VERSION,
             "kind": "last",
@@ -724,28 +695,13 @@ class _Loop:
             "manifest_hash": self.meta["manifest_hash"],
             "meta": dict(self.meta),
             "config": self.cfg.to_dict(),
-            "epoch": st.epoch,
-            "updates": st.updates,
-            "micro_steps": st.micro_steps,
+            **self.state.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": _plain_scheduler_state(self.scheduler),
-            "scaler": self.scaler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "early_stopping": {"monitor": self.cfg.train.monitor, "best": dict(st.best), "bad_epochs": st.bad_epochs,
-                               "stopped": st.early_stopped},
-            "guard": {"amp_on": st.guard.amp_on, "lr_factor": st.guard.lr_factor, "lr_halved": st.guard.lr_halved,
-                      "streak": st.guard.streak, "escalations": list(st.guard.escalations),
-                      "totals": dict(st.guard.totals)},
-            "failed": st.failed,
-            "stop_reason": st.stop_reason,
-            "history": {k: list(v) for k, v in st.history.items()},
-            "health": list(st.health),
-            "trend_warnings": list(st.trend_warnings),
+            "guard": self.guards.state_dict(),
+            "scaler": self.guards.scaler.state_dict(),
             "rng": rng,
-            "step": st.step,
-            "partial": st.partial,
-            "events": list(st.events),
             "saved_at": _now(),
             "tracking": self.tracker.state(),  # tracking: a resumed run appends to the same MLflow run and step
         }
@@ -781,8 +737,8 @@ class _Loop:
         checklist = trends.success_checklist(
             st.history,
             {"completed": not st.failed, "stop_reason": st.stop_reason, "artifacts": trends.artifacts_present(out),
-             "skipped_steps": st.guard.totals["skipped"], "total_steps": st.guard.totals["steps"]},
-            skipped_max=self.guards.warn_pct / 100.0,
+             "skipped_steps": self.guards.state.totals["skipped"], "total_steps": self.guards.state.totals["steps"]},
+            skipped_max=self.cfg.guards.warn_pct / 100.0,
         )
         for line in trends.format_checklist(checklist):
             log.info(line)
@@ -826,7 +782,7 @@ class _Loop:
             "taxonomy": self.taxonomy.to_dict(),
             "normalisation": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
             "device": {"type": self.plan.type, "name": self.plan.name, "precision": self.precision.label,
-                       "amp_on_at_end": st.guard.amp_on, "channels_last": self.channels_last,
+                       "amp_on_at_end": self.guards.state.amp_on, "channels_last": self.channels_last,
                        "world_size": self.dist.world, "num_workers": workers},
             "seed": self.cfg.seed,
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -837,7 +793,7 @@ class _Loop:
             "epochs_completed": st.epoch,
             "best": {**st.best},
             "final_evaluation": final,
-            "health": {"totals": dict(st.guard.totals), "escalations": list(st.guard.escalations),
+            "health": {"totals": dict(self.guards.state.totals), "escalations": list(self.guards.state.escalations),
                        "per_epoch": list(st.health), "trend_warnings": list(st.trend_warnings)},
             "interruptions": list(st.events),
         }
@@ -914,26 +870,6 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, updates_per_e
                              warmup_lr_init=t.lr * 0.01, warmup_prefix=True, t_in_epochs=False)
 
 
-def guarded_optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                           grad_clip: float | None) -> bool:
-    """Unscale, check the gradient norm, clip, step; False (and no step) when the norm is not finite.
-
-    With an enabled GradScaler, `unscale_` has recorded the inf, so `update()` backs
-    the scale off exactly as `scaler.step` would have; the grads are then dropped.
-    """
-    scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-    if not torch.isfinite(norm):
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return True
-
-
 def set_lr(optimizer: torch.optim.Optimizer, scheduler: Any, updates: int, lr_factor: float) -> None:
     scheduler.step_update(updates)
     if lr_factor != 1.0:
@@ -952,12 +888,6 @@ def build_ema(cfg: Config, model: nn.Module):
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=cfg.train.ema_decay)
-
-
-def make_scaler(device_type: str, precision: PrecisionPlan, amp_on: bool) -> torch.amp.GradScaler:
-    """A GradScaler for fp16; a disabled one (a no-op wrapper) otherwise."""
-    enabled = amp_on and precision.grad_scaler
-    return torch.amp.GradScaler(device_type if device_type in ("cuda", "mps") else "cpu", enabled=enabled)
 
 
 def sanity_check(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device, precision: PrecisionPlan,
@@ -1018,7 +948,7 @@ def plan_cpu_measured(cfg: Config, model: nn.Module, batch: Any, loss_fn: nn.Mod
 
 
 def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-                           ema: Any, state: LoopState) -> None:
+                           ema: Any, state: LoopState, guards: Guards) -> None:
     """Load everything last.pth holds into the freshly built objects and the loop state.
 
     The LR schedule is a pure function of the config and the update count: it
@@ -1029,34 +959,15 @@ def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module,
     optimizer.load_state_dict(saved["optimizer"])
     if ema is not None and saved.get("ema") is not None:
         ema.module.load_state_dict(saved["ema"])
-    state.epoch, state.updates, state.micro_steps = saved["epoch"], saved["updates"], saved["micro_steps"]
-    es = saved["early_stopping"]
-    state.best, state.bad_epochs, state.early_stopped = dict(es["best"]), es["bad_epochs"], es["stopped"]
-    g = saved["guard"]
-    state.guard = GuardState(amp_on=g["amp_on"] and state.guard.amp_on, lr_factor=g["lr_factor"],
-                             lr_halved=g["lr_halved"], streak=g["streak"], escalations=list(g["escalations"]),
-                             totals=dict(g["totals"]))
+    state.load_state_dict(saved)
     saved_lr = saved["config"]["train"]["lr"]
+    guards.load_state_dict(saved["guard"], saved.get("scaler"), keep_lr_factor=saved_lr == cfg.train.lr)
     if saved_lr != cfg.train.lr:  # the user chose a new LR: it replaces an automatic halving
         log.info("  train.lr changed from %g to %g: the schedule continues at update %d with the new LR",
                  saved_lr, cfg.train.lr, state.updates)
-        state.guard.lr_factor, state.guard.lr_halved = 1.0, False
     if saved["failed"]:  # the run stopped on its guards: a resume continues from the saved epoch
         log.warning("⚠️  The saved run had stopped (%s); continuing from its checkpoint", saved["stop_reason"])
-        state.guard.streak = 0
-    elif state.early_stopped:
-        state.stop_reason = saved["stop_reason"]
-    state.history = {k: list(saved["history"].get(k, [])) for k in HISTORY_KEYS}
-    state.health = list(saved["health"])
-    state.trend_warnings = list(saved["trend_warnings"])
-    state.step, state.partial = saved.get("step", 0), saved.get("partial")
-    state.events = list(saved.get("events", []))
-
-
-def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
-    state = scheduler.state_dict()
-    ckpt.check_plain(state, "scheduler state")
-    return state
+        guards.state.streak = 0
 
 
 def _now() -> str:

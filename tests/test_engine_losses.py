@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sustain.engine import guarded_optimizer_step, health_verdict, is_improvement, next_escalation
+from sustain.engine import is_improvement
+from sustain.guards import guarded_optimizer_step, health_verdict, next_escalation
 from sustain.losses import PartialLabelLoss, class_counts, inverse_frequency_weights, sample_weights
 
 
