@@ -125,17 +125,17 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     restructured, this is the one function to update. Everything the loop does
     per step runs unchanged; only the DataLoader is replaced by the in-memory batch.
     """
-    from sustain import engine
+    from sustain import components, engine
     from sustain.distributed import Distributed
     from sustain.guards import Guards
     from sustain.losses import PartialLabelLoss
     from sustain.taxonomy import build_taxonomy
 
-    optimizer = engine.build_optimizer(cfg, model)
-    scheduler = engine.build_scheduler(cfg, optimizer, updates_per_epoch=1000)
+    optimizer = components.build_optimizer(cfg, model)
+    scheduler = components.build_scheduler(cfg, optimizer, updates_per_epoch=1000)
     state = engine.LoopState()
     guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
-    engine.set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
+    components.set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
     loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch, start=0: None)
     loop = engine._Loop(
         cfg=cfg, taxonomy=build_taxonomy(**cfg.taxonomy.model_dump()), sources=["synthetic"],
