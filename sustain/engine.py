@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
 
     # ---- the epochs ------------------------------------------------------------
     loop = _Loop(cfg, taxonomy, lake.sources, dist, device, plan, precision, channels_last, out_dir, meta,
-                 model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, guards, loaders, state)
+                 model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, guards, loaders, state,
+                 Hooks.for_run(cfg, tracker, list(taxonomy.classes)))
     if saved_at is not None:
         loop.note_event("resumed", state.epoch + (1 if state.step else 0), state.step,
                         f"from {resume_path.name} saved at {saved_at}")
@@ -354,6 +356,62 @@ def is_improvement(score: float | None, best: float | None, monitor: str) -> boo
     return score < best if monitor == "val_loss" else score > best
 
 
+CONTINUE, DONE, EARLY_STOP, FAILED, CRITICAL = "continue", "done", "early_stop", "failed", "critical"
+
+
+def decide(state: LoopState, cfg: Config) -> str:
+    """What the loop does after an epoch (pure; `_Loop.apply` carries it out): stop for the guards
+    (an escalation ran out of rungs, or the epoch was critical), finish, stop early, or go on."""
+    if state.failed:
+        return FAILED
+    if state.health and state.health[-1]["verdict"] == "critical":
+        return CRITICAL
+    if state.epoch >= cfg.train.epochs:
+        return DONE
+    patience = cfg.train.early_stopping_patience
+    if patience and state.bad_epochs >= patience:
+        return EARLY_STOP
+    return CONTINUE
+
+
+@dataclass
+class Hooks:
+    """Plain callbacks at the loop's natural points, each list run in order; no framework.
+
+    The debug options (`guards.inject_*`, `guards.debug_kill_after_epoch`) and tracking are
+    hooks; a mid-epoch feature adds one here instead of another branch in the loop."""
+
+    loss: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)  # (micro-step, loss)
+    grads: list[Callable[[int, nn.Module], None]] = field(default_factory=list)  # before each guarded update
+    step_end: list[Callable[[int, Any, EpochProgress, float], None]] = field(default_factory=list)
+    epoch_end: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # the history entry
+    checkpoint: list[Callable[[int], None]] = field(default_factory=list)  # after an epoch's checkpoints
+
+    @classmethod
+    def for_run(cls, cfg: Config, tracker: Tracker, classes: list[str]) -> Hooks:
+        hooks = cls()
+        inject_loss, inject_grad = set(cfg.guards.inject_nonfinite_loss), set(cfg.guards.inject_nonfinite_grad)
+        if inject_loss:  # debug: watch the loss guard work
+            hooks.loss.append(lambda step, loss: loss * float("nan") if step in inject_loss else loss)
+        if inject_grad:  # debug: watch the gradient guard work
+            hooks.grads.append(lambda step, model: _poison_a_gradient(model) if step in inject_grad else None)
+        kill_after = cfg.guards.debug_kill_after_epoch
+        if kill_after is not None:  # debug: a real crash right after a checkpoint
+            hooks.checkpoint.append(lambda epoch: _kill_self() if epoch == kill_after else None)
+        hooks.step_end.append(lambda step, images, progress, t_start: tracker.log_step(
+            step, images, progress.loss_sum, progress.seen, t_start))
+        hooks.epoch_end.append(lambda entry: tracker.log_epoch(entry, classes))
+        return hooks
+
+
+def _poison_a_gradient(model: nn.Module) -> None:
+    next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
 # =========================================================================== the loop
 
 
@@ -366,7 +424,7 @@ class _Loop:
                  device: torch.device, plan: DevicePlan, precision: PrecisionPlan, channels_last: bool,
                  out_dir: Path, meta: dict[str, Any], model: nn.Module, fwd_model: nn.Module, ema: Any,
                  loss_fn: nn.Module, val_loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 guards: Guards, loaders: Loaders, state: LoopState) -> None:
+                 guards: Guards, loaders: Loaders, state: LoopState, hooks: Hooks | None = None) -> None:
         self.cfg, self.taxonomy, self.sources, self.dist = cfg, taxonomy, sources, dist
         self.device, self.plan, self.precision, self.channels_last = device, plan, precision, channels_last
         self.out_dir, self.meta = out_dir, meta
@@ -376,8 +434,7 @@ class _Loop:
         self.loaders, self.state = loaders, state
         self.stop = StopRequests()  # `_train` installs its signal handlers around `run()`
         self.last_save = time.monotonic()
-        self.inject_loss = set(cfg.guards.inject_nonfinite_loss)
-        self.inject_grad = set(cfg.guards.inject_nonfinite_grad)
+        self.hooks = hooks or Hooks()
 
     # ------------------------------------------------------------------ epochs
 
@@ -400,16 +457,18 @@ class _Loop:
             seconds = time.perf_counter() - t0
             st.epoch = epoch
             self.record_epoch(epoch, train_stats, val, seconds)
-            stop = self.check_health(epoch, train_stats)
+            improved = self.update_best(epoch, val)
+            decision = decide(st, self.cfg)
+            self.apply(decision, epoch, train_stats)
             signum = self.dist.agree_signal(self.stop.signum)  # a signal during validation stops here
             if signum:
                 self.note_event("interrupted", epoch, self.loaders.train_batches, signal_name(signum))
-            self.save_epoch_checkpoints(epoch, val)
+            self.save_epoch_checkpoints(epoch, val, improved)
+            for hook in self.hooks.checkpoint:
+                hook(epoch)
             if signum and epoch < epochs:
                 raise _Stopped(signum, epoch + 1, 0, self.loaders.train_batches)
-            if stop:
-                break
-            if self.early_stopping(epoch):
+            if decision != CONTINUE:
                 break
         self.dist.barrier()
 
@@ -462,7 +521,8 @@ class _Loop:
             if boundary and pending and not stop:
                 stop = self.update(epoch, step.index, pending, progress)
                 pending = 0
-            self.tracker.log_step(self.state.micro_steps, batch.images, progress.loss_sum, progress.seen, t_start)  # tracking
+            for hook in self.hooks.step_end:
+                hook(self.state.micro_steps, batch.images, progress, t_start)
             if self.dist.is_main and (i % POSTFIX_EVERY == 0 or i + 1 == total) and progress.seen:
                 bar.set_postfix(progress.postfix(), refresh=False)  # the only mid-epoch read-back of the sums
             if stop and i + 1 < total:  # the guards stopped the run inside the epoch: resume at the next step
@@ -509,8 +569,8 @@ class _Loop:
             with self.autocast(), (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
                 logits = self.fwd_model(images)
                 loss = self.loss_fn(logits, targets)
-            if step in self.inject_loss:
-                loss = loss * float("nan")  # debug: watch the loss guard work
+            for hook in self.hooks.loss:
+                loss = hook(step, loss)
             finite = torch.isfinite(loss.detach())
         # The one read-back a step needs: backward must never see a non-finite loss. Under DDP the
         # same exchange ANDs the checks over the ranks and ORs a stop signal and a due checkpoint.
@@ -550,8 +610,8 @@ class _Loop:
     def optimizer_step(self, step: int) -> bool:
         """The guarded update, then the schedule and EMA. False when the step was skipped."""
         st = self.state
-        if step in self.inject_grad:  # debug: watch the gradient guard work
-            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+        for hook in self.hooks.grads:
+            hook(step, self.model)
         if not self.guards.optimizer_step(self.model, self.optimizer, self.cfg.train.grad_clip):
             return False
         st.updates += 1
@@ -625,7 +685,8 @@ class _Loop:
         if not self.dist.is_main:
             return
         History.from_dict(st.history).write(self.out_dir)
-        self.tracker.log_epoch(entry, list(self.taxonomy.classes))  # tracking
+        for hook in self.hooks.epoch_end:
+            hook(entry)
         for line in format_per_class(val, self.taxonomy):
             log.info(line)
         log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", epoch,
@@ -643,26 +704,8 @@ class _Loop:
                 st.trend_warnings.append(warning)
                 log.warning(trends.format_trend_warning(warning))
 
-    def check_health(self, epoch: int, tr: dict[str, Any]) -> bool:
-        """True when the run must stop: a critical epoch, or an escalation that ran out of rungs."""
-        st = self.state
-        if st.failed:
-            log.error("❌ Training stopped: %s. The checkpoint of epoch %d is saved (last.pth). "
-                      "Lower train.lr, set train.amp=off, or check the data; then --resume auto.", st.stop_reason, epoch)
-            return True
-        if st.health[-1]["verdict"] == "critical":
-            pct = st.health[-1]["skipped_pct"]
-            st.failed = True
-            st.stop_reason = (f"{pct:.1f}% of the steps of epoch {epoch} were skipped "
-                              f"(critical above {self.cfg.guards.critical_pct:g}%)")
-            log.error("❌ Training stopped: %s (%d non-finite loss, %d non-finite grad, %d empty batches). "
-                      "The checkpoint of epoch %d is saved (last.pth). Frequent NaN/Inf usually means the learning "
-                      "rate is too high or fp16 overflows: lower train.lr or set train.amp=off, then --resume auto.",
-                      st.stop_reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], epoch)
-            return True
-        return False
-
-    def save_epoch_checkpoints(self, epoch: int, val: dict[str, Any]) -> None:
+    def update_best(self, epoch: int, val: dict[str, Any]) -> bool:
+        """Did the monitored score improve? Keeps the best score and counts the epochs without gain."""
         st, monitor = self.state, self.cfg.train.monitor
         score = {"val_macro_f1": val["macro_f1"], "val_acc": val["acc"], "val_loss": val["loss"]}[monitor]
         improved = is_improvement(score, st.best["score"], monitor)
@@ -671,30 +714,41 @@ class _Loop:
             st.bad_epochs = 0
         else:
             st.bad_epochs += 1
-        rng = self.dist.gather_rng()  # a collective: every rank takes part
-        if self.dist.is_main:
-            if improved:
-                meta = {**self.meta, "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"]}
-                path = ckpt.save_best(self.out_dir, ckpt.state_dict_copy(self.eval_model()), meta)
-                st.best["path"] = path.name
-                log.info("✓ Saved best model checkpoint: %s", path)
-        self.save_last(rng)
-        self.dist.barrier()
-        kill_after = self.cfg.guards.debug_kill_after_epoch
-        if kill_after is not None and epoch == kill_after:  # debug: a real crash right after a checkpoint
-            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        return improved
 
-    def early_stopping(self, epoch: int) -> bool:
-        st, patience = self.state, self.cfg.train.early_stopping_patience
-        if patience and st.bad_epochs >= patience and epoch < self.cfg.train.epochs:
+    def apply(self, decision: str, epoch: int, tr: dict[str, Any]) -> None:
+        """Record a stop in the state (last.pth, run.json) and say why; before the epoch's checkpoints."""
+        st = self.state
+        if decision == FAILED:
+            log.error("❌ Training stopped: %s. The checkpoint of epoch %d is saved (last.pth). "
+                      "Lower train.lr, set train.amp=off, or check the data; then --resume auto.", st.stop_reason, epoch)
+        elif decision == CRITICAL:
+            st.failed = True
+            st.stop_reason = (f"{st.health[-1]['skipped_pct']:.1f}% of the steps of epoch {epoch} were skipped "
+                              f"(critical above {self.cfg.guards.critical_pct:g}%)")
+            log.error("❌ Training stopped: %s (%d non-finite loss, %d non-finite grad, %d empty batches). "
+                      "The checkpoint of epoch %d is saved (last.pth). Frequent NaN/Inf usually means the learning "
+                      "rate is too high or fp16 overflows: lower train.lr or set train.amp=off, then --resume auto.",
+                      st.stop_reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], epoch)
+        elif decision == EARLY_STOP:  # recorded before the save, so a resume does not train on
+            patience = self.cfg.train.early_stopping_patience
             st.early_stopped = True
             st.stop_reason = (f"early stopping: no gain in {self.cfg.train.monitor} for {patience} epochs "
                               f"(best at epoch {st.best['epoch']})")
             log.info("⏹️  Early stopping: no gain in %s for %d epochs (best %.4f at epoch %d)",
                      self.cfg.train.monitor, patience, st.best["score"], st.best["epoch"])
-            self.save_last(self.dist.gather_rng())  # record the decision so a resume does not train on
-            return True
-        return False
+
+    def save_epoch_checkpoints(self, epoch: int, val: dict[str, Any], improved: bool) -> None:
+        """The best weights when they improved, then last.pth; every rank takes part."""
+        st = self.state
+        rng = self.dist.gather_rng()  # a collective: every rank takes part
+        if self.dist.is_main and improved:
+            meta = {**self.meta, "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"]}
+            path = ckpt.save_best(self.out_dir, ckpt.state_dict_copy(self.eval_model()), meta)
+            st.best["path"] = path.name
+            log.info("✓ Saved best model checkpoint: %s", path)
+        self.save_last(rng)
+        self.dist.barrier()
 
     def training_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """The `last.pth` payload: everything an exact resume needs (tensors and plain types)."""
