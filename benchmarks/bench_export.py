@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_predict import write_checkpoint  # noqa: E402
-from sustain.evaluate import load_checkpoint_model  # noqa: E402
+from sustain.checkpoints import load_checkpoint_model  # noqa: E402
 from sustain.export import PixelModel, export_onnx, quantize_int8  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_export.json"

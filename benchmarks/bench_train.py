@@ -71,8 +71,9 @@ class EpochRSS(logging.Handler):
 
 def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
     """Images/s of the bare training step on one in-memory batch, with the engine's own building blocks."""
+    from sustain.components import build_optimizer
     from sustain.device import plan_precision
-    from sustain.engine import build_optimizer, guarded_optimizer_step, make_scaler
+    from sustain.guards import guarded_optimizer_step, make_scaler
     from sustain.losses import PartialLabelLoss
     from sustain.model import build_model
     from sustain.taxonomy import build_taxonomy

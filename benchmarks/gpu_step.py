@@ -125,15 +125,17 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     restructured, this is the one function to update. Everything the loop does
     per step runs unchanged; only the DataLoader is replaced by the in-memory batch.
     """
-    from sustain import engine
+    from sustain import components, engine
     from sustain.distributed import Distributed
+    from sustain.guards import Guards
     from sustain.losses import PartialLabelLoss
     from sustain.taxonomy import build_taxonomy
 
-    optimizer = engine.build_optimizer(cfg, model)
-    scheduler = engine.build_scheduler(cfg, optimizer, updates_per_epoch=1000)
-    state = engine.LoopState(guard=engine.GuardState(amp_on=precision.autocast))
-    engine.set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
+    optimizer = components.build_optimizer(cfg, model)
+    scheduler = components.build_scheduler(cfg, optimizer, updates_per_epoch=1000)
+    state = engine.LoopState()
+    guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
+    components.set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
     loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch, start=0: None)
     loop = engine._Loop(
         cfg=cfg, taxonomy=build_taxonomy(**cfg.taxonomy.model_dump()), sources=["synthetic"],
@@ -141,7 +143,7 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
         channels_last=False, out_dir=Path("."), meta={}, model=model, fwd_model=fwd_model, ema=None,
         loss_fn=PartialLabelLoss(label_smoothing=cfg.train.label_smoothing).to(device),
         val_loss_fn=PartialLabelLoss(), optimizer=optimizer, scheduler=scheduler,
-        scaler=engine.make_scaler(plan.type, precision, precision.autocast), loaders=loaders, state=state)
+        guards=guards, loaders=loaders, state=state)
 
     def run(steps: int) -> dict[str, Any]:
         loaders.train_batches = steps

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .errors import SustainError
-from .utils import atomic_write_json
+from .utils import atomic_write_json, finite_float, finite_or_none
 
 # ---- the ingest's files (the output folder of `sustain data ingest` or of a run)
 MANIFEST = "manifest.csv"
@@ -59,30 +58,14 @@ def best_checkpoint_name(epoch: int, val_acc: float) -> str:
     return f"best_model_epoch{epoch}_acc{100.0 * val_acc:.2f}.pth"
 
 
-def split_report_name(split: str) -> str:
-    """`classification_report.json` for val, `<split>_classification_report.json` otherwise."""
-    return VAL_REPORT if split == "val" else f"{split}_{VAL_REPORT}"
-
-
-def split_confusion_name(split: str) -> str:
-    return VAL_CONFUSION if split == "val" else f"{split}_{VAL_CONFUSION}"
-
-
 class ArtifactError(SustainError):
     """An artifact file that cannot be read as its record."""
 
 
-def finite_or_none(value: Any) -> Any:
-    """JSON has no NaN/Inf: a non-finite float is stored as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+R = TypeVar("R", bound="Record")
 
 
-R = TypeVar("R", bound="_Record")
-
-
-class _Record:
+class Record:
     """Shared writer and reader of the JSON records below."""
 
     FILE: ClassVar[str]
@@ -136,7 +119,7 @@ TIMING_KEYS = ("epoch_seconds", "images_per_second")  # the only history entries
 
 
 @dataclass
-class History(_Record):
+class History(Record):
     """One list per column, one entry per finished epoch. Fractions 0-1 (`train_acc`, `val_acc`,
     `val_macro_f1`, `skipped`); non-finite numbers are null."""
 
@@ -170,8 +153,7 @@ class History(_Record):
 
     def column(self, key: str) -> list[float | None]:
         """A numeric column with every non-number as None (for plots and trends)."""
-        return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-                for v in getattr(self, key)]
+        return [finite_float(v) for v in getattr(self, key)]
 
     def row(self, i: int) -> dict[str, Any]:
         return {k: getattr(self, k)[i] for k in HISTORY_KEYS}
@@ -185,7 +167,7 @@ class History(_Record):
 
 
 @dataclass
-class ModelMeta(_Record):
+class ModelMeta(Record):
     """What travels with the weights (`best_model.json`, the export, the ONNX metadata): the classes
     and everything the eval transform uses, so a Predictor crops and scales as the final evaluation."""
 
@@ -218,7 +200,7 @@ class ModelMeta(_Record):
 
 
 @dataclass
-class DataSummary(_Record):
+class DataSummary(Record):
     """What an ingest found, kept, merged and dropped (docs/data.md, "The data summary")."""
 
     FILE: ClassVar[str] = DATA_SUMMARY
@@ -252,7 +234,7 @@ RUN_STATUSES = ("completed", "failed", "early_stopped", "interrupted")
 
 
 @dataclass
-class RunRecord(_Record):
+class RunRecord(Record):
     """What a run did (`run.json`): written at the end, and when a signal stops it."""
 
     FILE: ClassVar[str] = RUN

@@ -7,6 +7,10 @@ Files in the output folder:
 - `best_model.safetensors` + `best_model.json`: the weights-only export that
   inference reads.
 
+`load_checkpoint_model` rebuilds a trained model from ``best_model.safetensors``
++ ``best_model.json`` (or a ``.pth``) with the classes, bins and preprocessing
+stored beside the weights: `sustain evaluate`, `predict` and `export` use it.
+
 Nothing here unpickles arbitrary objects: a checkpoint that holds anything
 but tensors and plain Python types is refused, and its payload never runs.
 """
@@ -18,6 +22,7 @@ import logging
 import math
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +30,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .artifacts import BEST_GLOB, EXPORT_META, EXPORT_WEIGHTS, LAST, best_checkpoint_name  # noqa: F401  (re-exported)
 from .errors import UsageError
+from .model import create_for_inference
+from .taxonomy import Taxonomy
 from .utils import atomic_write, atomic_write_text
 
 log = logging.getLogger("sustain.checkpoints")
 
-LAST = "last.pth"
-EXPORT_WEIGHTS = "best_model.safetensors"
-EXPORT_META = "best_model.json"
-BEST_GLOB = "best_model_epoch*_acc*.pth"
 FORMAT_VERSION = 2  # 2: last.pth also holds a position inside an epoch (step, partial, events)
 
 _PLAIN = (str, int, float, bool, type(None))
-
-
-def best_checkpoint_name(epoch: int, val_acc: float) -> str:
-    """`best_model_epoch{E}_acc{A:.2f}.pth` with A the val accuracy in percent."""
-    return f"best_model_epoch{epoch}_acc{100.0 * val_acc:.2f}.pth"
 
 
 # --------------------------------------------------------------------------- save / load
@@ -210,3 +209,134 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     if "mps" in state and torch.backends.mps.is_available():
         torch.mps.set_rng_state(state["mps"])
+
+
+# --------------------------------------------------------------------------- loading a trained model (evaluate, predict, export)
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module  # in eval mode, on the requested device
+    meta: dict[str, Any]  # the best_model.json fields
+    taxonomy: Taxonomy
+    path: Path
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm-style data config: input_size, mean, std, interpolation, crop_pct."""
+        m = self.meta
+        return {
+            "input_size": tuple(m["input_size"]),
+            "mean": tuple(m["mean"]),
+            "std": tuple(m["std"]),
+            "interpolation": m.get("interpolation", "bicubic"),
+            "crop_pct": float(m.get("crop_pct", 1.0)),
+            "crop_mode": m.get("crop_mode", "center"),
+        }
+
+
+_REQUIRED_META = ("model_name", "num_classes", "classes", "input_size", "mean", "std")
+
+
+def export_paths(path: Path) -> tuple[Path, Path]:
+    """(weights, meta) for a run folder, a best_model.safetensors or a best_model.json."""
+    if path.is_dir():
+        return path / EXPORT_WEIGHTS, path / EXPORT_META
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"Cannot read checkpoint metadata {path}: {exc}",
+                         "re-export the model, or pass the .pth checkpoint") from None
+    return meta
+
+
+def _check_meta(meta: Mapping[str, Any], where: Path) -> None:
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise UsageError(f"Checkpoint metadata in {where} lacks {missing}",
+                         "it must come from `sustain train` (best_model.json or a best_model_*.pth)")
+    if len(meta["classes"]) != int(meta["num_classes"]):
+        raise UsageError(f"Checkpoint metadata in {where}: {len(meta['classes'])} classes listed "
+                         f"but num_classes is {meta['num_classes']}")
+
+
+def checkpoint_record(weights: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {"path": str(weights), "epoch": meta.get("epoch"), "val_acc": meta.get("val_acc"),
+            "manifest_hash": meta.get("manifest_hash")}
+
+
+def taxonomy_from_meta(meta: Mapping[str, Any]) -> Taxonomy:
+    bins = meta.get("bins")
+    return Taxonomy(
+        classes=tuple(meta["classes"]),
+        bins={k: tuple(v) for k, v in bins.items()} if bins else None,
+        sets={k: tuple(v) for k, v in (meta.get("sets") or {}).items()},
+    )
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, torch.Tensor]) -> None:
+    """Load a state dict (or a .safetensors file) into `model`, strictly."""
+    if not isinstance(weights, Mapping):
+        from safetensors.torch import load_file
+
+        path = Path(weights)
+        if not path.is_file():
+            raise UsageError(f"Checkpoint weights not found: {path}", "pass a run folder, best_model.safetensors or a .pth")
+        try:
+            weights = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError for a damaged or truncated file
+            raise UsageError(f"Cannot read checkpoint weights {path}: {exc}",
+                             "the file is damaged; export it again or use the best_model_*.pth") from None
+    from timm.models import clean_state_dict  # strips DDP 'module.' / torch.compile prefixes
+
+    try:
+        model.load_state_dict(clean_state_dict(dict(weights)), strict=True)
+    except RuntimeError as exc:
+        raise UsageError(f"Checkpoint weights do not fit the model: {str(exc).splitlines()[0]}",
+                         "the weights and best_model.json must come from the same run") from None
+
+
+def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and metadata of a training checkpoint (``model`` and ``meta``, see
+    `sustain.checkpoints.save_best`). A checkpoint without ``meta`` (``last.pth``)
+    borrows it from the ``best_model.json`` beside it."""
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model")
+    if not isinstance(state, Mapping):
+        raise UsageError(f"Checkpoint {path} holds no model weights (keys: {sorted(ckpt)[:10]})",
+                         "pass a best_model_*.pth, last.pth or best_model.safetensors written by `sustain train`")
+    meta = dict(ckpt.get("meta") or {})
+    if any(k not in meta for k in _REQUIRED_META) and (path.parent / EXPORT_META).is_file():
+        meta = {**read_meta(path.parent / EXPORT_META), **meta}
+    return dict(state), meta
+
+
+def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """Rebuild the trained model from a run folder, ``best_model.safetensors``/``.json``,
+    or a ``.pth`` training checkpoint. The architecture comes from ``model_name`` and
+    ``model_kwargs`` in the metadata; nothing is downloaded (``pretrained=False``)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UsageError(f"Checkpoint not found: {path}", "pass a run folder, best_model.safetensors or a .pth file")
+    if path.suffix == ".pth":
+        state, meta = _read_pth(path)
+        where = path
+    else:
+        weights, meta_path = export_paths(path)
+        if not meta_path.is_file():
+            raise UsageError(f"Checkpoint metadata not found: {meta_path}",
+                             "best_model.safetensors needs its best_model.json beside it")
+        meta, where, state = read_meta(meta_path), meta_path, weights
+    _check_meta(meta, where)
+    try:
+        model = create_for_inference(meta["model_name"], int(meta["num_classes"]), meta.get("model_kwargs") or {})
+    except Exception as exc:  # timm raises RuntimeError/TypeError/ValueError for unknown names or kwargs
+        raise UsageError(f"Cannot build model {meta['model_name']!r} from {where}: {exc}",
+                         "check timm's version against the one in run.json") from None
+    load_weights(model, state)
+    model.to(device).eval()
+    return LoadedCheckpoint(model=model, meta=dict(meta), taxonomy=taxonomy_from_meta(meta), path=path)

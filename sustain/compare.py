@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .artifacts import HISTORY, TEST_REPORT, TIMING_KEYS, VAL_REPORT, History, RunRecord
 from .errors import UsageError
 from .report import CSS, history_series, html_table, new_figure
 from .tracking import flatten
@@ -27,14 +28,13 @@ log = logging.getLogger("sustain.compare")
 
 REPRO_TOLERANCE = 0.02  # SPEC §6: a rerun on an accelerator stays within ±2 % (accuracy, as a fraction)
 RUN_SPECIFIC = ("output_dir",)  # config keys that differ between any two runs by design
-TIMING_KEYS = ("epoch_seconds", "images_per_second")  # history entries that differ between any two runs
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
     """What the comparison needs from one run folder; a UsageError when it is not a finished run."""
     folder = Path(path).expanduser()
-    if not (folder / "metrics_history.json").is_file():
-        raise UsageError(f"{folder} is not a run folder: it has no metrics_history.json",
+    if not (folder / HISTORY).is_file():
+        raise UsageError(f"{folder} is not a run folder: it has no {HISTORY}",
                          "pass the output folders of `sustain train` runs")
 
     def read(name: str) -> Any:
@@ -44,9 +44,9 @@ def load_run(path: str | Path) -> dict[str, Any]:
         except (OSError, ValueError) as exc:
             raise UsageError(f"{p} cannot be read: {exc}", "rebuild it, or leave this run out") from None
 
-    return {"name": folder.resolve().name, "path": str(folder.resolve()), "run": read("run.json") or {},
-            "history": read("metrics_history.json"), "val": read("classification_report.json"),
-            "test": read("test_classification_report.json")}
+    run = RunRecord.read_if_present(folder)  # the records' reader: a malformed file names itself and its key
+    return {"name": folder.resolve().name, "path": str(folder.resolve()), "run": run.to_dict() if run else {},
+            "history": History.read(folder).to_dict(), "val": read(VAL_REPORT), "test": read(TEST_REPORT)}
 
 
 def reproducibility(history_a: Mapping[str, Any], history_b: Mapping[str, Any],

@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DeviceType = Literal["cuda", "mps", "cpu"]
 
@@ -224,3 +227,12 @@ def apply_backend_flags(plan: DevicePlan) -> None:
         torch.backends.cuda.matmul.allow_tf32 = plan.allow_tf32
         torch.backends.cudnn.allow_tf32 = plan.allow_tf32
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' → CUDA, then MPS, then CPU (`plan_device`); 'cuda:1' etc. as given (evaluate, predict)."""
+    import torch  # as in detect_backends: the plans above stay importable without torch
+
+    if isinstance(device, torch.device) or ":" in str(device):
+        return torch.device(device)
+    return torch.device(plan_device(str(device), detect_backends()).type)

@@ -50,6 +50,7 @@ from .device import (
 )
 from .errors import RunFailed, SustainError, UsageError
 from .taxonomy import Taxonomy, build_taxonomy
+from .utils import finite_or_none
 
 log = logging.getLogger("sustain.diagnostics")
 
@@ -255,21 +256,30 @@ def torch_numpy_roundtrip() -> None:
         raise RuntimeError("values or dtype changed in the torch↔NumPy round trip")
 
 
-def numpy_repair_reason(vers: dict[str, str | None] | None = None,
-                        roundtrip: Callable[[], None] = torch_numpy_roundtrip) -> str | None:
-    """Why NumPy should be reinstalled as 'numpy<2.0', or None when it is fine (or torch is missing)."""
+def numpy_problem(vers: dict[str, str | None] | None = None,
+                  roundtrip: Callable[[], None] = torch_numpy_roundtrip) -> tuple[bool, str] | None:
+    """The one NumPy decision, for doctor and the repair script: None when NumPy is fine (or torch is
+    missing: nothing NumPy can fix), else (broken, reason). Broken: the torch↔NumPy round trip fails
+    or NumPy is missing; not broken: it works, but NumPy ≥ 2 is installed against the project's pin."""
     vers = vers or versions()
     if vers.get("torch") is None:
-        return None  # nothing NumPy can fix
+        return None
     if vers.get("numpy") is None:
-        return "NumPy is not installed"
+        return True, "NumPy is not installed"
     try:
         roundtrip()
     except Exception as exc:
-        return f"the torch↔NumPy round trip failed ({type(exc).__name__}: {exc})"
+        return True, f"the torch↔NumPy round trip failed ({type(exc).__name__}: {exc})"
     if _major(vers["numpy"]) >= 2:
-        return f"NumPy {vers['numpy']} is installed; the project pins numpy<2.0"
+        return False, f"NumPy {vers['numpy']} is installed; the project pins numpy<2.0"
     return None
+
+
+def numpy_repair_reason(vers: dict[str, str | None] | None = None,
+                        roundtrip: Callable[[], None] = torch_numpy_roundtrip) -> str | None:
+    """Why NumPy should be reinstalled as 'numpy<2.0', or None when it is fine (or torch is missing)."""
+    problem = numpy_problem(vers, roundtrip)
+    return problem[1] if problem else None
 
 
 def _major(version: str | None) -> int:
@@ -288,15 +298,13 @@ def check_pytorch(ctx: DoctorContext) -> CheckResult:
         return failed(f"not installed: {', '.join(missing)} ({shown})",
                       "run `make venv` (or pip install -r requirements.txt) and use that environment",
                       versions=vers)
-    try:
-        torch_numpy_roundtrip()
-    except Exception as exc:
-        return failed(f"{shown}; torch↔NumPy round trip failed: {type(exc).__name__}: {exc}",
+    problem = numpy_problem(vers)
+    if problem and problem[0]:
+        return failed(f"{shown}; {problem[1]}",
                       f"NumPy {vers['numpy']} does not work with this torch build (the NumPy 2 ABI break): {NUMPY_FIX}",
                       versions=vers)
-    if _major(vers["numpy"]) >= 2:
-        return warned(f"{shown}; round trip OK, but NumPy ≥ 2 is installed",
-                      f"the project pins numpy<2.0; {NUMPY_FIX}", versions=vers)
+    if problem:
+        return warned(f"{shown}; round trip OK, but {problem[1]}", NUMPY_FIX, versions=vers)
     return passed(f"{shown}; torch↔NumPy round trip OK", versions=vers)
 
 
@@ -413,17 +421,13 @@ def _mps_result(ctx: DoctorContext) -> CheckResult:
 def parity_verdict(parity: Parity, model_name: str, fix: str) -> CheckResult:
     numbers = (f"max logit diff {parity.logit_diff:.2e} (relative {parity.logit_rel_diff:.2e}), "
                f"gradient diff {parity.grad_rel_diff:.2e}")
-    data = {"device": "mps", "logit_rel_diff": _finite_or_none(parity.logit_rel_diff),
-            "grad_rel_diff": _finite_or_none(parity.grad_rel_diff)}  # NaN is not JSON
+    data = {"device": "mps", "logit_rel_diff": finite_or_none(parity.logit_rel_diff),
+            "grad_rel_diff": finite_or_none(parity.grad_rel_diff)}  # NaN is not JSON
     if parity.agrees():
         return passed(f"MPS (Apple Silicon GPU) built and available; small op OK; one forward+backward of "
                       f"{model_name} matches the CPU ({numbers})", **data)
     return failed(f"MPS forward+backward of {model_name} disagrees with the CPU ({numbers}; tolerance "
                   f"{PARITY_LOGIT_TOL:g} logits, {PARITY_GRAD_TOL:g} gradients)", fix, **data)
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------- model, transforms, forward

@@ -28,10 +28,10 @@ import itertools
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,26 @@ from torch import nn
 
 from . import checkpoints as ckpt
 from . import trends
+from .artifacts import HISTORY_KEYS, History, RunRecord
+from .components import (
+    autocast_context,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    build_train_loss,
+    current_lr,
+    export_meta,
+    images_on_device,
+    plan_cpu_measured,
+    prepare_output_dir,
+    sanity_check,
+    seed_everything,
+    set_lr,
+)
 from .config import Config
 from .data import image_cache
 from .data.lake import check_sources
 from .device import (
-    CpuPlan,
     DevicePlan,
     PrecisionPlan,
     apply_backend_flags,
@@ -54,17 +69,16 @@ from .device import (
     detect_backends,
     in_jupyter,
     plan_channels_last,
-    plan_cpu,
     plan_device,
     plan_num_workers,
     plan_precision,
 )
 from .distributed import Distributed
-from .errors import RunFailed, UsageError
+from .guards import COUNTS, Guards
 from .interrupts import Interrupted, StopRequests, resume_command, signal_name
 from .loaders import Loaders, build_loaders
-from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
-from .model import build_model, model_kwargs, parameter_summary
+from .losses import PartialLabelLoss
+from .model import build_model, parameter_summary
 from .taxonomy import Taxonomy, build_taxonomy
 from .tracking import Tracker
 from .transforms import (
@@ -73,15 +87,10 @@ from .transforms import (
     resolve_data_config,
     validate_transforms,
 )
-from .utils import atomic_write_json, setup_logging
+from .utils import finite_or_none, setup_logging
 
 log = logging.getLogger("sustain.engine")
 
-HISTORY = "metrics_history.json"
-RUN = "run.json"
-HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_set_acc",
-                "val_samples", "lr", "skipped", "health", "epoch_seconds", "images_per_second", "per_class_f1")
-TIMING_KEYS = ("epoch_seconds", "images_per_second")  # the only history entries that differ between reruns
 
 
 @dataclass
@@ -177,7 +186,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     del batch
 
     # ---- a fresh start, or everything last.pth holds -------------------------
-    state = LoopState(guard=GuardState(amp_on=precision.autocast))
+    state = LoopState()
+    guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
     meta = export_meta(cfg, taxonomy, data_config, lake.manifest_hash)
     resume_path = ckpt.resolve_resume(resume, out_dir)
     if resume_path is None and (out_dir / ckpt.LAST).is_file():
@@ -186,16 +196,13 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     saved = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
     if saved is not None:
         ckpt.check_resume_compatible(saved, list(taxonomy.classes), lake.manifest_hash, resume_path)
-        restore_training_state(saved, cfg, model, optimizer, ema, state)
+        restore_training_state(saved, cfg, model, optimizer, ema, state, guards)
         if state.step:
             log.info("↩️  Resumed from %s at epoch %d, step %d of %d", resume_path, state.epoch + 1, state.step,
                      loaders.train_batches)
         else:
             log.info("↩️  Resumed from %s after epoch %d", resume_path, state.epoch)
-    scaler = make_scaler(plan.type, precision, state.guard.amp_on)
-    if saved is not None and scaler.is_enabled() and saved.get("scaler"):
-        scaler.load_state_dict(saved["scaler"])
-    set_lr(optimizer, scheduler, state.updates, state.guard.lr_factor)
+    set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
     fwd_model = dist.wrap(torch.compile(model) if cfg.model.compile else model, device)
     tracker.start(cfg, data_config, lake.summary, {  # tracking: a resume reopens the saved MLflow run
         "device": plan.line, "precision": precision.label, "workers": workers,
@@ -210,7 +217,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
 
     # ---- the epochs ------------------------------------------------------------
     loop = _Loop(cfg, taxonomy, lake.sources, dist, device, plan, precision, channels_last, out_dir, meta,
-                 model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, scaler, loaders, state)
+                 model, fwd_model, ema, loss_fn, val_loss_fn, optimizer, scheduler, guards, loaders, state,
+                 Hooks.for_run(cfg, tracker, list(taxonomy.classes)))
     if saved_at is not None:
         loop.note_event("resumed", state.epoch + (1 if state.step else 0), state.step,
                         f"from {resume_path.name} saved at {saved_at}")
@@ -240,7 +248,7 @@ def _interrupted(loop: _Loop, stop: _Stopped, timings: dict[str, float], lake: A
     if loop.dist.is_main:
         run = loop.run_record(timings, lake, data_config, workers, {})
         run.update(status="interrupted", stop_reason=reason)
-        atomic_write_json(loop.out_dir / RUN, run)
+        RunRecord.from_dict(run).write(loop.out_dir)
     loop.dist.close()
     command = resume_command(sys.argv, loop.dist.world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
     return Interrupted(f"Training {reason}; saved in {loop.out_dir / ckpt.LAST}. Continue with: {command}",
@@ -251,23 +259,9 @@ def _interrupted(loop: _Loop, stop: _Stopped, timings: dict[str, float], lake: A
 
 
 @dataclass
-class GuardState:
-    """What the step guards know across steps and epochs (saved in last.pth)."""
-
-    amp_on: bool = False
-    lr_factor: float = 1.0
-    lr_halved: bool = False
-    streak: int = 0  # non-finite steps in a row
-    escalations: list[dict[str, Any]] = field(default_factory=list)
-    totals: dict[str, int] = field(default_factory=lambda: {
-        "steps": 0, "skipped": 0, "nonfinite_loss": 0, "nonfinite_grad": 0, "data_errors": 0, "empty_batches": 0})
-
-
-@dataclass
 class LoopState:
     """Everything the loop carries from epoch to epoch; `last.pth` holds all of it."""
 
-    guard: GuardState
     epoch: int = 0  # completed epochs
     updates: int = 0  # optimizer steps taken
     micro_steps: int = 0  # batches seen; the step index of the guard injections
@@ -284,6 +278,27 @@ class LoopState:
     partial: list[dict[str, Any]] | None = None  # each rank's EpochProgress at that step
     events: list[dict[str, Any]] = field(default_factory=list)  # interruptions and resumes, for run.json
 
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's part of last.pth (plain types); `load_state_dict` reads back exactly these keys."""
+        return {"epoch": self.epoch, "updates": self.updates, "micro_steps": self.micro_steps,
+                "early_stopping": {"best": dict(self.best), "bad_epochs": self.bad_epochs, "stopped": self.early_stopped},
+                "failed": self.failed, "stop_reason": self.stop_reason,
+                "history": {k: list(v) for k, v in self.history.items()}, "health": list(self.health),
+                "trend_warnings": list(self.trend_warnings), "step": self.step, "partial": self.partial,
+                "events": list(self.events)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue a saved run. A run its guards stopped trains on (`failed` is not restored); an
+        early stop stays stopped. Format-1 files (no position in an epoch) resume at the epoch's end."""
+        self.epoch, self.updates, self.micro_steps = saved["epoch"], saved["updates"], saved["micro_steps"]
+        es = saved["early_stopping"]
+        self.best, self.bad_epochs, self.early_stopped = dict(es["best"]), es["bad_epochs"], es["stopped"]
+        self.stop_reason = saved["stop_reason"] if self.early_stopped else None
+        self.history = {k: list(saved["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.health, self.trend_warnings = list(saved["health"]), list(saved["trend_warnings"])
+        self.step, self.partial = saved.get("step", 0), saved.get("partial")
+        self.events = list(saved.get("events", []))
+
 
 POSTFIX_EVERY = 25  # the bar's loss/acc are read back from the device every this many steps
 
@@ -297,7 +312,7 @@ class EpochProgress:
         self.loss_sum = torch.tensor(saved.get("loss_sum", 0.0), dtype=dtype, device=device)
         self.correct = torch.tensor(saved.get("correct", 0), dtype=torch.int64, device=device)
         self.seen: int = saved.get("seen", 0)
-        self.counts: dict[str, int] = {k: 0 for k in GuardState().totals} | saved.get("counts", {})
+        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0) | saved.get("counts", {})
 
     @classmethod
     def resume(cls, device: torch.device, partial: list[dict[str, Any]] | None, rank: int) -> EpochProgress:
@@ -333,30 +348,68 @@ class _Stopped(Exception):
         self.signum, self.epoch, self.step, self.total = signum, epoch, step, total
 
 
-def health_verdict(skipped_pct: float, warn_pct: float, critical_pct: float) -> str:
-    """healthy below warn_pct, warning from warn_pct to critical_pct, critical above."""
-    if skipped_pct > critical_pct:
-        return "critical"
-    if skipped_pct >= warn_pct:
-        return "warning"
-    return "healthy"
-
-
-def next_escalation(amp_on: bool, lr_halved: bool) -> str:
-    """The next rung: AMP off, then LR halved, then stop."""
-    if amp_on:
-        return "amp_off"
-    if not lr_halved:
-        return "lr_halved"
-    return "stop"
-
-
 def is_improvement(score: float | None, best: float | None, monitor: str) -> bool:
     if score is None or not math.isfinite(score):
         return False
     if best is None:
         return True
     return score < best if monitor == "val_loss" else score > best
+
+
+CONTINUE, DONE, EARLY_STOP, FAILED, CRITICAL = "continue", "done", "early_stop", "failed", "critical"
+
+
+def decide(state: LoopState, cfg: Config) -> str:
+    """What the loop does after an epoch (pure; `_Loop.apply` carries it out): stop for the guards
+    (an escalation ran out of rungs, or the epoch was critical), finish, stop early, or go on."""
+    if state.failed:
+        return FAILED
+    if state.health and state.health[-1]["verdict"] == "critical":
+        return CRITICAL
+    if state.epoch >= cfg.train.epochs:
+        return DONE
+    patience = cfg.train.early_stopping_patience
+    if patience and state.bad_epochs >= patience:
+        return EARLY_STOP
+    return CONTINUE
+
+
+@dataclass
+class Hooks:
+    """Plain callbacks at the loop's natural points, each list run in order; no framework.
+
+    The debug options (`guards.inject_*`, `guards.debug_kill_after_epoch`) and tracking are
+    hooks; a mid-epoch feature adds one here instead of another branch in the loop."""
+
+    loss: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)  # (micro-step, loss)
+    grads: list[Callable[[int, nn.Module], None]] = field(default_factory=list)  # before each guarded update
+    step_end: list[Callable[[int, Any, EpochProgress, float], None]] = field(default_factory=list)
+    epoch_end: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # the history entry
+    checkpoint: list[Callable[[int], None]] = field(default_factory=list)  # after an epoch's checkpoints
+
+    @classmethod
+    def for_run(cls, cfg: Config, tracker: Tracker, classes: list[str]) -> Hooks:
+        hooks = cls()
+        inject_loss, inject_grad = set(cfg.guards.inject_nonfinite_loss), set(cfg.guards.inject_nonfinite_grad)
+        if inject_loss:  # debug: watch the loss guard work
+            hooks.loss.append(lambda step, loss: loss * float("nan") if step in inject_loss else loss)
+        if inject_grad:  # debug: watch the gradient guard work
+            hooks.grads.append(lambda step, model: _poison_a_gradient(model) if step in inject_grad else None)
+        kill_after = cfg.guards.debug_kill_after_epoch
+        if kill_after is not None:  # debug: a real crash right after a checkpoint
+            hooks.checkpoint.append(lambda epoch: _kill_self() if epoch == kill_after else None)
+        hooks.step_end.append(lambda step, images, progress, t_start: tracker.log_step(
+            step, images, progress.loss_sum, progress.seen, t_start))
+        hooks.epoch_end.append(lambda entry: tracker.log_epoch(entry, classes))
+        return hooks
+
+
+def _poison_a_gradient(model: nn.Module) -> None:
+    next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 # =========================================================================== the loop
@@ -371,19 +424,17 @@ class _Loop:
                  device: torch.device, plan: DevicePlan, precision: PrecisionPlan, channels_last: bool,
                  out_dir: Path, meta: dict[str, Any], model: nn.Module, fwd_model: nn.Module, ema: Any,
                  loss_fn: nn.Module, val_loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 scaler: torch.amp.GradScaler, loaders: Loaders, state: LoopState) -> None:
+                 guards: Guards, loaders: Loaders, state: LoopState, hooks: Hooks | None = None) -> None:
         self.cfg, self.taxonomy, self.sources, self.dist = cfg, taxonomy, sources, dist
         self.device, self.plan, self.precision, self.channels_last = device, plan, precision, channels_last
         self.out_dir, self.meta = out_dir, meta
         self.model, self.fwd_model, self.ema = model, fwd_model, ema
         self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.optimizer, self.scheduler, self.guards = optimizer, scheduler, guards
         self.loaders, self.state = loaders, state
-        self.guards = cfg.guards
         self.stop = StopRequests()  # `_train` installs its signal handlers around `run()`
         self.last_save = time.monotonic()
-        self.inject_loss = set(cfg.guards.inject_nonfinite_loss)
-        self.inject_grad = set(cfg.guards.inject_nonfinite_grad)
+        self.hooks = hooks or Hooks()
 
     # ------------------------------------------------------------------ epochs
 
@@ -406,16 +457,18 @@ class _Loop:
             seconds = time.perf_counter() - t0
             st.epoch = epoch
             self.record_epoch(epoch, train_stats, val, seconds)
-            stop = self.check_health(epoch, train_stats)
+            improved = self.update_best(epoch, val)
+            decision = decide(st, self.cfg)
+            self.apply(decision, epoch, train_stats)
             signum = self.dist.agree_signal(self.stop.signum)  # a signal during validation stops here
             if signum:
                 self.note_event("interrupted", epoch, self.loaders.train_batches, signal_name(signum))
-            self.save_epoch_checkpoints(epoch, val)
+            self.save_epoch_checkpoints(epoch, val, improved)
+            for hook in self.hooks.checkpoint:
+                hook(epoch)
             if signum and epoch < epochs:
                 raise _Stopped(signum, epoch + 1, 0, self.loaders.train_batches)
-            if stop:
-                break
-            if self.early_stopping(epoch):
+            if decision != CONTINUE:
                 break
         self.dist.barrier()
 
@@ -468,7 +521,8 @@ class _Loop:
             if boundary and pending and not stop:
                 stop = self.update(epoch, step.index, pending, progress)
                 pending = 0
-            self.tracker.log_step(self.state.micro_steps, batch.images, progress.loss_sum, progress.seen, t_start)  # tracking
+            for hook in self.hooks.step_end:
+                hook(self.state.micro_steps, batch.images, progress, t_start)
             if self.dist.is_main and (i % POSTFIX_EVERY == 0 or i + 1 == total) and progress.seen:
                 bar.set_postfix(progress.postfix(), refresh=False)  # the only mid-epoch read-back of the sums
             if stop and i + 1 < total:  # the guards stopped the run inside the epoch: resume at the next step
@@ -492,7 +546,7 @@ class _Loop:
                                                         progress.seen, counts["data_errors"])
         counts["data_errors"] = int(errors)
         for k, v in counts.items():
-            st.guard.totals[k] = st.guard.totals.get(k, 0) + v
+            self.guards.state.totals[k] = self.guards.state.totals.get(k, 0) + v
         return {
             "loss": loss_sum / seen if seen else float("nan"),
             "acc": correct / seen if seen else float("nan"),
@@ -515,8 +569,8 @@ class _Loop:
             with self.autocast(), (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
                 logits = self.fwd_model(images)
                 loss = self.loss_fn(logits, targets)
-            if step in self.inject_loss:
-                loss = loss * float("nan")  # debug: watch the loss guard work
+            for hook in self.hooks.loss:
+                loss = hook(step, loss)
             finite = torch.isfinite(loss.detach())
         # The one read-back a step needs: backward must never see a non-finite loss. Under DDP the
         # same exchange ANDs the checks over the ranks and ORs a stop signal and a due checkpoint.
@@ -534,7 +588,7 @@ class _Loop:
             outcome.guard_stop = self.on_nonfinite(epoch, step, "loss")
         else:
             with (contextlib.nullcontext() if sync else self.fwd_model.no_sync()):
-                self.scaler.scale(loss / self.cfg.train.accum_steps).backward()
+                self.guards.backward(loss / self.cfg.train.accum_steps)
             progress.add(loss.detach(), targets.gather(1, logits.detach().argmax(dim=1, keepdim=True)) > 0)
             outcome.trained = 1
         return outcome
@@ -542,7 +596,6 @@ class _Loop:
     def update(self, epoch: int, step: int, pending: int, progress: EpochProgress) -> bool:
         """The optimizer update after `pending` micro-batches; True when the guards stop the run."""
         if self.optimizer_step(step):
-            self.state.guard.streak = 0
             return False
         progress.counts["skipped"] += pending
         progress.counts["nonfinite_grad"] += 1
@@ -557,48 +610,33 @@ class _Loop:
     def optimizer_step(self, step: int) -> bool:
         """The guarded update, then the schedule and EMA. False when the step was skipped."""
         st = self.state
-        if step in self.inject_grad:  # debug: watch the gradient guard work
-            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
-        if not guarded_optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.train.grad_clip):
+        for hook in self.hooks.grads:
+            hook(step, self.model)
+        if not self.guards.optimizer_step(self.model, self.optimizer, self.cfg.train.grad_clip):
             return False
         st.updates += 1
-        set_lr(self.optimizer, self.scheduler, st.updates, st.guard.lr_factor)
+        set_lr(self.optimizer, self.scheduler, st.updates, self.guards.state.lr_factor)
         if self.ema is not None:
             self.ema.update(self.model, step=st.updates)
         return True
 
     def on_nonfinite(self, epoch: int, step: int, kind: str) -> bool:
         """Count a non-finite step towards escalation; True when the run must stop now."""
-        g = self.state.guard
-        g.streak += 1
-        if g.streak < self.guards.escalate_after:
+        event = self.guards.on_nonfinite(epoch, step, kind)
+        if event is None:
             return False
-        action = next_escalation(g.amp_on, g.lr_halved)
-        streak, g.streak = g.streak, 0
-        event = {"epoch": epoch, "step": step, "action": action, "after": f"{streak} non-finite steps in a row"}
-        if action == "amp_off":
-            g.amp_on = False
-            self.scaler = make_scaler(self.plan.type, self.precision, amp_on=False)
-            event["message"] = "mixed precision turned off; training continues in fp32"
-        elif action == "lr_halved":
-            g.lr_halved = True
-            g.lr_factor *= 0.5
-            set_lr(self.optimizer, self.scheduler, self.state.updates, g.lr_factor)
-            event["message"] = f"learning rate halved (now ×{g.lr_factor:g} of the schedule)"
-        else:
-            event["message"] = "the run stops: AMP off and a halved learning rate did not help"
+        if event["action"] == "lr_halved":
+            set_lr(self.optimizer, self.scheduler, self.state.updates, self.guards.state.lr_factor)
+        elif event["action"] == "stop":
             self.state.failed = True
-            self.state.stop_reason = (f"{streak} non-finite steps in a row at step {step} (epoch {epoch}) after "
-                                      "escalating (AMP off, LR halved)")
-        g.escalations.append(event)
-        log.warning("⚠️  Escalation (%s): %s → %s", kind, event["after"], event["message"])
-        return action == "stop"
+            self.state.stop_reason = f"{event['after']} at step {step} (epoch {epoch}) after escalating (AMP off, LR halved)"
+        return event["action"] == "stop"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast_context(self.plan.type, self.precision, enabled=self.state.guard.amp_on)
+        return autocast_context(self.plan.type, self.precision, enabled=self.guards.state.amp_on)
 
     def autocast_factory(self):
-        if not self.state.guard.amp_on:
+        if not self.guards.state.amp_on:
             return None
         return functools.partial(torch.autocast, self.plan.type, dtype=getattr(torch, self.precision.dtype))
 
@@ -627,9 +665,9 @@ class _Loop:
     def record_epoch(self, epoch: int, tr: dict[str, Any], val: dict[str, Any], seconds: float) -> None:
         from .metrics import format_per_class
 
-        st, guards = self.state, self.guards
+        st = self.state
         skipped_pct = 100.0 * tr["skipped"] / max(1, tr["steps"])
-        verdict = health_verdict(skipped_pct, guards.warn_pct, guards.critical_pct)
+        verdict = self.guards.verdict(skipped_pct)
         entry = {
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
             "val_acc": val["acc"], "val_macro_f1": val["macro_f1"], "val_set_acc": val.get("set_acc"),
@@ -638,7 +676,7 @@ class _Loop:
             "per_class_f1": [float(f) for f in val["per_class_f1"]],
         }
         for key in HISTORY_KEYS:
-            st.history[key].append(_finite_or_none(entry[key]))
+            st.history[key].append(finite_or_none(entry[key]))
         st.health.append({"epoch": epoch, "verdict": verdict, "skipped_pct": round(skipped_pct, 3),
                           **{k: tr[k] for k in ("steps", "skipped", "nonfinite_loss", "nonfinite_grad", "data_errors",
                                                 "empty_batches")},
@@ -646,8 +684,9 @@ class _Loop:
 
         if not self.dist.is_main:
             return
-        atomic_write_json(self.out_dir / HISTORY, st.history)
-        self.tracker.log_epoch(entry, list(self.taxonomy.classes))  # tracking
+        History.from_dict(st.history).write(self.out_dir)
+        for hook in self.hooks.epoch_end:
+            hook(entry)
         for line in format_per_class(val, self.taxonomy):
             log.info(line)
         log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", epoch,
@@ -665,26 +704,8 @@ class _Loop:
                 st.trend_warnings.append(warning)
                 log.warning(trends.format_trend_warning(warning))
 
-    def check_health(self, epoch: int, tr: dict[str, Any]) -> bool:
-        """True when the run must stop: a critical epoch, or an escalation that ran out of rungs."""
-        st = self.state
-        if st.failed:
-            log.error("❌ Training stopped: %s. The checkpoint of epoch %d is saved (last.pth). "
-                      "Lower train.lr, set train.amp=off, or check the data; then --resume auto.", st.stop_reason, epoch)
-            return True
-        if st.health[-1]["verdict"] == "critical":
-            pct = st.health[-1]["skipped_pct"]
-            st.failed = True
-            st.stop_reason = (f"{pct:.1f}% of the steps of epoch {epoch} were skipped "
-                              f"(critical above {self.guards.critical_pct:g}%)")
-            log.error("❌ Training stopped: %s (%d non-finite loss, %d non-finite grad, %d empty batches). "
-                      "The checkpoint of epoch %d is saved (last.pth). Frequent NaN/Inf usually means the learning "
-                      "rate is too high or fp16 overflows: lower train.lr or set train.amp=off, then --resume auto.",
-                      st.stop_reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], epoch)
-            return True
-        return False
-
-    def save_epoch_checkpoints(self, epoch: int, val: dict[str, Any]) -> None:
+    def update_best(self, epoch: int, val: dict[str, Any]) -> bool:
+        """Did the monitored score improve? Keeps the best score and counts the epochs without gain."""
         st, monitor = self.state, self.cfg.train.monitor
         score = {"val_macro_f1": val["macro_f1"], "val_acc": val["acc"], "val_loss": val["loss"]}[monitor]
         improved = is_improvement(score, st.best["score"], monitor)
@@ -693,34 +714,45 @@ class _Loop:
             st.bad_epochs = 0
         else:
             st.bad_epochs += 1
-        rng = self.dist.gather_rng()  # a collective: every rank takes part
-        if self.dist.is_main:
-            if improved:
-                meta = {**self.meta, "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"]}
-                path = ckpt.save_best(self.out_dir, ckpt.state_dict_copy(self.eval_model()), meta)
-                st.best["path"] = path.name
-                log.info("✓ Saved best model checkpoint: %s", path)
-        self.save_last(rng)
-        self.dist.barrier()
-        kill_after = self.guards.debug_kill_after_epoch
-        if kill_after is not None and epoch == kill_after:  # debug: a real crash right after a checkpoint
-            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        return improved
 
-    def early_stopping(self, epoch: int) -> bool:
-        st, patience = self.state, self.cfg.train.early_stopping_patience
-        if patience and st.bad_epochs >= patience and epoch < self.cfg.train.epochs:
+    def apply(self, decision: str, epoch: int, tr: dict[str, Any]) -> None:
+        """Record a stop in the state (last.pth, run.json) and say why; before the epoch's checkpoints."""
+        st = self.state
+        if decision == FAILED:
+            log.error("❌ Training stopped: %s. The checkpoint of epoch %d is saved (last.pth). "
+                      "Lower train.lr, set train.amp=off, or check the data; then --resume auto.", st.stop_reason, epoch)
+        elif decision == CRITICAL:
+            st.failed = True
+            st.stop_reason = (f"{st.health[-1]['skipped_pct']:.1f}% of the steps of epoch {epoch} were skipped "
+                              f"(critical above {self.cfg.guards.critical_pct:g}%)")
+            log.error("❌ Training stopped: %s (%d non-finite loss, %d non-finite grad, %d empty batches). "
+                      "The checkpoint of epoch %d is saved (last.pth). Frequent NaN/Inf usually means the learning "
+                      "rate is too high or fp16 overflows: lower train.lr or set train.amp=off, then --resume auto.",
+                      st.stop_reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], epoch)
+        elif decision == EARLY_STOP:  # recorded before the save, so a resume does not train on
+            patience = self.cfg.train.early_stopping_patience
             st.early_stopped = True
             st.stop_reason = (f"early stopping: no gain in {self.cfg.train.monitor} for {patience} epochs "
                               f"(best at epoch {st.best['epoch']})")
             log.info("⏹️  Early stopping: no gain in %s for %d epochs (best %.4f at epoch %d)",
                      self.cfg.train.monitor, patience, st.best["score"], st.best["epoch"])
-            self.save_last(self.dist.gather_rng())  # record the decision so a resume does not train on
-            return True
-        return False
+
+    def save_epoch_checkpoints(self, epoch: int, val: dict[str, Any], improved: bool) -> None:
+        """The best weights when they improved, then last.pth; every rank takes part."""
+        st = self.state
+        rng = self.dist.gather_rng()  # a collective: every rank takes part
+        if self.dist.is_main and improved:
+            meta = {**self.meta, "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"]}
+            path = ckpt.save_best(self.out_dir, ckpt.state_dict_copy(self.eval_model()), meta)
+            st.best["path"] = path.name
+            log.info("✓ Saved best model checkpoint: %s", path)
+        self.save_last(rng)
+        self.dist.barrier()
 
     def training_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """The `last.pth` payload: everything an exact resume needs (tensors and plain types)."""
-        st = self.state
+        # No scheduler state: the LR is a pure function of the config and `updates` (set_lr).
         return {
             "format": ckpt.FORMAT_VERSION,
             "kind": "last",
@@ -728,28 +760,13 @@ class _Loop:
             "manifest_hash": self.meta["manifest_hash"],
             "meta": dict(self.meta),
             "config": self.cfg.to_dict(),
-            "epoch": st.epoch,
-            "updates": st.updates,
-            "micro_steps": st.micro_steps,
+            **self.state.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": _plain_scheduler_state(self.scheduler),
-            "scaler": self.scaler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "early_stopping": {"monitor": self.cfg.train.monitor, "best": dict(st.best), "bad_epochs": st.bad_epochs,
-                               "stopped": st.early_stopped},
-            "guard": {"amp_on": st.guard.amp_on, "lr_factor": st.guard.lr_factor, "lr_halved": st.guard.lr_halved,
-                      "streak": st.guard.streak, "escalations": list(st.guard.escalations),
-                      "totals": dict(st.guard.totals)},
-            "failed": st.failed,
-            "stop_reason": st.stop_reason,
-            "history": {k: list(v) for k, v in st.history.items()},
-            "health": list(st.health),
-            "trend_warnings": list(st.trend_warnings),
+            "guard": self.guards.state_dict(),
+            "scaler": self.guards.scaler.state_dict(),
             "rng": rng,
-            "step": st.step,
-            "partial": st.partial,
-            "events": list(st.events),
             "saved_at": _now(),
             "tracking": self.tracker.state(),  # tracking: a resumed run appends to the same MLflow run and step
         }
@@ -785,14 +802,14 @@ class _Loop:
         checklist = trends.success_checklist(
             st.history,
             {"completed": not st.failed, "stop_reason": st.stop_reason, "artifacts": trends.artifacts_present(out),
-             "skipped_steps": st.guard.totals["skipped"], "total_steps": st.guard.totals["steps"]},
-            skipped_max=self.guards.warn_pct / 100.0,
+             "skipped_steps": self.guards.state.totals["skipped"], "total_steps": self.guards.state.totals["steps"]},
+            skipped_max=self.cfg.guards.warn_pct / 100.0,
         )
         for line in trends.format_checklist(checklist):
             log.info(line)
         run = self.run_record(timings, lake, data_config, workers, final)
         run.update(checklist=checklist, report_error=None)
-        atomic_write_json(out / RUN, run)  # the report reads it
+        RunRecord.from_dict(run).write(out)  # the report reads it
         if not st.failed:
             try:
                 from .report import build_report
@@ -801,8 +818,11 @@ class _Loop:
             except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
                 run["report_error"] = f"{type(exc).__name__}: {exc}"
                 log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", run["report_error"], out)
-                atomic_write_json(out / RUN, run)
-        self.tracker.finish(out, run)  # tracking: final metrics and artifacts; its counts go into run.json
+                RunRecord.from_dict(run).write(out)
+        tracked = self.tracker.finish(out, run)  # tracking: final metrics and artifacts; its counts go into run.json
+        if tracked is not None:
+            run["tracking"] = tracked
+            RunRecord.from_dict(run).write(out)
         result.checklist = checklist
         if st.failed:
             log.error("❌ Training failed: %s", st.stop_reason)
@@ -827,7 +847,7 @@ class _Loop:
             "taxonomy": self.taxonomy.to_dict(),
             "normalisation": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
             "device": {"type": self.plan.type, "name": self.plan.name, "precision": self.precision.label,
-                       "amp_on_at_end": st.guard.amp_on, "channels_last": self.channels_last,
+                       "amp_on_at_end": self.guards.state.amp_on, "channels_last": self.channels_last,
                        "world_size": self.dist.world, "num_workers": workers},
             "seed": self.cfg.seed,
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -838,9 +858,8 @@ class _Loop:
             "epochs_completed": st.epoch,
             "best": {**st.best},
             "final_evaluation": final,
-            "health": {"totals": dict(st.guard.totals), "escalations": list(st.guard.escalations),
+            "health": {"totals": dict(self.guards.state.totals), "escalations": list(self.guards.state.escalations),
                        "per_epoch": list(st.health), "trend_warnings": list(st.trend_warnings)},
-            "trend_warnings": list(st.trend_warnings),
             "interruptions": list(st.events),
         }
 
@@ -848,179 +867,8 @@ class _Loop:
 # =========================================================================== building blocks
 
 
-def prepare_output_dir(path: str | Path) -> Path:
-    """Create the output folder and prove it is writable, before anything slow happens."""
-    out = Path(path).expanduser()
-    hint = "choose another folder with --output DIR (or output_dir in the config), or fix its permissions"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"Output folder {out} is not writable: {exc.strerror or exc}", hint) from None
-    return out.resolve()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA / MPS device
-
-
-def export_meta(cfg: Config, taxonomy: Taxonomy, data_config: dict[str, Any], manifest_hash: str) -> dict[str, Any]:
-    """The `best_model.json` fields (docs/architecture.md), without the epoch-specific ones."""
-    tax = taxonomy.to_dict()
-    return {
-        "model_name": cfg.model.name,
-        "num_classes": taxonomy.num_classes,
-        "classes": tax["classes"],
-        "bins": tax["bins"],
-        "sets": tax["sets"],
-        "input_size": list(data_config["input_size"]),
-        "mean": list(data_config["mean"]),
-        "std": list(data_config["std"]),
-        "interpolation": data_config["interpolation"],
-        "crop_pct": data_config["crop_pct"],
-        "crop_mode": data_config["crop_mode"],  # Predictor must crop as the final evaluation does
-        "model_kwargs": model_kwargs(cfg.model),
-        "manifest_hash": manifest_hash,
-    }
-
-
-def build_train_loss(cfg: Config, lake: Any, taxonomy: Taxonomy) -> PartialLabelLoss:
-    weights = None
-    if cfg.train.balance == "loss_weights":
-        counts = class_counts((r.targets for r in lake.split("train")), taxonomy.num_classes)
-        weights = inverse_frequency_weights(counts)  # on the CPU; float32 is MPS-safe
-    return PartialLabelLoss(label_smoothing=cfg.train.label_smoothing, class_weights=weights)
-
-
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """timm's factory: no weight decay on norms, biases and `no_weight_decay()` params; layer-wise LR decay."""
-    from timm.optim import create_optimizer_v2
-
-    t = cfg.train
-    return create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                               layer_decay=t.layer_decay, filter_bias_and_bn=True)
-
-
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
-    """Linear warmup then cosine to min_lr, stepped per optimizer update (timm, which honours lr_scale)."""
-    from timm.scheduler import CosineLRScheduler
-
-    t = cfg.train
-    total = max(1, t.epochs * updates_per_epoch)
-    warmup = min(total - 1, round(t.warmup_epochs * updates_per_epoch))
-    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=t.min_lr, warmup_t=warmup,
-                             warmup_lr_init=t.lr * 0.01, warmup_prefix=True, t_in_epochs=False)
-
-
-def guarded_optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                           grad_clip: float | None) -> bool:
-    """Unscale, check the gradient norm, clip, step; False (and no step) when the norm is not finite.
-
-    With an enabled GradScaler, `unscale_` has recorded the inf, so `update()` backs
-    the scale off exactly as `scaler.step` would have; the grads are then dropped.
-    """
-    scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-    if not torch.isfinite(norm):
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return True
-
-
-def set_lr(optimizer: torch.optim.Optimizer, scheduler: Any, updates: int, lr_factor: float) -> None:
-    scheduler.step_update(updates)
-    if lr_factor != 1.0:
-        for group in optimizer.param_groups:
-            group["lr"] *= lr_factor
-
-
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The largest group LR: the head's, which layer-wise decay leaves unscaled."""
-    return max(float(g["lr"]) for g in optimizer.param_groups)
-
-
-def build_ema(cfg: Config, model: nn.Module):
-    if not cfg.train.ema:
-        return None
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=cfg.train.ema_decay)
-
-
-def make_scaler(device_type: str, precision: PrecisionPlan, amp_on: bool) -> torch.amp.GradScaler:
-    """A GradScaler for fp16; a disabled one (a no-op wrapper) otherwise."""
-    enabled = amp_on and precision.grad_scaler
-    return torch.amp.GradScaler(device_type if device_type in ("cuda", "mps") else "cpu", enabled=enabled)
-
-
-def sanity_check(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device, precision: PrecisionPlan,
-                 num_classes: int, size: int, channels_last: bool) -> None:
-    """One real batch through the model: batch and output shapes, finite loss. Eval mode: no state changes."""
-    hint = "see README › Troubleshooting › 'Sanity check failed'"
-    if batch is None or len(batch) == 0:
-        raise RunFailed("Pre-training sanity check failed: the first training batch has no loadable image", hint)
-    if tuple(batch.images.shape[1:]) != (3, size, size) or tuple(batch.targets.shape) != (len(batch), num_classes):
-        raise RunFailed(f"Pre-training sanity check failed: batch images {tuple(batch.images.shape)} and targets "
-                        f"{tuple(batch.targets.shape)}, expected [B, 3, {size}, {size}] and [B, {num_classes}]", hint)
-    model.eval()
-    images = images_on_device(batch, device, channels_last)
-    with torch.no_grad(), autocast_context(device.type, precision, enabled=precision.autocast):
-        out = model(images)
-        loss = loss_fn(out, batch.targets.to(device))
-    if tuple(out.shape) != (len(batch), num_classes):
-        raise RunFailed(f"Pre-training sanity check failed: model output {tuple(out.shape)}, "
-                        f"expected ({len(batch)}, {num_classes})", hint)
-    if not torch.isfinite(loss):
-        raise RunFailed(f"Pre-training sanity check failed: the loss of the first batch is {float(loss)}", hint)
-    model.train()
-    log.info("✅ Pre-training sanity check passed!")
-
-
-def autocast_context(device_type: str, precision: PrecisionPlan, *, enabled: bool) -> contextlib.AbstractContextManager:
-    """The one way the engine builds autocast: the plan's dtype when enabled, else a no-op."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=getattr(torch, precision.dtype))
-
-
-def images_on_device(batch: Any, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = batch.images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
-def plan_cpu_measured(cfg: Config, model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device,
-                      precision: PrecisionPlan, load_seconds: float, channels_last: bool, world: int) -> CpuPlan:
-    """Time one forward and backward of the sanity batch, plan threads and workers from it, apply the threads."""
-    threads = torch.get_num_threads()  # the user's cap: train() starts from their setting
-    model.eval()  # no BatchNorm statistics or drop-path draws change: the run is as without the timing
-    images = images_on_device(batch, device, channels_last)
-    for _ in range(2):  # the first backward builds autograd's buffers: time the second
-        t = time.perf_counter()
-        with autocast_context(device.type, precision, enabled=precision.autocast):
-            loss = loss_fn(model(images), batch.targets.to(device))
-        loss.backward()
-        step_seconds = time.perf_counter() - t
-        model.zero_grad(set_to_none=True)
-    model.train()
-    setting = cfg.data.num_workers
-    cpu = plan_cpu(cores=cpu_count(), step_seconds=step_seconds, step_threads=threads, load_seconds=load_seconds,
-                   max_threads=threads, workers=None if setting == "auto" else int(setting), world_size=world)
-    torch.set_num_threads(cpu.threads)
-    log.info(cpu.line)
-    return cpu
-
-
 def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-                           ema: Any, state: LoopState) -> None:
+                           ema: Any, state: LoopState, guards: Guards) -> None:
     """Load everything last.pth holds into the freshly built objects and the loop state.
 
     The LR schedule is a pure function of the config and the update count: it
@@ -1031,40 +879,15 @@ def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module,
     optimizer.load_state_dict(saved["optimizer"])
     if ema is not None and saved.get("ema") is not None:
         ema.module.load_state_dict(saved["ema"])
-    state.epoch, state.updates, state.micro_steps = saved["epoch"], saved["updates"], saved["micro_steps"]
-    es = saved["early_stopping"]
-    state.best, state.bad_epochs, state.early_stopped = dict(es["best"]), es["bad_epochs"], es["stopped"]
-    g = saved["guard"]
-    state.guard = GuardState(amp_on=g["amp_on"] and state.guard.amp_on, lr_factor=g["lr_factor"],
-                             lr_halved=g["lr_halved"], streak=g["streak"], escalations=list(g["escalations"]),
-                             totals=dict(g["totals"]))
+    state.load_state_dict(saved)
     saved_lr = saved["config"]["train"]["lr"]
+    guards.load_state_dict(saved["guard"], saved.get("scaler"), keep_lr_factor=saved_lr == cfg.train.lr)
     if saved_lr != cfg.train.lr:  # the user chose a new LR: it replaces an automatic halving
         log.info("  train.lr changed from %g to %g: the schedule continues at update %d with the new LR",
                  saved_lr, cfg.train.lr, state.updates)
-        state.guard.lr_factor, state.guard.lr_halved = 1.0, False
     if saved["failed"]:  # the run stopped on its guards: a resume continues from the saved epoch
         log.warning("⚠️  The saved run had stopped (%s); continuing from its checkpoint", saved["stop_reason"])
-        state.guard.streak = 0
-    elif state.early_stopped:
-        state.stop_reason = saved["stop_reason"]
-    state.history = {k: list(saved["history"].get(k, [])) for k in HISTORY_KEYS}
-    state.health = list(saved["health"])
-    state.trend_warnings = list(saved["trend_warnings"])
-    state.step, state.partial = saved.get("step", 0), saved.get("partial")
-    state.events = list(saved.get("events", []))
-
-
-def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
-    state = scheduler.state_dict()
-    ckpt.check_plain(state, "scheduler state")
-    return state
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+        guards.state.streak = 0
 
 
 def _now() -> str:

@@ -8,9 +8,6 @@
   writes ``confusion_matrix.npy`` + ``classification_report.json`` for val
   and ``<split>_confusion_matrix.npy`` + ``<split>_classification_report.json``
   for the others (``test_*``).
-- `load_checkpoint_model` rebuilds a model from ``best_model.safetensors`` +
-  ``best_model.json`` (or a ``.pth`` dict) with the classes, bins and
-  preprocessing stored beside the weights; `sustain predict` uses it too.
 - `evaluate_checkpoint` is `sustain evaluate`: a run's val/test split rebuilt
   from its ``manifest.csv``, or a labelled folder (``--data``).
 """
@@ -18,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,14 +26,22 @@ import torch
 from sklearn.metrics import classification_report
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoints import EXPORT_META, EXPORT_WEIGHTS, load_checkpoint
+from .artifacts import MANIFEST, VAL_CONFUSION, VAL_REPORT
+from .checkpoints import (
+    checkpoint_record,
+    export_paths,
+    load_checkpoint_model,
+    load_weights,
+    read_meta,
+)
 from .data.scan import IMAGE_EXTENSIONS
+from .device import resolve_device
 from .errors import UsageError
 from .gallery import SamplePredictions, predictions_file, save_predictions
 from .metrics import final_metrics, format_per_class
 from .taxonomy import Taxonomy
 from .transforms import build_eval_transform
-from .utils import atomic_write, atomic_write_json
+from .utils import atomic_write, atomic_write_json, fmt_metric
 
 log = logging.getLogger("sustain.evaluate")
 
@@ -231,7 +235,7 @@ def report_paths(out_dir: Path, split: str, stem: str | None = None) -> tuple[Pa
     other splits are prefixed with their name (SPEC §7); `stem` replaces the prefix."""
     if stem is None:
         stem = "" if split == "val" else f"{split}_"
-    return out_dir / f"{stem}confusion_matrix.npy", out_dir / f"{stem}classification_report.json"
+    return out_dir / f"{stem}{VAL_CONFUSION}", out_dir / f"{stem}{VAL_REPORT}"
 
 
 def write_split_report(
@@ -275,9 +279,9 @@ def write_final_evaluation(
     """
     record = None
     if checkpoint is not None:
-        weights, meta = _export_paths(Path(checkpoint))
+        weights, meta = export_paths(Path(checkpoint))
         load_weights(model, weights)
-        record = _checkpoint_record(weights, _read_meta(meta) if meta.is_file() else {})
+        record = checkpoint_record(weights, read_meta(meta) if meta.is_file() else {})
     device = torch.device(device)
     model.to(device)
     results: dict[str, dict[str, Any]] = {}
@@ -322,145 +326,8 @@ def summary_line(report: Mapping[str, Any]) -> str:
         f"📊 {report['split']}: Acc {pct(report['accuracy'])} ({report['n_fine']} fine-labelled images), "
         f"Macro F1 {report['macro_f1']:.4f}, Top-5 {pct(report['top5_accuracy'])}, "
         f"Bin {pct(report['bin_accuracy']['acc'])}, Set {pct(report['set_accuracy'])} "
-        f"({report['n_set']} set-labelled), ECE {_fmt(report['expected_calibration_error'])}"
+        f"({report['n_set']} set-labelled), ECE {fmt_metric(report['expected_calibration_error'])}"
     )
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-# --------------------------------------------------------------------------- loading checkpoints
-
-
-@dataclass
-class LoadedCheckpoint:
-    model: torch.nn.Module  # in eval mode, on the requested device
-    meta: dict[str, Any]  # the best_model.json fields
-    taxonomy: Taxonomy
-    path: Path
-
-    @property
-    def data_config(self) -> dict[str, Any]:
-        """timm-style data config: input_size, mean, std, interpolation, crop_pct."""
-        m = self.meta
-        return {
-            "input_size": tuple(m["input_size"]),
-            "mean": tuple(m["mean"]),
-            "std": tuple(m["std"]),
-            "interpolation": m.get("interpolation", "bicubic"),
-            "crop_pct": float(m.get("crop_pct", 1.0)),
-            "crop_mode": m.get("crop_mode", "center"),
-        }
-
-
-_REQUIRED_META = ("model_name", "num_classes", "classes", "input_size", "mean", "std")
-
-
-def _export_paths(path: Path) -> tuple[Path, Path]:
-    """(weights, meta) for a run folder, a best_model.safetensors or a best_model.json."""
-    if path.is_dir():
-        return path / EXPORT_WEIGHTS, path / EXPORT_META
-    return path.with_suffix(".safetensors"), path.with_suffix(".json")
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"Cannot read checkpoint metadata {path}: {exc}",
-                         "re-export the model, or pass the .pth checkpoint") from None
-    return meta
-
-
-def _check_meta(meta: Mapping[str, Any], where: Path) -> None:
-    missing = [k for k in _REQUIRED_META if k not in meta]
-    if missing:
-        raise UsageError(f"Checkpoint metadata in {where} lacks {missing}",
-                         "it must come from `sustain train` (best_model.json or a best_model_*.pth)")
-    if len(meta["classes"]) != int(meta["num_classes"]):
-        raise UsageError(f"Checkpoint metadata in {where}: {len(meta['classes'])} classes listed "
-                         f"but num_classes is {meta['num_classes']}")
-
-
-def _checkpoint_record(weights: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
-    return {"path": str(weights), "epoch": meta.get("epoch"), "val_acc": meta.get("val_acc"),
-            "manifest_hash": meta.get("manifest_hash")}
-
-
-def taxonomy_from_meta(meta: Mapping[str, Any]) -> Taxonomy:
-    bins = meta.get("bins")
-    return Taxonomy(
-        classes=tuple(meta["classes"]),
-        bins={k: tuple(v) for k, v in bins.items()} if bins else None,
-        sets={k: tuple(v) for k, v in (meta.get("sets") or {}).items()},
-    )
-
-
-def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, torch.Tensor]) -> None:
-    """Load a state dict (or a .safetensors file) into `model`, strictly."""
-    if not isinstance(weights, Mapping):
-        from safetensors.torch import load_file
-
-        path = Path(weights)
-        if not path.is_file():
-            raise UsageError(f"Checkpoint weights not found: {path}", "pass a run folder, best_model.safetensors or a .pth")
-        try:
-            weights = load_file(str(path), device="cpu")
-        except Exception as exc:  # SafetensorError for a damaged or truncated file
-            raise UsageError(f"Cannot read checkpoint weights {path}: {exc}",
-                             "the file is damaged; export it again or use the best_model_*.pth") from None
-    from timm.models import clean_state_dict  # strips DDP 'module.' / torch.compile prefixes
-
-    try:
-        model.load_state_dict(clean_state_dict(dict(weights)), strict=True)
-    except RuntimeError as exc:
-        raise UsageError(f"Checkpoint weights do not fit the model: {str(exc).splitlines()[0]}",
-                         "the weights and best_model.json must come from the same run") from None
-
-
-def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """State dict and metadata of a training checkpoint (``model`` and ``meta``, see
-    `sustain.checkpoints.save_best`). A checkpoint without ``meta`` (``last.pth``)
-    borrows it from the ``best_model.json`` beside it."""
-    ckpt = load_checkpoint(path)
-    state = ckpt.get("model")
-    if not isinstance(state, Mapping):
-        raise UsageError(f"Checkpoint {path} holds no model weights (keys: {sorted(ckpt)[:10]})",
-                         "pass a best_model_*.pth, last.pth or best_model.safetensors written by `sustain train`")
-    meta = dict(ckpt.get("meta") or {})
-    if any(k not in meta for k in _REQUIRED_META) and (path.parent / EXPORT_META).is_file():
-        meta = {**_read_meta(path.parent / EXPORT_META), **meta}
-    return dict(state), meta
-
-
-def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
-    """Rebuild the trained model from a run folder, ``best_model.safetensors``/``.json``,
-    or a ``.pth`` training checkpoint. The architecture comes from ``model_name`` and
-    ``model_kwargs`` in the metadata; nothing is downloaded (``pretrained=False``)."""
-    from .model import create_for_inference
-
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UsageError(f"Checkpoint not found: {path}", "pass a run folder, best_model.safetensors or a .pth file")
-    if path.suffix == ".pth":
-        state, meta = _read_pth(path)
-        where = path
-    else:
-        weights, meta_path = _export_paths(path)
-        if not meta_path.is_file():
-            raise UsageError(f"Checkpoint metadata not found: {meta_path}",
-                             "best_model.safetensors needs its best_model.json beside it")
-        meta, where, state = _read_meta(meta_path), meta_path, weights
-    _check_meta(meta, where)
-    try:
-        model = create_for_inference(meta["model_name"], int(meta["num_classes"]), meta.get("model_kwargs") or {})
-    except Exception as exc:  # timm raises RuntimeError/TypeError/ValueError for unknown names or kwargs
-        raise UsageError(f"Cannot build model {meta['model_name']!r} from {where}: {exc}",
-                         "check timm's version against the one in run.json") from None
-    load_weights(model, state)
-    model.to(device).eval()
-    return LoadedCheckpoint(model=model, meta=dict(meta), taxonomy=taxonomy_from_meta(meta), path=path)
 
 
 # --------------------------------------------------------------------------- sustain evaluate
@@ -493,7 +360,7 @@ def evaluate_checkpoint(
     run_dir = loaded.path if loaded.path.is_dir() else loaded.path.parent
     taxonomy = loaded.taxonomy
     if data_dir is None:
-        rows, sources = read_manifest_split(run_dir / "manifest.csv", split, taxonomy)
+        rows, sources = read_manifest_split(run_dir / MANIFEST, split, taxonomy)
         name = split
     else:
         rows, sources = labelled_folder_rows(Path(data_dir), taxonomy, label_map)
@@ -501,7 +368,7 @@ def evaluate_checkpoint(
     dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform(dict(loaded.data_config)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
     preds = collect_predictions(loaded.model, indexed_loader(loader), dev)
-    record = _checkpoint_record(loaded.path, loaded.meta)
+    record = checkpoint_record(loaded.path, loaded.meta)
     out = Path(out_dir or run_dir)
     report = write_split_report(preds, taxonomy, sources, out, name, stem=f"eval_{name}_", checkpoint=record)
     # The train split's store is in-sample: the model learned those labels (the report says so).
@@ -518,15 +385,6 @@ def evaluate_checkpoint(
 def _per_class_view(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"macro_f1": report["macro_f1"],
             "worst": [(w["class"], w["f1"], w["support"]) for w in report["worst_classes"]]}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' → CUDA, then MPS, then CPU (`sustain.device.plan_device`); 'cuda:1' etc. as given."""
-    if isinstance(device, torch.device) or ":" in str(device):
-        return torch.device(device)
-    from .device import detect_backends, plan_device
-
-    return torch.device(plan_device(str(device), detect_backends()).type)
 
 
 def read_manifest_split(manifest: Path, split: str, taxonomy: Taxonomy) -> tuple[list[Any], list[str]]:

@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .artifacts import EXPORT_REPORT, MANIFEST, RUN
+from .checkpoints import LoadedCheckpoint, load_checkpoint_model
 from .data.scan import CorruptImage, load_rgb
 from .errors import RunFailed, UsageError
-from .evaluate import LoadedCheckpoint, load_checkpoint_model, read_manifest_split
+from .evaluate import read_manifest_split
 from .inference import OnnxBackend, Predictor
 from .metrics import epoch_metrics
 from .model_card import write_model_folder
@@ -46,7 +48,6 @@ log = logging.getLogger("sustain.export")
 
 FORMATS = ("onnx", "coreml")
 OPSET = 18
-REPORT = "export_report.json"
 # Fewer samples than this: every single answer must agree (0.1% of them is less than one image).
 SMALL_SPLIT = 1000
 
@@ -283,7 +284,7 @@ def parity_gate(loaded: LoadedCheckpoint, run_dir: Path, files: dict[str, Path],
                 batch_size: int = 32) -> dict[str, Any]:
     """Score ``split`` with PyTorch and with each exported ONNX file; the gate's verdict per file."""
     try:
-        rows, _ = read_manifest_split(run_dir / "manifest.csv", split, loaded.taxonomy)
+        rows, _ = read_manifest_split(run_dir / MANIFEST, split, loaded.taxonomy)
     except UsageError as exc:
         raise UsageError(f"{exc.message} (the parity gate scores the run's {split} split)",
                          "export from the run folder, pick --split val, or skip the gate with --no-verify") from None
@@ -353,14 +354,14 @@ def export_run(path: str | Path, formats: list[str] | tuple[str, ...] = ("onnx",
         log.warning("⚠️  PARITY GATE SKIPPED (%s): nobody checked that the exported model answers "
                     "like the trained one. Do not deploy it unchecked.", why)
         report["passed"] = None
-    atomic_write_json(out_dir / REPORT, report)
-    _log_verdict(report, out_dir / REPORT)
+    atomic_write_json(out_dir / EXPORT_REPORT, report)
+    _log_verdict(report, out_dir / EXPORT_REPORT)
     return report
 
 
 def check_taxonomy(loaded: LoadedCheckpoint, run_dir: Path) -> None:
     """Refuse a checkpoint whose classes differ from those of the run folder it sits in."""
-    run_json = run_dir / "run.json"
+    run_json = run_dir / RUN
     if not run_json.is_file():
         return
     try:

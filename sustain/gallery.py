@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import PREDICTIONS, SUSPECTS_CSV  # noqa: F401  (SUSPECTS_CSV re-exported)
 from .utils import atomic_write, atomic_write_text
 
 log = logging.getLogger("sustain.gallery")
@@ -44,12 +45,11 @@ SOURCE_MIN_IMAGES = 10
 THUMB_PX = 128
 THUMB_QUALITY = 70
 THUMB_BUDGET_BYTES = 5_000_000  # all embedded thumbnails of one report together
-SUSPECTS_CSV = "suspect_labels.csv"
 _STORE_KEYS = ("split", "classes", "paths", "sources", "labels", "probs", "targets", "in_sample")
 
 
 def predictions_file(split: str) -> str:
-    return f"predictions_{split}.npz"
+    return PREDICTIONS.format(split=split)
 
 
 # --------------------------------------------------------------------------- the store

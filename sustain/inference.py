@@ -33,14 +33,10 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
+from .checkpoints import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
 from .data.scan import CorruptImage, load_rgb, to_rgb, walk_source
+from .device import resolve_device
 from .errors import UsageError
-from .evaluate import (
-    LoadedCheckpoint,
-    load_checkpoint_model,
-    resolve_device,
-    taxonomy_from_meta,
-)
 from .taxonomy import Taxonomy
 from .transforms import build_eval_transform
 

@@ -77,7 +77,3 @@ def sample_weights(targets: Sequence[Sequence[int]], class_weights: torch.Tensor
     w = class_weights.double().numpy()
     return torch.tensor([float(np.mean([w[c] for c in idx])) for idx in targets], dtype=torch.float64)
 
-
-def build_loss(label_smoothing: float, class_weights: torch.Tensor | None = None) -> PartialLabelLoss:
-    return PartialLabelLoss(label_smoothing=label_smoothing, class_weights=class_weights)
-

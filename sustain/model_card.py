@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .evaluate import LoadedCheckpoint
+from .artifacts import DATA_SUMMARY, RUN, TEST_REPORT, VAL_REPORT
+from .checkpoints import LoadedCheckpoint
 from .utils import atomic_write_text
 
 log = logging.getLogger("sustain.export")
@@ -35,8 +36,7 @@ def write_model_folder(loaded: LoadedCheckpoint, run_dir: Path, out: Path) -> Pa
 
 def _artifacts(run_dir: Path) -> dict[str, Any]:
     """The run's JSON artifacts the model card reads; a missing or unreadable one is None."""
-    names = {"run": "run.json", "data_summary": "data_summary.json",
-             "test_report": "test_classification_report.json", "val_report": "classification_report.json"}
+    names = {"run": RUN, "data_summary": DATA_SUMMARY, "test_report": TEST_REPORT, "val_report": VAL_REPORT}
     found: dict[str, Any] = {}
     for key, name in names.items():
         try:

@@ -26,11 +26,31 @@ from typing import Any
 
 import numpy as np
 
+from .artifacts import (
+    CONFUSION_PNG,
+    CURVES_PNG,
+    DATA_SUMMARY,
+    F1_PNG,
+    HISTORY,
+    REPORT_HTML,
+    RUN,
+    SUSPECTS_CSV,
+    TEST_CONFUSION,
+    TEST_REPORT,
+    VAL_CONFUSION,
+    VAL_REPORT,
+    ArtifactError,
+    DataSummary,
+    History,
+    ModelMeta,
+    Record,
+    RunRecord,
+)
 from .errors import UsageError
-from .gallery import SUSPECTS_CSV, predictions_file, write_suspects_csv
+from .gallery import predictions_file, write_suspects_csv
 from .gallery_html import Gallery, build_gallery
 from .metrics import top_confusions
-from .utils import atomic_write, atomic_write_text, escape_html
+from .utils import atomic_write, atomic_write_text, escape_html, finite_float
 
 log = logging.getLogger("sustain.report")
 
@@ -39,12 +59,6 @@ CURVES_FIGSIZE = (15.0, 8.0)
 TOP_CONFUSIONS = 10
 WORST_SHOWN = 5
 
-HISTORY = "metrics_history.json"
-RUN = "run.json"
-DATA_SUMMARY = "data_summary.json"
-VAL_REPORT, VAL_CONFUSION = "classification_report.json", "confusion_matrix.npy"
-TEST_REPORT, TEST_CONFUSION = "test_classification_report.json", "test_confusion_matrix.npy"
-CURVES_PNG, CONFUSION_PNG, F1_PNG = "training_curves.png", "confusion_matrix.png", "per_class_f1.png"
 ARTIFACTS = (HISTORY, VAL_CONFUSION, VAL_REPORT, TEST_CONFUSION, TEST_REPORT, RUN, DATA_SUMMARY,
              predictions_file("val"))
 
@@ -66,15 +80,9 @@ def new_figure(figsize: tuple[float, float]):
     return Figure(figsize=figsize, dpi=DPI)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def history_series(history: Mapping[str, Any], key: str) -> list[float]:
     """A history column as floats, NaN where an entry is missing or non-finite (a gap in the plot)."""
-    return [np.nan if (v := _number(x)) is None else v for x in history.get(key) or []]
+    return [np.nan if (v := finite_float(x)) is None else v for x in history.get(key) or []]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -85,7 +93,10 @@ def _save(fig: Any, path: Path) -> Path:
 # --------------------------------------------------------------------------- plots
 
 
-def plot_training_curves(history: Mapping[str, Any], path: str | Path) -> Path:
+HEALTH_COLOURS = {"healthy": "tab:green", "warning": "tab:orange", "critical": "tab:red"}
+
+
+def plot_training_curves(history: Mapping[str, Any], path: str | Path, warn_pct: float | None = None) -> Path:
     """Loss, accuracy, macro-F1, LR and skipped steps per epoch (fractions shown as %)."""
     n = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
     epochs = history_series(history, "epoch") or [float(i + 1) for i in range(n)]
@@ -115,9 +126,12 @@ def plot_training_curves(history: Mapping[str, Any], path: str | Path) -> Path:
     ax.set(title="Learning rate (end of epoch)", xlabel="epoch")
     ax = axes[1, 1]
     skipped = [0.0 if np.isnan(v) else 100 * v for v in history_series(history, "skipped")]
-    colours = ["tab:green" if s < 5 else "tab:orange" if s <= 20 else "tab:red" for s in skipped]
+    # Each bar wears the verdict the engine gave that epoch under the run's own guard thresholds.
+    verdicts = list(history.get("health") or [])
+    colours = [HEALTH_COLOURS.get(verdicts[i] if i < len(verdicts) else "", "tab:gray") for i in range(len(skipped))]
     ax.bar(epochs[: len(skipped)], skipped, color=colours)
-    ax.axhline(5, color="tab:orange", linestyle="--", linewidth=1)
+    if warn_pct is not None:
+        ax.axhline(warn_pct, color="tab:orange", linestyle="--", linewidth=1)
     ax.set(title="Skipped steps (%)", xlabel="epoch", ylim=(0, max([25.0, *skipped])))
     ax = axes[1, 2]
     line(ax, "images_per_second", "images/s")
@@ -201,6 +215,24 @@ def _read_json(path: Path, notes: list[str]) -> Any:
         return None
 
 
+def _read_record(record: type[Record], run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
+    """A record's file as its checked dict; missing or unreadable is a note on the page, not a failure."""
+    if not (run_dir / record.FILE).is_file():
+        notes.append(f"{record.FILE} not found" + (" (the run may still be in progress)" if record.FILE == RUN else ""))
+        return None
+    try:
+        return record.read(run_dir).to_dict()
+    except ArtifactError as exc:
+        notes.append(f"{record.FILE} could not be read: {exc.message}")
+        return None
+
+
+def _warn_pct(run: Mapping[str, Any] | None) -> float | None:
+    """The run's guards.warn_pct: the dashed line on the skipped-steps plot."""
+    value = ((run or {}).get("config") or {}).get("guards", {}).get("warn_pct")
+    return finite_float(value)
+
+
 def _read_npy(path: Path, notes: list[str]) -> np.ndarray | None:
     if not path.is_file():
         notes.append(f"{path.name} not found")
@@ -237,21 +269,20 @@ def build_report(run_dir: str | Path) -> Path:
         raise UsageError(f"No run artifacts in {run_dir} (looked for {', '.join(ARTIFACTS)})",
                          "pass the output_dir of a training run")
     notes: list[str] = []
-    history = _read_json(run_dir / HISTORY, notes)
-    run = _read_json(run_dir / RUN, notes)
-    data_summary = _read_json(run_dir / DATA_SUMMARY, notes)
+    history = _read_record(History, run_dir, notes)
+    run = _read_record(RunRecord, run_dir, notes)
+    data_summary = _read_record(DataSummary, run_dir, notes)
     val = _read_json(run_dir / VAL_REPORT, notes)
     test = _read_json(run_dir / TEST_REPORT, notes)
     confusion = _read_npy(run_dir / VAL_CONFUSION, notes)
     test_confusion = _read_npy(run_dir / TEST_CONFUSION, notes)
-    best_json = run_dir / "best_model.json"
-    classes = _classes(val, test, run, json.loads(best_json.read_text(encoding="utf-8")) if best_json.is_file() else None)
+    classes = _classes(val, test, run, _read_record(ModelMeta, run_dir, notes))
     if classes is None and confusion is not None:
         classes = [str(i) for i in range(len(confusion))]
 
     images: dict[str, Path] = {}
     if isinstance(history, Mapping) and history:
-        images["Training curves"] = plot_training_curves(history, run_dir / CURVES_PNG)
+        images["Training curves"] = plot_training_curves(history, run_dir / CURVES_PNG, _warn_pct(run))
     if confusion is not None and classes is not None and confusion.shape == (len(classes), len(classes)):
         images["Confusion matrix (val)"] = plot_confusion_matrix(confusion, classes, run_dir / CONFUSION_PNG)
     elif confusion is not None:
@@ -266,7 +297,7 @@ def build_report(run_dir: str | Path) -> Path:
     page = render_html(run_dir=run_dir, history=history, run=run, data_summary=data_summary,
                        reports={"val": val, "test": test}, confusions={"val": confusion, "test": test_confusion},
                        classes=classes, images=images, notes=notes, gallery=gallery)
-    out = atomic_write_text(run_dir / "report.html", page)
+    out = atomic_write_text(run_dir / REPORT_HTML, page)
     log.debug("report written with %d plot(s), %d suspect label(s), %.1f MB of thumbnails; notes: %s",
               len(images), len(gallery.suspects), gallery.thumbnails_bytes / 1e6, notes)
     return out
@@ -390,11 +421,9 @@ def _summary_section(run: Any, history: Any, val: Any, classes: Sequence[str] | 
         for key in ("timings", "versions"):
             if key in run:
                 body += f"<h3>{escape_html(key.capitalize())}</h3>" + _value_html(run[key])
-        checklist = run.get("success_checklist") or run.get("checklist")
-        if checklist:
-            body += "<h3>Success criteria checklist</h3>" + _checklist_html(checklist)
-        rest = {k: v for k, v in run.items() if k not in ("timings", "versions", "success_checklist", "checklist",
-                                                          "health", "trend_warnings", "data_summary")}
+        if run["checklist"]:
+            body += "<h3>Success criteria checklist</h3>" + _checklist_html(run["checklist"])
+        rest = {k: v for k, v in run.items() if k not in ("timings", "versions", "checklist", "health", "data_summary")}
         body += f"<details><summary>Everything in run.json</summary>{_value_html(rest)}</details>"
     return body
 
@@ -416,11 +445,8 @@ def _checklist_html(items: Any) -> str:
 def _health_section(run: Any, history: Any) -> str:
     parts = []
     if isinstance(run, Mapping):
-        health = run.get("health")
-        nested = health.get("trend_warnings") if isinstance(health, Mapping) else None
-        warnings = run.get("trend_warnings") or nested
-        if isinstance(health, Mapping):
-            health = {k: v for k, v in health.items() if k != "trend_warnings"}
+        warnings = run["health"].get("trend_warnings")
+        health = {k: v for k, v in run["health"].items() if k != "trend_warnings"}
         if health:
             parts.append("<h3>Summary</h3>" + _value_html(health))
         if warnings:

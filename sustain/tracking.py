@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from . import artifacts
 from .config import Config, TrackingConfig
 from .errors import UsageError
-from .utils import atomic_write_json
 
 log = logging.getLogger("sustain.tracking")
 
@@ -38,10 +38,9 @@ CONNECT_TIMEOUT = 3.0  # seconds for the start-up check of a server
 RETRY_PAUSES = (5.0, 15.0, 60.0)  # seconds between retries after a failure (then 60 s on)
 MAX_PENDING = 10_000  # logging calls kept while a server is away; the oldest metrics go first
 MLFLOW_BATCH = 1000  # MLflow's per-request limit on metrics (params: 100)
-ARTIFACTS = ("report.html", "training_curves.png", "confusion_matrix.png", "per_class_f1.png", "best_model.json",
-             "run.json", "metrics_history.json", "classification_report.json", "test_classification_report.json")
-WEIGHTS = "best_model.safetensors"
-CONFUSION_PNG = "confusion_matrix.png"
+ARTIFACTS = (artifacts.REPORT_HTML, artifacts.CURVES_PNG, artifacts.CONFUSION_PNG, artifacts.F1_PNG,
+             artifacts.EXPORT_META, artifacts.RUN, artifacts.HISTORY, artifacts.VAL_REPORT, artifacts.TEST_REPORT)
+WEIGHTS = artifacts.EXPORT_WEIGHTS
 
 
 def mlflow_uri(tracking: TrackingConfig, output_dir: str | Path) -> str:
@@ -237,21 +236,22 @@ class Tracker:
             values[f"val_f1/{_safe_key(c)}"] = f
         self._scalars(values, epoch)
 
-    def finish(self, out_dir: Path, run: dict[str, Any]) -> None:
-        """Final evaluation, checklist, confusion image and artifacts; then the counts go into run.json."""
+    def finish(self, out_dir: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Final evaluation, checklist, confusion image and artifacts; returns the counts for run.json
+        (None when tracking is off)."""
         if self.cfg is not None:
             import json
 
             reports = {split: json.loads(p.read_text(encoding="utf-8")) for split, p in
-                       (("val", out_dir / "classification_report.json"),
-                        ("test", out_dir / "test_classification_report.json")) if p.is_file()}
+                       (("val", out_dir / artifacts.VAL_REPORT),
+                        ("test", out_dir / artifacts.TEST_REPORT)) if p.is_file()}
             metrics = final_metrics(reports)
             metrics.update({f"checklist.{it['id']}": float(it["passed"]) for it in run.get("checklist") or []})
             self._scalars(metrics, int(run.get("epochs_completed") or 0))
-            if self.writer is not None and (out_dir / CONFUSION_PNG).is_file():  # the report's plot
+            if self.writer is not None and (out_dir / artifacts.CONFUSION_PNG).is_file():  # the report's plot
                 from PIL import Image
 
-                with Image.open(out_dir / CONFUSION_PNG) as im:
+                with Image.open(out_dir / artifacts.CONFUSION_PNG) as im:
                     pixels = np.asarray(im.convert("RGB"))
                 self.writer.add_image("val/confusion_matrix", pixels, self.step, dataformats="HWC")
             if self.client is not None:
@@ -259,9 +259,7 @@ class Tracker:
                 self.pending.append(("tags", {"sustain.status": str(run.get("status"))}))
                 self.pending.extend(("artifact", out_dir / n) for n in names if (out_dir / n).is_file())
         self.close("FINISHED" if run.get("status") == "completed" else "FAILED")
-        if self.cfg is not None:
-            run["tracking"] = self.record()
-            atomic_write_json(out_dir / "run.json", run)
+        return self.record() if self.cfg is not None else None
 
     def state(self) -> dict[str, Any]:
         """What `last.pth` keeps so a resumed run appends to the same run and step."""

@@ -14,10 +14,12 @@ before (`format_trend_warning`) and records them in the health record; at the en
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from . import artifacts
+from .utils import finite_float, fmt_metric
 
 # Trend rules (SPEC §6, the seed's warning signs). Each counts epoch-over-epoch changes.
 RISING_EPOCHS = 3  # train loss higher than the epoch before, this many epochs in a row
@@ -35,11 +37,11 @@ SKIPPED_MAX = 0.05
 
 # Files whose presence means "checkpoints and metrics saved" (SPEC §7); values are globs.
 REQUIRED_ARTIFACTS: dict[str, str] = {
-    "best checkpoint": "best_model_epoch*_acc*.pth",
-    "last.pth": "last.pth",
-    "best_model.safetensors": "best_model.safetensors",
-    "best_model.json": "best_model.json",
-    "metrics_history.json": "metrics_history.json",
+    "best checkpoint": artifacts.BEST_GLOB,
+    artifacts.LAST: artifacts.LAST,
+    artifacts.EXPORT_WEIGHTS: artifacts.EXPORT_WEIGHTS,
+    artifacts.EXPORT_META: artifacts.EXPORT_META,
+    artifacts.HISTORY: artifacts.HISTORY,
 }
 
 History = Mapping[str, Sequence[Any]]
@@ -48,23 +50,15 @@ History = Mapping[str, Sequence[Any]]
 # --------------------------------------------------------------------------- helpers
 
 
-def _number(value: Any) -> float | None:
-    """A finite float, or None for a missing / non-numeric / NaN / Inf entry."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _series(history: History, key: str) -> list[float | None]:
-    return [_number(v) for v in history.get(key) or []]
+    return [finite_float(v) for v in history.get(key) or []]
 
 
 def _epochs(history: History) -> list[int]:
     """The epoch numbers (1-based) for each history entry; falls back to positions."""
     n = max((len(v) for v in history.values() if isinstance(v, Sequence)), default=0)
     raw = list(history.get("epoch") or [])
-    return [int(raw[i]) if i < len(raw) and _number(raw[i]) is not None else i + 1 for i in range(n)]
+    return [int(raw[i]) if i < len(raw) and finite_float(raw[i]) is not None else i + 1 for i in range(n)]
 
 
 def _first_streak_end(flags: Sequence[bool], length: int) -> int | None:
@@ -236,7 +230,7 @@ def success_checklist(
     losses_ok = (final_train is not None and final_train < TRAIN_LOSS_MAX
                  and final_val is not None and final_val < VAL_LOSS_MAX)
     add("losses", f"Train loss < {TRAIN_LOSS_MAX} and val loss < {VAL_LOSS_MAX}", losses_ok,
-        f"final train loss {_fmt(final_train)}, val loss {_fmt(final_val)}")
+        f"final train loss {fmt_metric(final_train)}, val loss {fmt_metric(final_val)}")
 
     share = _skipped_share(history, run)
     add("nonfinite", f"No frequent NaN/Inf (< {100 * skipped_max:g}% skipped)",
@@ -256,12 +250,8 @@ def _first_last(values: Sequence[float | None]) -> tuple[float | None, float | N
     return (finite[0], finite[-1]) if finite else (None, None)
 
 
-def _fmt(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else "n/a"
-
-
 def _skipped_share(history: History, run: Mapping[str, Any]) -> float | None:
-    skipped, total = _number(run.get("skipped_steps")), _number(run.get("total_steps"))
+    skipped, total = finite_float(run.get("skipped_steps")), finite_float(run.get("total_steps"))
     if skipped is not None and total:
         return skipped / total
     per_epoch = [v for v in _series(history, "skipped") if v is not None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -16,6 +17,26 @@ from typing import IO, Any
 def escape_html(value: Any) -> str:
     """Any value as text safe inside HTML, attributes included (report, gallery, compare)."""
     return html.escape(str(value), quote=True)
+
+
+def finite_float(value: Any) -> float | None:
+    """A finite float, or None for a missing / non-numeric / NaN / Inf entry (JSON artifacts, plots)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/Inf: a non-finite float becomes null, anything else is kept."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def fmt_metric(value: float | None) -> str:
+    """A metric for the console: four decimals, or "n/a"."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:

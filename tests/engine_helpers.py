@@ -92,7 +92,7 @@ def read_json(path: Path) -> Any:
 
 def deterministic_history(history: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """The history without wall-clock entries, which differ between any two runs."""
-    from sustain.engine import TIMING_KEYS
+    from sustain.artifacts import TIMING_KEYS
 
     return {k: v for k, v in history.items() if k not in TIMING_KEYS}
 

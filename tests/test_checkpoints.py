@@ -126,3 +126,32 @@ def test_resume_compatibility_names_what_changed(tmp_path: Path) -> None:
         ckpt.check_resume_compatible({**state, "kind": "best"}, ["a", "b", "c"], "h1", tmp_path / "x.pth")
     with pytest.raises(UsageError, match="checkpoint format 99; this Sustain reads up to 2"):
         ckpt.check_resume_compatible({**state, "format": 99}, ["a", "b", "c"], "h1", tmp_path / "last.pth")
+
+
+def test_the_training_state_round_trips_through_last_pth(tmp_path: Path) -> None:
+    """What the loop and the guards write into last.pth is exactly what they read back."""
+    from sustain.config import GuardConfig
+    from sustain.device import plan_precision
+    from sustain.engine import LoopState
+    from sustain.guards import Guards
+
+    state = LoopState(epoch=3, updates=17, micro_steps=34, bad_epochs=1, early_stopped=True,
+                      stop_reason="early stopping", step=2, partial=[{"seen": 8}],
+                      health=[{"epoch": 1, "verdict": "healthy"}], events=[{"event": "resumed"}])
+    state.best.update(score=0.5, epoch=2, val_acc=0.5, macro_f1=0.4, path="best.pth")
+    state.history["epoch"].extend([1, 2, 3])
+    guards = Guards(GuardConfig(), "cpu", plan_precision("cpu", "off", False), amp_on=False)
+    for step in range(3):  # three non-finite steps in a row: the LR is halved
+        guards.on_nonfinite(1, step, "loss")
+    assert guards.state.lr_halved and guards.state.lr_factor == 0.5
+    path = ckpt.save_checkpoint(tmp_path / "last.pth", {**state.state_dict(), "guard": guards.state_dict()})
+    saved = torch.load(path, weights_only=True)
+
+    back = LoopState()
+    back.load_state_dict(saved)
+    assert back == state
+    again = Guards(GuardConfig(), "cpu", plan_precision("cpu", "off", False), amp_on=False)
+    again.load_state_dict(saved["guard"], None)
+    assert again.state == guards.state
+    again.load_state_dict(saved["guard"], None, keep_lr_factor=False)  # a new train.lr drops the halving
+    assert again.state.lr_factor == 1.0 and not again.state.lr_halved

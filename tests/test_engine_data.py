@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -72,3 +74,56 @@ def test_shards_cover_every_validation_sample_exactly_once() -> None:
     shards = [list(ShardSampler(7, rank, 3)) for rank in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(7))
     assert [len(s) for s in shards] == [3, 2, 2]  # unequal, never padded
+
+
+
+def test_balancing_changes_the_classes_seen_and_what_a_mistake_costs(tmp_path: Path) -> None:
+    """On a lake where one class has five times as many images as each other class, `balance: sampler`
+    evens out the classes the model sees, and `balance: loss_weights` makes a mistake on a rare
+    class cost more than the same mistake on the common one."""
+    from engine_helpers import TINY_CLASSES, make_tiny_lake, tiny_config
+    from torchvision import transforms as T
+
+    from sustain.components import build_train_loss
+    from sustain.data.lake import ingest
+    from sustain.device import detect_backends, plan_device
+    from sustain.distributed import Distributed
+    from sustain.loaders import build_loaders
+    from sustain.losses import PartialLabelLoss
+    from sustain.taxonomy import build_taxonomy
+
+    common, rare = TINY_CLASSES[0], TINY_CLASSES[1:]
+    make_tiny_lake(tmp_path / "lake", classes=[common], per_class=30)
+    make_tiny_lake(tmp_path / "lake", classes=rare, per_class=6, seed=1)
+    to_tensor = T.Compose([T.Resize((32, 32)), T.ToTensor()])
+
+    def shares(balance: str) -> np.ndarray:
+        cfg = tiny_config(tmp_path / "lake", tmp_path / balance, train={"balance": balance})
+        taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
+        lake = ingest(cfg, taxonomy, log_summary=False)
+        loaders = build_loaders(cfg, lake, taxonomy, to_tensor, to_tensor, plan_device("cpu", detect_backends()), 0,
+                                Distributed())
+        seen = np.zeros(taxonomy.num_classes)
+        for epoch in range(1, 21):
+            loaders.set_epoch(epoch)
+            for batch in loaders.train:
+                seen += batch.targets.sum(dim=0).numpy()
+        return seen / seen.sum()
+
+    plain, sampled = shares("none"), shares("sampler")
+    assert plain[0] > 0.4  # 30 of 60 images
+    assert sampled[0] < 0.3 and sampled[1:].min() > 0.1  # about a sixth each
+
+    cfg = tiny_config(tmp_path / "lake", tmp_path / "w", train={"balance": "loss_weights"})
+    taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
+    weighted = build_train_loss(cfg, ingest(cfg, taxonomy, log_summary=False), taxonomy)
+    targets = torch.eye(taxonomy.num_classes)[[0, 1]]  # a batch of two: one common image, one rare
+
+    def batch_loss(loss_fn: torch.nn.Module, wrong: int) -> float:  # the model errs on image `wrong`
+        logits = torch.zeros(2, taxonomy.num_classes)
+        logits[0, 0], logits[1, 1] = (-4.0, 4.0) if wrong == 0 else (4.0, -4.0)
+        return float(loss_fn(logits, targets))
+
+    plain = PartialLabelLoss()
+    assert batch_loss(weighted, wrong=1) > 1.5 * batch_loss(plain, wrong=1)  # a rare mistake costs more
+    assert batch_loss(weighted, wrong=0) < 0.75 * batch_loss(plain, wrong=0)  # a common one less

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sustain.engine import guarded_optimizer_step, health_verdict, is_improvement, next_escalation
+from sustain.engine import is_improvement
+from sustain.guards import guarded_optimizer_step, health_verdict, next_escalation
 from sustain.losses import PartialLabelLoss, class_counts, inverse_frequency_weights, sample_weights
 
 
@@ -119,3 +121,24 @@ def test_improvement_respects_the_monitor_direction() -> None:
     assert is_improvement(0.6, 0.5, "val_acc") and not is_improvement(0.5, 0.5, "val_acc")
     assert is_improvement(0.4, 0.5, "val_loss") and not is_improvement(0.6, 0.5, "val_loss")
     assert not is_improvement(float("nan"), None, "val_loss")
+
+
+def test_after_an_epoch_the_loop_decides_in_a_fixed_order() -> None:
+    """Guards first (a failed run, a critical epoch), then the last epoch, then early stopping."""
+    from engine_helpers import tiny_config
+
+    from sustain.engine import CONTINUE, CRITICAL, DONE, EARLY_STOP, FAILED, LoopState, decide
+
+    cfg = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 2})
+
+    def state(epoch: int, bad: int = 0, verdict: str = "healthy", failed: bool = False) -> LoopState:
+        return LoopState(epoch=epoch, bad_epochs=bad, failed=failed, health=[{"verdict": verdict}])
+
+    assert decide(state(2), cfg) == CONTINUE
+    assert decide(state(2, bad=2), cfg) == EARLY_STOP
+    assert decide(state(5, bad=2), cfg) == DONE  # the last epoch is no early stop
+    assert decide(state(5, verdict="critical"), cfg) == CRITICAL
+    assert decide(state(2, bad=2, verdict="critical"), cfg) == CRITICAL
+    assert decide(state(3, bad=2, verdict="critical", failed=True), cfg) == FAILED
+    no_patience = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 0})
+    assert decide(state(2, bad=4), no_patience) == CONTINUE

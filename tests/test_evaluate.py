@@ -17,14 +17,13 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sustain.checkpoints import save_best, state_dict_copy
+from sustain.checkpoints import load_checkpoint_model, save_best, state_dict_copy
 from sustain.data.dataset import ManifestDataset, collate_skip_failed
 from sustain.data.lake import MANIFEST_COLUMNS, ManifestRow
 from sustain.errors import UsageError
 from sustain.evaluate import (
     collect_predictions,
     evaluate_checkpoint,
-    load_checkpoint_model,
     write_final_evaluation,
 )
 from sustain.taxonomy import Taxonomy, build_taxonomy

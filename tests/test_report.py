@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sustain.artifacts import DataSummary, History, RunRecord
 from sustain.errors import UsageError
 from sustain.evaluate import Predictions, write_split_report
 from sustain.report import (
@@ -45,27 +46,27 @@ def make_run(run: Path) -> dict:
     val = write_split_report(preds, TAXONOMY, ["demo_master", "demo_coarse"], run, "val",
                              checkpoint={"epoch": 3, "val_acc": 0.5})
     write_split_report(preds, TAXONOMY, ["demo_master", "demo_coarse"], run, "test")
-    history = {
-        "epoch": [1, 2, 3, 4],
-        "train_loss": [3.2, 2.1, 1.4, 1.2],
-        "train_acc": [0.1, 0.3, 0.5, 0.6],
-        "val_loss": [3.0, 2.2, 1.9, None],  # a non-finite epoch is written as null
-        "val_acc": [0.2, 0.4, val["accuracy"], 0.45],
-        "val_macro_f1": [0.1, 0.3, 0.5, 0.4],
-        "lr": [1e-3, 8e-4, 4e-4, 1e-4],
-        "skipped": [0.0, 0.07, 0.0, 0.25],
-        "health": ["healthy", "warning", "healthy", "critical"],
-        "epoch_seconds": [10.0, 9.5, 9.7, 9.6],
-        "images_per_second": [120.0, 126.0, 124.0, 125.0],
-    }
-    (run / "metrics_history.json").write_text(json.dumps(history))
-    (run / "run.json").write_text(json.dumps({
-        "config": {"model": {"name": "test_vit"}, "seed": 42}, "device": "cpu", "seed": 42,
-        "manifest_hash": "abc123", "versions": {"torch": torch.__version__},
-        "health": {"nonfinite_loss": 3, "nonfinite_grad": 0, "data_errors": 2},
-        "success_checklist": [{"id": "loss", "item": "Loss decreased", "passed": True, "detail": "3.2 → 1.2"}],
-    }))
-    (run / "data_summary.json").write_text(json.dumps({"total": 1234, "sources": {"<script>alert(1)</script>": 5}}))
+    # Each file through the record the engine and the ingest write it with.
+    History(epoch=[1, 2, 3, 4], train_loss=[3.2, 2.1, 1.4, 1.2], train_acc=[0.1, 0.3, 0.5, 0.6],
+            val_loss=[3.0, 2.2, 1.9, None],  # a non-finite epoch is written as null
+            val_acc=[0.2, 0.4, val["accuracy"], 0.45], val_macro_f1=[0.1, 0.3, 0.5, 0.4],
+            val_set_acc=[None] * 4, val_samples=[120] * 4, lr=[1e-3, 8e-4, 4e-4, 1e-4],
+            skipped=[0.0, 0.07, 0.0, 0.25], health=["healthy", "warning", "healthy", "critical"],
+            epoch_seconds=[10.0, 9.5, 9.7, 9.6], images_per_second=[120.0, 126.0, 124.0, 125.0],
+            per_class_f1=[[0.5] * 30] * 4).write(run)
+    summary = DataSummary(total_images=1234, manifest_hash="abc123", seed=42,
+                          split_fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+                          splits={"train": 988, "val": 123, "test": 123},
+                          sources={"<script>alert(1)</script>": {"images": 5}}, classes={})
+    summary.write(run)
+    RunRecord(status="completed", stop_reason=None, config={"model": {"name": "test_vit"}, "seed": 42},
+              model_name="test_vit", classes=list(TAXONOMY.classes), taxonomy=TAXONOMY.to_dict(),
+              normalisation={}, device={"type": "cpu"}, seed=42, timings={"total_seconds": 40.0},
+              versions={"torch": torch.__version__}, manifest_hash="abc123", data_summary=summary.to_dict(),
+              epochs_completed=4, best={"epoch": 3, "val_acc": val["accuracy"]},
+              health={"totals": {"nonfinite_loss": 3, "nonfinite_grad": 0, "data_errors": 2},
+                      "trend_warnings": [{"id": "overfit", "message": "val loss rising while train loss falls"}]},
+              checklist=[{"id": "loss", "item": "Loss decreased", "passed": True, "detail": "3.2 → 1.2"}]).write(run)
     return val
 
 
@@ -99,7 +100,7 @@ def test_report_files_are_complete_and_self_contained(tmp_path: Path, run_cli):
     t, p = np.unravel_index(cm.argmax(), cm.shape)
     assert f"<td>{TAXONOMY.classes[t]}</td><td>{TAXONOMY.classes[p]}</td>" in page  # the top confusion pair
     for text in ("demo_master", "demo_coarse", "compost", "donate", "Loss decreased", "critical", "abc123",
-                 "✓ matches the best epoch", "nonfinite_loss"):
+                 "✓ matches the best epoch", "nonfinite_loss", "val loss rising while train loss falls"):
         assert text in page, text
 
 

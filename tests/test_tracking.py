@@ -190,10 +190,9 @@ def test_a_server_that_goes_away_mid_run_is_a_warning_then_the_buffer_is_deliver
     tracker.log_epoch({**epoch, "epoch": 3, "val_acc": 0.7}, ["red"])
     out = tmp_path / "out"
     out.mkdir()
-    tracker.finish(out, {"status": "completed", "epochs_completed": 3})
+    record = tracker.finish(out, {"status": "completed", "epochs_completed": 3})["mlflow"]
     server.stop()
     assert [(m["step"], m["value"]) for m in server.metrics if m["key"] == "epoch/val_acc"] == [(2, 0.6), (3, 0.7)]
     assert server.status == "FINISHED"
-    record = read_json(out / "run.json")["tracking"]["mlflow"]
     assert record["failures"] == 1 and record["retried_ok"] >= 2 and record["dropped"] == 0
     assert record["pending"] == 0 and record["run_id"] == "r1"

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..artifacts import CORRUPT_FILES, DATA_SUMMARY, MANIFEST
 from ..config import Config, SourceConfig
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
@@ -184,7 +185,7 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
     lake = Lake(rows=rows, summary=summary, manifest_hash=digest, sources=names)
     if out_dir is not None:
         write_lake_files(out_dir, lake, corrupt)
-        say("✓ Manifest written: %s (hash %s)", Path(out_dir) / "manifest.csv", digest[:16])
+        say("✓ Manifest written: %s (hash %s)", Path(out_dir) / MANIFEST, digest[:16])
     return lake
 
 
@@ -569,11 +570,11 @@ def write_lake_files(out_dir: str | Path, lake: Lake, corrupt: Sequence[tuple[in
     writer.writerow(MANIFEST_COLUMNS)
     writer.writerows((r.path, r.relpath, r.source, r.label, r.split, r.content_hash, r.group, r.duplicates)
                      for r in lake.rows)
-    atomic_write_text(out / "manifest.csv", buffer.getvalue())
-    atomic_write_json(out / "data_summary.json", lake.summary)
+    atomic_write_text(out / MANIFEST, buffer.getvalue())
+    atomic_write_json(out / DATA_SUMMARY, lake.summary)
     lines = [f"# {len(corrupt)} files excluded from the manifest because they cannot be decoded (path<TAB>reason)"]
     lines += [f"{path}\t{reason}" for _, path, reason in sorted(corrupt, key=lambda c: c[1])]
-    atomic_write_text(out / "corrupt_files.txt", "\n".join(lines) + "\n")
+    atomic_write_text(out / CORRUPT_FILES, "\n".join(lines) + "\n")
 
 
 def read_manifest(path: str | Path, taxonomy: Taxonomy) -> list[ManifestRow]:
