@@ -46,10 +46,10 @@ def test_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(small_set
     result = measure(small_set)
 
     # At this size one miss is 3% of a kind (the full set's numbers are in docs/performance.md):
-    # the test allows one miss per kind beyond the goal, which still fails if a kind breaks.
+    # the test allows at most one miss per kind. Without the verifier (split.VERIFY_DISTANCE)
+    # two re-encoded copies (JPEG q60, WebP q80: 6 bits from their original) are missed.
     for kind, r in recall_by_kind(result).items():
-        if kind in RECALL_GOALS:
-            assert r["found"] >= min(r["of"] * RECALL_GOALS[kind], r["of"] - 1) - 1, (kind, result["recall"])
+        assert r["found"] >= min(r["of"] * RECALL_GOALS.get(kind, 0.95), r["of"] - 1), (kind, result["recall"])
     assert result["recall"]["mirror"]["recall"] == 1.0
     assert result["false_merges"] / result["distinct"] <= FALSE_MERGE_GOAL
 
