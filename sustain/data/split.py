@@ -211,8 +211,8 @@ def _expand_runs(index: np.ndarray, query: np.ndarray, order: np.ndarray, lo: np
         q = has[start:stop]
         reps = counts[q]
         qi = np.repeat(q, reps)
-        offset = np.arange(qi.size) - np.repeat(np.cumsum(reps) - reps, reps)
-        ii = order[np.repeat(lo[q], reps) + offset]
+        # the k-th candidate of a run sits at sorted position lo + k: one repeat of (lo - run start)
+        ii = order[np.repeat(lo[q] - (np.cumsum(reps) - reps), reps) + np.arange(qi.size)]
         distance = hamming(index[ii], query[qi])
         close = distance <= radius
         yield ii[close], qi[close], distance[close]
