@@ -37,6 +37,7 @@ from ..utils import atomic_write_json, atomic_write_text
 from .labels import LabelMap, compile_label_map
 from .scan import (
     SIGNATURE_VERSION,
+    VARIANTS_SIZE,
     DecodeCache,
     DecodeResult,
     FileEntry,
@@ -45,7 +46,14 @@ from .scan import (
     default_workers,
     walk_labelled,
 )
-from .split import COLOUR_TOLERANCE, SPLITS, assign_splits, near_duplicate_groups
+from .split import (
+    COLOUR_TOLERANCE,
+    MIN_CORRELATION,
+    SPLITS,
+    VERIFY_DISTANCE,
+    assign_splits,
+    near_duplicate_groups,
+)
 
 log = logging.getLogger("sustain.data.lake")
 
@@ -206,7 +214,8 @@ def check_sources(cfg: Config, taxonomy: Taxonomy) -> tuple[list[SourceConfig], 
 
 def _near_duplicate_groups(cache: DecodeCache, signatures: list[bytes], distance: int) -> np.ndarray:
     """near_duplicate_groups, remembered in the cache for exactly these signatures: a warm ingest skips it."""
-    digest = hashlib.sha256(f"{SIGNATURE_VERSION}\0{distance}\0{COLOUR_TOLERANCE}\0".encode())
+    settings = (SIGNATURE_VERSION, distance, COLOUR_TOLERANCE, VERIFY_DISTANCE, MIN_CORRELATION)
+    digest = hashlib.sha256("\0".join(map(str, settings)).encode() + b"\0")
     digest.update(b"".join(signatures))
     key = digest.hexdigest()
     groups = cache.load_groups(key)
@@ -250,7 +259,7 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
     cached = cache.load([s.root.rstrip(os.sep) + os.sep for s in scans])
     results: dict[str, DecodeResult] = {}
     todo: dict[str, FileEntry] = {}
-    known: dict[str, DecodeResult] = {}  # cached rows from before the signature variants: upgraded
+    known: dict[str, DecodeResult] = {}  # cached rows from an older signature version: upgraded
     walked: set[str] = set()
     for scan in scans:
         for entry, _ in scan.labelled:
@@ -258,7 +267,7 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
             hit = cached_result(entry, cached.get(entry.path), max_pixels)
             if hit is None:
                 todo[entry.path] = entry
-            elif hit.ok and hit.variants is None:
+            elif hit.ok and (hit.variants is None or len(hit.variants) != VARIANTS_SIZE):
                 todo[entry.path] = entry
                 known[entry.path] = hit
             else:
