@@ -24,6 +24,7 @@ from benchmarks.bench_dedupe import (
 from sustain.config import config_from_dict
 from sustain.data.lake import ingest
 from sustain.data.scan import (
+    DECODER_VERSION,
     SIGNATURE_VERSION,
     VARIANTS_SIZE,
     DecodeCache,
@@ -55,12 +56,13 @@ def test_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(small_set
 
 
 def _old_cache(directory: Path, rows: list[tuple]) -> None:
-    """A decode cache as the version before the signature variants wrote it (schema and values)."""
+    """A decode cache as the version before the signature variants wrote it (schema and values), from the
+    same decoder (a cache from another decoder version is dropped: test_data_scan)."""
     directory.mkdir(parents=True)
     db = sqlite3.connect(directory / DecodeCache.FILENAME)
     with db:
         db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-        db.execute("INSERT INTO meta VALUES ('decoder_version', '2')")
+        db.execute("INSERT INTO meta VALUES ('decoder_version', ?)", (DECODER_VERSION,))
         db.execute("CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, content_hash TEXT, "
                    "phash INTEGER, thumb BLOB, width INTEGER, height INTEGER, reason TEXT) WITHOUT ROWID")
         db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)

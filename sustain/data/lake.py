@@ -34,6 +34,8 @@ from ..config import Config, SourceConfig
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
 from ..utils import atomic_write_json, atomic_write_text
+from .image_cache import ImageCache, disk_summary
+from .image_cache import describe as describe_image_cache
 from .labels import LabelMap, compile_label_map
 from .scan import (
     SIGNATURE_VERSION,
@@ -583,6 +585,15 @@ def write_lake_files(out_dir: str | Path, lake: Lake, corrupt: Sequence[tuple[in
     lines = [f"# {len(corrupt)} files excluded from the manifest because they cannot be decoded (path<TAB>reason)"]
     lines += [f"{path}\t{reason}" for _, path, reason in sorted(corrupt, key=lambda c: c[1])]
     atomic_write_text(out / "corrupt_files.txt", "\n".join(lines) + "\n")
+
+
+def record_image_cache(out_dir: str | Path, lake: Lake, cache: ImageCache) -> str:
+    """After training filled the image cache: its size on disk (bytes, images, bytes per image) goes into
+    the summary as `image_cache`, and `out_dir`'s data_summary.json is written again. Returns the log line."""
+    usage = disk_summary(cache)
+    lake.summary["image_cache"] = usage
+    atomic_write_json(Path(out_dir) / "data_summary.json", lake.summary)
+    return describe_image_cache(cache, usage)
 
 
 def read_manifest(path: str | Path, taxonomy: Taxonomy) -> list[ManifestRow]:

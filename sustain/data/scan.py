@@ -4,9 +4,10 @@
 - `load_rgb`: the one way an image file becomes a PIL RGB image, here and at
   training time: pixel limit checked before decoding, EXIF orientation
   applied, palette/alpha/CMYK/greyscale/16-bit converted to 8-bit RGB.
-- `decode_file`: `load_rgb` plus a content hash of the bytes and the
-  near-duplicate signature (a 64-bit perceptual hash and its variants, see
-  `split`); failures come back as a reason, never as a blank image.
+- `decode_file`: `load_rgb` (a JPEG at a reduced scale, `SIGNATURE_DRAFT_SIDE`)
+  plus a content hash of the bytes and the near-duplicate signature (a
+  64-bit perceptual hash and its variants, see `split`); failures come back
+  as a reason, never as a blank image.
 - `DecodeCache`: results keyed by path, size and mtime in a small SQLite
   file, so a second ingest decodes nothing that did not change.
 - `decode_files`: the cache misses, decoded in a process pool.
@@ -51,7 +52,8 @@ IMAGE_EXTENSIONS = frozenset({
 SKIPPED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
 
 # Bump when decode_file's output for the same bytes would change (content hash, pHash, conversion):
-# the cache is dropped. Bump SIGNATURE_VERSION when only the signature variants change: the cache's
+# the cache is dropped. Draft decoding (below) did not bump it: its hashes stay within 2 bits of the
+# full decode's, so the rows of a large lake are kept rather than decoded again (issue 10). Bump SIGNATURE_VERSION when only the signature variants change: the cache's
 # rows are kept and only the variants are computed again.
 DECODER_VERSION = "2"
 SIGNATURE_VERSION = "4"
@@ -59,6 +61,14 @@ SIGNATURE_VERSION = "4"
 # no detail): their rows are kept and only the missing part is computed.
 SIGNATURE_PREFIXES = frozenset({"3"})
 VARIANTS_SIZE = SIGNATURE.itemsize - 8  # DecodeResult.variants: the signature after the pHash
+
+# `decode_file` decodes a JPEG at a reduced DCT scale (libjpeg's 1/2 to 1/8) that keeps both sides at
+# least this many pixels: twice the largest resize in `signature` (its 64 px grid; Pillow's reducing_gap
+# of 2 reads at least that much). A 4032x3024 photo then decodes at 504x378 (1/8). On real photos from
+# 640x480 to 4032x3024 every hash stayed within 2 bits of the full decode's, every colour mean within 5,
+# and the near-duplicate groups were the same; at 64 px small photos drifted by 6 bits and 7 levels
+# (docs/performance.md, "Draft decoding"). The size recorded is always the file's own.
+SIGNATURE_DRAFT_SIDE = 128
 
 # Below this many cache misses the pool's start-up costs more than it saves.
 POOL_MIN_FILES = 256
@@ -422,7 +432,7 @@ def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -
     else:
         content_hash = hashlib.sha256(data).hexdigest() if data else None
     try:
-        img = load_rgb(data, max_pixels)
+        img, (width, height) = load_rgb_sized(data, max_pixels, draft_side=SIGNATURE_DRAFT_SIDE)
     except CorruptImage as exc:
         width, height = _header_size(data) if exc.reason.startswith(OVER_PIXEL_LIMIT) else (0, 0)
         return DecodeResult(content_hash, None, None, width, height, exc.reason)
@@ -431,7 +441,7 @@ def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -
         phash = known.phash  # the same definition: kept as the old version computed it
         if known.variants:
             variants = known.variants + variants[len(known.variants):]
-    return DecodeResult(content_hash, phash, variants, img.width, img.height)
+    return DecodeResult(content_hash, phash, variants, width, height)
 
 
 def _header_size(data: bytes) -> tuple[int, int]:
