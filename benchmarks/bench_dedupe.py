@@ -1,6 +1,6 @@
 """Near-duplicate benchmark: recall per transform and false merges, on real photos (issue 10).
 
-    python -m benchmarks.bench_dedupe [--tile 112] [--copies 2] [--json FILE]
+    python -m benchmarks.bench_dedupe [--tile 112] [--copies 4] [--seed 0] [--json FILE]
 
 The set is built from photographs that packages ship (scikit-image's
 `skimage.data` and scikit-learn's sample images), so it needs no download:
@@ -13,7 +13,8 @@ The set is built from photographs that packages ship (scikit-image's
 
 Every file goes through the real decoder (`sustain.data.scan.decode_file`)
 and the real grouping (`sustain.data.split.near_duplicate_groups`) with the
-default `data.near_duplicate_distance`. Recall of a transform is the share of
+default `data.near_duplicate_distance` and verifier (`split.VERIFY_DISTANCE`,
+`split.MIN_CORRELATION`). Recall of a transform is the share of
 its copies grouped with their original; a false merge is a distinct tile
 grouped with another distinct tile. Goals: recall >= 99% for resizing and
 re-encoding, >= 95% for border crops and mirroring, false merges <= 0.5%.
@@ -250,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tile", type=int, default=112, help="tile size in pixels")
     parser.add_argument("--copies", type=int, default=4, help="copies per transform and photo")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the choice of tiles and of the transforms")
     parser.add_argument("--distance", type=int, help="data.near_duplicate_distance (default: the config's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="sustain_dedupe_") as tmp:
-        dataset = make_set(Path(tmp), tile=args.tile, copies=args.copies)
+        dataset = make_set(Path(tmp), tile=args.tile, copies=args.copies, seed=args.seed)
         result = measure(dataset, args.distance)
     print(f"near duplicates: {result['distinct']:,} distinct {args.tile}px tiles of real photos, "
           f"{result['copies']:,} copies, Hamming <= {result['distance']}")

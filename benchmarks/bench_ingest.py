@@ -1,6 +1,7 @@
 """Ingest benchmark: cold and warm `ingest` of a synthetic lake of small images (issue 3).
 
     python -m benchmarks.bench_ingest --n 100000 [--dir DIR] [--workers auto] [--json FILE]
+    python -m benchmarks.bench_ingest --camera 8     # decode_file on 4032x3024 JPEGs: full vs draft
 
 Targets on a 2-core machine: cold <= 60 s, warm <= 3 s, peak RSS <= 1 GB.
 
@@ -11,6 +12,13 @@ is its own: "cold" with an empty decode cache, "warm" right after it. The
 times are those of the `ingest` call (manifest files written included),
 without the interpreter start-up. Memory: the process's peak RSS, and the
 peak of its RSS plus that of its decode workers, sampled every 50 ms.
+
+`--camera N`: the cold cost per camera photo instead. `scan.decode_file` on N
+real photographs (scikit-image's samples) and N synthetic ones, all 4032x3024
+JPEGs, in one process on one core, once decoding in full for the signatures
+and once at the draft scale ingestion uses (`scan.SIGNATURE_DRAFT_SIDE`),
+alternating photo by photo so both see the same machine load; plus the
+largest difference between the two signatures.
 """
 
 from __future__ import annotations
@@ -119,6 +127,45 @@ class _TotalRssSampler(threading.Thread):
         self.join()
 
 
+def camera_decode(n: int) -> dict:
+    """ms per 4032x3024 JPEG in decode_file, full vs draft decode, measured side by side (best of 2 each)."""
+    from benchmarks.bench_loader import camera_photos
+    from benchmarks.gpu_check import make_photos
+    from sustain.data import scan
+    from sustain.data.split import hamming, signatures_array
+
+    draft_side = scan.SIGNATURE_DRAFT_SIDE
+    times: dict[str, list[float]] = {"full": [], "draft": []}
+    worst = {"real": [0, 0], "synthetic": [0, 0]}  # most bits any hash moved, largest colour-mean change
+    with tempfile.TemporaryDirectory(prefix="sustain_bench_camera_") as tmp:
+        paths = [str(p) for p in make_photos(Path(tmp) / "real", 4032, 3024, n)]
+        paths += camera_photos(Path(tmp), n)
+        for i, path in enumerate(paths):
+            kind = "real" if i < n else "synthetic"
+            sigs, best = {}, {"full": float("inf"), "draft": float("inf")}
+            for mode in ("full", "draft", "full", "draft"):
+                scan.SIGNATURE_DRAFT_SIDE = draft_side if mode == "draft" else None
+                start = time.perf_counter()
+                result = scan.decode_file(path, 10**9)
+                best[mode] = min(best[mode], time.perf_counter() - start)
+                sigs[mode] = signatures_array([result.signature])
+            scan.SIGNATURE_DRAFT_SIDE = draft_side
+            for mode, seconds in best.items():
+                times[mode].append(seconds)
+            for name in sigs["full"].dtype.names:
+                a, b = sigs["full"][name].ravel(), sigs["draft"][name].ravel()
+                if a.dtype.itemsize == 8:
+                    moved = int(hamming(a.astype(np.uint64), b.astype(np.uint64)).max())
+                    worst[kind][0] = max(worst[kind][0], moved)
+                else:
+                    worst[kind][1] = max(worst[kind][1], int(np.abs(a.astype(int) - b.astype(int)).max()))
+    ms = {mode: round(1000 * float(np.mean(t)), 1) for mode, t in times.items()}
+    return {"photos": len(times["full"]), "size": "4032x3024", "draft_side": draft_side, "ms_per_photo": ms,
+            "speedup": round(ms["full"] / ms["draft"], 2), "max_hash_bits": {k: v[0] for k, v in worst.items()},
+            "max_colour": {k: v[1] for k, v in worst.items()},
+            "load_average": round(os.getloadavg()[0], 2)}
+
+
 def _run_phase(lake: Path, work: Path, workers: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_ingest", "--measure", "--dir", str(lake),
                           "--work", str(work), "--workers", workers],
@@ -134,7 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="auto", help="data.ingest_workers")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--camera", type=int, metavar="N",
+                        help="instead: decode_file ms per 4032x3024 photo, full vs draft, on N real + N synthetic")
     args = parser.parse_args(argv)
+
+    if args.camera:
+        result = camera_decode(args.camera)
+        print(json.dumps(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
 
     if args.measure:
         print(json.dumps(measure_once(args.dir, args.work, args.workers)))

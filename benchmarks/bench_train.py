@@ -10,8 +10,10 @@ For each case, in one process:
   the engine's per-epoch `images_per_second` over epochs 2..N (epoch 1 warms up);
 - **ceiling**: the same model, optimizer, loss, batch size, precision and CPU
   thread count, stepping on one batch of tensors already in memory
-  (forward, loss, backward, clip, optimizer step); measured before and after
-  the end-to-end run, the faster counts;
+  (forward, loss, backward, clip, optimizer step). The thread count is the
+  one the engine's measured CPU plan (`device.plan_cpu`) ran the epochs with,
+  read off torch while the epochs run, so the ceiling is measured after the
+  end-to-end run, twice, the faster counts;
 - **ratio** = end to end / ceiling (goal ≥ 0.9: the data path and the loop
   overhead together cost at most 10%).
 The demo case also records the process RSS at the end of every epoch: after
@@ -40,8 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from sustain.artifacts import RunRecord  # noqa: E402
 from sustain.config import Config, load_config  # noqa: E402
-from sustain.device import cpu_count, plan_cpu_threads, plan_num_workers  # noqa: E402
+from sustain.device import cpu_count  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_train.json"
 
@@ -54,8 +57,9 @@ CASES: dict[str, list[str]] = {
 }
 
 
-class EpochRSS(logging.Handler):
-    """Samples the process RSS whenever the engine logs its `Epoch E/N: ...` line."""
+class EpochProbe(logging.Handler):
+    """Samples the process RSS and torch's intra-op thread count whenever the engine logs its
+    `Epoch E/N: ...` line: the threads are those the engine's CPU plan set for the epochs."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -63,10 +67,12 @@ class EpochRSS(logging.Handler):
 
         self.process = psutil.Process()
         self.rss_mb: list[float] = []
+        self.threads: list[int] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("Epoch ") and "Train Acc" in record.getMessage():
             self.rss_mb.append(self.process.memory_info().rss / 2**20)
+            self.threads.append(torch.get_num_threads())
 
 
 def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
@@ -112,41 +118,38 @@ def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: 
         cfg = load_config(ROOT / "configs" / "demo.yaml", [
             f"data.root={lake}", f"output_dir={out}", f"train.epochs={epochs}", "train.early_stopping_patience=0",
             f"data.num_workers={workers}", "device=cpu", *overrides])
-        n_workers = plan_num_workers(cfg.data.num_workers, "cpu", cpu_count=cpu_count(), in_jupyter=False,
-                                     platform=sys.platform)
-        threads = plan_cpu_threads(torch.get_num_threads(), cpu_count=cpu_count(), num_workers=n_workers)
-        saved_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)  # the thread count the engine will use
-        steps = min(cfg.train.max_steps_per_epoch or 30, 30)
-        ceiling_before = compute_ceiling(cfg, steps)
-        torch.set_num_threads(saved_threads)
-
-        rss = EpochRSS()
-        logging.getLogger("sustain.engine").addHandler(rss)
+        probe = EpochProbe()
+        logging.getLogger("sustain.engine").addHandler(probe)
         t = time.perf_counter()
         try:
             result = train(cfg)
         finally:
-            logging.getLogger("sustain.engine").removeHandler(rss)
+            logging.getLogger("sustain.engine").removeHandler(probe)
         wall = time.perf_counter() - t
+        n_workers = RunRecord.read(out).device["num_workers"]
 
+        if len(set(probe.threads)) != 1:
+            raise RuntimeError(f"the engine's thread count changed between epochs: {probe.threads}")
+        threads = probe.threads[0]  # what the engine's CPU plan chose for this run
+        saved_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
-        ceiling_after = compute_ceiling(cfg, steps)
+        steps = min(cfg.train.max_steps_per_epoch or 30, 30)
+        ceilings = [compute_ceiling(cfg, steps) for _ in range(2)]
         torch.set_num_threads(saved_threads)
 
     per_epoch = result.history["images_per_second"]
     e2e = statistics.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)
-    ceiling = max(ceiling_before, ceiling_after)
-    growth = (rss.rss_mb[-1] - rss.rss_mb[1]) if len(rss.rss_mb) > 2 else None
+    ceiling = max(ceilings)
+    growth = (probe.rss_mb[-1] - probe.rss_mb[1]) if len(probe.rss_mb) > 2 else None
     return {
         "case": name, "model": cfg.model.name, "input_size": cfg.model.input_size, "batch_size": cfg.train.batch_size,
         "epochs": epochs, "num_workers": n_workers, "cpu_threads": threads,
         "end_to_end_images_per_s": round(e2e, 1), "per_epoch_images_per_s": [round(v, 1) for v in per_epoch],
         "ceiling_images_per_s": round(ceiling, 1),
-        "ceiling_before_after": [round(ceiling_before, 1), round(ceiling_after, 1)],
+        "ceilings": [round(c, 1) for c in ceilings],
         "ratio": round(e2e / ceiling, 3), "wall_s": round(wall, 1),
         "best_val_acc": result.best_val_acc, "ok": result.ok,
-        "rss_mb_per_epoch": [round(v, 1) for v in rss.rss_mb],
+        "rss_mb_per_epoch": [round(v, 1) for v in probe.rss_mb],
         "rss_growth_after_epoch_2_mb": round(growth, 1) if growth is not None else None,
     }
 

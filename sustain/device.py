@@ -118,18 +118,6 @@ def plan_num_workers(setting: str | int, device_type: str, *, cpu_count: int, in
     return min(8, max(0, per_process - 1))  # leave a core for the training process
 
 
-def plan_cpu_threads(current: int, *, cpu_count: int, num_workers: int, world_size: int = 1) -> int:
-    """Intra-op threads for CPU training: the cores left after the DataLoader workers, never more than now.
-
-    Oversubscribed cores make PyTorch's worker threads spin against each other;
-    on a 2-core machine with one loader worker, one thread trains many times
-    faster than two (docs/performance.md). Only ever lowers `current`, so a
-    user's own `torch.set_num_threads` / OMP_NUM_THREADS still wins.
-    """
-    free = max(1, cpu_count // max(1, world_size) - num_workers)
-    return max(1, min(current, free))
-
-
 @dataclass(frozen=True)
 class CpuPlan:
     threads: int  # intra-op threads of the training process

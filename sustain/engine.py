@@ -60,7 +60,7 @@ from .components import (
 )
 from .config import Config
 from .data import image_cache
-from .data.lake import check_sources
+from .data.lake import check_sources, record_image_cache
 from .device import (
     DevicePlan,
     PrecisionPlan,
@@ -231,8 +231,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
         timings["train_seconds"] = time.perf_counter() - t
         raise _interrupted(loop, stop, timings, lake, data_config, workers) from None
     timings["train_seconds"] = time.perf_counter() - t
-    if img_cache is not None and dist.is_main:
-        log.info(image_cache.describe(img_cache))
+    if img_cache is not None and dist.is_main:  # its disk use: logged, and in data_summary.json and run.json
+        log.info(record_image_cache(out_dir, lake, img_cache))
 
     # ---- the end: best weights on val and test, report, checklist, run.json ---
     result = loop.finish(timings, started, lake, data_config, workers)

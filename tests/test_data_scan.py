@@ -165,6 +165,20 @@ def test_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
     assert cached_result(entry, loaded[entry.path], 100).reason.startswith("over the pixel limit")
 
 
+def test_a_cache_from_another_decoder_version_is_dropped(tmp_path: Path, monkeypatch) -> None:
+    """Rows written by a decoder whose output differs (a DECODER_VERSION bump) are decoded again."""
+    path = tmp_path / "a.png"
+    smooth_rgb(5).save(path)
+    entry = walk_source(tmp_path).files[0]
+    monkeypatch.setattr(scan, "DECODER_VERSION", "older")
+    cache = DecodeCache(tmp_path / "cache")
+    cache.store([(entry, decode_file(entry.path, 10**8))])
+    cache.close()
+    assert DecodeCache(tmp_path / "cache").load([str(tmp_path)])  # the same version keeps its rows
+    monkeypatch.undo()
+    assert DecodeCache(tmp_path / "cache").load([str(tmp_path)]) == {}
+
+
 def test_unwritable_cache_falls_back_to_memory(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

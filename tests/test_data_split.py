@@ -7,6 +7,8 @@ import pytest
 
 from sustain.data.split import (
     COLOUR_TOLERANCE,
+    DETAIL_INDEX,
+    MIN_CORRELATION,
     N_VARIANTS,
     SIGNATURE,
     assign_splits,
@@ -19,17 +21,27 @@ from sustain.data.split import (
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
-def _brute_force_groups(sig: np.ndarray, d: int, tol: float) -> np.ndarray:
+def _brute_force_groups(sig: np.ndarray, d: int, tol: float, verify: int) -> np.ndarray:
     """Every pair compared, components by depth-first search: the definition, slowly."""
     n = len(sig)
-    hashes = [int(h) for h in sig["phash"]]
-    variants = [[int(v) for v in row] for row in sig["variants"]]
+    hashes = [[int(h), *(int(v) for v in row)] for h, row in zip(sig["phash"], sig["variants"], strict=True)]
     colours = sig["colour"].astype(int)
 
+    def correlated(x: np.ndarray, y: np.ndarray) -> bool:
+        x, y = x - x.mean(), y - y.mean()
+        norm = np.sqrt((x * x).sum() * (y * y).sum())
+        return bool(norm > 0 and (x * y).sum() / norm >= MIN_CORRELATION - 1e-6)
+
+    def close_to(i: int, j: int) -> bool:  # i's pHash against j's pHash or one of j's variants
+        for k, h in enumerate(hashes[j]):
+            bits = bin(hashes[i][0] ^ h).count("1")
+            if bits <= d or (bits <= verify and correlated(sig["detail"][i, 0].astype(float),
+                                                             sig["detail"][j, k].astype(float))):
+                return True
+        return False
+
     def match(i: int, j: int) -> bool:
-        close = any(bin(hashes[i] ^ h).count("1") <= d for h in [hashes[j], *variants[j]]) or any(
-            bin(v ^ hashes[j]).count("1") <= d for v in variants[i])
-        return close and np.abs(colours[i] - colours[j]).max() <= tol
+        return (close_to(i, j) or close_to(j, i)) and np.abs(colours[i] - colours[j]).max() <= tol
 
     near = [[j for j in range(n) if match(i, j)] for i in range(n)]
     label = [-1] * n
@@ -55,23 +67,30 @@ def _flip(h: int, rng: np.random.Generator, most: int) -> int:
     return h
 
 
-@pytest.mark.parametrize("distance", [0, 2, 4, 7])
-def test_banded_grouping_equals_the_pairwise_definition(distance: int) -> None:
-    rng = np.random.default_rng(distance)
+@pytest.mark.parametrize("distance, verify", [(0, 0), (2, 6), (4, 0), (4, 6), (4, 8), (7, 6)])
+def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: int) -> None:
+    rng = np.random.default_rng(distance * 10 + verify)
     n = 120
     sig = np.zeros(n + 60, dtype=SIGNATURE)
     sig["phash"][:n] = rng.integers(0, 2**63, n, dtype=np.uint64) * 2 + 1
     sig["variants"][:n] = rng.integers(0, 2**63, (n, N_VARIANTS), dtype=np.uint64)
     sig["colour"][:n] = rng.integers(0, 256, (n, 12))
+    sig["detail"][:n] = rng.integers(-127, 128, (n, 1 + N_VARIANTS, len(DETAIL_INDEX)))
     for k in range(60):  # plant near copies: of the image itself, or of one of its variants (mirror, crops)
         base = k % 40
         v = int(rng.integers(-1, N_VARIANTS))
-        sig["phash"][n + k] = _flip(int(sig["phash"][base] if v < 0 else sig["variants"][base][v]), rng, 8)
+        sig["phash"][n + k] = _flip(int(sig["phash"][base] if v < 0 else sig["variants"][base][v]), rng, 10)
         sig["variants"][n + k] = rng.integers(0, 2**63, N_VARIANTS, dtype=np.uint64)
         sig["colour"][n + k] = np.clip(sig["colour"][base].astype(int) + rng.integers(-16, 17, 12) // 2 * (k % 3 > 0) + rng.integers(-16, 17, 12) * (k % 3 == 0), 0, 255)
-    got = near_duplicate_groups(sig, distance)
-    want = _brute_force_groups(sig, distance, COLOUR_TOLERANCE)
+        # the detail of the copy's pHash: the matched hash's with a little noise (verified) or a lot (not)
+        noise = rng.integers(-8, 9, len(DETAIL_INDEX)) * (1 if k % 2 else 6)
+        sig["detail"][n + k, 0] = np.clip(sig["detail"][base, v + 1].astype(int) + noise, -127, 127)
+    got = near_duplicate_groups(sig, distance, verify_distance=verify)
+    want = _brute_force_groups(sig, distance, COLOUR_TOLERANCE, verify)
     assert _same_partition(got, want)
+    if verify > distance:  # the verifier joined some pairs beyond `distance`, and refused others
+        assert len(set(got.tolist())) < len(set(near_duplicate_groups(sig, distance, verify_distance=0).tolist()))
+        assert len(set(got.tolist())) > len(set(near_duplicate_groups(sig, verify, verify_distance=0).tolist()))
     assert len(set(got.tolist())) < len(sig)  # something was grouped
     assert got[0] == 0 and set(got.tolist()) == set(range(got.max() + 1))  # numbered by first appearance
 
@@ -92,6 +111,23 @@ def test_a_mirror_or_crop_variant_matches_the_other_images_phash() -> None:
     mirrored = pack_signature(0xFFFF_0000_FFFF_0000, [0b11] + far()[1:], [52] * 12)  # its mirror hash: 2 bits off
     unrelated = pack_signature(0xF0F0F0F0F0F0F0F0, far(), [50] * 12)
     assert near_duplicate_groups([original, mirrored, unrelated], 4).tolist() == [0, 0, 1]
+
+
+def test_hashes_further_apart_match_only_when_their_details_correlate() -> None:
+    rng = np.random.default_rng(1)
+    far = [int(v) for v in rng.integers(0, 2**63, N_VARIANTS, dtype=np.uint64)]
+    detail = np.zeros((1 + N_VARIANTS, len(DETAIL_INDEX)), dtype=np.int8)
+    detail[0] = rng.integers(-127, 128, len(DETAIL_INDEX))
+    alike = detail.copy()
+    alike[0] = np.clip(detail[0].astype(int) + rng.integers(-6, 7, len(DETAIL_INDEX)), -127, 127)
+    unlike = detail.copy()
+    unlike[0] = rng.integers(-127, 128, len(DETAIL_INDEX))
+    six_bits = 0b111111
+    original = pack_signature(0, far, [50] * 12, detail)
+    copy = pack_signature(six_bits, far, [50] * 12, alike)  # 6 bits away, the same detail: re-encoded
+    other = pack_signature(six_bits << 20, far, [50] * 12, unlike)  # 6 bits away, another picture
+    assert near_duplicate_groups([original, copy, other], 4).tolist() == [0, 0, 1]
+    assert near_duplicate_groups([original, copy, other], 4, verify_distance=4).tolist() == [0, 1, 2]
 
 
 def test_union_find_components() -> None:

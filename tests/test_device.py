@@ -114,17 +114,6 @@ def test_detect_backends_reports_this_machine() -> None:
     assert plan_device("auto", found).type in ("cuda", "mps", "cpu")
 
 
-def test_cpu_threads_leave_the_loader_workers_their_cores_and_only_ever_lower() -> None:
-    from sustain.device import plan_cpu_threads
-
-    assert plan_cpu_threads(2, cpu_count=2, num_workers=1) == 1
-    assert plan_cpu_threads(2, cpu_count=2, num_workers=0) == 2
-    assert plan_cpu_threads(16, cpu_count=16, num_workers=4) == 12
-    assert plan_cpu_threads(1, cpu_count=16, num_workers=0) == 1  # the user's own setting wins
-    assert plan_cpu_threads(8, cpu_count=8, num_workers=7) == 1
-    assert plan_cpu_threads(8, cpu_count=8, num_workers=1, world_size=2) == 3
-
-
 def test_cpu_plan_gives_the_cores_to_compute_when_the_step_dominates():
     from sustain.device import plan_cpu
 

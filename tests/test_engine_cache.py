@@ -50,3 +50,15 @@ def test_cached_runs_are_the_same_with_any_worker_count_and_plan_their_cpu(tmp_p
     assert "CPU plan: 1 compute thread(s), 0 loader worker(s)" in caplog.text  # the user's 0 workers are kept
     assert "CPU plan: 1 compute thread(s), 1 loader worker(s)" in caplog.text
     assert "threads capped at 1 by torch.set_num_threads" in caplog.text  # the test sets one thread
+
+
+    # The data summary reports the cache's disk use (bytes, images, bytes per image), in
+    # data_summary.json and in run.json's copy of it.
+    from sustain.artifacts import DataSummary, RunRecord
+
+    disk = sum(p.stat().st_size for p in entries)
+    for out in (tmp_path / "a", tmp_path / "b"):
+        recorded = DataSummary.read(out).image_cache
+        assert recorded == {"directory": str(lake / ".sustain_cache" / "images"), "side": side,
+                            "images": 36, "bytes": disk, "bytes_per_image": disk // 36}
+        assert RunRecord.read(out).data_summary["image_cache"] == recorded

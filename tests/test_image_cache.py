@@ -11,9 +11,24 @@ import pytest
 import torch
 from PIL import Image
 
+from sustain.data import scan
 from sustain.data.image_cache import ImageCache, disk_usage, load_reduced, stored_side
-from sustain.data.scan import TRUNCATED, CorruptImage, load_rgb, signature
-from sustain.data.split import near_duplicate_groups
+from sustain.data.scan import (
+    OVER_PIXEL_LIMIT,
+    SIGNATURE_DRAFT_SIDE,
+    TRUNCATED,
+    CorruptImage,
+    decode_file,
+    load_rgb,
+    signature,
+)
+from sustain.data.split import (
+    COLOUR_TOLERANCE,
+    SIGNATURE,
+    hamming,
+    near_duplicate_groups,
+    signatures_array,
+)
 
 
 def photo(seed: int, size: tuple[int, int] = (1600, 1200)) -> Image.Image:
@@ -60,7 +75,7 @@ def test_draft_decoding_keeps_the_duplicate_signatures(photos: list[bytes]) -> N
         assert size == f.size  # the manifest's width and height stay the full size
         assert min(d.size) < min(f.size)  # it really decoded at a reduced scale
         assert signature(d)[0] == signature(f)[0]  # the pHash itself
-        colours = [np.frombuffer(signature(im)[1][-12:], np.uint8).astype(int) for im in (d, f)]
+        colours = [signatures_array([_packed(im)])["colour"][0].astype(int) for im in (d, f)]
         assert np.abs(colours[0] - colours[1]).max() <= 6  # well inside split.COLOUR_TOLERANCE (16)
     groups_full = near_duplicate_groups([_packed(f) for f in full], 4)
     groups_draft = near_duplicate_groups([_packed(d) for d, _ in drafts], 4)
@@ -79,6 +94,70 @@ def test_draft_decoding_still_detects_truncated_and_corrupt_files(photos: list[b
         load_reduced(b"GIF89a" + b"\0" * 40, 256)
     with pytest.raises(CorruptImage, match="over the pixel limit"):
         load_reduced(data, 256, max_pixels=1000)
+
+
+def _drift(a: bytes, b: bytes) -> tuple[int, int]:
+    """(most bits any 64-bit hash differs by, largest colour difference) between two packed signatures,
+    over whatever fields split.SIGNATURE holds."""
+    x, y = signatures_array([a]), signatures_array([b])
+    bits = colour = 0
+    for name in SIGNATURE.names:
+        u, v = x[name].ravel(), y[name].ravel()
+        if u.dtype.itemsize == 8:
+            bits = max(bits, int(hamming(u.astype(np.uint64), v.astype(np.uint64)).max()))
+        else:
+            colour = max(colour, int(np.abs(u.astype(int) - v.astype(int)).max()))
+    return bits, colour
+
+
+def test_ingestion_draft_decode_keeps_signatures_groups_and_sizes(tmp_path: Path, photos, monkeypatch) -> None:
+    """decode_file decodes JPEGs at a reduced scale: every part of the signature stays within 2 bits /
+    half the colour tolerance of the full decode's, the near-duplicate groups are the same, and the
+    recorded size, the pixel limit and truncation are those of the original file."""
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # shown rotated by 90 degrees
+    files = [*photos,
+             jpeg(load_rgb(photos[0]), quality=70),  # re-encoded copy of 0
+             jpeg(load_rgb(photos[1]).resize((1200, 900)), quality=85),  # resized copy of 1
+             jpeg(photo(3, (4032, 3024)), quality=92),  # camera size, a larger copy of 3
+             jpeg(photo(4, (4032, 3024)), quality=88, exif=rotated.tobytes())]
+    paths = []
+    for i, data in enumerate(files):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(data)
+    decoded = []  # (decoded size, reported size) of each load in decode_file
+    real = scan.load_rgb_sized
+
+    def spy(*args, **kwargs):
+        img, size = real(*args, **kwargs)
+        decoded.append((img.size, size))
+        return img, size
+
+    monkeypatch.setattr(scan, "load_rgb_sized", spy)
+    results = [decode_file(str(p), 10**9) for p in paths]
+    monkeypatch.undo()
+    fulls = [load_rgb(data) for data in files]
+    for result, full, (shape, size) in zip(results, fulls, decoded, strict=True):
+        assert result.ok and (result.width, result.height) == size == full.size
+        assert SIGNATURE_DRAFT_SIDE <= min(shape) < min(full.size)  # really decoded at a reduced scale
+        packed_full = signature(full)
+        bits, colour = _drift(result.signature, packed_full[0].to_bytes(8, "big") + packed_full[1])
+        assert bits <= 2 and colour <= COLOUR_TOLERANCE // 2
+    assert decoded[-1][0] == (378, 504)  # the rotated camera photo at 1/8, upright
+    groups_draft = near_duplicate_groups([r.signature for r in results], 4)
+    groups_full = near_duplicate_groups([_packed(f) for f in fulls], 4)
+    assert groups_draft.tolist() == groups_full.tolist()
+    assert groups_draft.tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 3, 6]  # the three copies join their originals
+
+    camera = files[-2]
+    truncated = tmp_path / "truncated.jpg"
+    for data in (camera, jpeg(photo(5, (4032, 3024)), progressive=True)):
+        for keep in (len(data) // 2, len(data) - 64, len(data) - 2):  # half gone, the last scan lines, only the end marker
+            truncated.write_bytes(data[:keep])
+            result = decode_file(str(truncated), 10**9)
+            assert not result.ok and result.reason.startswith(TRUNCATED), (keep, result.reason)
+    over = decode_file(str(paths[-2]), 4032 * 3024 - 1)
+    assert over.reason.startswith(OVER_PIXEL_LIMIT) and (over.width, over.height) == (4032, 3024)
 
 
 def test_exif_rotated_photo_reports_its_upright_size() -> None:

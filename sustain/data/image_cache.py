@@ -159,8 +159,13 @@ def for_config(data_cfg, input_size: int, crop_pct: float) -> ImageCache | None:
     return ImageCache(str(root.absolute() / FOLDER), side, data_cfg.max_image_pixels)
 
 
-def describe(cache: ImageCache) -> str:
-    usage = disk_usage(cache.directory)
+def disk_summary(cache: ImageCache) -> dict[str, int | str]:
+    """What the data summary records: the folder, the stored side and its disk use (`disk_usage`)."""
+    return {"directory": cache.directory, "side": cache.side, **disk_usage(cache.directory)}
+
+
+def describe(cache: ImageCache, usage: dict[str, int | str] | None = None) -> str:
+    usage = usage or disk_summary(cache)
     return (f"🗂️  Image cache: {usage['images']:,} images at {cache.side} px, {usage['bytes'] / 1e6:.1f} MB "
             f"({usage['bytes_per_image'] / 1e3:.0f} KB per image) in {cache.directory}")
 

@@ -35,9 +35,12 @@ from ..config import Config, SourceConfig
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
 from ..utils import atomic_write_json, atomic_write_text
+from .image_cache import ImageCache, disk_summary
+from .image_cache import describe as describe_image_cache
 from .labels import LabelMap, compile_label_map
 from .scan import (
     SIGNATURE_VERSION,
+    VARIANTS_SIZE,
     DecodeCache,
     DecodeResult,
     FileEntry,
@@ -46,7 +49,14 @@ from .scan import (
     default_workers,
     walk_labelled,
 )
-from .split import COLOUR_TOLERANCE, SPLITS, assign_splits, near_duplicate_groups
+from .split import (
+    COLOUR_TOLERANCE,
+    MIN_CORRELATION,
+    SPLITS,
+    VERIFY_DISTANCE,
+    assign_splits,
+    near_duplicate_groups,
+)
 
 log = logging.getLogger("sustain.data.lake")
 
@@ -207,7 +217,8 @@ def check_sources(cfg: Config, taxonomy: Taxonomy) -> tuple[list[SourceConfig], 
 
 def _near_duplicate_groups(cache: DecodeCache, signatures: list[bytes], distance: int) -> np.ndarray:
     """near_duplicate_groups, remembered in the cache for exactly these signatures: a warm ingest skips it."""
-    digest = hashlib.sha256(f"{SIGNATURE_VERSION}\0{distance}\0{COLOUR_TOLERANCE}\0".encode())
+    settings = (SIGNATURE_VERSION, distance, COLOUR_TOLERANCE, VERIFY_DISTANCE, MIN_CORRELATION)
+    digest = hashlib.sha256("\0".join(map(str, settings)).encode() + b"\0")
     digest.update(b"".join(signatures))
     key = digest.hexdigest()
     groups = cache.load_groups(key)
@@ -251,7 +262,7 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
     cached = cache.load([s.root.rstrip(os.sep) + os.sep for s in scans])
     results: dict[str, DecodeResult] = {}
     todo: dict[str, FileEntry] = {}
-    known: dict[str, DecodeResult] = {}  # cached rows from before the signature variants: upgraded
+    known: dict[str, DecodeResult] = {}  # cached rows from an older signature version: upgraded
     walked: set[str] = set()
     for scan in scans:
         for entry, _ in scan.labelled:
@@ -259,7 +270,7 @@ def _decode_sources(scans: Sequence[_SourceScan], cache: DecodeCache, max_pixels
             hit = cached_result(entry, cached.get(entry.path), max_pixels)
             if hit is None:
                 todo[entry.path] = entry
-            elif hit.ok and hit.variants is None:
+            elif hit.ok and (hit.variants is None or len(hit.variants) != VARIANTS_SIZE):
                 todo[entry.path] = entry
                 known[entry.path] = hit
             else:
@@ -575,6 +586,15 @@ def write_lake_files(out_dir: str | Path, lake: Lake, corrupt: Sequence[tuple[in
     lines = [f"# {len(corrupt)} files excluded from the manifest because they cannot be decoded (path<TAB>reason)"]
     lines += [f"{path}\t{reason}" for _, path, reason in sorted(corrupt, key=lambda c: c[1])]
     atomic_write_text(out / CORRUPT_FILES, "\n".join(lines) + "\n")
+
+
+def record_image_cache(out_dir: str | Path, lake: Lake, cache: ImageCache) -> str:
+    """After training filled the image cache: its size on disk (bytes, images, bytes per image) goes into
+    the summary as `image_cache`, and `out_dir`'s data_summary.json is written again. Returns the log line."""
+    usage = disk_summary(cache)
+    lake.summary["image_cache"] = usage
+    atomic_write_json(Path(out_dir) / "data_summary.json", lake.summary)
+    return describe_image_cache(cache, usage)
 
 
 def read_manifest(path: str | Path, taxonomy: Taxonomy) -> list[ManifestRow]:

@@ -4,9 +4,10 @@
 - `load_rgb`: the one way an image file becomes a PIL RGB image, here and at
   training time: pixel limit checked before decoding, EXIF orientation
   applied, palette/alpha/CMYK/greyscale/16-bit converted to 8-bit RGB.
-- `decode_file`: `load_rgb` plus a content hash of the bytes and the
-  near-duplicate signature (a 64-bit perceptual hash and its variants, see
-  `split`); failures come back as a reason, never as a blank image.
+- `decode_file`: `load_rgb` (a JPEG at a reduced scale, `SIGNATURE_DRAFT_SIDE`)
+  plus a content hash of the bytes and the near-duplicate signature (a
+  64-bit perceptual hash and its variants, see `split`); failures come back
+  as a reason, never as a blank image.
 - `DecodeCache`: results keyed by path, size and mtime in a small SQLite
   file, so a second ingest decodes nothing that did not change.
 - `decode_files`: the cache misses, decoded in a process pool.
@@ -37,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .labels import LabelMap, Resolution, resolve_label
-from .split import CROPS
+from .split import CROPS, DETAIL_INDEX, SIGNATURE
 
 log = logging.getLogger("sustain.data.scan")
 
@@ -51,10 +52,23 @@ IMAGE_EXTENSIONS = frozenset({
 SKIPPED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
 
 # Bump when decode_file's output for the same bytes would change (content hash, pHash, conversion):
-# the cache is dropped. Bump SIGNATURE_VERSION when only the signature variants change: the cache's
+# the cache is dropped. Draft decoding (below) did not bump it: its hashes stay within 2 bits of the
+# full decode's, so the rows of a large lake are kept rather than decoded again (issue 10). Bump SIGNATURE_VERSION when only the signature variants change: the cache's
 # rows are kept and only the variants are computed again.
 DECODER_VERSION = "2"
-SIGNATURE_VERSION = "3"
+SIGNATURE_VERSION = "4"
+# Older signature versions whose stored parts are a prefix of the current signature (version 3 had
+# no detail): their rows are kept and only the missing part is computed.
+SIGNATURE_PREFIXES = frozenset({"3"})
+VARIANTS_SIZE = SIGNATURE.itemsize - 8  # DecodeResult.variants: the signature after the pHash
+
+# `decode_file` decodes a JPEG at a reduced DCT scale (libjpeg's 1/2 to 1/8) that keeps both sides at
+# least this many pixels: twice the largest resize in `signature` (its 64 px grid; Pillow's reducing_gap
+# of 2 reads at least that much). A 4032x3024 photo then decodes at 504x378 (1/8). On real photos from
+# 640x480 to 4032x3024 every hash stayed within 2 bits of the full decode's, every colour mean within 5,
+# and the near-duplicate groups were the same; at 64 px small photos drifted by 6 bits and 7 levels
+# (docs/performance.md, "Draft decoding"). The size recorded is always the file's own.
+SIGNATURE_DRAFT_SIDE = 128
 
 # Below this many cache misses the pool's start-up costs more than it saves.
 POOL_MIN_FILES = 256
@@ -319,12 +333,24 @@ def _dct_matrix() -> np.ndarray:
     return _DCT
 
 
-def _phash_bits(greys: np.ndarray) -> np.ndarray:
-    """pHashes of a stack of 32x32 grey arrays, as 8 bytes each: the 8x8 lowest DCT frequencies,
-    thresholded at their median."""
+def _low_frequencies(greys: np.ndarray) -> np.ndarray:
+    """The 8x8 lowest DCT frequencies of a stack of 32x32 grey arrays, 64 per array."""
     dct = _dct_matrix()
-    low = (dct @ greys @ dct.T)[:, :8, :8].reshape(len(greys), 64)
+    return (dct @ greys @ dct.T)[:, :8, :8].reshape(len(greys), 64)
+
+
+def _phash_bits(low: np.ndarray) -> np.ndarray:
+    """pHashes, as 8 bytes each, of rows of 64 low frequencies: each thresholded at its median."""
     return np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
+
+
+def _detail(low: np.ndarray) -> np.ndarray:
+    """The verifier's detail of each row of 64 low frequencies: the 35 lowest after the mean
+    (split.DETAIL_INDEX), centred and scaled to -127..127 (int8)."""
+    ac = low[:, DETAIL_INDEX]
+    ac = ac - ac.mean(axis=1, keepdims=True)
+    peak = np.abs(ac).max(axis=1, keepdims=True)
+    return np.rint(np.divide(ac * 127, peak, out=np.zeros_like(ac), where=peak > 0)).astype(np.int8)
 
 
 def _grey32(grey: Image.Image, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
@@ -333,7 +359,7 @@ def _grey32(grey: Image.Image, box: tuple[float, float, float, float] | None = N
 
 def perceptual_hash(img: Image.Image) -> int:
     """64-bit pHash: the 8x8 lowest frequencies of a 32x32 greyscale DCT, thresholded at their median."""
-    return int.from_bytes(_phash_bits(_grey32(img.convert("L"))[None]).tobytes(), "big")
+    return int.from_bytes(_phash_bits(_low_frequencies(_grey32(img.convert("L"))[None])).tobytes(), "big")
 
 
 _REGIONS = None
@@ -373,28 +399,30 @@ def _crop_dct() -> tuple[np.ndarray, np.ndarray]:
 
 def signature(img: Image.Image) -> tuple[int, bytes]:
     """(pHash, the rest of the near-duplicate signature (split.SIGNATURE)): the pHashes of the
-    mirror and of the centred crops, then the mean colours of the whole image, its centre, top
-    and bottom halves. The crops are matrix products on one 64x64 grey image (3 resizes per
-    image, not 8: decoding stays the cost of a cold ingest)."""
+    mirror and of the centred crops, the mean colours of the whole image, its centre, top and
+    bottom halves, then the detail of each of the 7 hashes (from the same DCT: no extra cost).
+    The crops are matrix products on one 64x64 grey image (3 resizes per image, not 8:
+    decoding stays the cost of a cold ingest)."""
     grey = img.convert("L")
     full = _grey32(grey)
-    flipped = _phash_bits(np.stack([full, full[:, ::-1]]))
+    flipped = _low_frequencies(np.stack([full, full[:, ::-1]]))
     grid = np.asarray(grey.resize((_GRID, _GRID), Image.Resampling.LANCZOS, reducing_gap=2.0), dtype=np.float64)
     rows, cols = _crop_dct()
     left = (rows.reshape(-1, _GRID) @ grid).reshape(len(CROPS), 8, _GRID)  # one BLAS product for every crop
-    low = np.einsum("cig,cjg->cij", left, cols).reshape(len(CROPS), 64)
-    crops = np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
+    low = np.concatenate([flipped, np.einsum("cig,cjg->cij", left, cols).reshape(len(CROPS), 64)])
+    hashes = _phash_bits(low)
     small = np.asarray(img.resize((16, 16), Image.Resampling.BOX, reducing_gap=2.0), dtype=np.float64)
     means = _region_weights() @ small.reshape(256, 3)
-    return (int.from_bytes(flipped[0].tobytes(), "big"),
-            flipped[1].tobytes() + crops.tobytes() + np.rint(means).astype(np.uint8).tobytes())
+    return (int.from_bytes(hashes[0].tobytes(), "big"),
+            hashes[1:].tobytes() + np.rint(means).astype(np.uint8).tobytes() + _detail(low).tobytes())
 
 
 def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -> DecodeResult:
     """Decode one file; a failure is a result with a reason, never an exception.
 
-    `known`: a cached result written before the signature variants existed; its content
-    hash and pHash are kept and only the variants are computed."""
+    `known`: a cached result written by an older version, without the signature's variants or
+    with only their first part (SIGNATURE_PREFIXES); its content hash, pHash and the stored part
+    are kept as they are and only the missing part is computed."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -404,14 +432,16 @@ def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -
     else:
         content_hash = hashlib.sha256(data).hexdigest() if data else None
     try:
-        img = load_rgb(data, max_pixels)
+        img, (width, height) = load_rgb_sized(data, max_pixels, draft_side=SIGNATURE_DRAFT_SIDE)
     except CorruptImage as exc:
         width, height = _header_size(data) if exc.reason.startswith(OVER_PIXEL_LIMIT) else (0, 0)
         return DecodeResult(content_hash, None, None, width, height, exc.reason)
     phash, variants = signature(img)
     if known is not None and known.phash is not None:
         phash = known.phash  # the same definition: kept as the old version computed it
-    return DecodeResult(content_hash, phash, variants, img.width, img.height)
+        if known.variants:
+            variants = known.variants + variants[len(known.variants):]
+    return DecodeResult(content_hash, phash, variants, width, height)
 
 
 def _header_size(data: bytes) -> tuple[int, int]:
@@ -433,7 +463,7 @@ def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
     (and never forks a process that holds torch's threads). As with any
     spawned process, a script that calls this must guard its entry point with
     `if __name__ == "__main__":`. `known`: cached results whose signature variants are
-    missing (an older cache); only the variants are computed for them.
+    missing or incomplete (an older cache); only the missing part is computed for them.
     """
     pending = list(paths)
     known = known or {}
@@ -518,8 +548,11 @@ class DecodeCache:
             # A cache from before the signature variants: keep its rows, the variants are computed on use.
             if "variants" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
                 db.execute("ALTER TABLE files ADD COLUMN variants BLOB")
-            if meta.get("signature_version") != SIGNATURE_VERSION:
-                db.execute("UPDATE files SET variants = NULL")
+            version = meta.get("signature_version")
+            if version != SIGNATURE_VERSION:
+                # A row whose variants are shorter than VARIANTS_SIZE is completed on use (lake).
+                if version not in SIGNATURE_PREFIXES:
+                    db.execute("UPDATE files SET variants = NULL")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('signature_version', ?)", (SIGNATURE_VERSION,))
             db.execute("CREATE TABLE IF NOT EXISTS groups (key TEXT PRIMARY KEY, labels BLOB)")
         return db

@@ -11,15 +11,21 @@ A near-duplicate signature (docs/data.md, "Near duplicates") is, per image:
   and bottom halves. pHash is computed on grey levels, so the same shape in
   other colours collides in it; means do not move when an image is resized,
   re-encoded or mirrored (a mirror keeps top and bottom), and little when a
-  border is cut.
+  border is cut;
+- `detail`: per hash (the pHash, then each variant), the 35 DCT coefficients
+  it was thresholded from (0 < u + v <= 7), centred and scaled to int8.
 
 Two images match when one's phash is within `d` bits of the other's phash
-or of one of its variants, and their colours are within `COLOUR_TOLERANCE`
+or of one of its variants, or within `VERIFY_DISTANCE` bits and the two
+hashes' details correlate at `MIN_CORRELATION` or more (the verifier: a
+re-encoded copy flips the bits whose coefficients sit near the median, its
+coefficients barely move), and their colours are within `COLOUR_TOLERANCE`
 on every channel. Instead of comparing every pair, the hashes are cut into
-`d + 1` bands: by the pigeonhole principle two hashes within distance `d`
-agree exactly on at least one band, so only hashes sharing a band value are
-compared (multi-index hashing, a sorted join per band). Matches are joined
-into connected components, so grouping is transitive.
+bands: two hashes within `r` bits agree exactly on one of `r + 1` bands, or
+differ by at most one bit on one of `r // 2 + 1` bands (pigeonhole), so only
+hashes sharing a band value, or one bit away from it, are compared
+(multi-index hashing, a sorted join per band). Matches are joined into
+connected components, so grouping is transitive.
 
 The split is decided per duplicate group, never per file, so no exact or
 near duplicate can sit in two splits. Groups are stratified by label: each
@@ -47,14 +53,26 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 # 3-6% per side keep 88-94% of each side; these five leave at most 3% of scale mismatch.
 CROPS: tuple[tuple[float, float], ...] = ((0.91, 0.91), (0.88, 0.88), (0.94, 0.94), (0.88, 0.94), (0.94, 0.88))
 N_VARIANTS = 1 + len(CROPS)  # the mirror, then the crops
-# phash, variants, then the colour means, big-endian: the bytes one image's signature packs into.
-SIGNATURE = np.dtype([("phash", ">u8"), ("variants", ">u8", (N_VARIANTS,)), ("colour", "u1", (12,))])
+# The DCT coefficients (u, v) with 0 < u + v <= 7, row by row: the detail kept per hash for the verifier.
+DETAIL_INDEX: tuple[int, ...] = tuple(u * 8 + v for u in range(8) for v in range(8) if 0 < u + v <= 7)
+# phash, variants, the colour means, then per hash (the pHash, then each variant) its detail:
+# the bytes one image's signature packs into. Big-endian; the layout only ever grows at the end.
+SIGNATURE = np.dtype([("phash", ">u8"), ("variants", ">u8", (N_VARIANTS,)), ("colour", "u1", (12,)),
+                      ("detail", "i1", (1 + N_VARIANTS, len(DETAIL_INDEX)))])
 
 # Largest difference (0-255, any channel) between two images' mean colours that still counts
 # as the same picture. Resizing and re-encoding real photos moved the means by at most 1.5,
 # a 3-6% border crop the halves' means by more (12 lost one crop in 71 that 16 keeps, with no
 # false merge either way: benchmarks/bench_dedupe.py); the same shape in another colour differs by tens.
 COLOUR_TOLERANCE = 16
+
+# The verifier: a pair whose hashes are more than `max_distance` but at most VERIFY_DISTANCE bits
+# apart still matches when the details of the two hashes correlate at MIN_CORRELATION or more.
+# A re-encoded or border-cropped copy moves a pHash by 6-8 bits (coefficients near the median
+# change side) while its detail correlates at 0.97-1.0; the closest distinct tiles of the benchmark
+# reach 0.95 (benchmarks/bench_dedupe.py, docs/performance.md "Near duplicates").
+VERIFY_DISTANCE = 6
+MIN_CORRELATION = 0.96
 
 _POPCOUNT16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
 _JOIN_CHUNK = 1 << 21  # candidate pairs compared at once: bounds the memory of a crowded band
@@ -67,22 +85,41 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return counts[:, 0] + counts[:, 1] + counts[:, 2] + counts[:, 3]
 
 
-def _band_masks(max_distance: int) -> list[tuple[int, int]]:
-    """(shift, mask) of `max_distance + 1` bands covering the 64 bits as evenly as possible."""
-    n_bands = min(max_distance + 1, 64)
+def _band_masks(radius: int) -> tuple[list[tuple[int, int]], bool]:
+    """(shift, mask) of bands covering the 64 bits as evenly as possible, and whether each band
+    is probed one bit away too. Two hashes within `radius` bits agree exactly on one of
+    `radius + 1` bands, or differ by at most one bit on one of `radius // 2 + 1` bands
+    (pigeonhole). Up to 5 bits the first is cheaper; from 6 bits on, the fewer, wider bands
+    probed one bit away find far fewer candidates than narrow ones."""
+    probe = radius >= 6
+    n_bands = min(radius // 2 + 1 if probe else radius + 1, 64)
     widths = [64 // n_bands + (1 if i < 64 % n_bands else 0) for i in range(n_bands)]
     out, shift = [], 0
     for width in widths:
         out.append((shift, (1 << width) - 1))
         shift += width
-    return out
+    return out, probe
 
 
-def pack_signature(phash: int, variants: Sequence[int], colour: Sequence[int]) -> bytes:
-    """One image's SIGNATURE bytes: its pHash, N_VARIANTS variant pHashes, 12 colour means."""
+def pack_signature(phash: int, variants: Sequence[int], colour: Sequence[int], detail: np.ndarray | None = None
+                   ) -> bytes:
+    """One image's SIGNATURE bytes: its pHash, N_VARIANTS variant pHashes, 12 colour means and
+    the detail of each hash (zeros when not given: such hashes are never verified)."""
     record = np.zeros((), dtype=SIGNATURE)
     record["phash"], record["variants"], record["colour"] = phash, variants, colour
+    if detail is not None:
+        record["detail"] = detail
     return record.tobytes()
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of x with the same row of y (0 where either is constant)."""
+    x = x.astype(np.float32)
+    y = y.astype(np.float32)
+    x -= x.mean(axis=1, keepdims=True)
+    y -= y.mean(axis=1, keepdims=True)
+    norm = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    return np.divide((x * y).sum(axis=1), norm, out=np.zeros(len(x), dtype=np.float32), where=norm > 0)
 
 
 def signatures_array(signatures: Sequence[bytes] | np.ndarray) -> np.ndarray:
@@ -93,10 +130,13 @@ def signatures_array(signatures: Sequence[bytes] | np.ndarray) -> np.ndarray:
 
 
 def near_duplicate_groups(signatures: Sequence[bytes] | np.ndarray, max_distance: int,
-                          colour_tolerance: float = COLOUR_TOLERANCE) -> np.ndarray:
+                          colour_tolerance: float = COLOUR_TOLERANCE, verify_distance: int = VERIFY_DISTANCE,
+                          min_correlation: float = MIN_CORRELATION) -> np.ndarray:
     """Component label per item: items that match, directly or by a chain, share one.
 
     `signatures`: one packed SIGNATURE per item. Labels are numbered by first appearance.
+    Hashes within `max_distance` bits match; up to `verify_distance` bits, their details must
+    also correlate at `min_correlation` or more.
     """
     sig = signatures_array(signatures)
     if sig.size == 0:
@@ -108,16 +148,21 @@ def near_duplicate_groups(signatures: Sequence[bytes] | np.ndarray, max_distance
     n = unique.size
     index = unique["phash"].astype(np.uint64)
     colours = unique["colour"].astype(np.int16)
+    detail = unique["detail"]
+    radius = max(max_distance, verify_distance)
     edges_a: list[np.ndarray] = []
     edges_b: list[np.ndarray] = []
     if n > 1:
-        bands = _band_masks(max_distance)
-        queries = [index] + [unique["variants"][:, v].astype(np.uint64) for v in range(N_VARIANTS)]
-        for query in queries:
-            for a, b in _join(index, query, bands, max_distance):
-                keep = (a != b) & (np.abs(colours[a] - colours[b]).max(axis=1) <= colour_tolerance)
-                edges_a.append(a[keep])
-                edges_b.append(b[keep])
+        # Every hash is looked up against the pHashes at once: the pHash itself, then each variant.
+        query = np.concatenate([index, unique["variants"].T.astype(np.uint64).ravel()])
+        for a, q, distance in _join(index, query, *_band_masks(radius), radius):
+            b, kind = q % n, q // n
+            keep = (a != b) & (np.abs(colours[a] - colours[b]).max(axis=1) <= colour_tolerance)
+            verify = np.flatnonzero(keep & (distance > max_distance))
+            if verify.size:  # the index side is always a pHash (detail 0), the query side hash `kind`
+                keep[verify] = correlation(detail[a[verify], 0], detail[b[verify], kind[verify]]) >= min_correlation
+            edges_a.append(a[keep])
+            edges_b.append(b[keep])
     if edges_a:
         component = connected_components(n, np.concatenate(edges_a), np.concatenate(edges_b))
     else:
@@ -129,32 +174,49 @@ def near_duplicate_groups(signatures: Sequence[bytes] | np.ndarray, max_distance
     return rank[dense.ravel()]
 
 
-def _join(index: np.ndarray, query: np.ndarray, bands: list[tuple[int, int]], max_distance: int):
-    """Yield (index item, query item) pairs within `max_distance` bits, a chunk at a time.
+def _join(index: np.ndarray, query: np.ndarray, bands: list[tuple[int, int]], probe: bool, radius: int):
+    """Yield (index item, query item, distance) for pairs within `radius` bits, a chunk at a time.
 
-    Per band: the index sorted by band value, each query's run of equal values found by
-    binary search, the run expanded into candidate pairs and checked. A pair found in two
-    bands comes twice (union-find does not mind)."""
+    Per band: the index sorted by band value; for each query, the run of its own band value
+    (and with `probe`, of every value one bit away from it), expanded into candidate pairs and
+    checked. A pair found twice comes twice (union-find does not mind)."""
     for shift, mask in bands:
         band = (index >> np.uint64(shift)) & np.uint64(mask)
         order = np.argsort(band, kind="stable")
         sorted_band = band[order]
-        wanted = (query >> np.uint64(shift)) & np.uint64(mask)
-        lo = np.searchsorted(sorted_band, wanted, "left")
-        counts = np.searchsorted(sorted_band, wanted, "right") - lo
-        has = np.flatnonzero(counts)
-        ends = np.cumsum(counts[has])
-        start = 0
-        while start < has.size:  # queries whose runs together fit in one chunk (at least one)
-            stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _JOIN_CHUNK)))
-            q = has[start:stop]
-            reps = counts[q]
-            qi = np.repeat(q, reps)
-            offset = np.arange(qi.size) - np.repeat(np.cumsum(reps) - reps, reps)
-            ii = order[np.repeat(lo[q], reps) + offset]
-            close = hamming(index[ii], query[qi]) <= max_distance
-            yield ii[close], qi[close]
-            start = stop
+        own = (query >> np.uint64(shift)) & np.uint64(mask)
+        width = mask.bit_length()
+        # Narrow bands: the start of every value's run in one table, so a lookup is an index, not a search.
+        table = np.searchsorted(sorted_band, np.arange((1 << width) + 1, dtype=np.uint64)) if width <= 20 else None
+        for flip in [0] + ([1 << bit for bit in range(width)] if probe else []):
+            wanted = own ^ np.uint64(flip)
+            if table is None:
+                lo = np.searchsorted(sorted_band, wanted, "left")
+                counts = np.searchsorted(sorted_band, wanted, "right") - lo
+            else:
+                lo = table[wanted.astype(np.intp)]
+                counts = table[wanted.astype(np.intp) + 1] - lo
+            yield from _expand_runs(index, query, order, lo, counts, radius)
+
+
+def _expand_runs(index: np.ndarray, query: np.ndarray, order: np.ndarray, lo: np.ndarray, counts: np.ndarray,
+                 radius: int):
+    """(index item, query item, distance) within `radius`, each query against the `counts[q]`
+    index items from sorted position `lo[q]`."""
+    has = np.flatnonzero(counts)
+    ends = np.cumsum(counts[has])
+    start = 0
+    while start < has.size:  # queries whose runs together fit in one chunk (at least one)
+        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _JOIN_CHUNK)))
+        q = has[start:stop]
+        reps = counts[q]
+        qi = np.repeat(q, reps)
+        # the k-th candidate of a run sits at sorted position lo + k: one repeat of (lo - run start)
+        ii = order[np.repeat(lo[q] - (np.cumsum(reps) - reps), reps) + np.arange(qi.size)]
+        distance = hamming(index[ii], query[qi])
+        close = distance <= radius
+        yield ii[close], qi[close], distance[close]
+        start = stop
 
 
 def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
