@@ -593,7 +593,7 @@ def record_image_cache(out_dir: str | Path, lake: Lake, cache: ImageCache) -> st
     the summary as `image_cache`, and `out_dir`'s data_summary.json is written again. Returns the log line."""
     usage = disk_summary(cache)
     lake.summary["image_cache"] = usage
-    atomic_write_json(Path(out_dir) / "data_summary.json", lake.summary)
+    atomic_write_json(Path(out_dir) / DATA_SUMMARY, lake.summary)
     return describe_image_cache(cache, usage)
 
 
