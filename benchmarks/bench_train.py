@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from sustain.artifacts import RunRecord  # noqa: E402
 from sustain.config import Config, load_config  # noqa: E402
-from sustain.device import cpu_count  # noqa: E402
+from sustain.utils import cpu_count  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_train.json"
 

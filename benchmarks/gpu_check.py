@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from sustain.device import cpu_count  # noqa: E402
+from sustain.utils import cpu_count  # noqa: E402
 
 # Goals of issue 17 for an H100/H200-class GPU (docs/performance.md › GPU check).
 GOAL_STEP_RATIO = 0.95  # Sustain's guarded step / a plain timm step

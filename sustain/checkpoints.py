@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.models import clean_state_dict  # strips DDP 'module.' / torch.compile prefixes
 from torch import nn
 
 from .artifacts import BEST_GLOB, EXPORT_META, EXPORT_WEIGHTS, LAST, best_checkpoint_name  # noqa: F401  (re-exported)
@@ -291,8 +292,6 @@ def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, torc
         except Exception as exc:  # SafetensorError for a damaged or truncated file
             raise UsageError(f"Cannot read checkpoint weights {path}: {exc}",
                              "the file is damaged; export it again or use the best_model_*.pth") from None
-    from timm.models import clean_state_dict  # strips DDP 'module.' / torch.compile prefixes
-
     try:
         model.load_state_dict(clean_state_dict(dict(weights)), strict=True)
     except RuntimeError as exc:

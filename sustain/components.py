@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from .config import Config
-from .device import CpuPlan, PrecisionPlan, cpu_count, plan_cpu
+from .device import CpuPlan, PrecisionPlan, plan_cpu
 from .errors import RunFailed, UsageError
 from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
 from .model import model_kwargs
 from .taxonomy import Taxonomy
+from .utils import cpu_count
 
 log = logging.getLogger("sustain.engine")  # the start-up sequence the engine prints, in its voice
 

@@ -15,7 +15,6 @@ Order for `device: auto`: CUDA, then MPS, then CPU.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -198,13 +197,6 @@ def in_jupyter() -> bool:
         return False
     ip = shell.get_ipython() if hasattr(shell, "get_ipython") else None
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def apply_backend_flags(plan: DevicePlan) -> None:

@@ -41,7 +41,6 @@ from typing import Any
 from .config import Config, load_config
 from .device import (
     Backends,
-    cpu_count,
     detect_backends,
     in_jupyter,
     plan_device,
@@ -50,7 +49,7 @@ from .device import (
 )
 from .errors import RunFailed, SustainError, UsageError
 from .taxonomy import Taxonomy, build_taxonomy
-from .utils import finite_or_none
+from .utils import cpu_count, finite_or_none
 
 log = logging.getLogger("sustain.diagnostics")
 

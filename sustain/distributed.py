@@ -14,9 +14,11 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoints as ckpt
 from .config import Config
+from .data.lake import ingest
 from .device import DevicePlan
 from .taxonomy import Taxonomy
 
@@ -60,14 +62,10 @@ class Distributed:
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         if not self.enabled:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def ingest(self, cfg: Config, taxonomy: Taxonomy, out_dir: Path):
         """Rank 0 ingests and writes the manifest; the others then read the same lake quietly (cached)."""
-        from .data.lake import ingest
-
         if self.is_main:
             lake = ingest(cfg, taxonomy, out_dir=out_dir)
         self.barrier()

@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import platform
 import signal
 import sys
 import time
@@ -37,8 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
+import torchvision
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import checkpoints as ckpt
 from . import trends
@@ -65,7 +69,6 @@ from .device import (
     DevicePlan,
     PrecisionPlan,
     apply_backend_flags,
-    cpu_count,
     detect_backends,
     in_jupyter,
     plan_channels_last,
@@ -74,11 +77,14 @@ from .device import (
     plan_precision,
 )
 from .distributed import Distributed
+from .evaluate import collect_predictions, write_final_evaluation
 from .guards import COUNTS, Guards
 from .interrupts import Interrupted, StopRequests, resume_command, signal_name
 from .loaders import Loaders, build_loaders
 from .losses import PartialLabelLoss
+from .metrics import epoch_metrics, format_per_class
 from .model import build_model, parameter_summary
+from .report import build_report
 from .taxonomy import Taxonomy, build_taxonomy
 from .tracking import Tracker
 from .transforms import (
@@ -87,7 +93,7 @@ from .transforms import (
     resolve_data_config,
     validate_transforms,
 )
-from .utils import finite_or_none, setup_logging
+from .utils import cpu_count, finite_or_none, setup_logging
 
 log = logging.getLogger("sustain.engine")
 
@@ -502,8 +508,6 @@ class _Loop:
         A mid-epoch checkpoint (every `train.checkpoint_every_minutes`, or on a stop signal) is taken
         only between optimizer updates, so no accumulated gradient is ever lost or saved.
         """
-        from tqdm.auto import tqdm
-
         cfg, st = self.cfg.train, self.state
         self.fwd_model.train()
         start, total = st.step, self.loaders.train_batches
@@ -646,9 +650,6 @@ class _Loop:
         return self.ema.module if self.ema is not None else self.model
 
     def validate(self) -> dict[str, Any]:
-        from .evaluate import collect_predictions
-        from .metrics import epoch_metrics
-
         preds = collect_predictions(self.eval_model(), self.loaders.val, self.device, self.autocast_factory(),
                                     desc="Validation", progress=self.dist.is_main)
         logits, targets, source_ids = self.dist.gather_predictions(preds)
@@ -663,8 +664,6 @@ class _Loop:
     # ------------------------------------------------------------------ records
 
     def record_epoch(self, epoch: int, tr: dict[str, Any], val: dict[str, Any], seconds: float) -> None:
-        from .metrics import format_per_class
-
         st = self.state
         skipped_pct = 100.0 * tr["skipped"] / max(1, tr["steps"])
         verdict = self.guards.verdict(skipped_pct)
@@ -786,8 +785,6 @@ class _Loop:
         final: dict[str, Any] = {}
         t = time.perf_counter()
         if not st.failed and best_path is not None:
-            from .evaluate import write_final_evaluation
-
             log.info("📊 Final evaluation of the best weights (epoch %s)", st.best["epoch"])
             reports = write_final_evaluation(self.eval_model(), self.loaders.final, self.taxonomy,
                                              self.sources, out, self.device, self.autocast_factory(),
@@ -812,8 +809,6 @@ class _Loop:
         RunRecord.from_dict(run).write(out)  # the report reads it
         if not st.failed:
             try:
-                from .report import build_report
-
                 log.info("✓ Report written: %s", build_report(out))
             except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
                 run["report_error"] = f"{type(exc).__name__}: {exc}"
@@ -832,11 +827,6 @@ class _Loop:
 
     def run_record(self, timings: dict[str, float], lake: Any, data_config: dict[str, Any], workers: int,
                    final: dict[str, Any]) -> dict[str, Any]:
-        import platform
-
-        import timm
-        import torchvision
-
         st = self.state
         return {
             "status": "failed" if st.failed else "completed",

@@ -23,8 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from pydantic import ValidationError
 from sklearn.metrics import classification_report
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .artifacts import MANIFEST, VAL_CONFUSION, VAL_REPORT
 from .checkpoints import (
@@ -34,9 +37,13 @@ from .checkpoints import (
     load_weights,
     read_meta,
 )
-from .data.scan import IMAGE_EXTENSIONS
+from .config import SourceConfig
+from .data.dataset import ManifestDataset, collate_skip_failed
+from .data.labels import compile_label_map
+from .data.lake import ManifestRow, read_manifest
+from .data.scan import IMAGE_EXTENSIONS, walk_labelled
 from .device import resolve_device
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 from .gallery import SamplePredictions, predictions_file, save_predictions
 from .metrics import final_metrics, format_per_class
 from .taxonomy import Taxonomy
@@ -91,8 +98,6 @@ def collect_predictions(
     ``source_ids``, ``failed``). The model is left in eval mode; callers that
     train next call ``model.train()`` themselves.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     model.eval()
     logits, targets, source_ids, indices, failed = [], [], [], [], 0
@@ -353,8 +358,6 @@ def evaluate_checkpoint(
     and ``eval_<split>_classification_report.json`` (``eval_data_<name>_…`` for
     a folder), so the training run's own reports are never overwritten.
     """
-    from .data.dataset import ManifestDataset, collate_skip_failed
-
     dev = resolve_device(device)
     loaded = load_checkpoint_model(checkpoint, dev)
     run_dir = loaded.path if loaded.path.is_dir() else loaded.path.parent
@@ -390,8 +393,6 @@ def _per_class_view(report: Mapping[str, Any]) -> dict[str, Any]:
 def read_manifest_split(manifest: Path, split: str, taxonomy: Taxonomy) -> tuple[list[Any], list[str]]:
     """ManifestRows of one split of a run's manifest.csv (labels resolved with the
     checkpoint's taxonomy, as training did) and their source names."""
-    from .data.lake import read_manifest
-
     if not manifest.is_file():
         raise UsageError(f"No manifest.csv next to the checkpoint: {manifest}",
                          "pass the checkpoint inside its run folder, or score a folder with --data DIR")
@@ -407,9 +408,6 @@ def labelled_folder_rows(
     """ManifestRows for ``root/<folder>/**/<image>``, walked and labelled as ingestion does
     (`data.scan.walk_labelled`); a folder is a class or set name, or is mapped by a YAML
     ``{folder: class | [classes] | SET | null}``."""
-    from .data.lake import ManifestRow
-    from .data.scan import walk_labelled
-
     if not root.is_dir():
         raise UsageError(f"--data folder not found: {root}", "pass a folder of <class>/<image> files")
     source = f"data_{root.resolve().name}"
@@ -430,13 +428,6 @@ def labelled_folder_rows(
 
 def _folder_label_map(source: str, taxonomy: Taxonomy, label_map: str | Path | None) -> Any:
     """The LabelMap for `--data`: the --label-map YAML, or every class and set name as itself."""
-    import yaml
-    from pydantic import ValidationError
-
-    from .config import SourceConfig
-    from .data.labels import compile_label_map
-    from .errors import ConfigError
-
     if label_map is None:
         mapping: Any = {name: name for name in (*taxonomy.classes, *taxonomy.sets)}
     else:

@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def escape_html(value: Any) -> str:
     """Any value as text safe inside HTML, attributes included (report, gallery, compare)."""
     return html.escape(str(value), quote=True)

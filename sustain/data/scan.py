@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..utils import cpu_count
 from .labels import LabelMap, Resolution, resolve_label
 from .split import CROPS, DETAIL_INDEX, SIGNATURE
 
@@ -496,11 +497,8 @@ def _spawn_can_start() -> bool:
 
 
 def default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    """Decode processes for `data.num_workers: auto`: every core, at most 8."""
+    return max(1, min(cpu_count(), 8))
 
 
 # --------------------------------------------------------------------------- cache
