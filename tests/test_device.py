@@ -154,3 +154,34 @@ def test_cpu_plan_never_oversubscribes_and_respects_the_users_settings():
     # data.num_workers set by the user is kept; only the threads are planned around it.
     fixed = plan_cpu(cores=2, step_seconds=1.7, step_threads=1, load_seconds=0.05, max_threads=2, workers=1)
     assert (fixed.threads, fixed.workers) == (1, 1)
+
+
+def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_were() -> None:
+    """The plan times real training-mode steps; BatchNorm statistics, weights, gradients and the
+    torch RNG (drop path) must be as before, or a timed run would differ from an untimed one."""
+    from types import SimpleNamespace
+
+    import timm
+    import torch
+
+    from sustain.components import plan_cpu_measured
+    from sustain.config import config_from_dict
+    from sustain.device import plan_precision
+    from sustain.losses import PartialLabelLoss
+
+    cfg = config_from_dict({"data": {"sources": [{"name": "s", "root": "r", "label_map": "identity"}]}})
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3, drop_path_rate=0.1).train()
+    batch = SimpleNamespace(images=torch.randn(4, 3, 32, 32), targets=torch.eye(3)[[0, 1, 2, 0]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    threads = torch.get_num_threads()
+    try:
+        plan = plan_cpu_measured(cfg, model, batch, PartialLabelLoss(), torch.device("cpu"),
+                                 plan_precision("cpu", "off", False), 0.01, False, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert plan.threads >= 1 and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
