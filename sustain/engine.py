@@ -77,14 +77,11 @@ from .device import (
     plan_precision,
 )
 from .distributed import Distributed
-from .evaluate import collect_predictions, write_final_evaluation
 from .guards import COUNTS, Guards
 from .interrupts import Interrupted, StopRequests, resume_command, signal_name
 from .loaders import Loaders, build_loaders
 from .losses import PartialLabelLoss
-from .metrics import epoch_metrics, format_per_class
 from .model import build_model, parameter_summary
-from .report import build_report
 from .taxonomy import Taxonomy, build_taxonomy
 from .tracking import Tracker
 from .transforms import (
@@ -650,6 +647,11 @@ class _Loop:
         return self.ema.module if self.ema is not None else self.model
 
     def validate(self) -> dict[str, Any]:
+        # scikit-learn (metrics, evaluate, report) takes ≈ 2 s to import: it loads when the first epoch
+        # is scored, so a run that fails its config, data or sanity checks fails fast.
+        from .evaluate import collect_predictions
+        from .metrics import epoch_metrics
+
         preds = collect_predictions(self.eval_model(), self.loaders.val, self.device, self.autocast_factory(),
                                     desc="Validation", progress=self.dist.is_main)
         logits, targets, source_ids = self.dist.gather_predictions(preds)
@@ -686,6 +688,8 @@ class _Loop:
         History.from_dict(st.history).write(self.out_dir)
         for hook in self.hooks.epoch_end:
             hook(entry)
+        from .metrics import format_per_class  # loaded by validate() already (see there)
+
         for line in format_per_class(val, self.taxonomy):
             log.info(line)
         log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", epoch,
@@ -786,6 +790,8 @@ class _Loop:
         t = time.perf_counter()
         if not st.failed and best_path is not None:
             log.info("📊 Final evaluation of the best weights (epoch %s)", st.best["epoch"])
+            from .evaluate import write_final_evaluation  # loaded by validate() already
+
             reports = write_final_evaluation(self.eval_model(), self.loaders.final, self.taxonomy,
                                              self.sources, out, self.device, self.autocast_factory(),
                                              checkpoint=out)
@@ -808,6 +814,8 @@ class _Loop:
         run.update(checklist=checklist, report_error=None)
         RunRecord.from_dict(run).write(out)  # the report reads it
         if not st.failed:
+            from .report import build_report  # with scikit-learn (see validate)
+
             try:
                 log.info("✓ Report written: %s", build_report(out))
             except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
