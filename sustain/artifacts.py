@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .errors import SustainError
-from .utils import atomic_write_json, finite_float, finite_or_none
+from .utils import atomic_write_json, finite_or_none
 
 # ---- the ingest's files (the output folder of `sustain data ingest` or of a run)
 MANIFEST = "manifest.csv"
@@ -151,13 +151,6 @@ class History(Record):
         for key in HISTORY_KEYS:
             getattr(self, key).append(finite_or_none(entry[key]))
 
-    def column(self, key: str) -> list[float | None]:
-        """A numeric column with every non-number as None (for plots and trends)."""
-        return [finite_float(v) for v in getattr(self, key)]
-
-    def row(self, i: int) -> dict[str, Any]:
-        return {k: getattr(self, k)[i] for k in HISTORY_KEYS}
-
     def without_timings(self) -> dict[str, Any]:
         """Everything that must be identical between two runs of the same config and seed."""
         return {k: v for k, v in self.to_dict().items() if k not in TIMING_KEYS}
@@ -230,9 +223,6 @@ class DataSummary(Record):
 
 # =========================================================================== run.json
 
-RUN_STATUSES = ("completed", "failed", "early_stopped", "interrupted")
-
-
 @dataclass
 class RunRecord(Record):
     """What a run did (`run.json`): written at the end, and when a signal stops it."""
@@ -240,7 +230,7 @@ class RunRecord(Record):
     FILE: ClassVar[str] = RUN
     LEGACY: ClassVar[frozenset[str]] = frozenset({"trend_warnings", "success_checklist"})  # now health.trend_warnings, checklist
 
-    status: str
+    status: str  # "completed", "failed" or "interrupted" (an early stop completes; stop_reason says so)
     stop_reason: str | None
     config: dict[str, Any]
     model_name: str
@@ -262,6 +252,3 @@ class RunRecord(Record):
     report_error: str | None = None
     tracking: dict[str, Any] | None = None
 
-    @property
-    def trend_warnings(self) -> list[dict[str, Any]]:
-        return list(self.health.get("trend_warnings") or [])
