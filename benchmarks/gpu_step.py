@@ -121,33 +121,35 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
                    precision: PrecisionPlan, device: torch.device, batch) -> Callable[[int], dict[str, Any]]:
     """run(steps): one epoch of the engine's own training loop over `steps` copies of `batch`.
 
-    The only coupling to sustain.engine's internals: when the engine is
+    The only coupling to the training loop's internals (sustain.loop, sustain.run): when the engine is
     restructured, this is the one function to update. Everything the loop does
     per step runs unchanged; only the DataLoader is replaced by the in-memory batch.
     """
-    from sustain import components, engine
+    from sustain import components, loop
     from sustain.distributed import Distributed
     from sustain.guards import Guards
+    from sustain.loop_state import LoopState
     from sustain.losses import PartialLabelLoss
+    from sustain.run import Run
     from sustain.taxonomy import build_taxonomy
 
     optimizer = components.build_optimizer(cfg, model)
     scheduler = components.build_scheduler(cfg, optimizer, updates_per_epoch=1000)
-    state = engine.LoopState()
+    state = LoopState()
     guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
     components.set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
     loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch, start=0: None)
-    loop = engine._Loop(
+    bundle = Run(
         cfg=cfg, taxonomy=build_taxonomy(**cfg.taxonomy.model_dump()), sources=["synthetic"],
         dist=Distributed(device=device), device=device, plan=plan, precision=precision,
         channels_last=False, out_dir=Path("."), meta={}, model=model, fwd_model=fwd_model, ema=None,
         loss_fn=PartialLabelLoss(label_smoothing=cfg.train.label_smoothing).to(device),
         val_loss_fn=PartialLabelLoss(), optimizer=optimizer, scheduler=scheduler,
-        guards=guards, loaders=loaders, state=state)
+        guards=guards, loaders=loaders)
 
     def run(steps: int) -> dict[str, Any]:
         loaders.train_batches = steps
-        stats = loop.train_one_epoch(state.epoch + 1)
+        stats = loop.train_one_epoch(bundle, state, state.epoch + 1)
         state.epoch += 1
         return stats
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sustain.engine import is_improvement
 from sustain.guards import guarded_optimizer_step, health_verdict, next_escalation
+from sustain.loop_state import is_improvement
 from sustain.losses import PartialLabelLoss, class_counts, inverse_frequency_weights, sample_weights
 
 
@@ -127,7 +127,7 @@ def test_after_an_epoch_the_loop_decides_in_a_fixed_order() -> None:
     """Guards first (a failed run, a critical epoch), then the last epoch, then early stopping."""
     from engine_helpers import tiny_config
 
-    from sustain.engine import CONTINUE, CRITICAL, DONE, EARLY_STOP, FAILED, LoopState, decide
+    from sustain.loop_state import CONTINUE, CRITICAL, DONE, EARLY_STOP, FAILED, LoopState, decide
 
     cfg = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 2})
 

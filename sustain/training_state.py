@@ -1,0 +1,101 @@
+"""The loop's checkpoints: the best weights, and `last.pth` with everything an exact resume needs.
+
+`training_state` writes the payload and `restore_training_state` reads it
+back into freshly built objects; `LoopState.state_dict` is the loop's part.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoints as ckpt
+from . import console
+from .config import Config
+from .guards import Guards
+from .loop_state import EpochProgress, LoopState, now
+from .run import Run
+
+log = logging.getLogger("sustain.engine")
+
+
+
+def save_position(run: Run, state: LoopState, epoch: int, step: int, progress: EpochProgress,
+                  reason: str | None) -> None:
+    """A mid-epoch last.pth: `step` batches of `epoch` are trained; every rank's sums and RNG go in."""
+    state.step = step
+    state.partial = run.dist.gather(progress.state_dict())
+    if reason is not None:
+        state.note_event("interrupted", epoch, step, run.loaders.train_batches, reason)
+    save_last(run, state, run.dist.gather_rng())
+    if run.dist.is_main:
+        console.position_saved(epoch, step, run.loaders.train_batches, run.out_dir / ckpt.LAST)
+
+
+def save_last(run: Run, state: LoopState, rng: list[dict[str, Any]]) -> None:
+    """Rank 0 writes last.pth; a signal that arrives meanwhile waits for the write to finish."""
+    if run.dist.is_main:
+        with run.stop.saving_block():
+            ckpt.save_checkpoint(run.out_dir / ckpt.LAST, training_state(run, state, rng))
+    run.clock.reset()
+
+
+def save_epoch_checkpoints(run: Run, state: LoopState, epoch: int, val: dict[str, Any], improved: bool) -> None:
+    """The best weights when they improved, then last.pth; every rank takes part."""
+    rng = run.dist.gather_rng()  # a collective: every rank takes part
+    if run.dist.is_main and improved:
+        meta = {**run.meta, "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"]}
+        path = ckpt.save_best(run.out_dir, ckpt.state_dict_copy(run.eval_model()), meta)
+        state.best["path"] = path.name
+        log.info("✓ Saved best model checkpoint: %s", path)
+    save_last(run, state, rng)
+    run.dist.barrier()
+
+
+def training_state(run: Run, state: LoopState, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `last.pth` payload: everything an exact resume needs (tensors and plain types);
+    `restore_training_state` reads it back."""
+    # No scheduler state: the LR is a pure function of the config and `updates` (set_lr).
+    return {
+        "format": ckpt.FORMAT_VERSION,
+        "kind": "last",
+        "classes": list(run.taxonomy.classes),
+        "manifest_hash": run.meta["manifest_hash"],
+        "meta": dict(run.meta),
+        "config": run.cfg.to_dict(),
+        **state.state_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "ema": run.ema.module.state_dict() if run.ema is not None else None,
+        "guard": run.guards.state_dict(),
+        "scaler": run.guards.scaler.state_dict(),
+        "rng": rng,
+        "saved_at": now(),
+        "tracking": run.tracker.state(),  # tracking: a resumed run appends to the same MLflow run and step
+    }
+
+
+def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           ema: Any, state: LoopState, guards: Guards) -> None:
+    """Load everything last.pth holds into the freshly built objects and the loop state.
+
+    The LR schedule is a pure function of the config and the update count: it
+    continues at the saved update with this config's LR, warmup and epochs, so a
+    resume may lower `train.lr` or add epochs (the optimizer's moments are kept).
+    """
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if ema is not None and saved.get("ema") is not None:
+        ema.module.load_state_dict(saved["ema"])
+    state.load_state_dict(saved)
+    saved_lr = saved["config"]["train"]["lr"]
+    guards.load_state_dict(saved["guard"], saved.get("scaler"), keep_lr_factor=saved_lr == cfg.train.lr)
+    if saved_lr != cfg.train.lr:  # the user chose a new LR: it replaces an automatic halving
+        log.info("  train.lr changed from %g to %g: the schedule continues at update %d with the new LR",
+                 saved_lr, cfg.train.lr, state.updates)
+    if saved["failed"]:  # the run stopped on its guards: a resume continues from the saved epoch
+        log.warning("⚠️  The saved run had stopped (%s); continuing from its checkpoint", saved["stop_reason"])
+        guards.state.streak = 0
