@@ -18,8 +18,6 @@ Writes benchmarks/results/bench_cache_agreement.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,11 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_cache_agreement.json"
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
+
+RESULTS = results_file("bench_cache_agreement")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
@@ -79,8 +78,21 @@ def score(loaded, rows, sources, cache) -> tuple[np.ndarray, np.ndarray, list[st
     return torch.softmax(preds.logits, dim=1).numpy(), preds.targets.numpy(), paths
 
 
+def run_config(tmp: Path, classes: list[str], epochs: int) -> dict:
+    """The training run's config: test_vit at 128 px on the photo lake in `tmp`, the image cache on."""
+    return {
+        "seed": 0, "output_dir": str(tmp / "run"), "device": "cpu",
+        "taxonomy": {"classes": classes, "bins": None, "sets": {}},
+        "data": {"root": str(tmp / "lake"), "sources": [{"name": "photos", "root": "photos", "label_map": "identity"}],
+                 "split": {"train": 0.5, "val": 0.4, "test": 0.1}, "augment": "light", "image_cache": "auto"},
+        "model": {"name": "test_vit", "pretrained": False, "input_size": 128, "drop_path_rate": 0.0},
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 2e-3, "layer_decay": None, "warmup_epochs": 1,
+                  "early_stopping_patience": 0},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--size", default="2016x1512", help="photo size, WxH")
     parser.add_argument("--epochs", type=int, default=8)
@@ -92,26 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet = logging.getLogger("sustain")  # the run's own log lines would bury the result
     quiet.setLevel(logging.WARNING)
 
+    from sustain.checkpoints import load_checkpoint_model
     from sustain.config import config_from_dict
     from sustain.data.image_cache import for_config
     from sustain.engine import train
-    from sustain.evaluate import load_checkpoint_model, read_manifest_split
+    from sustain.evaluate import read_manifest_split
 
     with tempfile.TemporaryDirectory(prefix="bench_cache_agreement_") as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
         classes = photo_lake(tmp / "lake", args.per_class, size)
         generate = time.perf_counter() - t
-        raw = {
-            "seed": 0, "output_dir": str(tmp / "run"), "device": "cpu",
-            "taxonomy": {"classes": classes, "bins": None, "sets": {}},
-            "data": {"root": str(tmp / "lake"), "sources": [{"name": "photos", "root": "photos", "label_map": "identity"}],
-                     "split": {"train": 0.5, "val": 0.4, "test": 0.1}, "augment": "light", "image_cache": "auto"},
-            "model": {"name": "test_vit", "pretrained": False, "input_size": 128, "drop_path_rate": 0.0},
-            "train": {"epochs": args.epochs, "batch_size": 32, "lr": 2e-3, "layer_decay": None, "warmup_epochs": 1,
-                      "early_stopping_patience": 0},
-        }
-        cfg = config_from_dict(raw)
+        cfg = config_from_dict(run_config(tmp, classes, args.epochs))
         t = time.perf_counter()
         result = train(cfg)
         train_seconds = time.perf_counter() - t
@@ -138,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_val_acc_in_training": result.best_val_acc, "generate_seconds": round(generate, 1),
         "train_seconds": round(train_seconds, 1), "load_average": list(os.getloadavg()),
     }
-    print(json.dumps(report, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_result(args.json, report, echo=True)
     return 0
 
 

@@ -11,8 +11,6 @@ is not slowed otherwise: the save happens between two optimizer updates).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,17 +19,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
 from sustain import checkpoints as ckpt  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_checkpoint.json"
+RESULTS = results_file("bench_checkpoint")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--saves", type=int, default=3)
     parser.add_argument("--interval-minutes", type=float, default=10.0)
     parser.add_argument("--json", type=Path, default=RESULTS)
@@ -56,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     row = {"model": "eva02_base_patch14_224", "state_mb": round(size / 2**20, 1), "save_seconds": times,
            "median_save_seconds": round(save_s, 3), "interval_minutes": args.interval_minutes,
            "overhead_pct": round(100 * save_s / (60 * args.interval_minutes), 3)}
-    print(json.dumps(row, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+    write_result(args.json, row, echo=True)
     return 0
 
 

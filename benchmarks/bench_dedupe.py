@@ -24,9 +24,7 @@ The tests run the same set at a small size (tests/test_data_dedupe.py).
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import sys
 import tempfile
 import time
@@ -37,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks.common import arg_parser, write_result
 
 # Photos with natural content; textures (brick, grass, gravel) are hard negatives.
 SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "immunohistochemistry",
@@ -248,7 +248,7 @@ def goals_missed(result: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--tile", type=int, default=112, help="tile size in pixels")
     parser.add_argument("--copies", type=int, default=4, help="copies per transform and photo")
     parser.add_argument("--seed", type=int, default=0, help="seed of the choice of tiles and of the transforms")
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in missed:
         print(f"  ✗ goal missed: {line}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.json, result)
     return 1 if missed else 0
 
 

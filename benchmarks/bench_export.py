@@ -15,8 +15,6 @@ average before and after. Writes benchmarks/results/bench_export.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_predict import write_checkpoint  # noqa: E402
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
 from sustain.checkpoints import load_checkpoint_model  # noqa: E402
 from sustain.export import PixelModel, export_onnx, quantize_int8  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_export.json"
+RESULTS = results_file("bench_export")
 DEFAULT_MODELS = ("test_vit:64", "eva02_tiny_patch14_224:224")
 
 
@@ -87,7 +85,7 @@ def bench_model(name: str, size: int, batches: list[int], iters: int, threads: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME:SIZE")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--iters", type=int, default=30, help="timed calls per backend and batch size")
@@ -114,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"int8 {b['top1_agree']['onnx_int8']:.0%}")
     print(f"load average before {report['load_avg_before']}, after {report['load_avg_after']} "
           f"on {report['cpus']} CPUs, {args.threads} thread(s) per backend")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(RESULTS, report)
     return 0
 
 

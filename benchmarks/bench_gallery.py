@@ -21,8 +21,6 @@ Writes benchmarks/results/bench_gallery.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -33,10 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
 from sustain.data.dataset import ManifestDataset, collate_skip_failed  # noqa: E402
 from sustain.data.lake import ManifestRow  # noqa: E402
 from sustain.evaluate import write_final_evaluation  # noqa: E402
@@ -51,7 +49,7 @@ from sustain.gallery_html import build_gallery  # noqa: E402
 from sustain.taxonomy import build_taxonomy  # noqa: E402
 from sustain.transforms import build_eval_transform  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_gallery.json"
+RESULTS = results_file("bench_gallery")
 TARGET = 0.10
 
 
@@ -74,7 +72,7 @@ def write_rows(folder: Path, n: int, seed: int = 0) -> list[ManifestRow]:
 
 
 def run(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__)
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--model", default="test_vit")
     p.add_argument("--size", type=int, default=64)
@@ -128,8 +126,7 @@ def run(argv: list[str]) -> dict:
           f"({result['store_mb']} MB); gallery + CSV {gallery_s:.2f}s ({result['thumbnails_mb']} MB of thumbnails, "
           f"{len(gallery.suspects)} suspects)")
     print(f"gallery overhead: {100 * ratio:.1f}% of the final evaluation (target ≤ {100 * TARGET:.0f}%)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     return result
 
 

@@ -39,6 +39,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from benchmarks.common import arg_parser, write_result
+
 MARKER = "bench_lake.json"
 
 
@@ -174,7 +176,7 @@ def _run_phase(lake: Path, work: Path, workers: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--n", type=int, default=100_000, help="images in the synthetic lake")
     parser.add_argument("--dir", type=Path, help="where the lake is generated and reused (default: a temp dir)")
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         result = camera_decode(args.camera)
         print(json.dumps(result))
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            write_result(args.json, result)
         return 0
 
     if args.measure:
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {phase}: {r['seconds']:.2f} s, {r['images']:,} images ({r['decoded']:,} decoded), "
               f"peak RSS {r['peak_rss_mb']:.0f} MB (with its workers {r['peak_total_rss_mb']:.0f} MB)")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.json, result)
     return 0
 
 

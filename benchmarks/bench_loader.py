@@ -16,9 +16,7 @@ Writes benchmarks/results/bench_loader.json.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
 import os
 import sys
@@ -30,16 +28,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
 from sustain.config import DataConfig  # noqa: E402
 from sustain.data.image_cache import ImageCache, disk_usage  # noqa: E402
 from sustain.data.scan import load_rgb  # noqa: E402
 from sustain.transforms import build_train_transform  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_loader.json"
+RESULTS = results_file("bench_loader")
 
 
 def camera_photos(folder: Path, count: int, size: tuple[int, int] = (4032, 3024)) -> list[str]:
@@ -66,7 +64,7 @@ def per_second(paths: list[str], load, tf) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--photos", type=int, default=24)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args(argv)
@@ -95,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                  if "fill_img_per_s" in r else "")
         print(f"  {r['pipeline']:<22} {r['img_per_s_per_core']:>7.1f} img/s per core{extra}")
     print("goal: >= 100 img/s per core from the cache")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"load": load, "rows": rows}, indent=2))
+    write_result(RESULTS, {"load": load, "rows": rows}, end="")
     return 0
 
 

@@ -14,8 +14,6 @@ times, images/s and the ratio, and writes benchmarks/results/bench_predict.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -26,15 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
 from sustain.checkpoints import save_best, state_dict_copy  # noqa: E402
 from sustain.inference import Predictor, default_batch_size  # noqa: E402
 from sustain.taxonomy import build_taxonomy  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_predict.json"
+RESULTS = results_file("bench_predict")
 
 
 def write_checkpoint(out: Path, model_name: str, size: int) -> None:
@@ -75,7 +73,7 @@ def timed(fn) -> float:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--model", default="test_vit")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=128)
@@ -113,8 +111,7 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"  batched (batch {args.batch_size}): {batched:.2f} s  ({result['batched_images_per_s']} images/s)")
     print(f"  per-image loop:      {loop:.2f} s  ({result['loop_images_per_s']} images/s)")
     print(f"  batched is {result['speedup']}x faster")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     return result
 
 

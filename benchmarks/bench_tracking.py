@@ -19,7 +19,6 @@ Writes benchmarks/results/bench_tracking.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,14 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import ensure_lake  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
 from sustain.config import load_config  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_tracking.json"
+RESULTS = results_file("bench_tracking")
 SIDES = {"off": ["tracking.tensorboard=false", "tracking.mlflow.enabled=false"],
          "on": ["tracking.tensorboard=true", "tracking.mlflow.enabled=true"]}
 
@@ -81,7 +80,7 @@ def one_run(side: str, lake: Path, epochs: int, base: Path, i: int) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--lake", type=Path, help="an existing demo lake (default: generate one)")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     inside = statistics.median(r["tracker_seconds"] / r["train_seconds"] for r in runs["on"])
     result = {"pairs": args.pairs, "epochs": args.epochs, "summary": summary, "epoch_overhead": overhead, "tracker_share_of_training": inside,
               "load_average": [min(loads), max(loads)], "runs": runs}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     print(f"{'tracking':<9} {'epoch (median)':>15} {'setup':>8} {'total':>8}")
     for side, s in summary.items():
         print(f"{side:<9} {s['median_epoch_seconds']:>14.3f}s {s['median_setup_seconds']:>7.2f}s "

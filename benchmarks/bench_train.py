@@ -24,8 +24,6 @@ Writes benchmarks/results/bench_train.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import platform
@@ -38,15 +36,15 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
 from sustain.artifacts import RunRecord  # noqa: E402
 from sustain.config import Config, load_config  # noqa: E402
 from sustain.utils import cpu_count  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench_train.json"
+RESULTS = results_file("bench_train")
 
 CASES: dict[str, list[str]] = {
     # configs/demo.yaml as `make train` runs it.
@@ -165,7 +163,7 @@ def ensure_lake(path: Path | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--lake", type=Path, help="an existing demo lake (default: generate one)")
     parser.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the demo case (eva02_tiny runs 3)")
@@ -191,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "results": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_result(args.json, report)
     print(f"written: {args.json}")
     return 0
 

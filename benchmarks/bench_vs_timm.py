@@ -27,7 +27,6 @@ finished first). Writes benchmarks/results/bench_vs_timm.json.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -42,8 +41,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "bench_vs_timm.json"
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+
+RESULTS = results_file("bench_vs_timm")
 HOW_TO_GET = ("timm's train.py is needed: `git clone https://github.com/huggingface/pytorch-image-models` "
               "(or the lead's library `fetch` tool) and pass --timm <that folder>")
 CLASSES = ("plastic_water_bottles", "aluminum_soda_cans", "glass_beverage_bottles", "cardboard_boxes")
@@ -147,7 +150,7 @@ def find_train_py(arg: str | None) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--timm", help="timm source tree (or its train.py)")
     parser.add_argument("--only", choices=sorted(CASES), action="append")
     parser.add_argument("--epochs", type=int, default=3)
@@ -168,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['case']:<8} {r['images']:>6} {r['epochs']:>6} {r['timm_seconds']:>8.1f} {r['sustain_seconds']:>10.1f} "
               f"{r['ratio']:>6.2f}  {r['load_before']:.1f}  {r['sustain_cpu_plan']}")
     print("ratio = timm seconds / sustain seconds (> 1: Sustain finished first); goals: jpeg256 >= 1.2, photos >= 3")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    write_result(RESULTS, {"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, end="")
     return 1 if any(r["timm_rc"] or r["sustain_rc"] for r in rows) else 0
 
 

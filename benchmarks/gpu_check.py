@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -30,20 +29,15 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import ROOT, arg_parser, write_result  # noqa: E402
 from sustain.utils import cpu_count  # noqa: E402
 
 # Goals of issue 17 for an H100/H200-class GPU (docs/performance.md › GPU check).
 GOAL_STEP_RATIO = 0.95  # Sustain's guarded step / a plain timm step
 GOAL_MFU = 0.40  # EVA02-Base bf16, with torch.compile if it helps
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _version(module: str) -> str | None:
@@ -92,7 +86,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     v = env["versions"]
     print(f"torch:  {v['torch']}   timm: {v['timm']}   torchvision: {v['torchvision']}   numpy: {v['numpy']}   "
           f"pydantic: {v['pydantic']}   python: {env['python']}   CPU cores: {env['cpu_cores']}")
-    write_json(args.out, env)
+    write_result(args.out, env)
     return 0
 
 
@@ -150,7 +144,7 @@ def cmd_ddp(args: argparse.Namespace) -> int:
     print(f"torchrun ×{dist.world} {result['backend']}: {'ok' if ok else 'FAILED'}, 64 MiB all-reduce "
           f"{allreduce_ms} ms")
     if dist.is_main:
-        write_json(args.out, result)
+        write_result(args.out, result)
     return 0 if ok else 1
 
 
@@ -261,14 +255,14 @@ def cmd_loader(args: argparse.Namespace) -> int:
                 result["rows"].append(row)
                 print(f"loader {name:18s} {workers:2d} workers, batch {batch:3d}: {row['images_per_s']} img/s "
                       f"(first batch {row['first_batch_s']} s; files {row['file_mb']} MB, made in {made:.1f} s)")
-    write_json(args.out, result)
+    write_result(args.out, result)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.gpu_summary import cmd_summary
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     sub = parser.add_subparsers(dest="section", required=True)
     for name, func in (("env", cmd_env), ("ddp", cmd_ddp), ("loader", cmd_loader), ("summary", cmd_summary)):
         p = sub.add_parser(name)

@@ -20,11 +20,9 @@ Peak memory is the most allocated during a timed window.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import itertools
-import json
 import logging
 import sys
 import time
@@ -36,10 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import ROOT, arg_parser, write_result  # noqa: E402
 from sustain.config import Config, load_config  # noqa: E402
 from sustain.device import (  # noqa: E402
     DevicePlan,
@@ -319,7 +317,7 @@ def format_rows(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--cpu", action="store_true", help="the dry run: a tiny model on the CPU")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--rounds", type=int, default=2, help="timed windows per step kind (the faster counts)")
@@ -335,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         torch.set_num_threads(1)  # a tiny model steps fastest on one thread (see tests/engine_helpers.py)
     def save(result: dict[str, Any]) -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_result(args.out, result)
 
     result = run_benchmark(args.cpu, args.rounds, None if backend == "none" else backend, save)
     for line in format_rows(result):

@@ -15,7 +15,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check import GOAL_MFU, GOAL_STEP_RATIO, write_json
+from benchmarks.common import write_result
+from benchmarks.gpu_check import GOAL_MFU, GOAL_STEP_RATIO
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -125,7 +126,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     doc["goals"] = judge_goals(doc["step"], doc["loader"], on_gpu)
     doc["problems"] = section_failures(doc, on_gpu)
     doc["ok"] = not doc["problems"]
-    write_json(args.out, doc)
+    write_result(args.out, doc)
     print_summary(doc)
     return 0 if doc["ok"] else 1
 

@@ -142,22 +142,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # One function a group, called in the order `sustain --help` lists the commands.
+    _add_train(sub)
+    _add_data(sub)
+    _add_model_commands(sub)
+    _add_run_commands(sub)
+    return parser
 
-    def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
 
+def _with_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a config")
-    with_config(p)
+    _with_config(p)
     p.add_argument("--resume", metavar="auto|PATH", help="resume from last.pth in the output folder, or a checkpoint")
     p.add_argument("--output", metavar="DIR", help="output folder (overrides output_dir)")
     p.set_defaults(func=cmd_train)
 
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    """`sustain data ingest|demo|download`."""
     data = sub.add_parser("data", help="data lake: ingest, demo, download")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p = data_sub.add_parser("ingest", help="scan the sources, write manifest.csv and the data summary")
-    with_config(p)
+    _with_config(p)
     p.add_argument("--output", metavar="DIR", help="where to write the manifest (overrides output_dir)")
     p.set_defaults(func=cmd_data_ingest)
     p = data_sub.add_parser("demo", help="generate the procedural demo data lake")
@@ -167,11 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds files")
     p.set_defaults(func=cmd_data_demo)
     p = data_sub.add_parser("download", help="fetch the config's Kaggle sources with your own credentials")
-    with_config(p)
+    _with_config(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these sources")
     p.set_defaults(func=cmd_data_download)
     data.set_defaults(func=lambda a: _missing_subcommand(data))
 
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """What a trained checkpoint is used for: `sustain evaluate`, `predict`, `export`."""
     p = sub.add_parser("evaluate", help="score a checkpoint on its val/test split or on a labelled folder")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", choices=["val", "test", "train"], default="val")
@@ -199,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """Looking at runs and at the machine: `sustain report`, `compare`, `doctor`."""
     p = sub.add_parser("report", help="rebuild the plots and report.html of a run folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
@@ -212,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
-    return parser
 
 
 def _missing_subcommand(parser: argparse.ArgumentParser) -> int:

@@ -20,7 +20,8 @@ from typing import Any
 
 from .artifacts import HISTORY, TEST_REPORT, TIMING_KEYS, VAL_REPORT, History, RunRecord
 from .errors import UsageError
-from .report import CSS, history_series, html_table, new_figure
+from .plots import history_series, new_figure
+from .report_html import CSS, html_table
 from .tracking import flatten
 from .utils import atomic_write_text, escape_html
 

@@ -194,55 +194,71 @@ def success_checklist(
     Returns `[{"id", "item", "passed", "detail"}, ...]` in the spec's order. Losses are judged
     at the last epoch; accuracy and macro-F1 at their best epoch.
     """
-    train_loss = _series(history, "train_loss")
-    val_loss = _series(history, "val_loss")
-    val_acc = [v for v in _series(history, "val_acc") if v is not None]
-    macro_f1 = [v for v in _series(history, "val_macro_f1") if v is not None]
-    items: list[dict[str, Any]] = []
+    return [
+        _completed_item(history, run),
+        _loss_decreased_item(_series(history, "train_loss")),
+        *_best_score_items(history),
+        _final_losses_item(history),
+        _nonfinite_item(history, run, skipped_max),
+        _artifacts_item(run),
+    ]
 
-    def add(id_: str, item: str, passed: bool, detail: str) -> None:
-        items.append({"id": id_, "item": item, "passed": bool(passed), "detail": detail})
 
-    completed = bool(run.get("completed"))
-    n_epochs = len(_epochs(history))
+def _item(id_: str, item: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"id": id_, "item": item, "passed": bool(passed), "detail": detail}
+
+
+def _completed_item(history: History, run: Mapping[str, Any]) -> dict[str, Any]:
     reason = run.get("stop_reason")
-    add("completed", "Training completed", completed,
-        f"{n_epochs} epoch(s)" + (f"; {reason}" if reason else ""))
+    return _item("completed", "Training completed", bool(run.get("completed")),
+                 f"{len(_epochs(history))} epoch(s)" + (f"; {reason}" if reason else ""))
 
+
+def _loss_decreased_item(train_loss: Sequence[float | None]) -> dict[str, Any]:
     first, last = _first_last(train_loss)
     if first is None or last is None or len([v for v in train_loss if v is not None]) < 2:
-        add("loss_decreased", "Loss decreased", False, "needs a finite train loss in at least 2 epochs")
-    else:
-        add("loss_decreased", "Loss decreased", last < first, f"train loss {first:.4f} → {last:.4f}")
+        return _item("loss_decreased", "Loss decreased", False, "needs a finite train loss in at least 2 epochs")
+    return _item("loss_decreased", "Loss decreased", last < first, f"train loss {first:.4f} → {last:.4f}")
 
+
+def _best_score_items(history: History) -> list[dict[str, Any]]:
+    """Val accuracy against each of VAL_ACC_MIN, then macro-F1: each at its best epoch."""
+    val_acc = [v for v in _series(history, "val_acc") if v is not None]
+    macro_f1 = [v for v in _series(history, "val_macro_f1") if v is not None]
     best_acc = max(val_acc) if val_acc else None
-    for threshold in VAL_ACC_MIN:
-        label = f"Best val accuracy > {100 * threshold:.0f}%"
-        add(f"val_acc_{100 * threshold:.0f}", label, best_acc is not None and best_acc > threshold,
-            f"best {_pct(best_acc)}" if best_acc is not None else "no val accuracy recorded")
-
+    items = [_item(f"val_acc_{100 * threshold:.0f}", f"Best val accuracy > {100 * threshold:.0f}%",
+                   best_acc is not None and best_acc > threshold,
+                   f"best {_pct(best_acc)}" if best_acc is not None else "no val accuracy recorded")
+             for threshold in VAL_ACC_MIN]
     best_f1 = max(macro_f1) if macro_f1 else None
-    add("macro_f1", f"Macro-F1 > {MACRO_F1_MIN}", best_f1 is not None and best_f1 > MACRO_F1_MIN,
-        f"best {best_f1:.4f}" if best_f1 is not None else "no macro-F1 recorded")
+    items.append(_item("macro_f1", f"Macro-F1 > {MACRO_F1_MIN}", best_f1 is not None and best_f1 > MACRO_F1_MIN,
+                       f"best {best_f1:.4f}" if best_f1 is not None else "no macro-F1 recorded"))
+    return items
 
+
+def _final_losses_item(history: History) -> dict[str, Any]:
+    train_loss, val_loss = _series(history, "train_loss"), _series(history, "val_loss")
     final_train = train_loss[-1] if train_loss else None
     final_val = val_loss[-1] if val_loss else None
     losses_ok = (final_train is not None and final_train < TRAIN_LOSS_MAX
                  and final_val is not None and final_val < VAL_LOSS_MAX)
-    add("losses", f"Train loss < {TRAIN_LOSS_MAX} and val loss < {VAL_LOSS_MAX}", losses_ok,
-        f"final train loss {fmt_metric(final_train)}, val loss {fmt_metric(final_val)}")
+    return _item("losses", f"Train loss < {TRAIN_LOSS_MAX} and val loss < {VAL_LOSS_MAX}", losses_ok,
+                 f"final train loss {fmt_metric(final_train)}, val loss {fmt_metric(final_val)}")
 
+
+def _nonfinite_item(history: History, run: Mapping[str, Any], skipped_max: float) -> dict[str, Any]:
     share = _skipped_share(history, run)
-    add("nonfinite", f"No frequent NaN/Inf (< {100 * skipped_max:g}% skipped)",
-        share is not None and share < skipped_max,
-        f"{_pct(share)} of steps skipped" if share is not None else "no skipped-step record")
+    return _item("nonfinite", f"No frequent NaN/Inf (< {100 * skipped_max:g}% skipped)",
+                 share is not None and share < skipped_max,
+                 f"{_pct(share)} of steps skipped" if share is not None else "no skipped-step record")
 
+
+def _artifacts_item(run: Mapping[str, Any]) -> dict[str, Any]:
     artifacts = dict(run.get("artifacts") or {})
     missing = [name for name, present in artifacts.items() if not present]
-    add("artifacts", "Checkpoints and metrics saved", bool(artifacts) and not missing,
-        ("missing: " + ", ".join(missing)) if missing else
-        (", ".join(artifacts) if artifacts else "no artifacts checked"))
-    return items
+    return _item("artifacts", "Checkpoints and metrics saved", bool(artifacts) and not missing,
+                 ("missing: " + ", ".join(missing)) if missing else
+                 (", ".join(artifacts) if artifacts else "no artifacts checked"))
 
 
 def _first_last(values: Sequence[float | None]) -> tuple[float | None, float | None]:

@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "transforms": 2,
     "device": 3, "model": 3,
     "metrics": 4, "trends": 4, "losses": 4, "gallery": 4,
-    "checkpoints": 5, "evaluate": 5, "report": 5, "gallery_html": 5, "loaders": 5, "distributed": 5,
+    "checkpoints": 5, "evaluate": 5, "report": 5, "plots": 5, "report_html": 5, "gallery_html": 5, "loaders": 5, "distributed": 5,
     "interrupts": 5, "tracking": 5, "compare": 5, "guards": 5, "components": 5,
     "loop_state": 5, "hooks": 5, "console": 5, "run": 5, "training_state": 5, "loop": 5,
     "engine": 6,

@@ -13,7 +13,8 @@ import yaml
 from PIL import Image
 
 from sustain.config import config_from_dict
-from sustain.data.demo import BACKGROUNDS, FOREGROUNDS, MARKER, make_demo_lake
+from sustain.data.demo import MARKER, make_demo_lake
+from sustain.data.demo_images import BACKGROUNDS, FOREGROUNDS
 from sustain.errors import UsageError
 from sustain.taxonomy import MASTER_30, MASTER_30_SETS
 

@@ -20,7 +20,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sustain import diagnostics
 from sustain.cli import main as cli_main
 from sustain.config import load_config
 from sustain.data.demo import make_demo_lake
@@ -30,19 +29,22 @@ from sustain.diagnostics import (
     DoctorContext,
     Parity,
     Status,
+    accelerator,
     check,
-    check_accelerator,
-    check_data,
-    check_forward,
-    check_model,
-    check_output_folder,
-    check_pytorch,
-    check_workers,
-    disk_verdict,
+    doctor,
     numpy_repair_reason,
     parity_verdict,
     run_diagnostics,
 )
+from sustain.diagnostics.accelerator import check_accelerator
+from sustain.diagnostics.data_checks import (
+    check_data,
+    check_output_folder,
+    check_workers,
+    disk_verdict,
+)
+from sustain.diagnostics.environment import check_pytorch
+from sustain.diagnostics.model_checks import check_forward, check_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -230,7 +232,7 @@ def test_a_check_that_returns_nothing_or_raises_becomes_a_named_fail(overrides: 
     assert "returned None" in none_result.detail
     assert raised.status is Status.FAIL and "ValueError: boom" in raised.detail and raised.hint
 
-    monkeypatch.setattr(diagnostics, "CHECKS", (check_pytorch, returns_none))
+    monkeypatch.setattr(doctor, "CHECKS", (check_pytorch, returns_none))
     report = run_diagnostics(ctx.cfg, include_data=False)
     assert report.exit_code == 1 and [r.name for r in report.failures] == ["Returns None"]
 
@@ -248,7 +250,7 @@ def test_cpu_only_machine_warns_under_auto(overrides: list[str]) -> None:
 
 
 def test_simulated_mps_runs_the_op_and_the_cpu_parity(overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(diagnostics, "MPS_DEVICE", "cpu")  # no Apple GPU here: the "MPS" copy runs on the CPU
+    monkeypatch.setattr(accelerator, "MPS_DEVICE", "cpu")  # no Apple GPU here: the "MPS" copy runs on the CPU
     ctx = ctx_for(overrides, "device=auto", backends=Backends(mps=True, mps_built=True))
     result = check_accelerator(ctx)
     assert result.status is Status.PASS, result
@@ -261,7 +263,7 @@ def test_simulated_mps_runs_the_op_and_the_cpu_parity(overrides: list[str], monk
 def test_broken_mps_backend_fails_with_the_cpu_fallback_hint(overrides: list[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # On the meta device ops run but no value can come back: the small op fails as a broken backend would.
-    monkeypatch.setattr(diagnostics, "MPS_DEVICE", "meta")
+    monkeypatch.setattr(accelerator, "MPS_DEVICE", "meta")
     result = check_accelerator(ctx_for(overrides, "device=auto", backends=Backends(mps=True, mps_built=True)))
     assert result.status is Status.FAIL and "small op failed" in result.detail
     assert "device: cpu" in result.hint
@@ -275,7 +277,7 @@ def test_mps_asked_for_but_unavailable_fails(overrides: list[str]) -> None:
 def test_simulated_cuda_reports_name_memory_and_precision(overrides: list[str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # No GPU here: the properties torch would read from the driver are given, and the op runs on the CPU.
-    monkeypatch.setattr(diagnostics, "CUDA_DEVICE", "cpu")
+    monkeypatch.setattr(accelerator, "CUDA_DEVICE", "cpu")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(name="NVIDIA H100 80GB HBM3"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 << 30, 80 << 30))
     backends = Backends(cuda=True, cuda_bf16=True, cuda_name="NVIDIA H100 80GB HBM3", cuda_count=1)

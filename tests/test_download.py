@@ -20,15 +20,9 @@ import pytest
 from PIL import Image
 
 from sustain.config import config_from_dict
-from sustain.data.download import (
-    ARCHIVES_DIR,
-    ArchiveError,
-    download_sources,
-    find_credentials,
-    plan_downloads,
-    safe_member_path,
-    unpack_archive,
-)
+from sustain.data.archive import ArchiveError, safe_member_path, unpack_archive
+from sustain.data.download import ARCHIVES_DIR, download_sources, plan_downloads
+from sustain.data.kaggle_client import find_credentials
 from sustain.errors import ConfigError, UsageError
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -15,13 +15,8 @@ from PIL import Image
 from sustain.artifacts import DataSummary, History, RunRecord
 from sustain.errors import UsageError
 from sustain.evaluate import Predictions, write_split_report
-from sustain.report import (
-    CURVES_FIGSIZE,
-    DPI,
-    build_report,
-    confusion_figsize,
-    per_class_figsize,
-)
+from sustain.plots import CURVES_FIGSIZE, DPI, confusion_figsize, per_class_figsize
+from sustain.report import build_report
 from sustain.taxonomy import build_taxonomy
 
 TAXONOMY = build_taxonomy()  # master_30

@@ -21,23 +21,20 @@ the summary says what to change in the config); an archive with an unexpected la
 `<download_dir>.unexpected-layout`. An interrupted unpack leaves only the (hidden) staging
 folder, which the next run discards. The network call (`KaggleApi.dataset_download_files`) is
 the only thing the tests fake.
+
+This module plans and decides (skip, adopt, install beside); the credentials and the client
+are in `kaggle_client`, the safe unpacking in `archive`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-import stat
 import time
-import zipfile
-import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -46,6 +43,8 @@ from ..config import Config, SourceConfig
 from ..errors import ConfigError, RunFailed, UsageError
 from ..taxonomy import build_taxonomy
 from ..utils import atomic_write_json
+from .archive import sha256_file, unpack_archive
+from .kaggle_client import NetworkDown, fetch_archive, kaggle_api, require_credentials
 from .labels import LabelMap, compile_label_map
 from .scan import SourceCount, count_images
 
@@ -54,20 +53,6 @@ log = logging.getLogger("sustain.data.download")
 MARKER_NAME = ".sustain_download.json"
 MARKER_FORMAT = 1
 ARCHIVES_DIR = ".sustain_downloads"  # under data.root
-SKIPPED_MEMBER_DIRS = frozenset({"__MACOSX"})  # macOS resource forks: metadata, not images
-
-CREDENTIAL_HELP = """\
-`sustain data download` uses your own Kaggle account. To set it up:
-  1. Sign in at https://www.kaggle.com and open https://www.kaggle.com/settings (section "API").
-  2. Either create a legacy API key: this downloads kaggle.json, which you save privately:
-         mkdir -p ~/.kaggle && mv ~/Downloads/kaggle.json ~/.kaggle/kaggle.json
-         chmod 600 ~/.kaggle/kaggle.json
-     or set the same two values for this shell only:
-         export KAGGLE_USERNAME=<your username>
-         export KAGGLE_KEY=<your key>
-     (the kaggle client also accepts a new-style API token in KAGGLE_API_TOKEN or
-     ~/.kaggle/access_token, or a login with `kaggle auth login`.)
-  3. Re-run the same command. Sustain never copies your credentials anywhere."""
 
 
 @dataclass(frozen=True)
@@ -106,14 +91,6 @@ class DownloadPlan:
     def unexpected(self) -> Path:
         """Where an archive whose layout does not match the config is kept, for the user to look at."""
         return self.dest.parent / f"{self.dest.name}.unexpected-layout"
-
-
-class ArchiveError(RunFailed):
-    """An archive that cannot be unpacked: corrupt, truncated or unsafe."""
-
-
-class NetworkDown(RunFailed):
-    """kaggle.com cannot be reached: every remaining source would fail the same way."""
 
 
 # --------------------------------------------------------------------------- planning (nothing written)
@@ -175,224 +152,6 @@ def _check_no_overlap(plans: list[DownloadPlan], selected: list[tuple[int, Sourc
                 raise ConfigError(f"data.sources.{selected[b][0]}.download_dir",
                                   f"{pb.name}'s download folder {pb.dest} overlaps {pa.name}'s ({pa.dest})",
                                   "give every source its own download_dir")
-
-
-def safe_member_path(name: str) -> PurePosixPath:
-    """The relative path an archive member may be written to; ArchiveError for an unsafe one."""
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise ArchiveError(f"absolute path {name!r}")
-    parts = [p for p in re.split(r"[\\/]+", name) if p not in ("", ".")]
-    if ".." in parts:
-        raise ArchiveError(f"path escaping the target folder {name!r}")
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
-# --------------------------------------------------------------------------- credentials
-
-
-def find_credentials(env: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
-    """Where the kaggle client will find credentials, described (never the secret), or None.
-
-    Mirrors kaggle 2.x: KAGGLE_API_TOKEN or ~/.kaggle/access_token (API token),
-    KAGGLE_USERNAME + KAGGLE_KEY over kaggle.json in $KAGGLE_CONFIG_DIR, ~/.kaggle or
-    ~/.config/kaggle (legacy key), ~/.kaggle/credentials.json (`kaggle auth login`).
-    A kaggle.json that is not valid JSON or lacks its keys is a UsageError naming the file.
-    """
-    env = os.environ if env is None else env
-    home = Path(os.path.expanduser("~")) if home is None else home
-    if env.get("KAGGLE_API_TOKEN"):
-        return "the KAGGLE_API_TOKEN environment variable"
-    for token_file in (home / ".kaggle" / "access_token", home / ".kaggle" / "access_token.txt"):
-        if token_file.is_file() and token_file.stat().st_size > 0:
-            return str(token_file)
-
-    legacy: dict[str, str] = {}
-    config_file = _kaggle_json(env, home)
-    if config_file is not None:
-        legacy.update(_read_kaggle_json(config_file))
-    from_env = {k: env[v] for k, v in (("username", "KAGGLE_USERNAME"), ("key", "KAGGLE_KEY")) if env.get(v)}
-    legacy.update(from_env)
-    if legacy.get("username") and legacy.get("key"):
-        if config_file is not None and not from_env.keys() >= {"username", "key"}:
-            _warn_if_readable(config_file)
-            return str(config_file)
-        return "the KAGGLE_USERNAME and KAGGLE_KEY environment variables"
-    if from_env:
-        missing = "KAGGLE_KEY" if "key" not in legacy else "KAGGLE_USERNAME"
-        raise UsageError(f"Incomplete Kaggle credentials: {missing} is not set",
-                         "set both KAGGLE_USERNAME and KAGGLE_KEY, or use ~/.kaggle/kaggle.json")
-
-    oauth = home / ".kaggle" / "credentials.json"
-    if oauth.is_file():
-        return f"{oauth} (kaggle auth login)"
-    return None
-
-
-def _kaggle_json(env: Mapping[str, str], home: Path) -> Path | None:
-    if env.get("KAGGLE_CONFIG_DIR"):
-        candidates = [Path(env["KAGGLE_CONFIG_DIR"]).expanduser() / "kaggle.json"]
-    else:
-        xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
-        candidates = [home / ".kaggle" / "kaggle.json", xdg / "kaggle" / "kaggle.json"]
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def _read_kaggle_json(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"Cannot read Kaggle credentials file {path}: {exc}",
-                         'it must be JSON like {"username": "...", "key": "..."}; download it again from '
-                         "https://www.kaggle.com/settings") from None
-    if not isinstance(data, dict) or not (data.get("username") and data.get("key")):
-        raise UsageError(f"Kaggle credentials file {path} lacks 'username' or 'key'",
-                         'it must be JSON like {"username": "...", "key": "..."}; download it again from '
-                         "https://www.kaggle.com/settings")
-    return {"username": str(data["username"]), "key": str(data["key"])}
-
-
-def _warn_if_readable(path: Path) -> None:
-    if os.name != "nt" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("⚠️  %s is readable by other users: run  chmod 600 %s", path, path)
-
-
-def require_credentials() -> str:
-    """The credential source, or a UsageError (exit 2) with the set-up instructions."""
-    where = find_credentials()
-    if where is None:
-        raise UsageError("No Kaggle credentials found.\n" + CREDENTIAL_HELP)
-    return where
-
-
-# --------------------------------------------------------------------------- the kaggle client (network)
-
-
-def _kaggle_client() -> Any:
-    """An authenticated `KaggleApi`. Imported late: `import kaggle` authenticates at import time."""
-    try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError as exc:
-        raise UsageError(f"The kaggle client is not installed ({exc})",
-                         "install the pinned requirements: make venv (or pip install -r requirements.txt)") from None
-    api = KaggleApi()
-    try:
-        api.authenticate()
-    except SystemExit:  # the client prints its own help and calls exit(1) on failure
-        raise UsageError("The kaggle client rejected the credentials.\n" + CREDENTIAL_HELP) from None
-    except Exception as exc:
-        _raise_network_or(exc, "authenticating with Kaggle")
-    return api
-
-
-def _fetch_archive(api: Any, plan: DownloadPlan) -> Path:
-    """Have the client fetch (or finish fetching) the dataset zip; return its path."""
-    plan.archive_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        api.dataset_download_files(plan.slug, path=str(plan.archive_dir), force=False, quiet=False, unzip=False)
-    except Exception as exc:
-        _raise_network_or(exc, f"downloading {plan.slug}")
-    expected = plan.archive_dir / f"{plan.slug.split('/')[1]}.zip"
-    if expected.is_file():
-        return expected
-    zips = sorted(plan.archive_dir.glob("*.zip"))
-    if len(zips) == 1:
-        return zips[0]
-    raise RunFailed(f"The kaggle client finished {plan.slug} but no single archive is in {plan.archive_dir}",
-                    f"delete {plan.archive_dir} and re-run")
-
-
-def _raise_network_or(exc: Exception, doing: str) -> None:
-    """Turn client exceptions into messages a user can act on (always raises)."""
-    try:
-        import requests
-    except ImportError:  # pragma: no cover - requests comes with kaggle
-        requests = None  # type: ignore[assignment]
-    if requests is not None and isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        raise NetworkDown(f"No network: could not reach kaggle.com while {doing} ({type(exc).__name__}).",
-                        "check the internet connection (and HTTPS_PROXY if you use a proxy), then re-run: "
-                        "finished sources are skipped and a partial archive is resumed") from None
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status in (401, 403):
-        raise RunFailed(f"Kaggle refused access while {doing} (HTTP {status}).",
-                        "check your credentials, and open the dataset's page on kaggle.com once to accept "
-                        "its terms if it asks you to") from None
-    if status == 404:
-        raise RunFailed(f"Kaggle has no dataset for {doing} (HTTP 404).",
-                        "check the source's `kaggle:` slug against the dataset's URL") from None
-    raise RunFailed(f"The kaggle client failed while {doing}: {type(exc).__name__}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- unpacking (local)
-
-
-def unpack_archive(archive: Path, target: Path, *, desc: str | None = None) -> int:
-    """Extract a zip into `target` (created fresh), safely. Returns the number of files written.
-
-    Every member path is checked before anything is written; links are skipped; CRCs are
-    verified as members are read. Corruption raises ArchiveError naming the archive.
-    """
-    if target.exists():
-        shutil.rmtree(target)
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = []
-            for info in zf.infolist():
-                try:
-                    rel = safe_member_path(info.filename)
-                except ArchiveError as exc:
-                    raise ArchiveError(f"Refusing to unpack {archive}: it holds an unsafe member, {exc}",
-                                       "the archive is not trustworthy: delete it and re-run") from None
-                if rel.parts and rel.parts[0] in SKIPPED_MEMBER_DIRS:
-                    continue
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    log.warning("Skipping link %s in %s", info.filename, archive.name)
-                    continue
-                members.append((info, rel))
-            _check_free_space(target.parent, sum(i.file_size for i, _ in members), archive)
-            target.mkdir(parents=True)
-            written = 0
-            with tqdm(total=sum(i.file_size for i, _ in members), unit="B", unit_scale=True,
-                      desc=desc or f"Unpacking {archive.name}", leave=False) as bar:
-                for info, rel in members:
-                    out = target / rel
-                    try:
-                        if info.is_dir() or not rel.parts:
-                            out.mkdir(parents=True, exist_ok=True)
-                            continue
-                        out.parent.mkdir(parents=True, exist_ok=True)
-                        with zf.open(info) as src, open(out, "wb") as dst:
-                            shutil.copyfileobj(src, dst, 1 << 20)
-                    except OSError as exc:
-                        raise RunFailed(f"Could not write {out} while unpacking {archive}: {exc}",
-                                        "check free disk space and permissions, then re-run") from None
-                    written += 1
-                    bar.update(info.file_size)
-            return written
-    # RuntimeError: an encrypted member; NotImplementedError: an unsupported compression method.
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise ArchiveError(f"Corrupt or unreadable archive {archive}: {exc}",
-                           f"delete it (rm {_quote(archive)}) and re-run the download") from None
-
-
-def _check_free_space(folder: Path, needed: int, archive: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise RunFailed(f"Not enough disk space to unpack {archive.name}: needs {needed / 1e9:.1f} GB, "
-                        f"{free / 1e9:.1f} GB free in {folder}", "free some space and re-run")
-
-
-def _quote(path: Path) -> str:
-    text = str(path)
-    return f"'{text}'" if re.search(r"\s", text) else text
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- verification
@@ -466,7 +225,7 @@ def download_sources(cfg: Config, only: list[str] | None = None) -> bool:
     if pending:
         where = require_credentials()
         log.info("🔑 Using Kaggle credentials from %s", where)
-        api = _kaggle_client()
+        api = kaggle_api()
 
     results: dict[str, tuple[bool, str]] = {}
     for plan in tqdm(plans, desc="Sources", unit="source", leave=False):
@@ -525,7 +284,7 @@ def download_one(api: Any, plan: DownloadPlan) -> str:
         log.warning("⚠️  %s: %s holds files that are not this dataset's layout; leaving them untouched and "
                     "unpacking into %s", plan.name, plan.dest, target)
     log.info("📥 Downloading %s (%s) → %s", plan.name, plan.slug, target)
-    archive = _fetch_archive(api, plan)
+    archive = fetch_archive(api, plan.slug, plan.archive_dir)
     files = unpack_archive(archive, plan.staging, desc=f"Unpacking {plan.name}")
 
     staged_root = plan.staging / plan.root_in_dest
@@ -543,7 +302,7 @@ def download_one(api: Any, plan: DownloadPlan) -> str:
 
     _install(plan.staging, target)
     _write_marker(plan, target, count, archive=archive.name, archive_bytes=archive.stat().st_size,
-                  archive_sha256=_sha256(archive), files=files)
+                  archive_sha256=sha256_file(archive), files=files)
     archive.unlink()
     _remove_empty(plan.archive_dir)
     _report_count(plan.name, target / plan.root_in_dest, count)

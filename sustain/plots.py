@@ -1,0 +1,154 @@
+"""The run's plots: training curves, the confusion matrix and per-class F1, as PNG files.
+
+Figure sizes are fixed by the constants below (pixels = inches × DPI), so a
+report looks the same on every machine; the confusion matrix grows with the
+number of classes so 30 labels stay legible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .utils import atomic_write, finite_float
+
+DPI = 100
+CURVES_FIGSIZE = (15.0, 8.0)
+
+
+def confusion_figsize(num_classes: int) -> tuple[float, float]:
+    side = min(max(6.0, 0.38 * num_classes + 3.0), 30.0)
+    return side, side
+
+
+def per_class_figsize(num_classes: int) -> tuple[float, float]:
+    return 10.0, min(max(4.0, 0.3 * num_classes + 1.5), 40.0)
+
+
+def new_figure(figsize: tuple[float, float]):
+    # A bare Figure, not pyplot: no global backend switch (a notebook keeps its inline
+    # plots) and nothing to close; savefig renders PNG with Agg.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=DPI)
+
+
+def history_series(history: Mapping[str, Any], key: str) -> list[float]:
+    """A history column as floats, NaN where an entry is missing or non-finite (a gap in the plot)."""
+    return [np.nan if (v := finite_float(x)) is None else v for x in history.get(key) or []]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+    return path
+
+
+HEALTH_COLOURS = {"healthy": "tab:green", "warning": "tab:orange", "critical": "tab:red"}
+
+
+def plot_training_curves(history: Mapping[str, Any], path: str | Path, warn_pct: float | None = None) -> Path:
+    """Loss, accuracy, macro-F1, LR and skipped steps per epoch (fractions shown as %)."""
+    n = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
+    epochs = history_series(history, "epoch") or [float(i + 1) for i in range(n)]
+    fig = new_figure(CURVES_FIGSIZE)
+    axes = fig.subplots(2, 3)
+
+    def line(ax, key: str, label: str, scale: float = 1.0) -> None:
+        values = history_series(history, key)
+        if values:
+            ax.plot(epochs[: len(values)], [v * scale for v in values], marker="o", label=label)
+
+    ax = axes[0, 0]
+    line(ax, "train_loss", "train")
+    line(ax, "val_loss", "val")
+    ax.set(title="Loss", xlabel="epoch")
+    ax = axes[0, 1]
+    line(ax, "train_acc", "train", 100)
+    line(ax, "val_acc", "val", 100)
+    ax.set(title="Accuracy (%)", xlabel="epoch")
+    ax = axes[0, 2]
+    line(ax, "val_macro_f1", "val")
+    ax.set(title="Val macro-F1", xlabel="epoch", ylim=(0, 1))
+    ax = axes[1, 0]
+    line(ax, "lr", "lr")
+    if any(v > 0 for v in history_series(history, "lr") if not np.isnan(v)):
+        ax.set_yscale("log")
+    ax.set(title="Learning rate (end of epoch)", xlabel="epoch")
+    ax = axes[1, 1]
+    skipped = [0.0 if np.isnan(v) else 100 * v for v in history_series(history, "skipped")]
+    # Each bar wears the verdict the engine gave that epoch under the run's own guard thresholds.
+    verdicts = list(history.get("health") or [])
+    colours = [HEALTH_COLOURS.get(verdicts[i] if i < len(verdicts) else "", "tab:gray") for i in range(len(skipped))]
+    ax.bar(epochs[: len(skipped)], skipped, color=colours)
+    if warn_pct is not None:
+        ax.axhline(warn_pct, color="tab:orange", linestyle="--", linewidth=1)
+    ax.set(title="Skipped steps (%)", xlabel="epoch", ylim=(0, max([25.0, *skipped])))
+    ax = axes[1, 2]
+    line(ax, "images_per_second", "images/s")
+    ax.set(title="Throughput (images/s)", xlabel="epoch")
+
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0] and ax is not axes[1, 0] and ax is not axes[1, 2]:
+            ax.legend()
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def normalise_rows(confusion: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (recall per true class); a class without samples stays 0."""
+    c = np.asarray(confusion, dtype=np.float64)
+    totals = c.sum(axis=1, keepdims=True)
+    return np.divide(c, totals, out=np.zeros_like(c), where=totals > 0)
+
+
+def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: str | Path,
+                          title: str = "Confusion matrix (val, best weights)") -> Path:
+    """Row-normalised heat map; true classes on rows; cells ≥ 1% annotated."""
+    norm = normalise_rows(confusion)
+    k = len(classes)
+    fig = new_figure(confusion_figsize(k))
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    font = 9 if k <= 15 else 7
+    ax.set_xticks(range(k), labels=classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(k), labels=[f"{c} ({int(n)})" for c, n in zip(classes, np.asarray(confusion).sum(axis=1), strict=True)],
+                  fontsize=font)
+    ax.set(xlabel="predicted", ylabel="true (support)", title=title)
+    for i, j in zip(*np.nonzero(norm >= 0.01), strict=True):
+        ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=font - 1,
+                color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_per_class_f1(f1: Sequence[float], support: Sequence[int | None], classes: Sequence[str],
+                      path: str | Path) -> Path:
+    """Horizontal bars, worst at the top; classes without val samples drawn grey and labelled."""
+    from matplotlib import colormaps
+
+    k = len(classes)
+    order = sorted(range(k), key=lambda i: (support[i] == 0, f1[i], i), reverse=True)
+    fig = new_figure(per_class_figsize(k))
+    ax = fig.subplots()
+    colours = ["lightgrey" if support[i] == 0 else colormaps["RdYlGn"](f1[i]) for i in order]
+    ax.barh(range(k), [f1[i] for i in order], color=colours)
+    labels = [f"{classes[i]} (n={support[i]})" if support[i] is not None else classes[i] for i in order]
+    ax.set_yticks(range(k), labels=labels, fontsize=8 if k > 15 else 10)
+    for y, i in enumerate(order):
+        text = "no val samples" if support[i] == 0 else f"{f1[i]:.2f}"
+        ax.text(min(f1[i], 1.0) + 0.01, y, text, va="center", fontsize=7)
+    ax.set(xlim=(0, 1.12), xlabel="F1 (val, best weights)", title="Per-class F1")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(path))
