@@ -189,7 +189,7 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
 
     channels_last = plan_channels_last(cfg.model.channels_last, plan.type,
-                                       sum(isinstance(m, nn.Conv2d) for m in model.modules()))
+                                       sum(isinstance(m, nn.Conv2d) for m in model.modules()), backends.cpu_isa)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     loss_fn = build_train_loss(cfg, lake, taxonomy).to(device)
     optimizer = build_optimizer(cfg, model)

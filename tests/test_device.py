@@ -99,11 +99,16 @@ def test_num_workers_leave_a_core_and_share_among_ranks() -> None:
     assert plan_num_workers("auto", "cuda", cpu_count=16, in_jupyter=False, platform="linux", world_size=4) == 3
 
 
-def test_channels_last_for_conv_nets_on_cuda_only() -> None:
+def test_channels_last_for_conv_nets_on_cuda_and_x86_cpus() -> None:
     assert plan_channels_last("auto", "cuda", conv_layers=50)
     assert not plan_channels_last("auto", "cuda", conv_layers=1)  # a ViT: just the patch embedding
     assert not plan_channels_last("auto", "mps", conv_layers=50)
+    assert plan_channels_last("auto", "cpu", conv_layers=50, cpu_isa="AVX512")
+    assert plan_channels_last("auto", "cpu", conv_layers=50, cpu_isa="AVX2")
+    assert not plan_channels_last("auto", "cpu", conv_layers=1, cpu_isa="AVX512")
+    assert not plan_channels_last("auto", "cpu", conv_layers=50, cpu_isa="DEFAULT")  # e.g. an ARM CPU: not measured
     assert plan_channels_last(True, "cpu", conv_layers=0)
+    assert not plan_channels_last(False, "cuda", conv_layers=50)
 
 
 def test_detect_backends_reports_this_machine() -> None:

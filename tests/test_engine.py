@@ -233,6 +233,25 @@ def test_history_json_is_valid_strict_json(tiny_lake: Path, tmp_path: Path) -> N
     assert result.ok and result.best_checkpoint is not None and result.best_checkpoint.is_file()
 
 
+def test_a_cnn_trains_channels_last_on_an_x86_cpu_and_exports_the_same_weights(tiny_lake: Path,
+                                                                              tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from sustain.device import CHANNELS_LAST_CPU_ISAS
+    from sustain.engine import train
+
+    result = train(tiny_config(tiny_lake, tmp_path / "run", model={"name": "test_resnet", "input_size": 32},
+                               train={"epochs": 1}))
+    assert result.ok, result.stop_reason
+    run = read_json(tmp_path / "run" / "run.json")
+    assert run["device"]["channels_last"] is (torch.backends.cpu.get_cpu_capability() in CHANNELS_LAST_CPU_ISAS)
+    assert run["health"]["totals"]["skipped"] == 0
+    last = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    exported = load_file(str(tmp_path / "run" / "best_model.safetensors"))  # epoch 1 is both best and last
+    assert exported.keys() == last["model"].keys()
+    assert all(torch.equal(exported[k], last["model"][k]) for k in exported)
+
+
 @pytest.mark.parametrize(("train_options", "check"), [
     ({"ema": True, "ema_decay": 0.5}, "ema"),
     ({"accum_steps": 2}, "accum"),
