@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from . import (
+    bench_channels_last,
     bench_checkpoint,
     bench_dedupe,
     bench_export,
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "dedupe": lambda: bench_dedupe.main([]),
     "train": lambda: bench_train.main([]),
     "loader": lambda: bench_loader.main([]),
+    "channels_last": lambda: bench_channels_last.main([]),
     "predict": lambda: (bench_predict.run([]), 0)[1],
     "checkpoint": lambda: bench_checkpoint.main([]),
     "tracking": lambda: bench_tracking.main([]),
