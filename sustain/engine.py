@@ -262,6 +262,8 @@ def _interrupted(run: Run, state: LoopState, setup: _Setup, stop: Stopped) -> In
         record = _run_record(run, state, setup, {})
         record.update(status="interrupted", stop_reason=reason)
         RunRecord.from_dict(record).write(run.out_dir)
+    for hook in run.hooks.interrupt:
+        hook(reason)
     run.dist.close()
     command = resume_command(sys.argv, run.dist.world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
     return Interrupted(f"Training {reason}; saved in {run.out_dir / ckpt.LAST}. Continue with: {command}",

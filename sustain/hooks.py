@@ -1,8 +1,8 @@
 """Plain callbacks at the training loop's natural points; no framework.
 
 The debug options (`guards.inject_*`, `guards.debug_kill_after_epoch`) and
-tracking are hooks: a new per-step or per-epoch feature adds one here instead
-of another branch in the loop.
+tracking (per step, per epoch, on an interrupt) are hooks: a new per-step or
+per-epoch feature adds one here instead of another branch in the loop.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Hooks:
     step_end: list[Callable[[int, Any, EpochProgress, float], None]] = field(default_factory=list)
     epoch_end: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # the history entry
     checkpoint: list[Callable[[int], None]] = field(default_factory=list)  # after an epoch's checkpoints
+    interrupt: list[Callable[[str], None]] = field(default_factory=list)  # a stop signal ended the run (why)
 
     @classmethod
     def for_run(cls, cfg: Config, tracker: Tracker, classes: list[str]) -> Hooks:
@@ -45,6 +46,7 @@ class Hooks:
         hooks.step_end.append(lambda step, images, progress, t_start: tracker.log_step(
             step, images, progress.loss_sum, progress.seen, t_start))
         hooks.epoch_end.append(lambda entry: tracker.log_epoch(entry, classes))
+        hooks.interrupt.append(tracker.interrupted)
         return hooks
 
 

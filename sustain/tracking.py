@@ -261,6 +261,13 @@ class Tracker:
         self.close("FINISHED" if run.get("status") == "completed" else "FAILED")
         return self.record() if self.cfg is not None else None
 
+    def interrupted(self, reason: str) -> None:
+        """A stop signal ended the run after saving its position: MLflow's KILLED (the user stopped
+        it, `--resume auto` continues it), tagged with the reason."""
+        if self.client is not None:
+            self.pending.append(("tags", {"sustain.status": "interrupted", "sustain.stop_reason": reason}))
+        self.close("KILLED")
+
     def state(self) -> dict[str, Any]:
         """What `last.pth` keeps so a resumed run appends to the same run and step."""
         return {"mlflow_run_id": self.run_id, "tensorboard_step": self.step, "images_logged": self.images_logged}

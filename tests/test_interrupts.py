@@ -153,6 +153,30 @@ def test_sigint_sigterm_sigusr1_mid_epoch_save_the_position_and_resume_exactly(t
     assert [e["event"] for e in events].count("resumed") == 3
 
 
+def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishes_it(tiny_lake: Path,
+                                                                                    tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    raw = tiny_config_dict(tiny_lake, tmp_path / "runs" / "run", **SECTIONS,
+                           tracking={"tensorboard": False, "mlflow": {"enabled": True}})
+    config = write_yaml(tmp_path / "c.yaml", raw)
+    proc = start(["train", "--config", str(config)])
+    before = wait_for(proc, "Saved the position: epoch 1, step 2 of 6")
+    proc.send_signal(signal.SIGINT)
+    returncode, output = finish(proc, before)
+    assert returncode == 130, output[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("sustain").experiment_id])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["sustain.status"] == "interrupted"
+    assert "interrupted by SIGINT at epoch 1, step" in run.data.tags["sustain.stop_reason"]
+
+    resumed = run_sustain(["train", "--config", str(config), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    run = client.get_run(run.info.run_id)
+    assert (run.info.status, run.data.tags["sustain.status"]) == ("FINISHED", "completed")
+
+
 def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, tmp_path: Path) -> None:
     from sustain.engine import train
 
