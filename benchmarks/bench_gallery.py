@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from sustain.data.dataset import ManifestDataset, collate_skip_failed  # noqa: E402
-from sustain.data.lake import ManifestRow  # noqa: E402
+from sustain.data.manifest import ManifestRow  # noqa: E402
 from sustain.evaluate import write_final_evaluation  # noqa: E402
 from sustain.gallery import (  # noqa: E402
     SUSPECTS_CSV,

@@ -40,7 +40,7 @@ from .checkpoints import (
 from .config import SourceConfig
 from .data.dataset import ManifestDataset, collate_skip_failed
 from .data.labels import compile_label_map
-from .data.lake import ManifestRow, read_manifest
+from .data.manifest import ManifestRow, read_manifest
 from .data.scan import IMAGE_EXTENSIONS, walk_labelled
 from .device import resolve_device
 from .errors import ConfigError, UsageError

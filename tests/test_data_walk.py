@@ -45,7 +45,7 @@ def test_one_tree_gives_the_same_files_and_labels_in_every_entry_point(tmp_path)
                                      "sources": [{"name": "s", "root": ".", "label_map": "identity"}]}})
     lake = ingest(cfg, taxonomy, log_summary=False)
     assert {r.path: r.label for r in lake.rows} == want
-    assert lake.summary["other_files"] == 1  # notes.txt: counted; OS litter is not even that
+    assert lake.data_summary.other_files == 1  # notes.txt: counted; OS litter is not even that
 
     label_map = compile_label_map(SourceConfig(name="s", root=".", label_map="identity"), taxonomy)
     counted = count_images(root, label_map, [])
