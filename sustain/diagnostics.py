@@ -514,7 +514,7 @@ def check_forward(ctx: DoctorContext) -> CheckResult:
 @check("Data")
 def check_data(ctx: DoctorContext) -> CheckResult:
     from .data.labels import compile_label_map
-    from .data.scan import count_images
+    from .data.walk import count_images
 
     cfg = ctx.cfg
     sources = [s for s in cfg.data.sources if s.enabled]

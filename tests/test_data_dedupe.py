@@ -22,16 +22,10 @@ from benchmarks.bench_dedupe import (
     recall_by_kind,
 )
 from sustain.config import config_from_dict
+from sustain.data.decode_cache import DecodeCache
 from sustain.data.lake import ingest
-from sustain.data.scan import (
-    DECODER_VERSION,
-    SIGNATURE_VERSION,
-    VARIANTS_SIZE,
-    DecodeCache,
-    load_rgb,
-    perceptual_hash,
-    signature,
-)
+from sustain.data.scan import DECODER_VERSION, SIGNATURE_VERSION, VARIANTS_SIZE, load_rgb
+from sustain.data.signature import perceptual_hash, signature
 from sustain.taxonomy import build_taxonomy
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "china", "camera")

@@ -11,7 +11,7 @@ from PIL import Image
 from sustain.config import SourceConfig, config_from_dict
 from sustain.data.labels import compile_label_map
 from sustain.data.lake import ingest
-from sustain.data.scan import count_images
+from sustain.data.walk import count_images
 from sustain.evaluate import labelled_folder_rows
 from sustain.inference import expand_inputs
 from sustain.taxonomy import build_taxonomy

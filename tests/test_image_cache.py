@@ -20,8 +20,8 @@ from sustain.data.scan import (
     CorruptImage,
     decode_file,
     load_rgb,
-    signature,
 )
+from sustain.data.signature import signature
 from sustain.data.split import (
     COLOUR_TOLERANCE,
     SIGNATURE,

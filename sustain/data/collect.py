@@ -18,20 +18,11 @@ from tqdm.auto import tqdm
 from ..config import Config, SourceConfig
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
+from .decode_cache import DecodeCache, cached_result, cached_signature, signed_phash
 from .labels import LabelMap, compile_label_map
-from .scan import (
-    VARIANTS_SIZE,
-    DecodeCache,
-    DecodeResult,
-    FileEntry,
-    cached_result,
-    cached_signature,
-    decode_files,
-    default_workers,
-    signed_phash,
-    walk_labelled,
-)
+from .scan import VARIANTS_SIZE, DecodeResult, decode_files, default_workers
 from .split import SIGNATURE
+from .walk import FileEntry, walk_labelled
 
 
 @dataclass

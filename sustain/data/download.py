@@ -47,7 +47,7 @@ from ..errors import ConfigError, RunFailed, UsageError
 from ..taxonomy import build_taxonomy
 from ..utils import atomic_write_json
 from .labels import LabelMap, compile_label_map
-from .scan import SourceCount, count_images
+from .walk import SourceCount, count_images
 
 log = logging.getLogger("sustain.data.download")
 

@@ -37,10 +37,11 @@ from .collect import (
     pack_signatures,
     scan_source,
 )
+from .decode_cache import DecodeCache
 from .image_cache import ImageCache, disk_summary
 from .image_cache import describe as describe_image_cache
 from .manifest import ManifestRow, manifest_hash, manifest_text
-from .scan import SIGNATURE_VERSION, DecodeCache
+from .scan import SIGNATURE_VERSION
 from .split import (
     COLOUR_TOLERANCE,
     MIN_CORRELATION,
