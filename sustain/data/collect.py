@@ -114,8 +114,8 @@ def scan_source(source: SourceConfig, root: str, label_map: LabelMap, skip: Sequ
                          "check the folder's permissions") from None
     walk = walked.walk
     return SourceScan(source, root, label_map, labelled=walked.labelled, unmapped=walked.unmapped,
-                       dropped=walked.dropped, used_keys=walked.used_keys, candidates=len(walk.files),
-                       excluded=walk.excluded, other_files=walk.ignored, unreadable=walk.unreadable)
+                      dropped=walked.dropped, used_keys=walked.used_keys, candidates=len(walk.files),
+                      excluded=walk.excluded, other_files=walk.ignored, unreadable=walk.unreadable)
 
 
 def ingest_workers(setting: int | str) -> int:
