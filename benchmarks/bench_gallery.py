@@ -36,7 +36,7 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
 
 from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
 from sustain.data.dataset import ManifestDataset, collate_skip_failed  # noqa: E402
-from sustain.data.lake import ManifestRow  # noqa: E402
+from sustain.data.manifest import ManifestRow  # noqa: E402
 from sustain.evaluate import write_final_evaluation  # noqa: E402
 from sustain.gallery import (  # noqa: E402
     SUSPECTS_CSV,

@@ -94,7 +94,7 @@ def measure_once(lake: Path, work: Path, workers: str) -> dict:
     return {
         "seconds": round(seconds, 3),
         "images": len(result.rows),
-        "decoded": result.summary["decode"]["decoded"],
+        "decoded": result.data_summary.decode["decoded"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1),
         "peak_total_rss_mb": round(sampler.peak / 2**20, 1),
     }

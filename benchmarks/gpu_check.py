@@ -196,7 +196,7 @@ def loader_throughput(cfg, paths: list[Path], n_images: int, batch: int, workers
     """Images/s of the real training DataLoader (decode, strong augmentation, collate, pinning) over `paths`."""
     import timm
 
-    from sustain.data.lake import ManifestRow
+    from sustain.data.manifest import ManifestRow
     from sustain.distributed import Distributed
     from sustain.loaders import build_loaders
     from sustain.taxonomy import build_taxonomy

@@ -192,9 +192,12 @@ class ModelMeta(Record):
 # =========================================================================== data_summary.json
 
 
-@dataclass
+@dataclass(kw_only=True)  # keyword-only, so the fields can keep the file's order
 class DataSummary(Record):
-    """What an ingest found, kept, merged and dropped (docs/data.md, "The data summary")."""
+    """What an ingest found, kept, merged and dropped (docs/data.md, "The data summary").
+
+    `data.summary.build_summary` makes it, `write` writes it, and every reader (the report,
+    the model card, the tests) reads it back with `read`."""
 
     FILE: ClassVar[str] = DATA_SUMMARY
 
@@ -202,11 +205,11 @@ class DataSummary(Record):
     manifest_hash: str
     seed: int
     split_fractions: dict[str, float]
-    splits: dict[str, int]
-    sources: dict[str, dict[str, Any]]
-    classes: dict[str, dict[str, Any]]
+    splits: dict[str, int]  # split -> images
+    sources: dict[str, dict[str, Any]]  # source -> its counts and losses
     disabled_sources: list[Any] = field(default_factory=list)
-    set_labels: dict[str, Any] = field(default_factory=dict)
+    classes: dict[str, dict[str, Any]]  # class -> {split: images, "total": images} (single-label images)
+    set_labels: dict[str, Any] = field(default_factory=dict)  # the same, per set label
     empty_classes: list[str] = field(default_factory=list)
     small_labels: list[Any] = field(default_factory=list)
     imbalance_ratio: float | None = None
@@ -219,6 +222,16 @@ class DataSummary(Record):
     excluded: int = 0
     decode: dict[str, Any] = field(default_factory=dict)
     image_cache: dict[str, Any] | None = None  # size on disk and per image, when the cache is on
+
+    def file_dict(self) -> dict[str, Any]:
+        """The file's content: `image_cache` appears once a training run has recorded it."""
+        out = self.to_dict()
+        if out["image_cache"] is None:
+            del out["image_cache"]
+        return out
+
+    def write(self, folder: str | Path) -> Path:
+        return atomic_write_json(Path(folder) / self.FILE, self.file_dict())
 
 
 # =========================================================================== run.json

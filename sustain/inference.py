@@ -34,7 +34,8 @@ from PIL import Image, ImageOps
 from torchvision import transforms as T
 
 from .checkpoints import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
-from .data.scan import CorruptImage, load_rgb, to_rgb, walk_source
+from .data.scan import CorruptImage, load_rgb, to_rgb
+from .data.walk import walk_source
 from .device import resolve_device
 from .errors import UsageError
 from .taxonomy import Taxonomy
@@ -94,7 +95,7 @@ class _Loaded:
 
 def expand_inputs(items: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """Files and PIL images as given; directories walked as ingestion walks a source
-    (`data.scan.walk_source`: sorted, image extensions only, hidden files and OS litter
+    (`data.walk.walk_source`: sorted, image extensions only, hidden files and OS litter
     skipped). A path that does not exist stays in the list (it becomes an error)."""
     if isinstance(items, (str, Path, Image.Image)):
         items = [items]

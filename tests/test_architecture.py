@@ -28,6 +28,18 @@ LAYERS: dict[str, int] = {
     "cli": 9, "__main__": 9, "__init__": 9,
 }
 
+# The same rule inside `data`, one level down (docs/architecture.md, "Inside data"): the walk and the
+# signature below decoding, the decode cache above it, the pass (`lake`) on top of its steps.
+DATA_LAYERS: dict[str, int] = {
+    "__init__": 0, "labels": 0, "split": 0, "manifest": 0, "demo": 0, "demo_images": 0,
+    "walk": 1, "signature": 1, "archive": 1, "kaggle_client": 1,
+    "scan": 2, "download": 2,
+    "decode_cache": 3, "image_cache": 3,
+    "collect": 4, "dataset": 4,
+    "summary": 5,
+    "lake": 6,
+}
+
 
 def _layer_of(module: str) -> int:
     top = module.split(".")[0]
@@ -64,6 +76,18 @@ def test_no_upward_imports(path: Path) -> None:
     own = _layer_of(".".join(rel.parts))
     upward = [m for m in _sustain_imports(path) if _layer_of(m) > own]
     assert not upward, f"sustain/{rel} (layer {own}) imports upward: {upward}"
+
+
+DATA_MODULES = sorted((PACKAGE / "data").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", DATA_MODULES, ids=lambda p: p.name)
+def test_no_upward_imports_inside_data(path: Path) -> None:
+    name = path.stem
+    assert name in DATA_LAYERS, f"sustain/data/{name} has no place in DATA_LAYERS: add it there and to docs/architecture.md"
+    inside = [m.split(".", 1)[1] for m in _sustain_imports(path) if m.startswith("data.")]
+    upward = [m for m in inside if DATA_LAYERS[m.split(".")[0]] > DATA_LAYERS[name]]
+    assert not upward, f"sustain/data/{name} (data layer {DATA_LAYERS[name]}) imports upward: {upward}"
 
 
 def test_layering_check_catches_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,16 +22,10 @@ from benchmarks.bench_dedupe import (
     recall_by_kind,
 )
 from sustain.config import config_from_dict
+from sustain.data.decode_cache import DecodeCache
 from sustain.data.lake import ingest
-from sustain.data.scan import (
-    DECODER_VERSION,
-    SIGNATURE_VERSION,
-    VARIANTS_SIZE,
-    DecodeCache,
-    load_rgb,
-    perceptual_hash,
-    signature,
-)
+from sustain.data.scan import DECODER_VERSION, SIGNATURE_VERSION, VARIANTS_SIZE, load_rgb
+from sustain.data.signature import perceptual_hash, signature
 from sustain.taxonomy import build_taxonomy
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "china", "camera")
@@ -95,14 +89,14 @@ def test_an_old_decode_cache_is_upgraded_in_place(tmp_path) -> None:
 
     lake = ingest(cfg, build_taxonomy(), out_dir=tmp_path / "out", log_summary=False)
 
-    assert lake.summary["decode"] == {"cached": 1, "decoded": 0, "upgraded": 3, "cache": str(tmp_path / "cache" / DecodeCache.FILENAME)}
+    assert lake.data_summary.decode == {"cached": 1, "decoded": 0, "upgraded": 3, "cache": str(tmp_path / "cache" / DecodeCache.FILENAME)}
     by_name = {Path(r.path).name: r for r in lake.rows}
     assert by_name["a.png"].content_hash == "0" * 64  # the old row was read, not recomputed
     assert by_name["a.png"].group == by_name["a_mirrored.jpg"].group != by_name["b.png"].group  # new variants
     assert "decode error: old verdict" in (tmp_path / "out" / "corrupt_files.txt").read_text()
 
     again = ingest(cfg, build_taxonomy(), log_summary=False)
-    assert again.summary["decode"]["cached"] == 4 and again.summary["decode"]["upgraded"] == 0
+    assert again.data_summary.decode["cached"] == 4 and again.data_summary.decode["upgraded"] == 0
     assert [r.group for r in again.rows] == [r.group for r in lake.rows]
 
 
@@ -137,7 +131,7 @@ def test_a_cache_of_the_previous_signature_version_keeps_its_part_and_computes_o
 
     lake = ingest(cfg, build_taxonomy(), out_dir=tmp_path / "out", log_summary=False)
 
-    assert lake.summary["decode"]["upgraded"] == 3 and lake.summary["decode"]["decoded"] == 0
+    assert lake.data_summary.decode["upgraded"] == 3 and lake.data_summary.decode["decoded"] == 0
     by_name = {Path(r.path).name: r for r in lake.rows}
     assert by_name["a.png"].content_hash == "0" * 64  # the stored row was read, not recomputed
     assert by_name["a.png"].group == by_name["a_mirrored.jpg"].group != by_name["b.png"].group
@@ -152,4 +146,4 @@ def test_a_cache_of_the_previous_signature_version_keeps_its_part_and_computes_o
     assert stored[str(root / "aerosol_cans" / "b.png")][:8] == marker  # the stored part: kept
 
     again = ingest(cfg, build_taxonomy(), log_summary=False)
-    assert again.summary["decode"]["cached"] == 3 and again.summary["decode"]["upgraded"] == 0
+    assert again.data_summary.decode["cached"] == 3 and again.data_summary.decode["upgraded"] == 0

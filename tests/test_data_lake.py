@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sustain.artifacts import DataSummary
 from sustain.config import config_from_dict
-from sustain.data.lake import ingest, manifest_hash, read_manifest
+from sustain.data.lake import ingest
+from sustain.data.manifest import (
+    MANIFEST_COLUMNS,
+    ManifestRow,
+    manifest_hash,
+    manifest_text,
+    read_manifest,
+)
 from sustain.errors import ConfigError, UsageError
 from sustain.taxonomy import build_taxonomy
 
@@ -149,29 +157,29 @@ def test_exact_counts_per_source_class_and_split(built) -> None:
     }
     assert counts(lake.rows, lambda r: r.source) == {"master": (40, 5, 5), "coarse": (17, 2, 2)}
 
-    s = lake.summary
-    assert s["total_images"] == 71
-    assert s["splits"] == {"train": 57, "val": 7, "test": 7}
-    assert s["sources"]["master"] | {"root": None} == {
+    s = lake.data_summary
+    assert s.total_images == 71
+    assert s.splits == {"train": 57, "val": 7, "test": 7}
+    assert s.sources["master"] | {"root": None} == {
         "root": None, "images": 50, "splits": {"train": 40, "val": 5, "test": 5}, "files_found": 58,
         "unmapped": 3, "dropped": 0, "corrupt": 4, "duplicates_merged": 0, "conflicts_dropped": 1,
         "excluded": 0, "other_files": 1, "unused_label_map_keys": [], "unreadable_folders": []}
-    assert s["sources"]["coarse"] | {"root": None} == {
+    assert s.sources["coarse"] | {"root": None} == {
         "root": None, "images": 21, "splits": {"train": 17, "val": 2, "test": 2}, "files_found": 29,
         "unmapped": 2, "dropped": 4, "corrupt": 0, "duplicates_merged": 1, "conflicts_dropped": 1,
         "excluded": 1, "other_files": 0, "unused_label_map_keys": [], "unreadable_folders": []}
-    assert s["classes"]["clothing"] == {"train": 15, "val": 2, "test": 2, "total": 19}
-    assert s["classes"]["tea_bags"]["total"] == 0 and "tea_bags" in s["empty_classes"]
-    assert s["set_labels"]["PLASTIC"]["total"] == 11
-    assert s["disabled_sources"] == ["later"]
-    assert s["dropped"] == {"total": 4, "by_key": {"coarse: trash": 4}}
-    assert s["corrupt"] == {"total": 4, "by_kind": {"not an image": 1, "over the pixel limit": 1,
+    assert s.classes["clothing"] == {"train": 15, "val": 2, "test": 2, "total": 19}
+    assert s.classes["tea_bags"]["total"] == 0 and "tea_bags" in s.empty_classes
+    assert s.set_labels["PLASTIC"]["total"] == 11
+    assert s.disabled_sources == ["later"]
+    assert s.dropped == {"total": 4, "by_key": {"coarse: trash": 4}}
+    assert s.corrupt == {"total": 4, "by_kind": {"not an image": 1, "over the pixel limit": 1,
                                                      "truncated": 1, "zero bytes": 1}}
-    assert s["duplicates"]["exact_merged"] == 1
-    assert s["duplicates"]["conflicting_dropped"] == 2
-    assert s["duplicates"]["near_duplicate_groups"] == 1 and s["duplicates"]["near_duplicate_images"] == 2
-    assert s["imbalance_ratio"] == 1.9  # fine classes only: clothing 19 / shoes 10
-    assert s["manifest_hash"] == lake.manifest_hash
+    assert s.duplicates["exact_merged"] == 1
+    assert s.duplicates["conflicting_dropped"] == 2
+    assert s.duplicates["near_duplicate_groups"] == 1 and s.duplicates["near_duplicate_images"] == 2
+    assert s.imbalance_ratio == 1.9  # fine classes only: clothing 19 / shoes 10
+    assert s.manifest_hash == lake.manifest_hash
 
 
 def test_no_exact_or_near_duplicate_crosses_splits(built) -> None:
@@ -199,7 +207,7 @@ def test_set_labels_and_duplicate_resolution(built) -> None:
     assert ("coarse", "metal/copy_of_aerosol.png") not in by_rel
     # clothing vs PLASTIC: both copies are gone and reported
     assert ("master", "clothing/default/img_000.png") not in by_rel
-    [conflict] = lake.summary["duplicates"]["conflicts"]
+    [conflict] = lake.data_summary.duplicates["conflicts"]
     assert sorted(c["label"] for c in conflict["copies"]) == ["PLASTIC", "clothing"]
     assert any(c["path"].endswith("copy_of_clothing.png") for c in conflict["copies"])
 
@@ -224,17 +232,36 @@ def test_files_written_and_manifest_round_trip(built) -> None:
     assert manifest_hash(read_manifest(out / "manifest.csv", TAX)) == lake.manifest_hash
 
     import json
-    assert json.loads((out / "data_summary.json").read_text())["total_images"] == 71
+    written = json.loads((out / "data_summary.json").read_text())
+    assert written["total_images"] == 71
+    assert written == lake.summary and "image_cache" not in written  # only a training run records it
+    assert list(written)[5:8] == ["sources", "disabled_sources", "classes"]  # the order ingest always wrote
+    assert DataSummary.read(out) == lake.data_summary  # written and read by the same record
+
+
+def test_manifest_text_is_what_csv_writes() -> None:
+    def row(path: str, label: str = "glass") -> ManifestRow:
+        return ManifestRow(path=path, source="s", label=label, targets=(0,), split="train", content_hash="ab",
+                           group=3, relpath=path.rsplit("/", 1)[-1], duplicates=1)
+
+    plain = [row("/lake/a b/ü.jpg"), row("/lake/x.jpg", "a|b")]
+    for odd in ([], [row("/lake/a,b.jpg")], [row('/lake/say "hi".jpg')], [row("/lake/two\nlines.jpg")],
+                [row("/lake/cr\r.jpg")]):
+        rows = [*plain, *odd]
+        expected = io.StringIO()  # csv.writer, as manifest.csv was always written
+        csv.writer(expected, lineterminator="\n").writerows(
+            [MANIFEST_COLUMNS, *([getattr(r, c) for c in MANIFEST_COLUMNS] for r in rows)])
+        assert manifest_text(rows) == expected.getvalue()
 
 
 def test_unmapped_folders_are_reported_with_count_and_example(built) -> None:
     _, root, _, lake = built
-    folders = {(u["source"], u["folder"]): u for u in lake.summary["unmapped"]["folders"]}
+    folders = {(u["source"], u["folder"]): u for u in lake.data_summary.unmapped["folders"]}
     assert set(folders) == {("master", "mystery_thing"), ("coarse", "battery")}
     assert folders["master", "mystery_thing"]["count"] == 3
     assert folders["master", "mystery_thing"]["example"].endswith("mystery_thing/default/img_000.png")
     assert folders["coarse", "battery"]["count"] == 2
-    assert lake.summary["unmapped"]["total"] == 5
+    assert lake.data_summary.unmapped["total"] == 5
 
 
 # --------------------------------------------------------------------------- determinism
@@ -265,15 +292,15 @@ def test_seed_changes_the_split_and_the_hash(built, tmp_path) -> None:
 def test_second_ingest_reads_the_cache_and_redecodes_only_changed_files(built) -> None:
     root, tmp, cfg, lake = built
     again = ingest(cfg, TAX, log_summary=False)
-    assert again.summary["decode"]["decoded"] == 0
-    assert again.summary["decode"]["cached"] == 71 + 4 + 3  # kept + corrupt + merged/conflicting copies
+    assert again.data_summary.decode["decoded"] == 0
+    assert again.data_summary.decode["cached"] == 71 + 4 + 3  # kept + corrupt + merged/conflicting copies
     assert again.manifest_hash == lake.manifest_hash
     # a file rewritten in place is decoded again, and the others are not
     target = root / "master/images/images/shoes/default/img_000.png"
     before = target.stat()
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
     third = ingest(cfg, TAX, log_summary=False)
-    assert third.summary["decode"]["decoded"] == 1
+    assert third.data_summary.decode["decoded"] == 1
     assert third.manifest_hash == lake.manifest_hash
 
 
@@ -389,8 +416,8 @@ def test_cache_folder_inside_a_source_root_is_not_scanned(tmp_path) -> None:
     first = ingest(config_from_dict(raw), tax, log_summary=False)
     assert (tmp_path / "d" / ".sustain_cache").is_dir()
     second = ingest(config_from_dict(raw), tax, log_summary=False)
-    assert len(second.rows) == 3 and second.summary["other_files"] == 0
-    assert second.summary["decode"]["decoded"] == 0 and second.manifest_hash == first.manifest_hash
+    assert len(second.rows) == 3 and second.data_summary.other_files == 0
+    assert second.data_summary.decode["decoded"] == 0 and second.manifest_hash == first.manifest_hash
 
 
 # --------------------------------------------------------------------------- CLI and demo lake

@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sustain.data import scan
-from sustain.data.scan import (
-    CorruptImage,
-    DecodeCache,
-    cached_result,
-    decode_file,
-    decode_files,
-    load_rgb,
-    walk_source,
-)
+from sustain.data import decode_cache, scan, walk
+from sustain.data.decode_cache import DecodeCache, cached_result
+from sustain.data.scan import CorruptImage, decode_file, decode_files, load_rgb
 from sustain.data.split import SIGNATURE
+from sustain.data.walk import walk_source
 
 
 def smooth_rgb(seed: int, size: int = 24) -> Image.Image:
@@ -140,7 +134,7 @@ def test_walk_is_sorted_whatever_the_listing_order(tmp_path: Path, request: pyte
 
 
 def test_exclude_globs() -> None:
-    regex = scan.compile_globs(["DATASET/**", "**/thumbs", "*.tmp.jpg"])
+    regex = walk.compile_globs(["DATASET/**", "**/thumbs", "*.tmp.jpg"])
     assert regex.fullmatch("DATASET/a/b.jpg") and regex.fullmatch("x/y/thumbs") and regex.fullmatch("a.tmp.jpg")
     assert not regex.fullmatch("TRAIN/DATASET/b.jpg") and not regex.fullmatch("sub/a.tmp.jpg")
 
@@ -170,7 +164,7 @@ def test_a_cache_from_another_decoder_version_is_dropped(tmp_path: Path, monkeyp
     path = tmp_path / "a.png"
     smooth_rgb(5).save(path)
     entry = walk_source(tmp_path).files[0]
-    monkeypatch.setattr(scan, "DECODER_VERSION", "older")
+    monkeypatch.setattr(decode_cache, "DECODER_VERSION", "older")
     cache = DecodeCache(tmp_path / "cache")
     cache.store([(entry, decode_file(entry.path, 10**8))])
     cache.close()

@@ -11,7 +11,7 @@ from PIL import Image
 from sustain.config import SourceConfig, config_from_dict
 from sustain.data.labels import compile_label_map
 from sustain.data.lake import ingest
-from sustain.data.scan import count_images
+from sustain.data.walk import count_images
 from sustain.evaluate import labelled_folder_rows
 from sustain.inference import expand_inputs
 from sustain.taxonomy import build_taxonomy
@@ -45,7 +45,7 @@ def test_one_tree_gives_the_same_files_and_labels_in_every_entry_point(tmp_path)
                                      "sources": [{"name": "s", "root": ".", "label_map": "identity"}]}})
     lake = ingest(cfg, taxonomy, log_summary=False)
     assert {r.path: r.label for r in lake.rows} == want
-    assert lake.summary["other_files"] == 1  # notes.txt: counted; OS litter is not even that
+    assert lake.data_summary.other_files == 1  # notes.txt: counted; OS litter is not even that
 
     label_map = compile_label_map(SourceConfig(name="s", root=".", label_map="identity"), taxonomy)
     counted = count_images(root, label_map, [])

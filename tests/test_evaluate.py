@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from sustain.checkpoints import load_checkpoint_model, save_best, state_dict_copy
 from sustain.data.dataset import ManifestDataset, collate_skip_failed
-from sustain.data.lake import MANIFEST_COLUMNS, ManifestRow
+from sustain.data.manifest import MANIFEST_COLUMNS, ManifestRow
 from sustain.errors import UsageError
 from sustain.evaluate import (
     collect_predictions,

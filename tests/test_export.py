@@ -28,7 +28,7 @@ from test_evaluate import (
 )
 
 from sustain import Predictor
-from sustain.data.lake import MANIFEST_COLUMNS
+from sustain.data.manifest import MANIFEST_COLUMNS
 from sustain.evaluate import collect_predictions, write_split_report
 from sustain.export import PixelModel, export_run
 

@@ -11,7 +11,7 @@ from sustain.checkpoints import save_best, state_dict_copy
 from sustain.components import export_meta
 from sustain.config import config_from_dict
 from sustain.data.dataset import ManifestDataset, collate_skip_failed
-from sustain.data.lake import ManifestRow
+from sustain.data.manifest import ManifestRow
 from sustain.evaluate import collect_predictions
 from sustain.inference import Predictor
 from sustain.model import build_model

@@ -20,8 +20,8 @@ from sustain.data.scan import (
     CorruptImage,
     decode_file,
     load_rgb,
-    signature,
 )
+from sustain.data.signature import signature
 from sustain.data.split import (
     COLOUR_TOLERANCE,
     SIGNATURE,
@@ -218,7 +218,7 @@ def test_cached_loading_is_the_same_with_any_number_of_workers(tmp_path: Path, p
     from torch.utils.data import DataLoader
 
     from sustain.data.dataset import ManifestDataset, collate_skip_failed
-    from sustain.data.lake import ManifestRow
+    from sustain.data.manifest import ManifestRow
 
     rows = []
     for i, data in enumerate(photos[:4]):

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .image_cache import ImageCache
-from .lake import ManifestRow
+from .manifest import ManifestRow
 from .scan import CorruptImage, load_rgb
 
 log = logging.getLogger("sustain.data.dataset")

@@ -46,7 +46,7 @@ from ..utils import atomic_write_json
 from .archive import sha256_file, unpack_archive
 from .kaggle_client import NetworkDown, fetch_archive, kaggle_api, require_credentials
 from .labels import LabelMap, compile_label_map
-from .scan import SourceCount, count_images
+from .walk import SourceCount, count_images
 
 log = logging.getLogger("sustain.data.download")
 

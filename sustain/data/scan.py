@@ -1,16 +1,12 @@
-"""Walk a source, decode every image once, cache what was learned (SPEC §4).
+"""Decode every image once (SPEC §4).
 
-- `walk_source`: a sorted, deterministic walk; `exclude` globs prune paths.
 - `load_rgb`: the one way an image file becomes a PIL RGB image, here and at
   training time: pixel limit checked before decoding, EXIF orientation
   applied, palette/alpha/CMYK/greyscale/16-bit converted to 8-bit RGB.
 - `decode_file`: `load_rgb` (a JPEG at a reduced scale, `SIGNATURE_DRAFT_SIDE`)
-  plus a content hash of the bytes and the near-duplicate signature (a
-  64-bit perceptual hash and its variants, see `split`); failures come back
-  as a reason, never as a blank image.
-- `DecodeCache`: results keyed by path, size and mtime in a small SQLite
-  file, so a second ingest decodes nothing that did not change.
-- `decode_files`: the cache misses, decoded in a process pool.
+  plus a content hash of the bytes and the near-duplicate signature
+  (`signature`); failures come back as a reason, never as a blank image.
+- `decode_files`: the decode cache's misses (`decode_cache`), decoded in a process pool.
 """
 
 from __future__ import annotations
@@ -21,16 +17,11 @@ import io
 import logging
 import multiprocessing
 import os
-import re
-import sqlite3
-import stat
 import sys
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,22 +29,11 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..utils import cpu_count
-from .labels import LabelMap, Resolution, resolve_label
-from .split import CROPS, DETAIL_INDEX, SIGNATURE
+from .signature import signature
+from .split import SIGNATURE
 
 log = logging.getLogger("sustain.data.scan")
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico",
-})
-
-# Operating-system litter, never data: macOS resource forks and Windows thumbnail caches. (Hidden
-# entries, including macOS's `._x.jpg` AppleDouble files and `.DS_Store`, are skipped by their dot.)
-SKIPPED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
-
-# Bump when decode_file's output for the same bytes would change (content hash, pHash, conversion):
-# the cache is dropped. Draft decoding (below) did not bump it: its hashes stay within 2 bits of the
 # full decode's, so the rows of a large lake are kept rather than decoded again (issue 10). Bump SIGNATURE_VERSION when only the signature variants change: the cache's
 # rows are kept and only the variants are computed again.
 DECODER_VERSION = "2"
@@ -89,123 +69,6 @@ class CorruptImage(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-# --------------------------------------------------------------------------- walking
-
-
-class FileEntry(NamedTuple):
-    path: str  # absolute
-    rel: str  # relative to the source root, '/'-separated
-    size: int
-    mtime_ns: int
-
-    @property
-    def folders(self) -> tuple[str, ...]:
-        return tuple(self.rel.split("/")[:-1])
-
-
-@dataclass
-class WalkResult:
-    files: list[FileEntry] = field(default_factory=list)  # image candidates, sorted by rel
-    excluded: int = 0  # files under an `exclude` glob
-    ignored: list[str] = field(default_factory=list)  # other files (not an image extension), rel paths
-    unreadable: list[str] = field(default_factory=list)  # folders that could not be listed, rel paths
-
-
-def compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex for path globs: `*` and `?` stay inside a folder, `**` spans folders."""
-    if not patterns:
-        return None
-    parts = []
-    for pattern in patterns:
-        out, i = [], 0
-        pattern = pattern.strip("/")
-        while i < len(pattern):
-            if pattern.startswith("**/", i):
-                out.append("(?:.*/)?")
-                i += 3
-            elif pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-            elif pattern[i] == "*":
-                out.append("[^/]*")
-                i += 1
-            elif pattern[i] == "?":
-                out.append("[^/]")
-                i += 1
-            else:
-                out.append(re.escape(pattern[i]))
-                i += 1
-        parts.append("".join(out))
-    return re.compile("|".join(f"(?:{p})" for p in parts))
-
-
-def walk_source(root: str | Path, exclude: Sequence[str] = (), skip: Sequence[str | Path] = ()) -> WalkResult:
-    """All files under `root`, sorted by relative path whatever order the filesystem lists them in.
-
-    Hidden entries (a leading '.': `.DS_Store`, AppleDouble `._x.jpg`), `__MACOSX`, `Thumbs.db`
-    and the folders in `skip` (e.g. the decode cache) are passed over; symlinked folders are
-    followed once each.
-    """
-    root = os.path.abspath(root)
-    excluded = compile_globs(exclude)
-    skip_real = {os.path.realpath(p) for p in skip}
-    result = WalkResult()
-    seen_dirs: set[tuple[int, int]] = set()
-
-    def visit(directory: str, rel: str) -> None:
-        try:
-            st = os.stat(directory)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                return
-            seen_dirs.add((st.st_dev, st.st_ino))
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            if not rel:
-                raise
-            result.unreadable.append(f"{rel} ({exc.strerror or exc})")
-            return
-        for entry in entries:
-            if entry.name.startswith(".") or entry.name.lower() in SKIPPED_NAMES:
-                continue
-            child_rel = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if excluded and (excluded.fullmatch(child_rel) or excluded.fullmatch(child_rel + "/")):
-                    result.excluded += _count_files(entry.path)
-                elif os.path.realpath(entry.path) not in skip_real:
-                    visit(entry.path, child_rel)
-                continue
-            if excluded and excluded.fullmatch(child_rel):
-                result.excluded += 1
-                continue
-            dot = entry.name.rfind(".")
-            if dot <= 0 or entry.name[dot:].lower() not in IMAGE_EXTENSIONS:
-                result.ignored.append(child_rel)
-                continue
-            try:
-                st = entry.stat()
-            except OSError:  # a dangling link: let decoding report it
-                result.files.append(FileEntry(entry.path, child_rel, -1, -1))
-                continue
-            if stat.S_ISREG(st.st_mode):
-                result.files.append(FileEntry(entry.path, child_rel, st.st_size, st.st_mtime_ns))
-
-    visit(root, "")
-    result.files.sort(key=lambda f: f.rel)
-    return result
-
-
-def _count_files(directory: str) -> int:
-    return sum(len(files) for _, _, files in os.walk(directory))
-
-
-# --------------------------------------------------------------------------- decoding
 
 
 class DecodeResult(NamedTuple):
@@ -321,103 +184,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-_DCT = None
-
-
-def _dct_matrix() -> np.ndarray:
-    global _DCT
-    if _DCT is None:
-        n = np.arange(32)
-        dct = np.sqrt(2.0 / 32) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / 64)
-        dct[0] /= np.sqrt(2.0)
-        _DCT = dct
-    return _DCT
-
-
-def _low_frequencies(greys: np.ndarray) -> np.ndarray:
-    """The 8x8 lowest DCT frequencies of a stack of 32x32 grey arrays, 64 per array."""
-    dct = _dct_matrix()
-    return (dct @ greys @ dct.T)[:, :8, :8].reshape(len(greys), 64)
-
-
-def _phash_bits(low: np.ndarray) -> np.ndarray:
-    """pHashes, as 8 bytes each, of rows of 64 low frequencies: each thresholded at its median."""
-    return np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
-
-
-def _detail(low: np.ndarray) -> np.ndarray:
-    """The verifier's detail of each row of 64 low frequencies: the 35 lowest after the mean
-    (split.DETAIL_INDEX), centred and scaled to -127..127 (int8)."""
-    ac = low[:, DETAIL_INDEX]
-    ac = ac - ac.mean(axis=1, keepdims=True)
-    peak = np.abs(ac).max(axis=1, keepdims=True)
-    return np.rint(np.divide(ac * 127, peak, out=np.zeros_like(ac), where=peak > 0)).astype(np.int8)
-
-
-def _grey32(grey: Image.Image, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    return np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS, box=box, reducing_gap=2.0), dtype=np.float64)
-
-
-def perceptual_hash(img: Image.Image) -> int:
-    """64-bit pHash: the 8x8 lowest frequencies of a 32x32 greyscale DCT, thresholded at their median."""
-    return int.from_bytes(_phash_bits(_low_frequencies(_grey32(img.convert("L"))[None])).tobytes(), "big")
-
-
-_REGIONS = None
-_CROP_DCT = None
-_GRID = 64  # crops are cut from the grey image resized to this square once
-
-
-def _region_weights() -> np.ndarray:
-    """(4, 256) averaging weights over a 16x16 thumbnail: whole, centre, top half, bottom half."""
-    global _REGIONS
-    if _REGIONS is None:
-        masks = np.zeros((4, 16, 16))
-        masks[0], masks[1, 4:12, 4:12], masks[2, :8], masks[3, 8:] = 1, 1, 1, 1
-        _REGIONS = (masks / masks.sum(axis=(1, 2), keepdims=True)).reshape(4, 256)
-    return _REGIONS
-
-
-def _box_matrix(fraction: float) -> np.ndarray:
-    """(32, _GRID) weights that average the centred `fraction` of a line of _GRID pixels into 32."""
-    lo = _GRID * (1 - fraction) / 2
-    edges = lo + np.arange(33) * (_GRID * fraction / 32)
-    pixels = np.arange(_GRID)
-    overlap = np.clip(np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels), 0, None)
-    return overlap / overlap.sum(axis=1, keepdims=True)
-
-
-def _crop_dct() -> tuple[np.ndarray, np.ndarray]:
-    """Per crop, the rows and the columns of (8 lowest DCT frequencies x crop-and-resize to 32):
-    a crop's low frequencies are then rows @ grey64 @ columns.T, one product for all crops."""
-    global _CROP_DCT
-    if _CROP_DCT is None:
-        low = _dct_matrix()[:8]
-        _CROP_DCT = (np.stack([low @ _box_matrix(fy) for _, fy in CROPS]),
-                     np.stack([low @ _box_matrix(fx) for fx, _ in CROPS]))
-    return _CROP_DCT
-
-
-def signature(img: Image.Image) -> tuple[int, bytes]:
-    """(pHash, the rest of the near-duplicate signature (split.SIGNATURE)): the pHashes of the
-    mirror and of the centred crops, the mean colours of the whole image, its centre, top and
-    bottom halves, then the detail of each of the 7 hashes (from the same DCT: no extra cost).
-    The crops are matrix products on one 64x64 grey image (3 resizes per image, not 8:
-    decoding stays the cost of a cold ingest)."""
-    grey = img.convert("L")
-    full = _grey32(grey)
-    flipped = _low_frequencies(np.stack([full, full[:, ::-1]]))
-    grid = np.asarray(grey.resize((_GRID, _GRID), Image.Resampling.LANCZOS, reducing_gap=2.0), dtype=np.float64)
-    rows, cols = _crop_dct()
-    left = (rows.reshape(-1, _GRID) @ grid).reshape(len(CROPS), 8, _GRID)  # one BLAS product for every crop
-    low = np.concatenate([flipped, np.einsum("cig,cjg->cij", left, cols).reshape(len(CROPS), 64)])
-    hashes = _phash_bits(low)
-    small = np.asarray(img.resize((16, 16), Image.Resampling.BOX, reducing_gap=2.0), dtype=np.float64)
-    means = _region_weights() @ small.reshape(256, 3)
-    return (int.from_bytes(hashes[0].tobytes(), "big"),
-            hashes[1:].tobytes() + np.rint(means).astype(np.uint8).tobytes() + _detail(low).tobytes())
-
-
 def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -> DecodeResult:
     """Decode one file; a failure is a result with a reason, never an exception.
 
@@ -425,7 +191,8 @@ def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -
     with only their first part (SIGNATURE_PREFIXES); its content hash, pHash and the stored part
     are kept as they are and only the missing part is computed."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:  # not Path.read_bytes: its path parsing cost a tenth of a small decode
+            data = fh.read()
     except OSError as exc:
         return DecodeResult(None, None, None, 0, 0, f"{UNREADABLE}: {exc.strerror or exc}")
     if known is not None and known.phash is not None:
@@ -499,178 +266,3 @@ def _spawn_can_start() -> bool:
 def default_workers() -> int:
     """Decode processes for `data.num_workers: auto`: every core, at most 8."""
     return max(1, min(cpu_count(), 8))
-
-
-# --------------------------------------------------------------------------- cache
-
-
-class DecodeCache:
-    """Decode results keyed by absolute path, size and mtime, in one SQLite file.
-
-    SQLite because it is in the standard library, stores plain values (nothing
-    is unpickled from a shared data folder) and commits atomically. If the
-    folder cannot be written the cache lives in memory for this run only.
-    """
-
-    FILENAME = "decode_cache.sqlite"
-
-    def __init__(self, directory: str | Path | None) -> None:
-        self.location: str = ":memory:"
-        self.db = None
-        if directory is not None:
-            try:
-                Path(directory).mkdir(parents=True, exist_ok=True)
-                self.location = str(Path(directory) / self.FILENAME)
-                self.db = self._open(self.location)
-            except (OSError, sqlite3.Error) as exc:
-                log.warning("⚠️  Decode cache unavailable at %s (%s): decoding without a persistent cache",
-                            directory, exc)
-                self.location = ":memory:"
-        if self.db is None:
-            self.db = self._open(":memory:")
-
-    @staticmethod
-    def _open(location: str) -> sqlite3.Connection:
-        db = sqlite3.connect(location, timeout=60)
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        with db:
-            if meta.get("decoder_version") != DECODER_VERSION:
-                db.execute("DROP TABLE IF EXISTS files")
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('decoder_version', ?)", (DECODER_VERSION,))
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-                "content_hash TEXT, phash INTEGER, width INTEGER, height INTEGER, reason TEXT, variants BLOB) "
-                "WITHOUT ROWID")
-            # A cache from before the signature variants: keep its rows, the variants are computed on use.
-            if "variants" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
-                db.execute("ALTER TABLE files ADD COLUMN variants BLOB")
-            version = meta.get("signature_version")
-            if version != SIGNATURE_VERSION:
-                # A row whose variants are shorter than VARIANTS_SIZE is completed on use (lake).
-                if version not in SIGNATURE_PREFIXES:
-                    db.execute("UPDATE files SET variants = NULL")
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('signature_version', ?)", (SIGNATURE_VERSION,))
-            db.execute("CREATE TABLE IF NOT EXISTS groups (key TEXT PRIMARY KEY, labels BLOB)")
-        return db
-
-    def load(self, prefixes: Sequence[str]) -> dict[str, tuple[int, int, DecodeResult]]:
-        """Every cached entry under one of the path prefixes: path -> (size, mtime_ns, result)."""
-        out: dict[str, tuple[int, int, DecodeResult]] = {}
-        mask = (1 << 64) - 1
-        for prefix in prefixes:
-            rows = self.db.execute(
-                "SELECT path, size, mtime_ns, content_hash, phash, variants, width, height, reason FROM files "
-                "WHERE path >= ? AND path < ?", (prefix, prefix + "\U0010ffff")).fetchall()
-            out.update((path, (size, mtime_ns, DecodeResult(content_hash, None if phash is None else phash & mask,
-                                                              variants, width, height, reason)))
-                       for path, size, mtime_ns, content_hash, phash, variants, width, height, reason in rows)
-        return out
-
-    def store(self, entries: Sequence[tuple[FileEntry, DecodeResult]]) -> None:
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO files (path, size, mtime_ns, content_hash, phash, width, height, reason, "
-                "variants) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(f.path, f.size, f.mtime_ns, r.content_hash, _signed(r.phash), r.width, r.height, r.reason,
-                  r.variants) for f, r in entries])
-
-    def load_groups(self, key: str) -> np.ndarray | None:
-        """Near-duplicate groups stored for exactly these signatures and settings, or None."""
-        row = self.db.execute("SELECT labels FROM groups WHERE key = ?", (key,)).fetchone()
-        return None if row is None else np.frombuffer(row[0], dtype=np.int64)
-
-    def store_groups(self, key: str, labels: np.ndarray) -> None:
-        with self.db:  # only the latest lake's groups are worth keeping
-            self.db.execute("DELETE FROM groups")
-            self.db.execute("INSERT INTO groups VALUES (?, ?)", (key, labels.astype(np.int64).tobytes()))
-
-    def forget(self, paths: Sequence[str]) -> None:
-        with self.db:
-            self.db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def _signed(value: int | None) -> int | None:
-    return None if value is None else (value - (1 << 64) if value >= 1 << 63 else value)
-
-
-def cached_result(entry: FileEntry, cached: tuple[int, int, DecodeResult] | None, max_pixels: int) -> DecodeResult | None:
-    """The cached result for a file if it is still valid for this file and this pixel limit, else None."""
-    if cached is None or entry.size < 0:
-        return None
-    size, mtime_ns, result = cached
-    if size != entry.size or mtime_ns != entry.mtime_ns:
-        return None
-    over_before = result.reason is not None and result.reason.startswith(OVER_PIXEL_LIMIT)
-    if result.width * result.height > max_pixels and (result.ok or over_before):
-        return result._replace(reason=over_limit_reason(result.width, result.height, max_pixels))
-    if over_before:
-        return None  # the limit was raised since: decode it now
-    return result
-
-
-@dataclass
-class LabelledWalk:
-    """A walked source with every file's label resolved: what ingestion, `count_images`,
-    `sustain evaluate --data` and `sustain predict DIR` all see."""
-
-    walk: WalkResult
-    labelled: list[tuple[FileEntry, tuple[int, ...]]] = field(default_factory=list)
-    unmapped: dict[str, list[str]] = field(default_factory=dict)  # folder (as shown) -> absolute paths
-    dropped: Counter = field(default_factory=Counter)  # label_map key -> files
-    used_keys: set[str] = field(default_factory=set)
-
-
-def walk_labelled(root: str | Path, label_map: LabelMap, exclude: Sequence[str] = (),
-                  skip: Sequence[str | Path] = ()) -> LabelledWalk:
-    """The one walk-and-label pass: `walk_source`, then `resolve_label` once per folder."""
-    result = LabelledWalk(walk_source(root, exclude, skip))
-    by_folder: dict[str, tuple[Resolution, tuple[str, ...]]] = {}
-    for entry in result.walk.files:
-        folder = entry.rel.rpartition("/")[0]
-        known = by_folder.get(folder)
-        if known is None:
-            folders = tuple(folder.split("/")) if folder else ()
-            known = by_folder[folder] = (resolve_label(folders, label_map), folders)
-        res, folders = known
-        if res.kind == "label":
-            result.labelled.append((entry, res.targets))
-            result.used_keys.add(res.key)
-        elif res.kind == "drop":
-            result.dropped[res.key] += 1
-            result.used_keys.add(res.key)
-        else:
-            shown = "/".join(folders[: res.folder + 1]) if res.folder is not None else (folder or ".")
-            result.unmapped.setdefault(shown, []).append(entry.path)
-    return result
-
-
-@dataclass(frozen=True)
-class SourceCount:
-    """What ingestion will find under a source root (walked and labelled, not yet decoded)."""
-
-    images: int
-    labelled: int
-    dropped: int  # a `null` label_map target
-    unmapped: int
-    excluded: int  # under an `exclude` glob
-    unmapped_folders: tuple[tuple[str, int], ...] = ()  # every unmapped folder, largest first
-
-    def describe(self) -> str:
-        text = f"{self.images:,} images ({self.labelled:,} labelled, {self.dropped:,} dropped, {self.unmapped:,} unmapped"
-        return text + (f", {self.excluded:,} excluded)" if self.excluded else ")")
-
-
-def count_images(root: Path, label_map: LabelMap, exclude: list[str]) -> SourceCount:
-    """Walk a source root and resolve every file's label, exactly as ingestion does (no decoding).
-
-    `sustain data download` and `sustain doctor` both report with it."""
-    walked = walk_labelled(root, label_map, exclude)
-    unmapped = sorted(((folder, len(paths)) for folder, paths in walked.unmapped.items()), key=lambda f: -f[1])
-    return SourceCount(images=len(walked.walk.files), labelled=len(walked.labelled),
-                       dropped=sum(walked.dropped.values()), unmapped=sum(n for _, n in unmapped),
-                       excluded=walked.walk.excluded, unmapped_folders=tuple(unmapped))

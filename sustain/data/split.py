@@ -184,6 +184,7 @@ def _join(index: np.ndarray, query: np.ndarray, bands: list[tuple[int, int]], pr
         band = (index >> np.uint64(shift)) & np.uint64(mask)
         order = np.argsort(band, kind="stable")
         sorted_band = band[order]
+        sorted_index = index[order]  # candidates are read in sorted order: one gather per band, not per probe
         own = (query >> np.uint64(shift)) & np.uint64(mask)
         width = mask.bit_length()
         # Narrow bands: the start of every value's run in one table, so a lookup is an index, not a search.
@@ -196,13 +197,13 @@ def _join(index: np.ndarray, query: np.ndarray, bands: list[tuple[int, int]], pr
             else:
                 lo = table[wanted.astype(np.intp)]
                 counts = table[wanted.astype(np.intp) + 1] - lo
-            yield from _expand_runs(index, query, order, lo, counts, radius)
+            yield from _expand_runs(sorted_index, query, order, lo, counts, radius)
 
 
-def _expand_runs(index: np.ndarray, query: np.ndarray, order: np.ndarray, lo: np.ndarray, counts: np.ndarray,
-                 radius: int):
+def _expand_runs(sorted_index: np.ndarray, query: np.ndarray, order: np.ndarray, lo: np.ndarray,
+                 counts: np.ndarray, radius: int):
     """(index item, query item, distance) within `radius`, each query against the `counts[q]`
-    index items from sorted position `lo[q]`."""
+    index items from sorted position `lo[q]` (`sorted_index` = index[order])."""
     has = np.flatnonzero(counts)
     ends = np.cumsum(counts[has])
     start = 0
@@ -212,10 +213,10 @@ def _expand_runs(index: np.ndarray, query: np.ndarray, order: np.ndarray, lo: np
         reps = counts[q]
         qi = np.repeat(q, reps)
         # the k-th candidate of a run sits at sorted position lo + k: one repeat of (lo - run start)
-        ii = order[np.repeat(lo[q] - (np.cumsum(reps) - reps), reps) + np.arange(qi.size)]
-        distance = hamming(index[ii], query[qi])
+        pos = np.repeat(lo[q] - (np.cumsum(reps) - reps), reps) + np.arange(qi.size)
+        distance = hamming(sorted_index[pos], query[qi])
         close = distance <= radius
-        yield ii[close], qi[close], distance[close]
+        yield order[pos[close]], qi[close], distance[close]
         start = stop
 
 

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from ..config import SourceConfig
 from ..data.labels import compile_label_map
-from ..data.lake import ManifestRow, read_manifest
-from ..data.scan import IMAGE_EXTENSIONS, walk_labelled
+from ..data.manifest import ManifestRow, read_manifest
+from ..data.walk import IMAGE_EXTENSIONS, walk_labelled
 from ..errors import ConfigError, UsageError
 from ..taxonomy import Taxonomy
 
@@ -33,7 +33,7 @@ def labelled_folder_rows(
     root: Path, taxonomy: Taxonomy, label_map: str | Path | None = None
 ) -> tuple[list[Any], list[str]]:
     """ManifestRows for ``root/<folder>/**/<image>``, walked and labelled as ingestion does
-    (`data.scan.walk_labelled`); a folder is a class or set name, or is mapped by a YAML
+    (`data.walk.walk_labelled`); a folder is a class or set name, or is mapped by a YAML
     ``{folder: class | [classes] | SET | null}``."""
     if not root.is_dir():
         raise UsageError(f"--data folder not found: {root}", "pass a folder of <class>/<image> files")
