@@ -158,7 +158,8 @@ def plan_cpu(*, cores: int, step_seconds: float, step_threads: int, load_seconds
     processes wins (less memory, less start-up).
     """
     share = max(1, cores // max(1, world_size))
-    serial = step_seconds * ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / max(1, step_threads))
+    # the step on one thread: the measured one, undone by Amdahl's speed-up of `step_threads`
+    serial = step_seconds / ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / max(1, step_threads))
 
     def step(t: int) -> float:
         return serial * ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / t)

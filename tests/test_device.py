@@ -131,6 +131,20 @@ def test_cpu_plan_gives_the_cores_to_compute_when_the_step_dominates():
     assert big.threads >= 12 and 1 <= big.workers <= 4 and big.threads + big.workers <= 16
 
 
+def test_cpu_plan_reads_a_step_timed_on_two_threads_as_that_step_on_two_threads():
+    from sustain.device import plan_cpu
+
+    # resnet18 at 128 px: 535 ms forward and backward, timed on 2 threads; loading a batch 45 ms.
+    plan = plan_cpu(cores=2, step_seconds=0.535, step_threads=2, load_seconds=0.045, max_threads=2)
+    assert (plan.threads, plan.workers) == (2, 0)
+    assert "a step takes 535 ms on 2 thread(s)" in plan.reason
+    assert plan.batch_seconds == pytest.approx(0.535 + 0.045)
+    # test_resnet on camera photos: 162 ms on 2 threads, 47 ms per batch. One thread would take
+    # 162 / 0.55 = 295 ms, slower than 2 threads plus loading in between (209 ms).
+    photos = plan_cpu(cores=2, step_seconds=0.162, step_threads=2, load_seconds=0.047, max_threads=2)
+    assert (photos.threads, photos.workers) == (2, 0)
+
+
 def test_cpu_plan_gives_the_cores_to_loading_when_loading_dominates():
     from sustain.device import plan_cpu
 
