@@ -106,7 +106,7 @@ CHANNELS_LAST_CPU_ISAS = ("AVX2", "AVX512")  # oneDNN's NHWC convolutions, measu
 
 def plan_channels_last(setting: str | bool, device_type: str, conv_layers: int, cpu_isa: str = "DEFAULT") -> bool:
     """channels_last for convolutional nets on CUDA, and on x86 CPUs, where a training step of
-    resnet18 ran 1.07-1.18x and test_resnet 1.43x faster; never on MPS, nor on other CPUs (not
+    resnet18 ran 1.07-1.13x and test_resnet 1.25-1.43x faster; never on MPS, nor on other CPUs (not
     measured). A ViT has only its patch-embedding conv: it stays as it is."""
     if setting != "auto":
         return bool(setting)
