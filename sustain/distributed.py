@@ -64,10 +64,11 @@ class Distributed:
             return model
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def ingest(self, cfg: Config, taxonomy: Taxonomy, out_dir: Path):
-        """Rank 0 ingests and writes the manifest; the others then read the same lake quietly (cached)."""
+    def ingest(self, cfg: Config, taxonomy: Taxonomy, out_dir: Path, image_cache: Any = None):
+        """Rank 0 ingests, fills the image cache and writes the manifest; the others then read the
+        same lake quietly (cached)."""
         if self.is_main:
-            lake = ingest(cfg, taxonomy, out_dir=out_dir)
+            lake = ingest(cfg, taxonomy, out_dir=out_dir, image_cache=image_cache)
         self.barrier()
         if not self.is_main:
             lake = ingest(cfg, taxonomy, out_dir=None, log_summary=False)

@@ -180,12 +180,12 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     model, data_config, train_tf, eval_tf = _model_and_transforms(cfg, taxonomy, plan.type)
     size = data_config["input_size"][-1]
 
+    img_cache = image_cache.for_config(cfg.data, size, data_config["crop_pct"])  # None: data.image_cache off
     t = time.perf_counter()
-    lake = dist.ingest(cfg, taxonomy, out_dir)
+    lake = dist.ingest(cfg, taxonomy, out_dir, img_cache)  # decodes each new file once: signature and cache
     timings = {"ingest_seconds": time.perf_counter() - t}
     workers = plan_num_workers(cfg.data.num_workers, plan.type, cpu_count=cpu_count(), in_jupyter=in_jupyter(),
                                platform=sys.platform, world_size=dist.world)
-    img_cache = image_cache.for_config(cfg.data, size, data_config["crop_pct"])  # None: data.image_cache off
     loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
 
     channels_last = plan_channels_last(cfg.model.channels_last, plan.type,
@@ -198,7 +198,7 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     t = time.perf_counter()
     batch = loaders.sanity_batch()
     load_seconds = time.perf_counter() - t
-    if img_cache is not None and plan.type == "cpu":  # that load filled the cache; the epochs read from it
+    if img_cache is not None and plan.type == "cpu":  # that load may have filled entries; the epochs read them
         t = time.perf_counter()
         batch = loaders.sanity_batch()
         load_seconds = time.perf_counter() - t

@@ -236,3 +236,41 @@ def test_cached_loading_is_the_same_with_any_number_of_workers(tmp_path: Path, p
     filled_by_two_workers = batches(2)  # a cold cache, filled concurrently
     assert torch.equal(filled_by_two_workers, batches(0))  # read back warm in the main process
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(("workers", "side"), [(1, 160), (2, 100)])
+def test_ingestion_fills_the_cache_with_the_pixels_a_first_read_would_store(tmp_path: Path, photos,
+                                                                            workers: int, side: int) -> None:
+    """Each file ingestion decodes also gets its training-resolution copy, from the same read (in the
+    decode workers too): at 100 px from ingestion's own 1/8 decode of the 1600x1200 photos, at 160 px
+    from a finer one. Small originals and broken files get none; a later read is a hit."""
+    from engine_helpers import tiny_config
+
+    from sustain.data.lake import ingest
+    from sustain.data.scan import POOL_MIN_FILES
+    from sustain.taxonomy import build_taxonomy
+
+    rng = np.random.default_rng(0)
+    folders = {name: tmp_path / "lake" / "tiny" / name for name in ("red", "green")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    large = [folders["red"] / f"photo{i}.jpg" for i in range(len(photos))]
+    for path, data in zip(large, photos, strict=True):
+        path.write_bytes(data)
+    for i in range(POOL_MIN_FILES if workers > 1 else 8):  # enough files for the decode pool when it is asked for
+        noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+        large.append(folders["green"] / f"noise{i:03d}.jpg")
+        large[-1].write_bytes(jpeg(Image.fromarray(noise)))
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(folders["red"] / "small.png")
+    (folders["green"] / "broken.jpg").write_bytes(photos[0][:2000])
+
+    cfg = tiny_config(tmp_path / "lake", tmp_path / "out", classes=["red", "green"],
+                      data={"ingest_workers": workers, "cache_dir": str(tmp_path / "decode_cache")})
+    cache = ImageCache(str(tmp_path / "decode_cache" / "images"), side=side)
+    lake = ingest(cfg, build_taxonomy(**cfg.taxonomy.model_dump()), image_cache=cache)
+    assert len(lake.rows) == len(large) + 1 and disk_usage(cache.directory)["images"] == len(large)
+
+    lazy = ImageCache(str(tmp_path / "lazy"), side=side)  # fills on first read, as before ingestion did it
+    for path in large[:6] + large[-3:]:
+        assert np.array_equal(np.asarray(cache.load(str(path))), np.asarray(lazy.load(str(path))))
+    assert disk_usage(cache.directory)["images"] == len(large)  # those reads were hits

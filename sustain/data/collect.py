@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..taxonomy import Taxonomy
 from .decode_cache import DecodeCache, cached_result, cached_signature, signed_phash
 from .labels import LabelMap, compile_label_map
-from .scan import VARIANTS_SIZE, DecodeResult, decode_files, default_workers
+from .scan import VARIANTS_SIZE, DecodeResult, Fill, decode_files, default_workers
 from .split import SIGNATURE
 from .walk import FileEntry, walk_labelled
 
@@ -124,8 +124,9 @@ def ingest_workers(setting: int | str) -> int:
 
 
 def decode_sources(scans: Sequence[SourceScan], cache: DecodeCache, max_pixels: int, workers: int,
-                   progress: bool) -> Decoded:
-    """Decode results for every labelled file: from the cache when path, size and mtime match."""
+                   progress: bool, fill: Fill | None = None) -> Decoded:
+    """Decode results for every labelled file: from the cache when path, size and mtime match.
+    `fill` also gets the bytes of each file decoded now (the image cache, `scan.decode_file`)."""
     valid, results, todo, known = _sort_cached(scans, cache, max_pixels)
     if todo:
         bar = tqdm(total=len(todo), desc="Decoding images", unit="img", disable=not progress, leave=False)
@@ -136,7 +137,7 @@ def decode_sources(scans: Sequence[SourceScan], cache: DecodeCache, max_pixels: 
             bar.update(len(paths))
 
         try:
-            decode_files(sorted(todo), max_pixels, workers, keep, known)
+            decode_files(sorted(todo), max_pixels, workers, keep, known, fill)
         finally:
             bar.close()
 

@@ -3,8 +3,10 @@
 A 12-megapixel phone photo costs ~130 ms to decode and resize on one core,
 every epoch; the model sees 224 px of it. The cache keeps a copy whose shorter
 side is `side` pixels (a JPEG at quality 95, a few tens of KB), so every later
-read costs a millisecond or two. The first read of an image fills its entry:
-JPEG draft decoding (libjpeg's DCT scaling, 1/2 to 1/8) skips most of the
+read costs a millisecond or two. Ingestion fills the entry of each file it
+decodes, from the bytes it read anyway (in its decode workers); a file it did
+not decode (already in the decode cache) is filled on its first read. Either
+way JPEG draft decoding (libjpeg's DCT scaling, 1/2 to 1/8) skips most of the
 full-size work, then a Lanczos resize gives the stored size exactly.
 
 - Entries are keyed like the decode cache, by absolute path, size and mtime
@@ -134,6 +136,31 @@ class ImageCache:
         data = encode(shrink(img, self.side))
         self._write(target, data)
         return decode(data)  # the same pixels a later hit will read
+
+    def fill(self, path: str, data: bytes, size: int, mtime_ns: int, decoded: Image.Image | None = None) -> None:
+        """Write the entry of `path` from its bytes, read once by ingestion (`scan.decode_file`'s
+        `fill`), so the first epoch reads small copies too; the same pixels as a fill on first read.
+        `decoded`, ingestion's own decode of those bytes, is reused when a decode for this cache
+        would give the same image (the same JPEG draft scale, or no draft at all)."""
+        target = self.entry(os.path.abspath(path), size, mtime_ns)
+        if target.is_file():
+            return
+        try:
+            img = decoded if decoded is not None and self._same_decode(data, decoded) else \
+                load_reduced(data, self.side, self.max_pixels)[0]
+        except CorruptImage:  # ingestion decoded it just now; should it fail here, a first read reports it
+            return
+        if min(img.size) > self.side:  # small originals are read as they are
+            self._write(target, encode(shrink(img, self.side)))
+
+    def _same_decode(self, data: bytes, decoded: Image.Image) -> bool:
+        """Would `load_reduced(data, self.side)` decode at the scale `decoded` was? Pillow sets the
+        draft size from the header alone, without decoding."""
+        with Image.open(io.BytesIO(data)) as probe:
+            if probe.format != "JPEG":
+                return True  # decoded in full either way
+            probe.draft(None, (self.side, self.side))
+            return sorted(probe.size) == sorted(decoded.size)  # EXIF rotation may have swapped the sides
 
     def _write(self, target: Path, data: bytes) -> None:
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")

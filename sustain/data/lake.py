@@ -76,15 +76,16 @@ class Lake:
 
 
 def ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None = None, *,
-           log_summary: bool = True) -> Lake:
+           log_summary: bool = True, image_cache: ImageCache | None = None) -> Lake:
     """Build the lake described by `cfg.data`; write its files into `out_dir` when given.
+    With `image_cache`, the files decoded now also fill their training-resolution copies.
 
     Raises UsageError/ConfigError (exit 2) for a missing source root, a
     label_map target outside the taxonomy, an empty lake, and, with
     `data.strict`, unmapped files or a class without images.
     """
     with _gc_paused():
-        return _ingest(cfg, taxonomy, out_dir, log_summary)
+        return _ingest(cfg, taxonomy, out_dir, log_summary, image_cache)
 
 
 @contextlib.contextmanager
@@ -100,7 +101,8 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_summary: bool) -> Lake:
+def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_summary: bool,
+            image_cache: ImageCache | None) -> Lake:
     say = log.info if log_summary else log.debug
     data = cfg.data
 
@@ -118,7 +120,7 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
     cache = DecodeCache(cache_dir)
     try:
         decoded = decode_sources(scans, cache, data.max_image_pixels, ingest_workers(data.ingest_workers),
-                                 progress=log_summary)
+                                 progress=log_summary, fill=image_cache.fill if image_cache is not None else None)
         merged = merge_exact_duplicates(decoded.images)
         groups = _near_duplicate_groups(cache, pack_signatures(merged.kept), data.near_duplicate_distance)
     finally:

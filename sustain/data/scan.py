@@ -184,15 +184,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -> DecodeResult:
+# `fill(path, data, size, mtime_ns, image)`: what else to make of a file while its bytes and their
+# decode (at SIGNATURE_DRAFT_SIDE) are in memory: the training-resolution image cache. Size and
+# mtime are those of the file the bytes came from.
+Fill = Callable[[str, bytes, int, int, Image.Image], None]
+
+
+def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None, fill: Fill | None = None
+                ) -> DecodeResult:
     """Decode one file; a failure is a result with a reason, never an exception.
 
     `known`: a cached result written by an older version, without the signature's variants or
     with only their first part (SIGNATURE_PREFIXES); its content hash, pHash and the stored part
-    are kept as they are and only the missing part is computed."""
+    are kept as they are and only the missing part is computed. `fill` is called with the bytes
+    of a file that decoded and their decode, so the file is read (and mostly decoded) once."""
     try:
         with open(path, "rb") as fh:  # not Path.read_bytes: its path parsing cost a tenth of a small decode
             data = fh.read()
+            stat = os.fstat(fh.fileno())  # the file these bytes came from, for `fill`'s key
     except OSError as exc:
         return DecodeResult(None, None, None, 0, 0, f"{UNREADABLE}: {exc.strerror or exc}")
     if known is not None and known.phash is not None:
@@ -205,6 +214,8 @@ def decode_file(path: str, max_pixels: int, known: DecodeResult | None = None) -
         width, height = _header_size(data) if exc.reason.startswith(OVER_PIXEL_LIMIT) else (0, 0)
         return DecodeResult(content_hash, None, None, width, height, exc.reason)
     phash, variants = signature(img)
+    if fill is not None:
+        fill(path, data, stat.st_size, stat.st_mtime_ns, img)
     if known is not None and known.phash is not None:
         phash = known.phash  # the same definition: kept as the old version computed it
         if known.variants:
@@ -217,13 +228,14 @@ def _header_size(data: bytes) -> tuple[int, int]:
         return img.size
 
 
-def _decode_batch(paths: list[str], max_pixels: int, known: dict[str, DecodeResult]) -> list[DecodeResult]:
-    return [decode_file(p, max_pixels, known.get(p)) for p in paths]
+def _decode_batch(paths: list[str], max_pixels: int, known: dict[str, DecodeResult],
+                  fill: Fill | None = None) -> list[DecodeResult]:
+    return [decode_file(p, max_pixels, known.get(p), fill) for p in paths]
 
 
 def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
                  on_batch: Callable[[list[str], list[DecodeResult]], None],
-                 known: dict[str, DecodeResult] | None = None) -> None:
+                 known: dict[str, DecodeResult] | None = None, fill: Fill | None = None) -> None:
     """Decode `paths`, calling `on_batch(paths, results)` as batches finish (in any order).
 
     Uses a process pool of `workers` when there are enough files to repay its
@@ -232,6 +244,7 @@ def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
     spawned process, a script that calls this must guard its entry point with
     `if __name__ == "__main__":`. `known`: cached results whose signature variants are
     missing or incomplete (an older cache); only the missing part is computed for them.
+    `fill` (picklable: it runs in the workers) gets each decoded file's bytes (see `decode_file`).
     """
     pending = list(paths)
     known = known or {}
@@ -242,7 +255,8 @@ def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
         try:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_decode_batch, batch, max_pixels, {p: known[p] for p in batch if p in known}): i
+                futures = {pool.submit(_decode_batch, batch, max_pixels, {p: known[p] for p in batch if p in known},
+                                       fill): i
                            for i, batch in enumerate(batches)}
                 for future in as_completed(futures):
                     i = futures[future]
@@ -254,7 +268,7 @@ def decode_files(paths: Sequence[str], max_pixels: int, workers: int,
             pending = [p for i, batch in enumerate(batches) if i not in done for p in batch]
     for start in range(0, len(pending), 64):
         batch = pending[start:start + 64]
-        on_batch(batch, _decode_batch(batch, max_pixels, known))
+        on_batch(batch, _decode_batch(batch, max_pixels, known, fill))
 
 
 def _spawn_can_start() -> bool:
