@@ -181,6 +181,15 @@ def test_unwritable_cache_falls_back_to_memory(tmp_path: Path) -> None:
     cache.close()
 
 
+def test_the_decode_pool_starts_for_many_files_or_many_bytes() -> None:
+    from sustain.data.scan import POOL_MIN_BYTES, POOL_MIN_FILES, use_pool
+
+    assert use_pool(96, 186 * 2**20, workers=2)  # 96 camera photos: 1.2 s on two workers, 2.1 s in-process
+    assert not use_pool(96, 2 * 2**20, workers=2)  # 96 thumbnails: the pool's start-up would dominate
+    assert use_pool(POOL_MIN_FILES, 0, workers=2) and use_pool(1, POOL_MIN_BYTES, workers=2)
+    assert not use_pool(10**5, 10**10, workers=1)
+
+
 @pytest.mark.slow
 def test_process_pool_gives_the_same_results(tmp_path: Path, monkeypatch) -> None:
     paths = []
@@ -204,8 +213,11 @@ def test_process_pool_gives_the_same_results(tmp_path: Path, monkeypatch) -> Non
             pools.append(kwargs["max_workers"])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(scan, "POOL_MIN_FILES", 1)
     monkeypatch.setattr(scan, "ProcessPoolExecutor", RecordingPool)
+    total = sum(Path(p).stat().st_size for p in paths)
+    monkeypatch.setattr(scan, "POOL_MIN_BYTES", total + 1)  # 13 small files: decoded in-process
+    assert collect(2) == serial and pools == []
+    monkeypatch.setattr(scan, "POOL_MIN_BYTES", total)  # as many bytes as a pool repays: the same results
     pooled = collect(2)
     assert pools == [2]
     assert pooled == serial and len(serial) == 13
