@@ -195,10 +195,12 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, math.ceil(loaders.train_batches / cfg.train.accum_steps))
     ema = build_ema(cfg, model)
+    filled = img_cache.filled if img_cache is not None else 0
     t = time.perf_counter()
     batch = loaders.sanity_batch()
     load_seconds = time.perf_counter() - t
-    if img_cache is not None and plan.type == "cpu":  # that load may have filled entries; the epochs read them
+    if plan.type == "cpu" and img_cache is not None and img_cache.filled > filled:  # that load filled entries
+        # (files ingestion did not decode): the plan times a load from them, as the epochs will read
         t = time.perf_counter()
         batch = loaders.sanity_batch()
         load_seconds = time.perf_counter() - t

@@ -112,6 +112,7 @@ class ImageCache:
     side: int
     max_pixels: int | None = None
     write_failures: int = 0
+    filled: int = 0  # entries this process made (tried to write), on a first read or from ingestion
 
     def entry(self, path: str, size: int, mtime_ns: int) -> Path:
         key = hashlib.sha256(f"{CACHE_VERSION}\0{self.side}\0{path}\0{size}\0{mtime_ns}".encode()).hexdigest()
@@ -131,11 +132,8 @@ class ImageCache:
         except Exception as exc:  # a damaged entry (e.g. a full disk): decode the original again
             log.warning("⚠️  Image cache entry %s for %s is unreadable (%s): re-creating it", target, path, exc)
         img, _ = load_reduced(path, self.side, self.max_pixels)
-        if min(img.size) <= self.side:
-            return img  # small originals are read as they are
-        data = encode(shrink(img, self.side))
-        self._write(target, data)
-        return decode(data)  # the same pixels a later hit will read
+        data = self._store(target, img)
+        return img if data is None else decode(data)  # the same pixels a later hit will read
 
     def fill(self, path: str, data: bytes, size: int, mtime_ns: int, decoded: Image.Image | None = None) -> None:
         """Write the entry of `path` from its bytes, read once by ingestion (`scan.decode_file`'s
@@ -150,8 +148,17 @@ class ImageCache:
                 load_reduced(data, self.side, self.max_pixels)[0]
         except CorruptImage:  # ingestion decoded it just now; should it fail here, a first read reports it
             return
-        if min(img.size) > self.side:  # small originals are read as they are
-            self._write(target, encode(shrink(img, self.side)))
+        self._store(target, img)
+
+    def _store(self, target: Path, img: Image.Image) -> bytes | None:
+        """Write `img` at the stored size as entry `target`; its bytes, or None for an image already
+        that small (small originals are read as they are)."""
+        if min(img.size) <= self.side:
+            return None
+        data = encode(shrink(img, self.side))
+        self._write(target, data)
+        self.filled += 1
+        return data
 
     def _same_decode(self, data: bytes, decoded: Image.Image) -> bool:
         """Would `load_reduced(data, self.side)` decode at the scale `decoded` was? Pillow sets the
