@@ -73,8 +73,9 @@ class Run:
         return autocast_context(self.plan.type, self.precision, enabled=self.guards.state.amp_on)
 
     def autocast_factory(self):
+        """`autocast` as a factory (what `evaluate.collect_predictions` takes); None when AMP is off."""
         if not self.guards.state.amp_on:
             return None
-        return functools.partial(torch.autocast, self.plan.type, dtype=getattr(torch, self.precision.dtype))
+        return functools.partial(autocast_context, self.plan.type, self.precision, enabled=True)
 
 
