@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoints as ckpt
 from .config import Config
+from .data.image_cache import ImageCache
 from .data.lake import ingest
 from .device import DevicePlan
 from .taxonomy import Taxonomy
@@ -64,7 +65,7 @@ class Distributed:
             return model
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def ingest(self, cfg: Config, taxonomy: Taxonomy, out_dir: Path, image_cache: Any = None):
+    def ingest(self, cfg: Config, taxonomy: Taxonomy, out_dir: Path, image_cache: ImageCache | None = None):
         """Rank 0 ingests, fills the image cache and writes the manifest; the others then read the
         same lake quietly (cached)."""
         if self.is_main:
