@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet = logging.getLogger("sustain")  # the run's own log lines would bury the result
     quiet.setLevel(logging.WARNING)
 
-    from sustain.checkpoints import load_checkpoint_model
     from sustain.config import config_from_dict
     from sustain.data.image_cache import for_config
-    from sustain.engine import train
     from sustain.evaluate import read_manifest_split
+    from sustain.training.checkpoints import load_checkpoint_model
+    from sustain.training.engine import train
 
     with tempfile.TemporaryDirectory(prefix="bench_cache_agreement_") as tmp:
         tmp = Path(tmp)

@@ -23,7 +23,7 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
-from sustain import checkpoints as ckpt  # noqa: E402
+from sustain.training import checkpoints as ckpt  # noqa: E402
 
 RESULTS = results_file("bench_checkpoint")
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_export.py --models test_vit:64 --iters 50 --threads 2
 
 For each model: a randomly initialised checkpoint (weights do not change the speed),
-exported with `sustain.export.export_onnx` (fp32) and `quantize_int8`. The timed call is
+exported with `sustain.deploy.export.export_onnx` (fp32) and `quantize_int8`. The timed call is
 the model on a batch of preprocessed uint8 pixels (decoding and resizing are the same
 for both backends and left out): ``PixelModel(model)(pixels)`` under ``inference_mode``
 against ``session.run``. Batch 1 and 8; the backends alternate batch by batch (so a busy
@@ -31,8 +31,8 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
 
 from benchmarks.bench_predict import write_checkpoint  # noqa: E402
 from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
-from sustain.checkpoints import load_checkpoint_model  # noqa: E402
-from sustain.export import PixelModel, export_onnx, quantize_int8  # noqa: E402
+from sustain.deploy.export import PixelModel, export_onnx, quantize_int8  # noqa: E402
+from sustain.training.checkpoints import load_checkpoint_model  # noqa: E402
 
 RESULTS = results_file("bench_export")
 DEFAULT_MODELS = ("test_vit:64", "eva02_tiny_patch14_224:224")

@@ -38,14 +38,14 @@ from benchmarks.common import arg_parser, results_file, write_result  # noqa: E4
 from sustain.data.dataset import ManifestDataset, collate_skip_failed  # noqa: E402
 from sustain.data.manifest import ManifestRow  # noqa: E402
 from sustain.evaluate import write_final_evaluation  # noqa: E402
-from sustain.gallery import (  # noqa: E402
+from sustain.evaluate.gallery import (  # noqa: E402
     SUSPECTS_CSV,
     load_predictions,
     predictions_file,
     save_predictions,
     write_suspects_csv,
 )
-from sustain.gallery_html import build_gallery  # noqa: E402
+from sustain.report.gallery_html import build_gallery  # noqa: E402
 from sustain.taxonomy import build_taxonomy  # noqa: E402
 from sustain.transforms import build_eval_transform  # noqa: E402
 

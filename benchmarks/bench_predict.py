@@ -28,9 +28,9 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
-from sustain.checkpoints import save_best, state_dict_copy  # noqa: E402
-from sustain.inference import Predictor, default_batch_size  # noqa: E402
+from sustain.deploy.inference import Predictor, default_batch_size  # noqa: E402
 from sustain.taxonomy import build_taxonomy  # noqa: E402
+from sustain.training.checkpoints import save_best, state_dict_copy  # noqa: E402
 
 RESULTS = results_file("bench_predict")
 

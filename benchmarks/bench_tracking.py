@@ -4,7 +4,7 @@
     python benchmarks/bench_tracking.py --pairs 5 --lake data/demo
 
 In one process, alternating (off, on, off, on, …) so that load from other jobs
-hits both sides alike: `sustain.engine.train` on configs/demo.yaml with
+hits both sides alike: `sustain.training.engine.train` on configs/demo.yaml with
 tracking **off** (`tracking.tensorboard=false`, MLflow disabled) and **on**
 (TensorBoard event files and the embedded MLflow store, the step metrics every
 `log_every_n_steps`). The figure is the median epoch time over epochs 2..N of
@@ -58,8 +58,8 @@ class CallTimer:
 
 
 def one_run(side: str, lake: Path, epochs: int, base: Path, i: int) -> dict[str, Any]:
-    from sustain.engine import train
-    from sustain.tracking import Tracker
+    from sustain.tracking.tracker import Tracker
+    from sustain.training.engine import train
 
     timer = CallTimer()
     saved = Tracker.log_step, Tracker.log_epoch

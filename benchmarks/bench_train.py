@@ -5,7 +5,7 @@
     python benchmarks/bench_train.py --lake data/demo     # reuse an existing demo lake
 
 For each case, in one process:
-- **end to end**: `sustain.engine.train` on the demo lake (decoding, augmentation,
+- **end to end**: `sustain.training.engine.train` on the demo lake (decoding, augmentation,
   DataLoader, guards, bars: everything a user runs); images/s is the median of
   the engine's per-epoch `images_per_second` over epochs 2..N (epoch 1 warms up);
 - **ceiling**: the same model, optimizer, loss, batch size, precision and CPU
@@ -75,12 +75,12 @@ class EpochProbe(logging.Handler):
 
 def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
     """Images/s of the bare training step on one in-memory batch, with the engine's own building blocks."""
-    from sustain.components import build_optimizer
     from sustain.device import plan_precision
-    from sustain.guards import guarded_optimizer_step, make_scaler
-    from sustain.losses import PartialLabelLoss
     from sustain.model import build_model
     from sustain.taxonomy import build_taxonomy
+    from sustain.training.components import build_optimizer
+    from sustain.training.guards import guarded_optimizer_step, make_scaler
+    from sustain.training.losses import PartialLabelLoss
 
     taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
     model = build_model(cfg.model, taxonomy.num_classes, "cpu")
@@ -110,19 +110,19 @@ def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
 
 
 def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: str) -> dict[str, Any]:
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     with tempfile.TemporaryDirectory(prefix=f"bench_train_{name}_") as out:
         cfg = load_config(ROOT / "configs" / "demo.yaml", [
             f"data.root={lake}", f"output_dir={out}", f"train.epochs={epochs}", "train.early_stopping_patience=0",
             f"data.num_workers={workers}", "device=cpu", *overrides])
         probe = EpochProbe()
-        logging.getLogger("sustain.engine").addHandler(probe)
+        logging.getLogger("sustain.training.engine").addHandler(probe)
         t = time.perf_counter()
         try:
             result = train(cfg)
         finally:
-            logging.getLogger("sustain.engine").removeHandler(probe)
+            logging.getLogger("sustain.training.engine").removeHandler(probe)
         wall = time.perf_counter() - t
         n_workers = RunRecord.read(out).device["num_workers"]
 

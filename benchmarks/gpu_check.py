@@ -94,7 +94,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_ddp(args: argparse.Namespace) -> int:
-    """Sustain's own DDP code (`sustain.distributed`) on the backend a run picks: NCCL on CUDA, gloo on the CPU.
+    """Sustain's own DDP code (`sustain.training.distributed`) on the backend a run picks: NCCL on CUDA, gloo on the CPU.
 
     With one process a run skips DDP, so its collectives are switched on here
     for the single rank: process group, DDP wrapper with `no_sync`
@@ -103,7 +103,7 @@ def cmd_ddp(args: argparse.Namespace) -> int:
     import torch.distributed as torch_dist
 
     from sustain.device import detect_backends, plan_device
-    from sustain.distributed import Distributed
+    from sustain.training.distributed import Distributed
 
     class OneRankDDP(Distributed):
         @property
@@ -197,9 +197,9 @@ def loader_throughput(cfg, paths: list[Path], n_images: int, batch: int, workers
     import timm
 
     from sustain.data.manifest import ManifestRow
-    from sustain.distributed import Distributed
-    from sustain.loaders import build_loaders
     from sustain.taxonomy import build_taxonomy
+    from sustain.training.distributed import Distributed
+    from sustain.training.loaders import build_loaders
     from sustain.transforms import build_eval_transform, build_train_transform, resolve_data_config
 
     taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())

@@ -119,17 +119,17 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
                    precision: PrecisionPlan, device: torch.device, batch) -> Callable[[int], dict[str, Any]]:
     """run(steps): one epoch of the engine's own training loop over `steps` copies of `batch`.
 
-    The only coupling to the training loop's internals (sustain.loop, sustain.run): when the engine is
+    The only coupling to the training loop's internals (sustain.training.loop, sustain.training.run): when the engine is
     restructured, this is the one function to update. Everything the loop does
     per step runs unchanged; only the DataLoader is replaced by the in-memory batch.
     """
-    from sustain import components, loop
-    from sustain.distributed import Distributed
-    from sustain.guards import Guards
-    from sustain.loop_state import LoopState
-    from sustain.losses import PartialLabelLoss
-    from sustain.run import Run
+    from sustain.training import components, loop
     from sustain.taxonomy import build_taxonomy
+    from sustain.training.distributed import Distributed
+    from sustain.training.guards import Guards
+    from sustain.training.loop_state import LoopState
+    from sustain.training.losses import PartialLabelLoss
+    from sustain.training.run import Run
 
     optimizer = components.build_optimizer(cfg, model)
     scheduler = components.build_scheduler(cfg, optimizer, updates_per_epoch=1000)

@@ -36,7 +36,7 @@ def _config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
-    from .engine import train
+    from .training.engine import train
 
     result = train(cfg, resume=args.resume)
     return 0 if result.ok else 1
@@ -73,21 +73,21 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
+    from .deploy.scoring import evaluate_checkpoint
 
     evaluate_checkpoint(args.checkpoint, split=args.split, data_dir=args.data, label_map=args.label_map)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import predict_cli
+    from .deploy.inference import predict_cli
 
     return predict_cli(args.checkpoint, args.inputs, topk=args.topk, tta=args.tta, as_json=args.json,
                        backend=args.backend)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from .deploy.export import export_run
 
     export_run(args.run, formats=args.format or ["onnx"], quantize=args.quantize, split=args.split,
                out=args.out, verify=not args.no_verify)  # a failed parity gate raises RunFailed: exit 1
@@ -95,7 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .report.writer import build_report
 
     path = build_report(args.run_dir)
     log.info("✓ Report written: %s", path)
@@ -103,7 +103,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_cli
+    from .evaluate.compare import compare_cli
 
     return compare_cli(args.run_dirs, html_path=args.html)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sustain.gallery import SamplePredictions, predictions_file, save_predictions
+from sustain.evaluate.gallery import SamplePredictions, predictions_file, save_predictions
 from sustain.taxonomy import Taxonomy, build_taxonomy
 
 TAXONOMY = build_taxonomy()  # master_30

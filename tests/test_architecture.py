@@ -18,12 +18,7 @@ LAYERS: dict[str, int] = {
     "data": 1,
     "transforms": 2,
     "device": 3, "model": 3,
-    "metrics": 4, "trends": 4, "losses": 4, "gallery": 4,
-    "checkpoints": 5, "evaluate": 5, "report": 5, "plots": 5, "report_html": 5, "gallery_html": 5, "loaders": 5, "distributed": 5,
-    "interrupts": 5, "tracking": 5, "compare": 5, "guards": 5, "components": 5,
-    "loop_state": 5, "hooks": 5, "console": 5, "run": 5, "training_state": 5, "loop": 5,
-    "engine": 6,
-    "inference": 7, "export": 7, "model_card": 7,
+    "evaluate": 5, "report": 5, "tracking": 5, "training": 5, "deploy": 5,
     "diagnostics": 8,
     "cli": 9, "__main__": 9, "__init__": 9,
 }
@@ -58,7 +53,7 @@ def _sustain_imports(path: Path) -> list[str]:
             if node.level:  # relative: resolve against the file's package
                 base = list(rel_parts[:-1])[: len(rel_parts) - node.level]
                 mod = ".".join([*base, node.module] if node.module else base)
-                names = [mod] if node.module else [a.name for a in node.names]
+                names = [mod] if node.module else [".".join([*base, a.name]) for a in node.names]
                 found.extend(n for n in names if n)
             elif node.module and node.module.startswith("sustain"):
                 found.append(node.module.removeprefix("sustain").lstrip(".") or "__init__")
@@ -93,7 +88,7 @@ def test_no_upward_imports_inside_data(path: Path) -> None:
 def test_layering_check_catches_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_pkg = tmp_path / "sustain"
     fake_pkg.mkdir()
-    (fake_pkg / "config.py").write_text("from .engine import train\n")
+    (fake_pkg / "config.py").write_text("from .training import train\n")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake_pkg)
-    assert _sustain_imports(fake_pkg / "config.py") == ["engine"]
-    assert _layer_of("engine") > _layer_of("config")
+    assert _sustain_imports(fake_pkg / "config.py") == ["training"]
+    assert _layer_of("training") > _layer_of("config")

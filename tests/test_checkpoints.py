@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sustain import checkpoints as ckpt
 from sustain.errors import UsageError
+from sustain.training import checkpoints as ckpt
 
 
 def test_round_trip_keeps_tensors_and_plain_types(tmp_path: Path) -> None:
@@ -132,8 +132,8 @@ def test_the_training_state_round_trips_through_last_pth(tmp_path: Path) -> None
     """What the loop and the guards write into last.pth is exactly what they read back."""
     from sustain.config import GuardConfig
     from sustain.device import plan_precision
-    from sustain.guards import Guards
-    from sustain.loop_state import LoopState
+    from sustain.training.guards import Guards
+    from sustain.training.loop_state import LoopState
 
     state = LoopState(epoch=3, updates=17, micro_steps=34, bad_epochs=1, early_stopped=True,
                       stop_reason="early stopping", step=2, partial=[{"seen": 8}],

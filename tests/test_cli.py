@@ -126,12 +126,12 @@ def test_missing_inputs_exit_2_without_traceback(run_cli, tmp_path, argv):
 def test_an_unexpected_error_is_one_line_exit_1_and_the_traceback_only_with_verbose(run_cli, tmp_path,
                                                                                       monkeypatch):
     # A bug stands in for any failure the code did not foresee: the CLI boundary must still hold.
-    import sustain.report
+    import sustain.report.writer
 
     def broken(run_dir):
         raise RuntimeError("plot backend exploded")
 
-    monkeypatch.setattr(sustain.report, "build_report", broken)
+    monkeypatch.setattr(sustain.report.writer, "build_report", broken)
     result = run_cli("report", tmp_path)
     assert result.code == 1
     assert "Unexpected error in `sustain report`: RuntimeError: plot backend exploded" in result.output

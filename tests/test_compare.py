@@ -14,7 +14,7 @@ from engine_helpers import (
     write_yaml,
 )
 
-from sustain.compare import reproducibility
+from sustain.evaluate.compare import reproducibility
 
 
 def test_reproducibility_verdicts() -> None:

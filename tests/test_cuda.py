@@ -29,7 +29,7 @@ def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train_on_cuda(lake: Path, out: Path, **sections):
     from sustain.config import config_from_dict
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     raw = tiny_config_dict(lake, out, **sections)
     raw["device"] = "cuda"
@@ -58,7 +58,7 @@ def test_bf16_autocast_trains_on_cuda_and_saves_weights_a_cpu_can_load(tiny_lake
 
 def test_fp16_gradscaler_skips_injected_nonfinite_steps_and_backs_off_its_scale(tiny_lake: Path, tmp_path: Path,
                                                                                monkeypatch) -> None:
-    from sustain import engine
+    from sustain.training import engine
 
     real = engine.detect_backends()  # this GPU, as a pre-Ampere one without bf16: fp16 and a GradScaler
     monkeypatch.setattr(engine, "detect_backends", lambda: dataclasses.replace(real, cuda_bf16=False))

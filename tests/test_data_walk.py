@@ -12,8 +12,8 @@ from sustain.config import SourceConfig, config_from_dict
 from sustain.data.labels import compile_label_map
 from sustain.data.lake import ingest
 from sustain.data.walk import count_images
+from sustain.deploy.inference import expand_inputs
 from sustain.evaluate import labelled_folder_rows
-from sustain.inference import expand_inputs
 from sustain.taxonomy import build_taxonomy
 
 IMAGES = ["aerosol_cans/a.png", "aerosol_cans/default/b.jpg", "aerosol_cans/real_world/deep/c.JPEG",

@@ -27,7 +27,7 @@ CLASSES = TINY_CLASSES[:5]  # 5 val images: an odd count, which a padded Distrib
 
 
 def test_two_process_cpu_run_matches_single_process_validation_counts(tmp_path: Path) -> None:
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     lake = make_tiny_lake(tmp_path / "lake", classes=CLASSES)
     sections = {"train": {"epochs": 2}}

@@ -183,10 +183,10 @@ def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_w
     import timm
     import torch
 
-    from sustain.components import plan_cpu_measured
     from sustain.config import config_from_dict
     from sustain.device import plan_precision
-    from sustain.losses import PartialLabelLoss
+    from sustain.training.components import plan_cpu_measured
+    from sustain.training.losses import PartialLabelLoss
 
     cfg = config_from_dict({"data": {"sources": [{"name": "s", "root": "r", "label_map": "identity"}]}})
     torch.manual_seed(0)

@@ -115,7 +115,7 @@ def test_demo_run_writes_every_artifact_and_prints_the_spec_messages_in_order(de
 
 
 def test_same_seed_gives_identical_metrics_on_cpu_with_any_number_of_workers(tiny_lake: Path, tmp_path: Path) -> None:
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     sections = {"model": {"drop_path_rate": 0.1}, "train": {"epochs": 2}}  # stochastic depth: the global RNG matters
     first = train(tiny_config(tiny_lake, tmp_path / "a", data={"num_workers": 0}, **sections))
@@ -225,7 +225,7 @@ def test_repeated_nonfinite_steps_escalate_amp_off_then_lr_halved_then_stop(tiny
 
 
 def test_history_json_is_valid_strict_json(tiny_lake: Path, tmp_path: Path) -> None:
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     result = train(tiny_config(tiny_lake, tmp_path / "run", train={"epochs": 1}))
     text = (tmp_path / "run" / "metrics_history.json").read_text()
@@ -238,7 +238,7 @@ def test_a_cnn_trains_channels_last_on_an_x86_cpu_and_exports_the_same_weights(t
     from safetensors.torch import load_file
 
     from sustain.device import CHANNELS_LAST_CPU_ISAS
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     result = train(tiny_config(tiny_lake, tmp_path / "run", model={"name": "test_resnet", "input_size": 32},
                                train={"epochs": 1}))
@@ -260,7 +260,7 @@ def test_a_cnn_trains_channels_last_on_an_x86_cpu_and_exports_the_same_weights(t
     ({"layer_decay": 0.8}, "layer_decay"),
 ])
 def test_training_options(tiny_lake: Path, tmp_path: Path, train_options: dict, check: str) -> None:
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     result = train(tiny_config(tiny_lake, tmp_path / "run", train={"epochs": 1, **train_options}))
     assert result.ok
@@ -287,7 +287,7 @@ def test_a_file_that_vanishes_after_ingest_is_counted_as_a_data_error(tiny_lake:
     import logging
     import shutil
 
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     lake = tmp_path / "lake"
     shutil.copytree(tiny_lake / "tiny", lake / "tiny")
@@ -301,12 +301,12 @@ def test_a_file_that_vanishes_after_ingest_is_counted_as_a_data_error(tiny_lake:
                 Path(path).unlink()
 
     hook = DeleteOneTrainImage()
-    logging.getLogger("sustain.engine").addHandler(hook)
+    logging.getLogger("sustain.training.engine").addHandler(hook)
     try:
         with caplog.at_level(logging.INFO, logger="sustain"):
             result = train(tiny_config(lake, out, train={"epochs": 2}))
     finally:
-        logging.getLogger("sustain.engine").removeHandler(hook)
+        logging.getLogger("sustain.training.engine").removeHandler(hook)
     assert result.ok
     health = read_json(out / "run.json")["health"]
     assert [e["data_errors"] for e in health["per_epoch"]] == [1, 1]  # counted, never replaced

@@ -34,7 +34,7 @@ def jpeg_lake(root: Path, per_class: int = 6, size: int = 160) -> Path:
 
 
 def test_cached_runs_are_the_same_with_any_worker_count_and_plan_their_cpu(tmp_path: Path, caplog) -> None:
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     lake = jpeg_lake(tmp_path / "lake")
     with caplog.at_level(logging.INFO, logger="sustain"):

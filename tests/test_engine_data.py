@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from sustain.config import DataConfig
-from sustain.loaders import EpochIndexSampler, SeededItems, ShardSampler
+from sustain.training.loaders import EpochIndexSampler, SeededItems, ShardSampler
 from sustain.transforms import build_train_transform
 
 DATA_CONFIG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
@@ -84,13 +84,13 @@ def test_balancing_changes_the_classes_seen_and_what_a_mistake_costs(tmp_path: P
     from engine_helpers import TINY_CLASSES, make_tiny_lake, tiny_config
     from torchvision import transforms as T
 
-    from sustain.components import build_train_loss
     from sustain.data.lake import ingest
     from sustain.device import detect_backends, plan_device
-    from sustain.distributed import Distributed
-    from sustain.loaders import build_loaders
-    from sustain.losses import PartialLabelLoss
     from sustain.taxonomy import build_taxonomy
+    from sustain.training.components import build_train_loss
+    from sustain.training.distributed import Distributed
+    from sustain.training.loaders import build_loaders
+    from sustain.training.losses import PartialLabelLoss
 
     common, rare = TINY_CLASSES[0], TINY_CLASSES[1:]
     make_tiny_lake(tmp_path / "lake", classes=[common], per_class=30)

@@ -9,9 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sustain.guards import guarded_optimizer_step, health_verdict, next_escalation
-from sustain.loop_state import is_improvement
-from sustain.losses import PartialLabelLoss, class_counts, inverse_frequency_weights, sample_weights
+from sustain.training.guards import guarded_optimizer_step, health_verdict, next_escalation
+from sustain.training.loop_state import is_improvement
+from sustain.training.losses import (
+    PartialLabelLoss,
+    class_counts,
+    inverse_frequency_weights,
+    sample_weights,
+)
 
 
 def one_hot(labels: list[int], num_classes: int) -> torch.Tensor:
@@ -127,7 +132,15 @@ def test_after_an_epoch_the_loop_decides_in_a_fixed_order() -> None:
     """Guards first (a failed run, a critical epoch), then the last epoch, then early stopping."""
     from engine_helpers import tiny_config
 
-    from sustain.loop_state import CONTINUE, CRITICAL, DONE, EARLY_STOP, FAILED, LoopState, decide
+    from sustain.training.loop_state import (
+        CONTINUE,
+        CRITICAL,
+        DONE,
+        EARLY_STOP,
+        FAILED,
+        LoopState,
+        decide,
+    )
 
     cfg = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 2})
 

@@ -1,6 +1,6 @@
 """Final evaluation writers, checkpoint loading and `sustain evaluate`, on a tiny real timm model.
 
-The helpers at the top (a tiny checkpoint written with `sustain.checkpoints.save_best`,
+The helpers at the top (a tiny checkpoint written with `sustain.training.checkpoints.save_best`,
 real PNG files, a real ManifestDataset loader) are shared with test_inference.py.
 """
 
@@ -17,16 +17,16 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sustain.checkpoints import load_checkpoint_model, save_best, state_dict_copy
 from sustain.data.dataset import ManifestDataset, collate_skip_failed
 from sustain.data.manifest import MANIFEST_COLUMNS, ManifestRow
+from sustain.deploy.scoring import evaluate_checkpoint
 from sustain.errors import UsageError
 from sustain.evaluate import (
     collect_predictions,
-    evaluate_checkpoint,
     write_final_evaluation,
 )
 from sustain.taxonomy import Taxonomy, build_taxonomy
+from sustain.training.checkpoints import load_checkpoint_model, save_best, state_dict_copy
 from sustain.transforms import build_eval_transform
 
 SIZE = 32
@@ -288,7 +288,7 @@ def test_a_run_whose_last_epoch_is_worse_reports_the_best_epoch(tmp_path: Path):
 def test_final_evaluation_stores_each_images_path_beside_its_probabilities(tmp_path: Path):
     """predictions_<split>.npz keeps path ↔ probabilities aligned even when an unreadable image
     in the middle of a batch is dropped, with DataLoader workers."""
-    from sustain.gallery import load_predictions
+    from sustain.evaluate.gallery import load_predictions
 
     model = tiny_model(SMALL.num_classes)
     paths = write_images(tmp_path / "img", 7)
@@ -313,7 +313,7 @@ def test_final_evaluation_stores_each_images_path_beside_its_probabilities(tmp_p
 
 
 def test_evaluate_train_split_adds_in_sample_scores_to_the_report(tmp_path: Path, run_cli):
-    from sustain.gallery import load_predictions
+    from sustain.evaluate.gallery import load_predictions
 
     model = tiny_model(SMALL.num_classes)
     run = tmp_path / "run"

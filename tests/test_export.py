@@ -29,8 +29,8 @@ from test_evaluate import (
 
 from sustain import Predictor
 from sustain.data.manifest import MANIFEST_COLUMNS
+from sustain.deploy.export import PixelModel, export_run
 from sustain.evaluate import collect_predictions, write_split_report
-from sustain.export import PixelModel, export_run
 
 N_TEST = 16
 
@@ -224,7 +224,7 @@ def test_eva02_with_rope_exports_and_passes_the_gate(tmp_path: Path):
     """EVA02 is the product's default family; its rotary position embedding must survive the export."""
     from test_evaluate import export_meta
 
-    from sustain.checkpoints import save_best, state_dict_copy
+    from sustain.training.checkpoints import save_best, state_dict_copy
 
     torch.manual_seed(0)
     kwargs = {"img_size": 28, "drop_path_rate": 0.0, "depth": 2}  # two blocks: RoPE and all, 6x faster to export

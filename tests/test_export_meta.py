@@ -7,15 +7,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sustain.checkpoints import save_best, state_dict_copy
-from sustain.components import export_meta
 from sustain.config import config_from_dict
 from sustain.data.dataset import ManifestDataset, collate_skip_failed
 from sustain.data.manifest import ManifestRow
+from sustain.deploy.inference import Predictor
 from sustain.evaluate import collect_predictions
-from sustain.inference import Predictor
 from sustain.model import build_model
 from sustain.taxonomy import build_taxonomy
+from sustain.training.checkpoints import save_best, state_dict_copy
+from sustain.training.components import export_meta
 from sustain.transforms import build_eval_transform, resolve_data_config
 
 SIZE = 32

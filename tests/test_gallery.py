@@ -1,4 +1,4 @@
-"""The error gallery's selections, its prediction store and its thumbnails (sustain.gallery)."""
+"""The error gallery's selections, its prediction store and its thumbnails (sustain.evaluate.gallery)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sustain.gallery import (
+from sustain.evaluate.gallery import (
     SamplePredictions,
     Thumbnails,
     confused_pairs,
@@ -98,7 +98,7 @@ def test_store_round_trips_without_pickle_and_names_a_broken_file(tmp_path: Path
 def test_suspects_csv_says_which_scores_are_in_sample(tmp_path: Path):
     from dataclasses import replace
 
-    from sustain.gallery import write_suspects_csv
+    from sustain.evaluate.gallery import write_suspects_csv
 
     train = replace(SP, split="train", in_sample=True)
     write_suspects_csv(tmp_path / "s.csv", [*suspect_labels(SP), *suspect_labels(train)])

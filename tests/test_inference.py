@@ -20,8 +20,9 @@ from test_evaluate import (
 )
 
 from sustain import Predictor
-from sustain.evaluate import collect_predictions, evaluate_checkpoint
-from sustain.inference import predict_cli
+from sustain.deploy.inference import predict_cli
+from sustain.deploy.scoring import evaluate_checkpoint
+from sustain.evaluate import collect_predictions
 from sustain.taxonomy import Taxonomy
 
 

@@ -46,7 +46,7 @@ def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tiny_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The uninterrupted run's history, on one thread as the subprocesses (module fixtures precede `one_thread`)."""
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -178,7 +178,7 @@ def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishe
 
 
 def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, tmp_path: Path) -> None:
-    from sustain.engine import train
+    from sustain.training.engine import train
 
     out = tmp_path / "run"
     # amp off: the first escalation halves the LR, the second stops the run, at step 2 of epoch 1.

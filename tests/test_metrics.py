@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sustain.metrics import (
+from sustain.evaluate.metrics import (
     bin_accuracy,
     epoch_metrics,
     expected_calibration_error,

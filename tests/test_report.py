@@ -15,8 +15,8 @@ from PIL import Image
 from sustain.artifacts import DataSummary, History, RunRecord
 from sustain.errors import UsageError
 from sustain.evaluate import Predictions, write_split_report
-from sustain.plots import CURVES_FIGSIZE, DPI, confusion_figsize, per_class_figsize
-from sustain.report import build_report
+from sustain.report.plots import CURVES_FIGSIZE, DPI, confusion_figsize, per_class_figsize
+from sustain.report.writer import build_report
 from sustain.taxonomy import build_taxonomy
 
 TAXONOMY = build_taxonomy()  # master_30
@@ -132,7 +132,7 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
 def test_report_rebuilds_the_error_gallery_from_the_stores_alone(tmp_path: Path, run_cli):
     from gallery_helpers import add_gallery
 
-    from sustain.gallery import top_mistakes
+    from sustain.evaluate.gallery import top_mistakes
 
     run = tmp_path / "run"
     make_run(run)
@@ -165,8 +165,8 @@ def test_report_rebuilds_the_error_gallery_from_the_stores_alone(tmp_path: Path,
 def test_a_photo_gone_since_the_run_is_named_not_replaced(tmp_path: Path):
     from gallery_helpers import add_gallery
 
-    from sustain.gallery import top_mistakes
-    from sustain.gallery_html import build_gallery
+    from sustain.evaluate.gallery import top_mistakes
+    from sustain.report.gallery_html import build_gallery
 
     run = tmp_path / "run"
     run.mkdir()

@@ -15,7 +15,7 @@ from browser import chromium, render
 from gallery_helpers import add_gallery
 from test_report import make_run
 
-from sustain.gallery_html import build_gallery
+from sustain.report.gallery_html import build_gallery
 
 # Skipped where chromium is absent, except under .ci/run, which installs it and sets SUSTAIN_REQUIRE_CHROMIUM.
 pytestmark = [pytest.mark.slow,  # a real browser process
@@ -43,7 +43,7 @@ def test_report_renders_in_chromium_decoded_narrow_and_offline(tmp_path: Path):
     run = tmp_path / "run"
     make_run(run)
     add_gallery(run)
-    from sustain.report import build_report
+    from sustain.report.writer import build_report
 
     report = build_report(run)
 

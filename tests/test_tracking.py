@@ -167,7 +167,7 @@ class FakeMlflowServer:
 
 def test_a_server_that_goes_away_mid_run_is_a_warning_then_the_buffer_is_delivered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from sustain import tracking
+    from sustain.tracking import tracker as tracking
 
     monkeypatch.setattr(tracking, "RETRY_PAUSES", (0.0,))  # retry at the next call, not after 5 s
     server = FakeMlflowServer()

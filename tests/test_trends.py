@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sustain.trends import (
+from sustain.evaluate.trends import (
     REQUIRED_ARTIFACTS,
     artifacts_present,
     format_checklist,

@@ -16,7 +16,6 @@ The package re-exports those names, so the engine, the CLI and export import
 them from `sustain.evaluate` as before.
 """
 
-from .command import evaluate_checkpoint
 from .labelled import labelled_folder_rows, read_manifest_split
 from .predictions import Predictions, collect_predictions, indexed_loader
 from .reports import (
@@ -29,7 +28,7 @@ from .reports import (
 )
 
 __all__ = [
-    "Predictions", "build_classification_report", "collect_predictions", "evaluate_checkpoint", "indexed_loader",
+    "Predictions", "build_classification_report", "collect_predictions", "indexed_loader",
     "labelled_folder_rows", "read_manifest_split", "report_paths", "summary_line", "write_final_evaluation",
     "write_prediction_store", "write_split_report",
 ]

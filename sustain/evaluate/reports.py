@@ -19,12 +19,12 @@ import torch
 from sklearn.metrics import classification_report
 
 from ..artifacts import VAL_CONFUSION, VAL_REPORT
-from ..checkpoints import checkpoint_record, export_paths, load_weights, read_meta
 from ..errors import UsageError
-from ..gallery import SamplePredictions, predictions_file, save_predictions
-from ..metrics import final_metrics
 from ..taxonomy import Taxonomy
+from ..training.checkpoints import checkpoint_record, export_paths, load_weights, read_meta
 from ..utils import atomic_write, atomic_write_json, fmt_metric
+from .gallery import SamplePredictions, predictions_file, save_predictions
+from .metrics import final_metrics
 from .predictions import Predictions, collect_predictions, indexed_loader
 
 log = logging.getLogger("sustain.evaluate")
@@ -162,7 +162,7 @@ def write_final_evaluation(
 
 def write_prediction_store(preds: Predictions, dataset: Any, taxonomy: Taxonomy, sources: Sequence[str] | None,
                            path: Path, split: str, *, in_sample: bool = False) -> Path | None:
-    """``predictions_<split>.npz`` (see `sustain.gallery`): each scored image's path, source, given
+    """``predictions_<split>.npz`` (see `sustain.evaluate.gallery`): each scored image's path, source, given
     label, probabilities and targets, for `sustain report`'s gallery. Needs the dataset's
     ``paths`` and predictions from an `indexed_loader`; otherwise nothing is written."""
     if preds.indices is None or not hasattr(dataset, "paths"):

@@ -33,15 +33,15 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
-from .checkpoints import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
-from .data.scan import CorruptImage, load_rgb, to_rgb
-from .data.walk import walk_source
-from .device import resolve_device
-from .errors import UsageError
-from .taxonomy import Taxonomy
-from .transforms import build_eval_transform
+from ..data.scan import CorruptImage, load_rgb, to_rgb
+from ..data.walk import walk_source
+from ..device import resolve_device
+from ..errors import UsageError
+from ..taxonomy import Taxonomy
+from ..training.checkpoints import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
+from ..transforms import build_eval_transform
 
-log = logging.getLogger("sustain.inference")
+log = logging.getLogger("sustain.deploy.inference")
 
 ImageInput = str | Path | Image.Image
 # Images per forward pass when the caller gives none. On a GPU big batches fill the device;

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import GuardConfig
-from .device import PrecisionPlan
+from ..config import GuardConfig
+from ..device import PrecisionPlan
 
-log = logging.getLogger("sustain.guards")
+log = logging.getLogger("sustain.training.guards")
 
 COUNTS = ("steps", "skipped", "nonfinite_loss", "nonfinite_grad", "data_errors", "empty_batches")
 

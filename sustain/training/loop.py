@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import console, trends
-from .artifacts import HISTORY_KEYS, History
+from ..artifacts import HISTORY_KEYS, History
+from ..evaluate import trends
+from ..utils import finite_or_none
+from . import console
 from .components import current_lr, images_on_device, set_lr
 from .interrupts import signal_name
 from .loop_state import (
@@ -43,11 +45,10 @@ from .loop_state import (
     is_improvement,
     update_groups,
 )
+from .resume import save_epoch_checkpoints, save_position
 from .run import Run
-from .training_state import save_epoch_checkpoints, save_position
-from .utils import finite_or_none
 
-log = logging.getLogger("sustain.engine")
+log = logging.getLogger("sustain.training.engine")
 
 
 class Stopped(Exception):
@@ -237,8 +238,8 @@ def on_nonfinite(run: Run, state: LoopState, epoch: int, step: int, kind: str) -
 def validate(run: Run) -> dict[str, Any]:
     # scikit-learn (metrics, evaluate, report) takes ≈ 2 s to import: it loads when the first epoch
     # is scored, so a run that fails its config, data or sanity checks fails fast.
-    from .evaluate import collect_predictions
-    from .metrics import epoch_metrics
+    from ..evaluate import collect_predictions
+    from ..evaluate.metrics import epoch_metrics
 
     preds = collect_predictions(run.eval_model(), run.loaders.val, run.device, run.autocast_factory(),
                                 desc="Validation", progress=run.dist.is_main)
@@ -275,7 +276,7 @@ def record_epoch(run: Run, state: LoopState, epoch: int, tr: dict[str, Any], val
     History.from_dict(state.history).write(run.out_dir)
     for hook in run.hooks.epoch_end:
         hook(entry)
-    from .metrics import format_per_class  # loaded by validate() already (see there)
+    from ..evaluate.metrics import format_per_class  # loaded by validate() already (see there)
 
     console.epoch_summary(epoch, run.cfg.train.epochs, tr, val, verdict, skipped_pct,
                           format_per_class(val, run.taxonomy))

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluate.metrics import top_confusions
+from ..utils import escape_html
 from .gallery_html import Gallery
-from .metrics import top_confusions
 from .plots import history_series, normalise_rows
-from .utils import escape_html
 
 TOP_CONFUSIONS = 10
 WORST_SHOWN = 5

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .artifacts import DATA_SUMMARY, RUN, TEST_REPORT, VAL_REPORT
-from .checkpoints import LoadedCheckpoint
-from .utils import atomic_write_text
+from ..artifacts import DATA_SUMMARY, RUN, TEST_REPORT, VAL_REPORT
+from ..training.checkpoints import LoadedCheckpoint
+from ..utils import atomic_write_text
 
-log = logging.getLogger("sustain.export")
+log = logging.getLogger("sustain.deploy.export")
 
 WORST_SHOWN = 5
 

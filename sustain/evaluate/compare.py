@@ -18,14 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .artifacts import HISTORY, TEST_REPORT, TIMING_KEYS, VAL_REPORT, History, RunRecord
-from .errors import UsageError
-from .plots import history_series, new_figure
-from .report_html import CSS, html_table
-from .tracking import flatten
-from .utils import atomic_write_text, escape_html
+from ..artifacts import HISTORY, TEST_REPORT, TIMING_KEYS, VAL_REPORT, History, RunRecord
+from ..errors import UsageError
+from ..report.html import CSS, html_table
+from ..report.plots import history_series, new_figure
+from ..tracking.tracker import flatten
+from ..utils import atomic_write_text, escape_html
 
-log = logging.getLogger("sustain.compare")
+log = logging.getLogger("sustain.evaluate.compare")
 
 REPRO_TOLERANCE = 0.02  # SPEC §6: a rerun on an accelerator stays within ±2 % (accuracy, as a fraction)
 RUN_SPECIFIC = ("output_dir",)  # config keys that differ between any two runs by design

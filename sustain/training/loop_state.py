@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .artifacts import HISTORY_KEYS
-from .config import Config
+from ..artifacts import HISTORY_KEYS
+from ..config import Config
 from .guards import COUNTS
 
 

@@ -14,7 +14,7 @@ store:
   source whose accuracy sits well below the others' (a mislabelled dataset).
 
 `Thumbnails` turns the selected files into small embedded JPEGs within a byte
-budget; `sustain.gallery_html` renders them.
+budget; `sustain.report.gallery_html` renders them.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import PREDICTIONS, SUSPECTS_CSV  # noqa: F401  (SUSPECTS_CSV re-exported)
-from .utils import atomic_write, atomic_write_text
+from ..artifacts import PREDICTIONS, SUSPECTS_CSV  # noqa: F401  (SUSPECTS_CSV re-exported)
+from ..utils import atomic_write, atomic_write_text
 
-log = logging.getLogger("sustain.gallery")
+log = logging.getLogger("sustain.evaluate.gallery")
 
 TOP_MISTAKES = 24  # per split
 PAIRS, PER_PAIR = 6, 6
@@ -284,7 +284,7 @@ def jpeg_thumbnail(path: str | Path, px: int = THUMB_PX, quality: int = THUMB_QU
     """JPEG bytes of the image, EXIF-rotated, in RGB, fitting a px×px box (aspect kept)."""
     from PIL import Image, ImageOps
 
-    from .data.scan import to_rgb
+    from ..data.scan import to_rgb
 
     with Image.open(path) as img:
         img.draft("RGB", (2 * px, 2 * px))  # JPEG: decode at a reduced scale, many times faster

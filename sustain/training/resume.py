@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Config
 from . import checkpoints as ckpt
 from . import console
-from .config import Config
 from .guards import Guards
 from .loop_state import EpochProgress, LoopState, now
 from .run import Run
 
-log = logging.getLogger("sustain.engine")
+log = logging.getLogger("sustain.training.engine")
 
 
 

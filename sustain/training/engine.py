@@ -31,9 +31,32 @@ import torch
 import torchvision
 from torch import nn
 
+from ..artifacts import RunRecord
+from ..config import Config
+from ..data import image_cache
+from ..data.lake import check_sources, record_image_cache
+from ..device import (
+    apply_backend_flags,
+    detect_backends,
+    in_jupyter,
+    plan_channels_last,
+    plan_device,
+    plan_num_workers,
+    plan_precision,
+)
+from ..evaluate import trends
+from ..model import build_model, parameter_summary
+from ..taxonomy import Taxonomy, build_taxonomy
+from ..tracking.tracker import Tracker
+from ..transforms import (
+    build_eval_transform,
+    build_train_transform,
+    resolve_data_config,
+    validate_transforms,
+)
+from ..utils import cpu_count
 from . import checkpoints as ckpt
-from . import console, trends
-from .artifacts import RunRecord
+from . import console
 from .components import (
     build_ema,
     build_optimizer,
@@ -46,18 +69,6 @@ from .components import (
     seed_everything,
     set_lr,
 )
-from .config import Config
-from .data import image_cache
-from .data.lake import check_sources, record_image_cache
-from .device import (
-    apply_backend_flags,
-    detect_backends,
-    in_jupyter,
-    plan_channels_last,
-    plan_device,
-    plan_num_workers,
-    plan_precision,
-)
 from .distributed import Distributed
 from .guards import Guards
 from .hooks import Hooks
@@ -66,20 +77,10 @@ from .loaders import build_loaders
 from .loop import Stopped, run_epochs
 from .loop_state import LoopState
 from .losses import PartialLabelLoss
-from .model import build_model, parameter_summary
+from .resume import restore_training_state
 from .run import CheckpointClock, Run
-from .taxonomy import Taxonomy, build_taxonomy
-from .tracking import Tracker
-from .training_state import restore_training_state
-from .transforms import (
-    build_eval_transform,
-    build_train_transform,
-    resolve_data_config,
-    validate_transforms,
-)
-from .utils import cpu_count
 
-log = logging.getLogger("sustain.engine")
+log = logging.getLogger("sustain.training.engine")
 
 
 @dataclass
@@ -301,7 +302,7 @@ def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunRes
     record.update(checklist=checklist, report_error=None)
     RunRecord.from_dict(record).write(out)  # the report reads it
     if not state.failed:
-        from .report import build_report  # with scikit-learn (see loop.validate)
+        from ..report.writer import build_report  # with scikit-learn (see loop.validate)
 
         try:
             log.info("✓ Report written: %s", build_report(out))
@@ -320,7 +321,7 @@ def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunRes
 
 def _final_evaluation(run: Run, state: LoopState) -> dict[str, Any]:
     log.info("📊 Final evaluation of the best weights (epoch %s)", state.best["epoch"])
-    from .evaluate import write_final_evaluation  # loaded by loop.validate() already
+    from ..evaluate import write_final_evaluation  # loaded by loop.validate() already
 
     reports = write_final_evaluation(run.eval_model(), run.loaders.final, run.taxonomy, run.sources, run.out_dir,
                                      run.device, run.autocast_factory(), checkpoint=run.out_dir)

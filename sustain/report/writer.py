@@ -3,12 +3,12 @@
 Reads (each optional; a missing one is named in the HTML instead of failing):
 ``metrics_history.json``, ``confusion_matrix.npy``, ``classification_report.json``
 and their ``test_*`` twins, ``run.json``, ``data_summary.json`` and the
-per-sample ``predictions_*.npz`` (the error gallery, `sustain.gallery_html`).
+per-sample ``predictions_*.npz`` (the error gallery, `sustain.report.gallery_html`).
 Writes ``training_curves.png``, ``confusion_matrix.png``, ``per_class_f1.png``,
 ``suspect_labels.csv`` and ``report.html`` (one self-contained file: images
 inlined as base64, styles inline, no scripts, no request leaves the file).
 
-The plots are drawn by `sustain.plots`, the page by `sustain.report_html`; this
+The plots are drawn by `sustain.report.plots`, the page by `sustain.report.html`; this
 module reads the artifacts and writes the files.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import (
+from ..artifacts import (
     CONFUSION_PNG,
     CURVES_PNG,
     DATA_SUMMARY,
@@ -42,14 +42,14 @@ from .artifacts import (
     Record,
     RunRecord,
 )
-from .errors import UsageError
-from .gallery import predictions_file, write_suspects_csv
+from ..errors import UsageError
+from ..evaluate.gallery import predictions_file, write_suspects_csv
+from ..utils import atomic_write_text, finite_float
 from .gallery_html import build_gallery
+from .html import per_class, render_html
 from .plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
-from .report_html import per_class, render_html
-from .utils import atomic_write_text, finite_float
 
-log = logging.getLogger("sustain.report")
+log = logging.getLogger("sustain.report.writer")
 
 ARTIFACTS = (HISTORY, VAL_CONFUSION, VAL_REPORT, TEST_CONFUSION, TEST_REPORT, RUN, DATA_SUMMARY,
              predictions_file("val"))

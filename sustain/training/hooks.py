@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config
+from ..config import Config
+from ..tracking.tracker import Tracker
 from .loop_state import EpochProgress
-from .tracking import Tracker
 
 
 @dataclass

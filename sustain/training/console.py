@@ -10,11 +10,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from ..config import Config
+from ..utils import setup_logging
 from .loop_state import CRITICAL, EARLY_STOP, FAILED, LoopState
-from .utils import setup_logging
 
-log = logging.getLogger("sustain.engine")
+log = logging.getLogger("sustain.training.engine")
 
 RETRY_HINT = "Lower train.lr, set train.amp=off, or check the data; then --resume auto."
 

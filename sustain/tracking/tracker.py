@@ -28,11 +28,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from . import artifacts
-from .config import Config, TrackingConfig
-from .errors import UsageError
+from .. import artifacts
+from ..config import Config, TrackingConfig
+from ..errors import UsageError
 
-log = logging.getLogger("sustain.tracking")
+log = logging.getLogger("sustain.tracking.tracker")
 
 CONNECT_TIMEOUT = 3.0  # seconds for the start-up check of a server
 RETRY_PAUSES = (5.0, 15.0, 60.0)  # seconds between retries after a failure (then 60 s on)

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
-from .utils import finite_float, fmt_metric
+from .. import artifacts
+from ..utils import finite_float, fmt_metric
 
 # Trend rules (SPEC §6, the seed's warning signs). Each counts epoch-over-epoch changes.
 RISING_EPOCHS = 3  # train loss higher than the epoch before, this many epochs in a row

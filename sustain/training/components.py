@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config
-from .device import CpuPlan, PrecisionPlan, plan_cpu
-from .errors import RunFailed, UsageError
+from ..config import Config
+from ..device import CpuPlan, PrecisionPlan, plan_cpu
+from ..errors import RunFailed, UsageError
+from ..model import model_kwargs
+from ..taxonomy import Taxonomy
+from ..utils import cpu_count
 from .losses import PartialLabelLoss, class_counts, inverse_frequency_weights
-from .model import model_kwargs
-from .taxonomy import Taxonomy
-from .utils import cpu_count
 
-log = logging.getLogger("sustain.engine")  # the start-up sequence the engine prints, in its voice
+log = logging.getLogger("sustain.training.engine")  # the start-up sequence the engine prints, in its voice
 
 
 def prepare_output_dir(path: str | Path) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
-from .taxonomy import Taxonomy
+from ..taxonomy import Taxonomy
 
 WORST_K = 5
 ECE_BINS = 15

@@ -26,12 +26,12 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
-from .config import Config
-from .device import DevicePlan
-from .errors import UsageError
+from ..config import Config
+from ..device import DevicePlan
+from ..errors import UsageError
+from ..taxonomy import Taxonomy
 from .interrupts import ignore_stop_signals
 from .losses import class_counts, inverse_frequency_weights, sample_weights
-from .taxonomy import Taxonomy
 
 if TYPE_CHECKING:
     from .distributed import Distributed
@@ -131,7 +131,7 @@ class Loaders:
         self.generator.manual_seed(_epoch_seed(self.seed, epoch, self.rank))
 
     def sanity_batch(self):
-        from .data.dataset import collate_skip_failed
+        from ..data.dataset import collate_skip_failed
 
         n = min(self.train.batch_size or 1, len(self.train_items))
         return collate_skip_failed([self.train_items[(0, i)] for i in range(n)])
@@ -139,7 +139,7 @@ class Loaders:
 
 def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf, plan: DevicePlan, workers: int,
                   dist: Distributed, image_cache: Any = None) -> Loaders:
-    from .data.dataset import ManifestDataset, collate_skip_failed
+    from ..data.dataset import ManifestDataset, collate_skip_failed
 
     rows = {split: lake.split(split) for split in ("train", "val", "test")}
     if not rows["train"]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .utils import atomic_write, finite_float
+from ..utils import atomic_write, finite_float
 
 DPI = 100
 CURVES_FIGSIZE = (15.0, 8.0)

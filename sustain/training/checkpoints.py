@@ -31,13 +31,13 @@ import torch
 from timm.models import clean_state_dict  # strips DDP 'module.' / torch.compile prefixes
 from torch import nn
 
-from .artifacts import BEST_GLOB, EXPORT_META, EXPORT_WEIGHTS, LAST, best_checkpoint_name  # noqa: F401  (re-exported)
-from .errors import UsageError
-from .model import create_for_inference
-from .taxonomy import Taxonomy
-from .utils import atomic_write, atomic_write_text
+from ..artifacts import BEST_GLOB, EXPORT_META, EXPORT_WEIGHTS, LAST, best_checkpoint_name  # noqa: F401  (re-exported)
+from ..errors import UsageError
+from ..model import create_for_inference
+from ..taxonomy import Taxonomy
+from ..utils import atomic_write, atomic_write_text
 
-log = logging.getLogger("sustain.checkpoints")
+log = logging.getLogger("sustain.training.checkpoints")
 
 FORMAT_VERSION = 2  # 2: last.pth also holds a position inside an epoch (step, partial, events)
 
@@ -301,7 +301,7 @@ def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, torc
 
 def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict and metadata of a training checkpoint (``model`` and ``meta``, see
-    `sustain.checkpoints.save_best`). A checkpoint without ``meta`` (``last.pth``)
+    `sustain.training.checkpoints.save_best`). A checkpoint without ``meta`` (``last.pth``)
     borrows it from the ``best_model.json`` beside it."""
     ckpt = load_checkpoint(path)
     state = ckpt.get("model")

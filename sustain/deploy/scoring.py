@@ -11,15 +11,15 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from ..artifacts import MANIFEST
-from ..checkpoints import checkpoint_record, load_checkpoint_model
 from ..data.dataset import ManifestDataset, collate_skip_failed
 from ..device import resolve_device
-from ..gallery import predictions_file
-from ..metrics import format_per_class
+from ..evaluate.gallery import predictions_file
+from ..evaluate.labelled import labelled_folder_rows, read_manifest_split
+from ..evaluate.metrics import format_per_class
+from ..evaluate.predictions import collect_predictions, indexed_loader
+from ..evaluate.reports import summary_line, write_prediction_store, write_split_report
+from ..training.checkpoints import checkpoint_record, load_checkpoint_model
 from ..transforms import build_eval_transform
-from .labelled import labelled_folder_rows, read_manifest_split
-from .predictions import collect_predictions, indexed_loader
-from .reports import summary_line, write_prediction_store, write_split_report
 
 log = logging.getLogger("sustain.evaluate")
 

@@ -16,12 +16,12 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import Config
+from ..data.image_cache import ImageCache
+from ..data.lake import ingest
+from ..device import DevicePlan
+from ..taxonomy import Taxonomy
 from . import checkpoints as ckpt
-from .config import Config
-from .data.image_cache import ImageCache
-from .data.lake import ingest
-from .device import DevicePlan
-from .taxonomy import Taxonomy
 
 
 @dataclass

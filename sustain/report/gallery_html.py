@@ -1,7 +1,7 @@
 """The error gallery as one HTML fragment: inside report.html, and in the notebook.
 
 The fragment carries its own styles and no script; every picture is an
-embedded JPEG (`sustain.gallery.Thumbnails`) with alt text, so it works from
+embedded JPEG (`sustain.evaluate.gallery.Thumbnails`) with alt text, so it works from
 ``file://`` and never makes a request. Tiles wrap in a grid and long paths
 break anywhere, so nothing scrolls sideways on a laptop screen.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gallery import (
+from ..evaluate.gallery import (
     PAIRS,
     PER_PAIR,
     SUSPECT_GIVEN_MAX,
@@ -29,7 +29,7 @@ from .gallery import (
     suspect_labels,
     top_mistakes,
 )
-from .utils import escape_html
+from ..utils import escape_html
 
 CSS = """
 .sg-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6rem;margin:.5rem 0 1rem}

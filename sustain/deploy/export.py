@@ -14,7 +14,7 @@ writes into ``RUN_DIR/export/`` (or ``--out``):
 
 The gate scores the run's held-out split (``--split test|val``, rows from its
 ``manifest.csv``) with PyTorch and with each exported file through the same decode,
-resize and crop (`sustain.inference.split_eval_transform`), and fails the export
+resize and crop (`sustain.deploy.inference.split_eval_transform`), and fails the export
 (exit 1, `RunFailed`) when the exported model answers differently (`GATES`).
 """
 
@@ -33,18 +33,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import EXPORT_REPORT, MANIFEST, RUN
-from .checkpoints import LoadedCheckpoint, load_checkpoint_model
-from .data.scan import CorruptImage, load_rgb
-from .errors import RunFailed, UsageError
-from .evaluate import read_manifest_split
+from ..artifacts import EXPORT_REPORT, MANIFEST, RUN
+from ..data.scan import CorruptImage, load_rgb
+from ..errors import RunFailed, UsageError
+from ..evaluate import read_manifest_split
+from ..evaluate.metrics import epoch_metrics
+from ..taxonomy import Taxonomy
+from ..training.checkpoints import LoadedCheckpoint, load_checkpoint_model
+from ..utils import atomic_write, atomic_write_json
 from .inference import OnnxBackend, Predictor
-from .metrics import epoch_metrics
 from .model_card import write_model_folder
-from .taxonomy import Taxonomy
-from .utils import atomic_write, atomic_write_json
 
-log = logging.getLogger("sustain.export")
+log = logging.getLogger("sustain.deploy.export")
 
 FORMATS = ("onnx", "coreml")
 OPSET = 18

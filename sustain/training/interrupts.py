@@ -18,9 +18,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import SustainError
+from ..errors import SustainError
 
-log = logging.getLogger("sustain.interrupts")
+log = logging.getLogger("sustain.training.interrupts")
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 

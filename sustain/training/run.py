@@ -12,16 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Config
+from ..device import DevicePlan, PrecisionPlan
+from ..taxonomy import Taxonomy
+from ..tracking.tracker import Tracker
 from .components import autocast_context
-from .config import Config
-from .device import DevicePlan, PrecisionPlan
 from .distributed import Distributed
 from .guards import Guards
 from .hooks import Hooks
 from .interrupts import StopRequests
 from .loaders import Loaders
-from .taxonomy import Taxonomy
-from .tracking import Tracker
 
 
 class CheckpointClock:
