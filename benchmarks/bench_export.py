@@ -29,8 +29,7 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_predict import write_checkpoint  # noqa: E402
-from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.common import arg_parser, results_file, write_checkpoint, write_result  # noqa: E402
 from sustain.deploy.export import PixelModel, export_onnx, quantize_int8  # noqa: E402
 from sustain.training.checkpoints import load_checkpoint_model  # noqa: E402
 

@@ -39,7 +39,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from benchmarks.common import arg_parser, write_result
+from benchmarks.common import arg_parser, camera_photos, sample_photos, write_result
 
 MARKER = "bench_lake.json"
 
@@ -131,8 +131,6 @@ class _TotalRssSampler(threading.Thread):
 
 def camera_decode(n: int) -> dict:
     """ms per 4032x3024 JPEG in decode_file, full vs draft decode, measured side by side (best of 2 each)."""
-    from benchmarks.bench_loader import camera_photos
-    from benchmarks.gpu_check import make_photos
     from sustain.data import scan
     from sustain.data.split import hamming, signatures_array
 
@@ -140,7 +138,7 @@ def camera_decode(n: int) -> dict:
     times: dict[str, list[float]] = {"full": [], "draft": []}
     worst = {"real": [0, 0], "synthetic": [0, 0]}  # most bits any hash moved, largest colour-mean change
     with tempfile.TemporaryDirectory(prefix="sustain_bench_camera_") as tmp:
-        paths = [str(p) for p in make_photos(Path(tmp) / "real", 4032, 3024, n)]
+        paths = [str(p) for p in sample_photos(Path(tmp) / "real", 4032, 3024, n)]
         paths += camera_photos(Path(tmp), n)
         for i, path in enumerate(paths):
             kind = "real" if i < n else "synthetic"

@@ -16,7 +16,6 @@ Writes benchmarks/results/bench_loader.json.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -24,36 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.common import arg_parser, camera_photos, results_file, write_result  # noqa: E402
 from sustain.config import DataConfig  # noqa: E402
 from sustain.data.image_cache import ImageCache, disk_usage  # noqa: E402
 from sustain.data.scan import load_rgb  # noqa: E402
 from sustain.transforms import build_train_transform  # noqa: E402
 
 RESULTS = results_file("bench_loader")
-
-
-def camera_photos(folder: Path, count: int, size: tuple[int, int] = (4032, 3024)) -> list[str]:
-    """Camera-like JPEGs: smooth shapes from a small drawing, upsampled, with sensor noise; quality 92."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        small = rng.integers(0, 255, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
-        img = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
-        img = np.clip(img + rng.integers(-4, 5, img.shape, dtype=np.int16), 0, 255).astype(np.uint8)
-        path = folder / f"photo_{i:03d}.jpg"
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=92)
-        path.write_bytes(buf.getvalue())
-        paths.append(str(path))
-    return paths
 
 
 def per_second(paths: list[str], load, tf) -> float:

@@ -27,27 +27,10 @@ from PIL import Image
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.common import arg_parser, results_file, write_checkpoint, write_result  # noqa: E402
 from sustain.deploy.inference import Predictor, default_batch_size  # noqa: E402
-from sustain.taxonomy import build_taxonomy  # noqa: E402
-from sustain.training.checkpoints import save_best, state_dict_copy  # noqa: E402
 
 RESULTS = results_file("bench_predict")
-
-
-def write_checkpoint(out: Path, model_name: str, size: int) -> None:
-    import timm
-    from timm.data import resolve_model_data_config
-
-    taxonomy = build_taxonomy()
-    kwargs = {"img_size": size, "drop_path_rate": 0.0}
-    model = timm.create_model(model_name, pretrained=False, num_classes=taxonomy.num_classes, **kwargs)
-    cfg = resolve_model_data_config(model)
-    meta = {**taxonomy.to_dict(), "model_name": model_name, "num_classes": taxonomy.num_classes,
-            "input_size": [3, size, size], "mean": list(cfg["mean"]), "std": list(cfg["std"]),
-            "interpolation": cfg["interpolation"], "crop_pct": cfg["crop_pct"], "model_kwargs": kwargs,
-            "epoch": 0, "val_acc": 0.0, "manifest_hash": "benchmark"}
-    save_best(out, state_dict_copy(model), meta)
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:

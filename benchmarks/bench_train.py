@@ -39,7 +39,7 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, ensure_lake, results_file, write_result  # noqa: E402
 from sustain.artifacts import RunRecord  # noqa: E402
 from sustain.config import Config, load_config  # noqa: E402
 from sustain.utils import cpu_count  # noqa: E402
@@ -150,16 +150,6 @@ def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: 
         "rss_mb_per_epoch": [round(v, 1) for v in probe.rss_mb],
         "rss_growth_after_epoch_2_mb": round(growth, 1) if growth is not None else None,
     }
-
-
-def ensure_lake(path: Path | None) -> Path:
-    if path is not None and path.is_dir():
-        return path
-    from sustain.data.demo import make_demo_lake
-
-    target = path or Path(tempfile.mkdtemp(prefix="bench_train_lake_")) / "demo"
-    make_demo_lake(target, seed=0)
-    return target
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node=1 \\
         -m benchmarks.gpu_check ddp --out ddp.json            # NCCL (gloo with --cpu) under torchrun
     python -m benchmarks.gpu_check loader --out loader.json   # the training DataLoader on this machine's cores
-    python -m benchmarks.gpu_check summary --work DIR --out gpu_check.json
 
-Each section writes one JSON file; `summary` merges them (and the step
+Each section writes one JSON file; benchmarks/gpu_summary.py merges them (and the step
 benchmark of benchmarks/gpu_step.py, the `cuda` tests' JUnit XML and the demo
 run's run.json) into the one file the script leaves in its output folder.
 """
@@ -32,12 +31,8 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, sample_photos, write_result  # noqa: E402
 from sustain.utils import cpu_count  # noqa: E402
-
-# Goals of issue 17 for an H100/H200-class GPU (docs/performance.md › GPU check).
-GOAL_STEP_RATIO = 0.95  # Sustain's guarded step / a plain timm step
-GOAL_MFU = 0.40  # EVA02-Base bf16, with torch.compile if it helps
 
 
 def _version(module: str) -> str | None:
@@ -173,25 +168,6 @@ LOADER_CASES = {  # name: (image width, height, distinct files, images read, bat
 }
 
 
-def make_photos(folder: Path, width: int, height: int, n: int) -> list[Path]:
-    """`n` JPEGs of real photographs (scikit-image's samples) scaled to width×height, with sensor noise."""
-    import numpy as np
-    from PIL import Image
-    from skimage import data as samples
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    photos = [samples.astronaut(), samples.coffee(), samples.chelsea(), samples.rocket()]
-    paths = []
-    for i in range(n):
-        img = Image.fromarray(photos[i % len(photos)]).resize((width, height), Image.Resampling.BICUBIC)
-        pixels = np.asarray(img, dtype=np.int16) + rng.integers(-4, 5, (height, width, 3), dtype=np.int16)
-        path = folder / f"photo_{i:03d}.jpg"
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
 def loader_throughput(cfg, paths: list[Path], n_images: int, batch: int, workers: int, plan) -> dict[str, Any]:
     """Images/s of the real training DataLoader (decode, strong augmentation, collate, pinning) over `paths`."""
     import timm
@@ -247,7 +223,7 @@ def cmd_loader(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_loader_") as tmp:
         for name, (w, h, files, n, batch) in LOADER_CASES[mode].items():
             t = time.perf_counter()
-            paths = make_photos(Path(tmp) / name, w, h, files)
+            paths = sample_photos(Path(tmp) / name, w, h, files)
             made = time.perf_counter() - t
             for workers in worker_counts:
                 row = {"images": name, "file_mb": round(sum(p.stat().st_size for p in paths) / len(paths) / 1e6, 2),
@@ -260,17 +236,13 @@ def cmd_loader(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.gpu_summary import cmd_summary
-
     parser = arg_parser(__doc__)
     sub = parser.add_subparsers(dest="section", required=True)
-    for name, func in (("env", cmd_env), ("ddp", cmd_ddp), ("loader", cmd_loader), ("summary", cmd_summary)):
+    for name, func in (("env", cmd_env), ("ddp", cmd_ddp), ("loader", cmd_loader)):
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
         p.add_argument("--cpu", action="store_true", help="the dry run: CPU, gloo, tiny sizes")
         p.set_defaults(func=func)
-        if name == "summary":
-            p.add_argument("--work", type=Path, required=True, help="the folder the other sections wrote to")
     args = parser.parse_args(argv)
     return args.func(args)
 

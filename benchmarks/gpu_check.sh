@@ -15,7 +15,7 @@
 #   step        EVA02-Base bf16 training step, Sustain's vs a plain timm step (benchmarks/gpu_step.py)
 #   ddp         a 1-process torchrun with NCCL (gloo on the CPU)
 #   loader      the training DataLoader on this machine's cores: 256 px and 4032x3024 JPEGs
-#   summary     merges the sections into gpu_check.json; exit 1 if a section failed
+#   summary     merges the sections into gpu_check.json; exit 1 if a section failed (benchmarks/gpu_summary.py)
 #
 # Packages: a machine without pydantic (the GPU image) gets it from the
 # wheels that benchmarks/gpu_wheels.sh gathered into .gpu_wheels/ (carry that
@@ -93,4 +93,4 @@ section ddp 90 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
     -m benchmarks.gpu_check ddp --out "$WORK/ddp.json" "${CPU[@]}"
 section loader 120 "$PY" -m benchmarks.gpu_check loader --out "$WORK/loader.json" "${CPU[@]}"
 
-"$PY" -m benchmarks.gpu_check summary --work "$WORK" --out "$OUT/gpu_check.json" "${CPU[@]}"
+"$PY" -m benchmarks.gpu_summary --work "$WORK" --out "$OUT/gpu_check.json" "${CPU[@]}"
