@@ -1,52 +1,54 @@
 """`python -m benchmarks` (what `make bench` runs): every benchmark with its default sizes.
 
-Each one prints ratios measured within its own run (these machines are noisy);
-docs/performance.md records the figures. Pass names to run a subset:
+Each one prints ratios measured within its own run (these machines are noisy)
+and writes its JSON under benchmarks/results/. Pass names to run a subset:
 `python -m benchmarks ingest predict`.
+
+`python -m benchmarks tables` regenerates the marked tables in README.md and
+docs/*.md from those JSON files; `python -m benchmarks tables --check` exits 1
+naming each table that differs from its JSON (benchmarks/tables.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from . import (
-    bench_channels_last,
-    bench_checkpoint,
-    bench_dedupe,
-    bench_export,
-    bench_gallery,
-    bench_ingest,
-    bench_loader,
-    bench_predict,
-    bench_tracking,
-    bench_train,
-    bench_vs_timm,
-)
-
+# name -> (module, its arguments); each is imported only when it runs.
 BENCHMARKS = {
-    "ingest": lambda: bench_ingest.main([]),
-    "dedupe": lambda: bench_dedupe.main([]),
-    "train": lambda: bench_train.main([]),
-    "loader": lambda: bench_loader.main([]),
-    "channels_last": lambda: bench_channels_last.main([]),
-    "predict": lambda: (bench_predict.run([]), 0)[1],
-    "checkpoint": lambda: bench_checkpoint.main([]),
-    "tracking": lambda: bench_tracking.main([]),
-    "export": lambda: bench_export.main([]),
-    "gallery": lambda: bench_gallery.main([]),
-    "vs_timm": lambda: bench_vs_timm.main([]),  # skipped unless TIMM_TRAIN_PY names timm's train.py
+    "ingest": ("bench_ingest", []),
+    "dedupe": ("bench_dedupe", []),
+    "train": ("bench_train", []),
+    "loader": ("bench_loader", []),
+    "channels_last": ("bench_channels_last", []),
+    "predict": ("bench_predict", []),
+    "checkpoint": ("bench_checkpoint", []),
+    "tracking": ("bench_tracking", []),
+    "export": ("bench_export", []),
+    "gallery": ("bench_gallery", []),
+    "vs_timm": ("bench_vs_timm", []),  # skipped unless TIMM_TRAIN_PY names timm's train.py
 }
 
 
-def main(names: list[str]) -> int:
-    unknown = [n for n in names if n not in BENCHMARKS]
+def run(name: str) -> int:
+    module, args = BENCHMARKS[name]
+    return int(bool(importlib.import_module(f"benchmarks.{module}").main(list(args))))
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["tables"]:
+        from benchmarks import tables
+
+        return tables.main(argv[1:])
+    unknown = [n for n in argv if n not in BENCHMARKS]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}", file=sys.stderr)
+        print(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)} or `tables [--check]`",
+              file=sys.stderr)
         return 2
     failures = 0
-    for name in names or list(BENCHMARKS):
+    for name in argv or list(BENCHMARKS):
         print(f"\n=== benchmark: {name} ===", flush=True)
-        failures += int(bool(BENCHMARKS[name]()))
+        failures += run(name)
     return 1 if failures else 0
 
 

@@ -1,12 +1,15 @@
 """The cost of one mid-epoch `last.pth` with an EVA02-Base state, and its overhead at the default interval.
 
-    python benchmarks/bench_checkpoint.py [--saves 3] [--step-seconds S]
+    python benchmarks/bench_checkpoint.py [--saves 3] [--interval-minutes 10] [--step-seconds S] [--model NAME]
 
-Builds eva02_base_patch14_224 (pretrained=False: no download) with AdamW moments (one
-optimizer step), then times `checkpoints.save_checkpoint` of the engine's payload
-(model + optimizer state) the way the engine writes it: atomic, fsync'ed. The overhead at
-`train.checkpoint_every_minutes` = 10 is save_seconds / 600 (the training between saves
-is not slowed otherwise: the save happens between two optimizer updates).
+Builds eva02_base_patch14_224 (pretrained=False: no download; `--model` picks another
+timm model) with AdamW moments (one optimizer step), then times
+`checkpoints.save_checkpoint` of the engine's payload (model + optimizer state) the way
+the engine writes it: atomic, fsync'ed. The overhead at `train.checkpoint_every_minutes`
+= 10 is save_seconds / 600 (the training between saves is not slowed otherwise: the save
+happens between two optimizer updates). With `--step-seconds S`, the seconds one training
+step takes on your machine, it also gives the steps between two saves and how many steps'
+time one save costs.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ RESULTS = results_file("bench_checkpoint")
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser(__doc__)
     parser.add_argument("--saves", type=int, default=3)
-    parser.add_argument("--interval-minutes", type=float, default=10.0)
+    parser.add_argument("--interval-minutes", type=float, default=10.0, help="train.checkpoint_every_minutes")
+    parser.add_argument("--step-seconds", type=float, help="one training step's seconds, to express the cost in steps")
+    parser.add_argument("--model", default="eva02_base_patch14_224", help="the timm model whose state is saved")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import timm
 
-    model = timm.create_model("eva02_base_patch14_224", pretrained=False, num_classes=30)
+    model = timm.create_model(args.model, pretrained=False, num_classes=30)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for p in model.parameters():  # one step fills the AdamW moments without a forward pass
         p.grad = torch.zeros_like(p)
@@ -51,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             times.append(time.perf_counter() - t)
             size = path.stat().st_size
     save_s = statistics.median(times)
-    row = {"model": "eva02_base_patch14_224", "state_mb": round(size / 2**20, 1), "save_seconds": times,
+    row = {"model": args.model, "state_mb": round(size / 2**20, 1), "save_seconds": [round(s, 3) for s in times],
            "median_save_seconds": round(save_s, 3), "interval_minutes": args.interval_minutes,
-           "overhead_pct": round(100 * save_s / (60 * args.interval_minutes), 3)}
+           "overhead_pct": round(100 * save_s / (60 * args.interval_minutes), 3), "step_seconds": args.step_seconds}
+    if args.step_seconds:
+        row["steps_between_saves"] = round(60 * args.interval_minutes / args.step_seconds)
+        row["save_in_steps"] = round(save_s / args.step_seconds, 2)
     write_result(args.json, row, echo=True)
     return 0
 

@@ -1,0 +1,116 @@
+"""The benchmarks' harness: one shared module, provenance in every result, documented flags that work,
+and the docs' figures generated from the committed results (`python -m benchmarks tables --check`)."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import tables
+from benchmarks.common import ROOT
+
+BENCH_DIR = ROOT / "benchmarks"
+HARNESS = {"__init__", "__main__", "common", "tables"}
+BENCHMARKS = sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in HARNESS)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(filter(None, ["benchmarks" if node.level else "", node.module or ""]))
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_a_benchmark_imports_only_the_harness_among_the_benchmarks(name: str) -> None:
+    imported = {m for m in _imported_modules(BENCH_DIR / f"{name}.py") if m.startswith("benchmarks.")}
+    others = {m for m in imported if m.split(".")[1] in BENCHMARKS}
+    assert not others, f"benchmarks/{name}.py imports {sorted(others)}: share code through benchmarks/common.py"
+
+
+def _documented_flags(doc: str) -> set[str]:
+    """The --flags the usage lines of a module docstring show (lines that run a benchmark)."""
+    lines = [line for line in doc.splitlines() if "benchmarks" in line and "--" in line and "torch" not in line]
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", "\n".join(lines)))
+
+
+@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n not in {"gpu_check"}])
+def test_every_documented_flag_is_accepted(name: str) -> None:
+    module = importlib.import_module(f"benchmarks.{name}")
+    flags = _documented_flags(module.__doc__ or "")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    missing = {f for f in flags if f not in out.getvalue()}
+    assert not missing, f"benchmarks/{name}.py documents {sorted(missing)} but its parser does not accept them"
+
+
+def test_a_result_records_command_commit_machine_and_versions(tmp_path: Path) -> None:
+    """bench_checkpoint on a tiny model, as a user runs it: its JSON says how, where and with what it ran."""
+    out = tmp_path / "ckpt.json"
+    cmd = [sys.executable, "-m", "benchmarks.bench_checkpoint", "--model", "test_vit", "--saves", "2",
+           "--step-seconds", "0.5", "--interval-minutes", "1", "--json", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["steps_between_saves"] == 120 and doc["save_in_steps"] == pytest.approx(
+        doc["median_save_seconds"] / 0.5, abs=0.01)
+    p = doc["provenance"]
+    assert p["command"].startswith("python -m benchmarks.bench_checkpoint --model test_vit")
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert p["commit"]["sha"] == head.strip()
+    m = p["machine"]
+    assert m["cpu_model"] and m["usable_cores"] >= 1 and m["memory_gib"] > 0 and isinstance(m["isa_flags"], list)
+    assert len(m["load_average_before"]) == 3 and len(m["load_average_after"]) == 3
+    import numpy
+    import timm
+    import torch
+
+    assert p["versions"]["torch"] == torch.__version__.split("+")[0] or p["versions"]["torch"] == torch.__version__
+    assert p["versions"]["timm"] == timm.__version__ and p["versions"]["numpy"] == numpy.__version__
+
+
+def test_every_marked_table_matches_its_committed_result() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "tables", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_table_is_marked_in_a_doc_and_its_result_is_committed() -> None:
+    marked = {m["name"] for path in tables.doc_files() for m in tables.MARKED.finditer(path.read_text("utf-8"))}
+    assert set(tables.TABLES) <= marked, f"defined but shown nowhere: {sorted(set(tables.TABLES) - marked)}"
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "benchmarks/results"], capture_output=True,
+                             text=True).stdout.split()
+    for table in tables.TABLES.values():
+        assert f"benchmarks/results/{table.source}" in tracked, f"{table.source} is not committed"
+
+
+def test_check_names_the_table_that_drifted_and_tables_rewrites_it(tmp_path: Path, capsys) -> None:
+    name = sorted(tables.TABLES)[0]
+    good = tables.render(name, tables.TABLES[name], up="../")
+    drifted = re.sub(r"\| (\d)", lambda m: f"| {(int(m[1]) + 1) % 10}", good, count=1)
+    assert drifted != good
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "page.md"
+    doc.write_text(f"# Page\n\n<!-- table:{name} -->\n{drifted}<!-- /table:{name} -->\n", encoding="utf-8")
+
+    assert tables.main(["--check"], root=tmp_path) == 1
+    assert f"docs/page.md: table {name!r} differs" in capsys.readouterr().err
+    assert drifted in doc.read_text(encoding="utf-8")  # --check changes nothing
+
+    assert tables.main([], root=tmp_path) == 0
+    assert good in doc.read_text(encoding="utf-8")
+    assert tables.main(["--check"], root=tmp_path) == 0
