@@ -139,12 +139,19 @@ def test_output_folder_under_a_file_fails(overrides: list[str], tmp_path: Path) 
     assert "output_dir" in result.hint
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write into a read-only folder")
-def test_read_only_output_folder_fails(overrides: list[str], tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    result = check_output_folder(ctx_for(overrides, f"output_dir={locked / 'run'}"))
-    assert result.status is Status.FAIL and "not writable" in result.detail
+def test_output_path_that_is_a_file_fails(overrides: list[str], tmp_path: Path) -> None:
+    taken = tmp_path / "run"
+    taken.write_text("a file where the run folder should go")
+    result = check_output_folder(ctx_for(overrides, f"output_dir={taken}"))
+    assert result.status is Status.FAIL and f"{taken} is a file" in result.detail
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: a folder nobody can create files in")
+def test_output_folder_where_no_file_can_be_created_fails(overrides: list[str]) -> None:
+    """Fails for every user, root included (a read-only folder would not stop root)."""
+    result = check_output_folder(ctx_for(overrides, "output_dir=/proc/sustain_run"))
+    assert result.status is Status.FAIL and "not writable" in result.detail and "/proc" in result.detail
+    assert "output_dir" in result.hint
 
 
 def test_output_folder_reports_free_disk(overrides: list[str]) -> None:

@@ -137,11 +137,28 @@ def test_unknown_model_name_is_a_usage_error() -> None:
         build_model(cfg(name="test_vitt"), num_classes=3)
 
 
-def test_grad_checkpointing_is_opt_in() -> None:
+def _block_calls_and_grads(model: torch.nn.Module) -> tuple[int, list[torch.Tensor]]:
+    """How often the first block runs in one training step (forward + backward), and the gradients."""
+    calls = []
+    model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))  # the recompute may stop early
+    model.train()
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, *model.patch_embed.img_size)
+    torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 2])).backward()
+    return len(calls), [p.grad.clone() for p in model.parameters()]
+
+
+def test_grad_checkpointing_is_opt_in_and_recomputes_activations_in_backward() -> None:
+    torch.manual_seed(0)
     off = build_model(cfg(), num_classes=3)
-    assert not off.grad_checkpointing
+    torch.manual_seed(0)
     on = build_model(cfg(grad_checkpointing=True), num_classes=3, device_type="cpu")
-    assert on.grad_checkpointing
+    calls_off, grads_off = _block_calls_and_grads(off)
+    calls_on, grads_on = _block_calls_and_grads(on)
+    # Without it a block runs once per step; with it, again in backward (its activations were not kept) ...
+    assert (calls_off, calls_on) == (1, 2)
+    # ... and the gradients are the same.
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_off, grads_on, strict=True))
 
 
 @pytest.mark.parametrize("requested", [True, False])

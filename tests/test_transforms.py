@@ -88,13 +88,31 @@ def test_strong_preset_is_the_eva02_recipe() -> None:
     assert all(op.magnitude == 9 for op in rand_aug.ops)
 
 
-def test_strong_augmentation_flips_and_varies() -> None:
+def test_strong_augmentation_varies() -> None:
     torch.manual_seed(0)
     random.seed(0)
     tf = build_train_transform(DATA_CONFIG, data_cfg("strong"))
     outs = [tf(half_dark_image()) for _ in range(30)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
-    assert not all(left_darker(o) for o in outs)  # some were flipped (or cropped from one side)
+
+
+def test_strong_augmentation_mirrors_about_half_of_the_images() -> None:
+    """The strong preset's flip alone (whole-image crop, no RandAugment): each output is the image or its
+    mirror, and both occur. A crop or RandAugment (Invert, Solarize) cannot pass for a flip here."""
+    torch.manual_seed(0)
+    random.seed(0)
+    tf = build_train_transform(DATA_CONFIG, data_cfg("strong", crop_scale_min=1.0, rand_augment=""))
+    upright = build_train_transform(DATA_CONFIG, data_cfg("strong", crop_scale_min=1.0, rand_augment="", hflip=0.0))
+    reference = upright(half_dark_image())
+    assert left_darker(reference)
+    flipped = 0
+    for _ in range(40):
+        out = tf(half_dark_image())
+        if (out - reference).abs().mean() < 0.05:
+            continue
+        assert (out - reference.flip(-1)).abs().mean() < 0.05, "neither the image nor its mirror"
+        flipped += 1
+    assert 8 <= flipped <= 32  # p = 0.5 over 40 draws
 
 
 def test_light_preset_never_flips_and_crops_from_scale_0_7() -> None:
