@@ -71,3 +71,71 @@ def test_skipped_steps_stay_in_lockstep_across_ranks(tmp_path: Path) -> None:
     assert history["skipped"] == [0.2]  # 20 images per rank = 5 steps of 4, one skipped
     assert history["health"] == ["warning"]
     assert history["val_samples"] == [5]
+
+
+# --------------------------------------------------------------------------- replicas proven in sync
+
+PROBE = Path(__file__).resolve().parent / "ddp_probe.py"
+
+
+def _torchrun_probe(*args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(PROBE),
+                           *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _rank_files(out: Path, suffix: str) -> list:
+    if suffix == "pt":
+        return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return [read_json(out / f"rank{r}.json") for r in (0, 1)]
+
+
+def _bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_replicas_on_different_data_stay_bitwise_equal_and_equal_one_process_on_the_union(tmp_path: Path) -> None:
+    """Sustain's DDP wrapper and guarded step, 4 steps, each rank on its own batches: the ranks' weights are
+    bitwise equal, and equal (to float rounding) to one process that accumulates both ranks' batches."""
+    _torchrun_probe("sync", str(tmp_path))
+    rank0, rank1 = (r["model"] for r in _rank_files(tmp_path, "pt"))
+    saved = torch.load(tmp_path / "single.pt", weights_only=True)
+    single, initial = saved["model"], saved["initial"]
+    assert _bitwise_equal(rank0, rank1) == []
+    for name, value in rank0.items():
+        assert torch.allclose(value, single[name], rtol=1e-4, atol=1e-6), name
+    # The steps moved the weights far beyond that tolerance, so the comparison has something to see.
+    assert max(float((rank0[k] - initial[k]).abs().max()) for k in rank0) > 1e-2
+
+
+def test_engine_ranks_agree_on_weights_ema_and_a_skip_that_only_one_rank_saw(tmp_path: Path) -> None:
+    """`sustain train` under torchrun with EMA, and a non-finite loss on rank 1 only at step 1: rank 0 skips
+    that step too, and after 2 epochs every parameter and every EMA weight is bitwise equal across ranks."""
+    lake = make_tiny_lake(tmp_path / "lake", classes=CLASSES)
+    raw = tiny_config_dict(lake, tmp_path / "run", classes=CLASSES,
+                           train={"epochs": 2, "batch_size": 4, "ema": True, "ema_decay": 0.9})
+    config = write_yaml(tmp_path / "c.yaml", raw)
+    _torchrun_probe("train", str(config), str(tmp_path), "1=guards.inject_nonfinite_loss=[1]")
+    (pt0, pt1), (js0, js1) = _rank_files(tmp_path, "pt"), _rank_files(tmp_path, "json")
+    assert len(pt0["epochs"]) == len(pt1["epochs"]) == 2
+    for epoch0, epoch1 in zip(pt0["epochs"], pt1["epochs"], strict=True):  # at the end of each epoch
+        assert _bitwise_equal(epoch0["model"], epoch1["model"]) == []
+        assert _bitwise_equal(epoch0["ema"], epoch1["ema"]) == []
+        assert _bitwise_equal(epoch0["model"], epoch0["ema"]) != []  # the EMA is its own average, not the weights
+    # 20 images per rank = 5 steps of 4 per epoch; rank 0's loss was finite, yet it skipped with rank 1.
+    assert js0["skipped"] == js1["skipped"] == [0.2, 0.0]
+    assert js0["ok"] and js1["ok"]
+
+
+def test_early_stopping_stops_every_rank_at_the_same_epoch(tmp_path: Path) -> None:
+    """No gain in val accuracy (a learning rate too small to move it): both ranks stop after epoch 2 of 4."""
+    lake = make_tiny_lake(tmp_path / "lake", classes=CLASSES)
+    raw = tiny_config_dict(lake, tmp_path / "run", classes=CLASSES,
+                           train={"epochs": 4, "batch_size": 4, "lr": 1e-9, "early_stopping_patience": 1,
+                                  "monitor": "val_acc"})
+    _torchrun_probe("train", str(write_yaml(tmp_path / "c.yaml", raw)), str(tmp_path))
+    js0, js1 = _rank_files(tmp_path, "json")
+    assert js0["epochs_completed"] == js1["epochs_completed"] == 2
+    assert js0["stop_reason"] == js1["stop_reason"] and js0["stop_reason"].startswith("early stopping")
