@@ -40,14 +40,45 @@ class Column:
 class Table:
     source: str  # a file under benchmarks/results/
     columns: tuple[Column, ...]
-    rows: str | None = None  # dotted path of the list of rows; None: the document is the one row
+    rows: str | None = None  # dotted path of the rows (a list, or a dict: its key is the row's "_key")
 
 
 def _c(header: str, key: str, fmt: str = "{}") -> Column:
     return Column(header, key, fmt)
 
 
-TABLES: dict[str, Table] = {}
+PCT, MS, X = "{:.1%}", "{:.1f} ms", "{:.2f}×"
+
+TABLES: dict[str, Table] = {
+    "dedupe-recall": Table("bench_dedupe.json", (
+        _c("transform", "_key"), _c("kind", "kind"), _c("found", "found"), _c("of", "of"),
+        _c("recall", "recall", PCT)), rows="recall"),
+    "dedupe-false-merges": Table("bench_dedupe.json", (
+        _c("held-out negatives", "held_out"), _c("false merges", "false_merges"),
+        _c("rate (goal ≤ 0.5%)", "false_merge_rate", "{:.2%}"), _c("tuning tiles", "distinct"),
+        _c("false merges among them", "tuning_false_merges"), _c("grouping, all files", "group_seconds", "{:.3f} s"))),
+    "checkpoint": Table("bench_checkpoint.json", (
+        _c("model", "model"), _c("last.pth", "state_mb", "{:.0f} MB"), _c("saves", "save_seconds", "{:.2f} s"),
+        _c("median", "median_save_seconds", "{:.2f} s"), _c("interval", "interval_minutes", "{:g} min"),
+        _c("overhead (goal ≤ 1%)", "overhead_pct", "{:.2f}%"))),
+    "channels-last": Table("bench_channels_last.json", (
+        _c("model", "model"), _c("input", "input_size", "{} px"), _c("batch", "batch"), _c("threads", "threads"),
+        _c("ISA", "cpu_isa"), _c("default (min)", "default_min_ms", MS), _c("channels_last (min)",
+                                                                           "channels_last_min_ms", MS),
+        _c("default / channels_last (median of rounds)", "ratio_median", X)), rows="result"),
+    "predict": Table("bench_predict.json", (
+        _c("model", "model"), _c("input", "input_size", "{} px"), _c("images", "images"),
+        _c("batch", "batch_size"), _c("threads", "torch_threads"), _c("batched", "batched_images_per_s", "{} img/s"),
+        _c("one by one", "loop_images_per_s", "{} img/s"), _c("batched / one by one", "speedup", X))),
+    "export": Table("bench_export.json", (
+        _c("model", "model"), _c("input", "input_size", "{} px"),
+        _c("PyTorch, batch 1", "batches.1.ms_per_batch.torch", MS),
+        _c("ORT fp32", "batches.1.ms_per_batch.onnx_fp32", MS), _c("ORT int8", "batches.1.ms_per_batch.onnx_int8", MS),
+        _c("int8 speed-up (goal ≥ 1.5×)", "batches.1.speedup_vs_torch.onnx_int8", X),
+        _c("PyTorch, batch 8", "batches.8.ms_per_batch.torch", MS),
+        _c("ORT fp32", "batches.8.ms_per_batch.onnx_fp32", MS), _c("ORT int8", "batches.8.ms_per_batch.onnx_int8", MS),
+        _c("top-1 agreement int8", "batches.1.top1_agree.onnx_int8", PCT)), rows="results"),
+}
 
 
 def lookup(doc: Any, key: str) -> Any:
@@ -92,6 +123,8 @@ def render(name: str, table: Table, results_dir: Path = RESULTS_DIR, up: str = "
         raise FileNotFoundError(f"table {name!r}: {path} does not exist; run the benchmark that writes it")
     doc = json.loads(path.read_text(encoding="utf-8"))
     rows = lookup(doc, table.rows) if table.rows else [doc]
+    if isinstance(rows, dict):
+        rows = [{"_key": key, **value} for key, value in rows.items()]
     lines = ["| " + " | ".join(c.header for c in table.columns) + " |",
              "|" + "---|" * len(table.columns)]
     for row in rows:

@@ -57,7 +57,7 @@ def stored_side(input_size: int, crop_pct: float, setting: str | int = "auto") -
     `auto` stores what the eval transform resizes to (input / crop_pct, e.g.
     256 px for 224 at crop_pct 0.875), as FFCV's `max_resolution` does; the
     smallest random-resized crops are then upsampled a little, which costs no
-    accuracy in our measurements (docs/performance.md › Image cache). An
+    accuracy in our measurements (benchmarks/bench_cache_agreement.py). An
     integer stores that many pixels instead (e.g. input / sqrt(crop_scale_min)
     for crops without any upsampling).
     """

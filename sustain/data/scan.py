@@ -48,7 +48,7 @@ VARIANTS_SIZE = SIGNATURE.itemsize - 8  # DecodeResult.variants: the signature a
 # of 2 reads at least that much). A 4032x3024 photo then decodes at 504x378 (1/8). On real photos from
 # 640x480 to 4032x3024 every hash stayed within 2 bits of the full decode's, every colour mean within 5,
 # and the near-duplicate groups were the same; at 64 px small photos drifted by 6 bits and 7 levels
-# (docs/performance.md, "Draft decoding"). The size recorded is always the file's own.
+# (measured in issue 13; git history of docs/performance.md). The size recorded is always the file's own.
 SIGNATURE_DRAFT_SIDE = 128
 
 # Below this many cache misses, or this many bytes of them, the pool's start-up (~0.2 s) costs more
