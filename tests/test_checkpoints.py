@@ -155,3 +155,31 @@ def test_the_training_state_round_trips_through_last_pth(tmp_path: Path) -> None
     assert again.state == guards.state
     again.load_state_dict(saved["guard"], None, keep_lr_factor=False)  # a new train.lr drops the halving
     assert again.state.lr_factor == 1.0 and not again.state.lr_halved
+
+
+def _documented_keys(section: str) -> set[str]:
+    """The backticked keys in the first column of the table after `section` in checkpoints/README.md."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "checkpoints" / "README.md").read_text(encoding="utf-8")
+    table = text.split(section, 1)[1].split("\n\n", 2)[1]
+    return {key for line in table.splitlines()[2:] for key in re.findall(r"`(\w+)`", line.split("|")[1])}
+
+
+@pytest.mark.slow
+def test_the_documented_checkpoint_format_is_the_one_a_run_writes(tmp_path: Path) -> None:
+    """checkpoints/README.md against the files a real (tiny) run writes: every key of last.pth documented,
+    nothing documented that is not there, and the format number the code writes."""
+    from engine_helpers import make_tiny_lake, tiny_config
+
+    from sustain.training.engine import train
+
+    lake = make_tiny_lake(tmp_path / "lake", classes=["red", "green", "blue"], per_class=6)
+    result = train(tiny_config(lake, tmp_path / "run", classes=["red", "green", "blue"], train={"epochs": 1}))
+    last = torch.load(tmp_path / "run" / ckpt.LAST, weights_only=True)
+    assert _documented_keys("`last.pth`:") == set(last)
+    readme = (Path(__file__).resolve().parents[1] / "checkpoints" / "README.md").read_text(encoding="utf-8")
+    assert f'| `kind`, `format` | `"last"`, {last["format"]} ' in readme
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert f'`{{"format": {best["format"]}, "kind": "best", "model": state_dict, "meta": {{...}}}}`' in readme
+    assert set(best) == {"format", "kind", "model", "meta"}
