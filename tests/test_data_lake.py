@@ -356,6 +356,14 @@ def test_missing_root_names_source_and_path(tmp_path) -> None:
     assert "sustain data download" in message and "enabled: false" in message
 
 
+def test_missing_roots_hint_names_every_missing_source(tmp_path) -> None:
+    raw = tiny_config(tmp_path / "nowhere", tmp_path, "identity")
+    raw["data"]["sources"] = [{"name": f"src{i}", "root": f"s{i}", "label_map": "identity"} for i in range(8)]
+    with pytest.raises(UsageError) as info:
+        ingest(config_from_dict(raw), TAX, log_summary=False)
+    assert "(src0, src1, src2, src3, src4, src5, src6, src7)" in info.value.hint
+
+
 def test_label_map_naming_an_unknown_class_is_a_config_error(tmp_path) -> None:
     tiny_lake(tmp_path / "d", {"cat": 2})
     raw = tiny_config(tmp_path / "d", tmp_path, {"cat": "kitten"})

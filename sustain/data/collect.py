@@ -99,10 +99,11 @@ def _check_roots(cfg: Config, sources: Sequence[SourceConfig], roots: Sequence[s
     if not missing:
         return
     lines = [f"source '{s.name}': root not found: {r}" for s, r in missing]
+    names = ", ".join(s.name for s, _ in missing)
     raise UsageError(
         "Missing data source" + ("s" if len(missing) > 1 else "") + ":\n  " + "\n  ".join(lines),
         f"fetch them with `sustain data download --config <file>`, fix data.root ({cfg.data.root}) or the "
-        f"source's root, or set `enabled: false` on data.sources[{missing[0][0].name}]")
+        f"sources' roots, or set `enabled: false` on each of them in data.sources ({names})")
 
 
 def scan_source(source: SourceConfig, root: str, label_map: LabelMap, skip: Sequence[Path]) -> SourceScan:
