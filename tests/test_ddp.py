@@ -139,3 +139,55 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch(tmp_path: Path) -> No
     js0, js1 = _rank_files(tmp_path, "json")
     assert js0["epochs_completed"] == js1["epochs_completed"] == 2
     assert js0["stop_reason"] == js1["stop_reason"] and js0["stop_reason"].startswith("early stopping")
+
+
+# --------------------------------------------------------------------------- two nodes (torchrun --nnodes 2)
+
+
+def _two_nodes(*sustain_args: str) -> list[tuple[int, str]]:
+    """`torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d` twice on localhost: two node processes
+    that meet at one rendezvous, as on two machines. Returns each node's exit code and output."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend",
+           "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", f"sustain-test-{port}", "--max-restarts",
+           "0", "-m", "sustain", *sustain_args]
+    nodes = [subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    return [(node.returncode, out) for node, out in zip(nodes, outputs, strict=True)]
+
+
+def test_two_nodes_train_to_the_end_and_resume_exactly(tmp_path: Path) -> None:
+    """Two torchrun nodes (c10d rendezvous) train a tiny run to the end; the same run killed after epoch 1 on
+    both nodes and resumed under two nodes ends with the same history and bitwise the same weights."""
+    from engine_helpers import deterministic_history
+
+    lake = make_tiny_lake(tmp_path / "lake", classes=CLASSES)
+    common = {"train": {"epochs": 2, "batch_size": 4}}
+    full = write_yaml(tmp_path / "full.yaml", tiny_config_dict(lake, tmp_path / "full", classes=CLASSES, **common))
+    nodes = _two_nodes("train", "--config", str(full))
+    assert [rc for rc, _ in nodes] == [0, 0], "\n".join(out[-3000:] for _, out in nodes)
+    assert sum(out.count("✓ Training completed successfully") for _, out in nodes) == 1  # rank 0 only
+    assert read_json(tmp_path / "full" / "run.json")["device"]["world_size"] == 2
+
+    crash_raw = tiny_config_dict(lake, tmp_path / "crash", classes=CLASSES, **common)
+    crash = write_yaml(tmp_path / "crash.yaml", {**crash_raw, "guards": {"debug_kill_after_epoch": 1}})
+    assert all(rc != 0 for rc, _ in _two_nodes("train", "--config", str(crash)))
+    assert read_json(tmp_path / "crash" / "metrics_history.json")["epoch"] == [1]
+
+    resumed = _two_nodes("train", "--config", str(write_yaml(tmp_path / "resume.yaml", crash_raw)), "--resume", "auto")
+    assert [rc for rc, _ in resumed] == [0, 0], "\n".join(out[-3000:] for _, out in resumed)
+    expected = deterministic_history(read_json(tmp_path / "full" / "metrics_history.json"))
+    assert deterministic_history(read_json(tmp_path / "crash" / "metrics_history.json")) == expected
+    full_last = torch.load(tmp_path / "full" / "last.pth", weights_only=True)
+    resumed_last = torch.load(tmp_path / "crash" / "last.pth", weights_only=True)
+    assert [k for k, v in full_last["model"].items() if not torch.equal(v, resumed_last["model"][k])] == []
