@@ -5,7 +5,7 @@
 
 Exports a randomly initialised model of the given architecture (the weights do not change the
 speed; ``sustain export --no-verify``, plus ``--quantize int8`` for int8), writes ``--images``
-JPEG photos (200-400 px), then for each precision:
+JPEG photos (200-400 px, `bench_predict.write_images`), then for each precision:
 - offline: ``Predictor.predict(paths, batch_size=--max-batch)`` on the same files, decode included;
 - serving: ``sustain serve`` on 127.0.0.1 and ``--concurrency`` clients (httpx, asyncio, one
   process) posting the same JPEGs as raw bodies for ``--duration`` s after ``--warmup`` s:
@@ -30,28 +30,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_predict import write_checkpoint  # noqa: E402
+from benchmarks.bench_predict import timed, write_checkpoint, write_images  # noqa: E402
 from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
 
 MAX_CONCURRENCY, MAX_DURATION = 256, 600
-
-
-def write_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        w, h = int(rng.integers(200, 400)), int(rng.integers(200, 400))
-        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        pixels[: h // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
-        paths.append(folder / f"photo_{i:03d}.jpg")
-        Image.fromarray(pixels).save(paths[-1], "JPEG", quality=90)
-    return paths
 
 
 def offline(onnx: Path, paths: list[Path], batch: int, threads: int, repeats: int = 3) -> dict:
@@ -59,15 +45,9 @@ def offline(onnx: Path, paths: list[Path], batch: int, threads: int, repeats: in
 
     predictor = Predictor.from_onnx(onnx, "cpu", threads=threads)
     predictor.predict(paths[:batch], batch_size=batch)  # warm-up
-    best = min(_timed(lambda: predictor.predict(paths, batch_size=batch)) for _ in range(repeats))
+    best = min(timed(lambda: predictor.predict(paths, batch_size=batch)) for _ in range(repeats))
     return {"images": len(paths), "batch_size": batch, "seconds": round(best, 3),
             "images_per_s": round(len(paths) / best, 1)}
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def free_port() -> int:
@@ -215,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sustain_bench_serve_") as tmp_name:
         tmp = Path(tmp_name)
         folder = export(args.model, args.size, "int8" in args.precision, tmp)
-        paths = write_photos(tmp / "photos", args.images)
+        paths = write_images(tmp / "photos", args.images, suffix="jpg")
         for precision in args.precision:
             onnx = folder / ("model_int8.onnx" if precision == "int8" else "model.onnx")
             row = {"offline": offline(onnx, paths, args.max_batch, cores), **serving(onnx, paths, args, tmp)}
