@@ -103,7 +103,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate.compare import compare_cli
+    from .report.compare_page import compare_cli
 
     return compare_cli(args.run_dirs, html_path=args.html)
 
