@@ -39,9 +39,9 @@ from ..errors import RunFailed, UsageError
 from ..evaluate import read_manifest_split
 from ..evaluate.metrics import epoch_metrics
 from ..taxonomy import Taxonomy
-from ..training.checkpoints import LoadedCheckpoint, load_checkpoint_model
 from ..utils import atomic_write, atomic_write_json
 from .inference import OnnxBackend, Predictor
+from .loading import LoadedCheckpoint, load_checkpoint_model
 from .model_card import write_model_folder
 
 log = logging.getLogger("sustain.deploy.export")

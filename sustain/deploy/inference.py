@@ -38,8 +38,8 @@ from ..data.walk import walk_source
 from ..device import resolve_device
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
-from ..training.checkpoints import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
 from ..transforms import build_eval_transform
+from .loading import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
 
 log = logging.getLogger("sustain.deploy.inference")
 

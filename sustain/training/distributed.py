@@ -21,7 +21,7 @@ from ..data.image_cache import ImageCache
 from ..data.lake import ingest
 from ..device import DevicePlan
 from ..taxonomy import Taxonomy
-from . import checkpoints as ckpt
+from .rng import capture_rng_state
 
 
 @dataclass
@@ -137,7 +137,7 @@ class Distributed:
 
     def gather_rng(self) -> list[dict[str, Any]]:
         """Every rank's RNG states (rank order), for an exact resume of each."""
-        return self.gather(ckpt.capture_rng_state())
+        return self.gather(capture_rng_state())
 
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():

@@ -31,7 +31,6 @@ from ..artifacts import HISTORY_KEYS, History
 from ..evaluate import trends
 from ..utils import finite_or_none
 from . import console
-from .components import current_lr, images_on_device, set_lr
 from .interrupts import signal_name
 from .loop_state import (
     CONTINUE,
@@ -45,6 +44,8 @@ from .loop_state import (
     is_improvement,
     update_groups,
 )
+from .optim import current_lr, set_lr
+from .precision import images_on_device
 from .resume import save_epoch_checkpoints, save_position
 from .run import Run
 

@@ -16,12 +16,12 @@ from ..config import Config
 from ..device import DevicePlan, PrecisionPlan
 from ..taxonomy import Taxonomy
 from ..tracking.tracker import Tracker
-from .components import autocast_context
 from .distributed import Distributed
 from .guards import Guards
 from .hooks import Hooks
 from .interrupts import StopRequests
 from .loaders import Loaders
+from .precision import autocast_context
 
 
 class CheckpointClock:
