@@ -105,3 +105,21 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)[:6000]  # MLflow's param length limit
     return flat
+
+
+def lazy_offers(package: str, offers: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` that imports what it offers on first use (PEP 562).
+
+    `offers` maps each public name to the module inside `package` that defines it
+    ("" for a module offered as itself). Rooms stay cheap to import: `sustain --help`
+    does not load torch because `sustain.training` offers `train`.
+    """
+    import importlib
+
+    def __getattr__(name: str) -> Any:
+        if name not in offers:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module = importlib.import_module(f"{package}.{offers[name] or name}")
+        return getattr(module, name) if offers[name] else module
+
+    return __getattr__

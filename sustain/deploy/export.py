@@ -34,10 +34,9 @@ import torch
 from torch import nn
 
 from ..artifacts import EXPORT_REPORT, MANIFEST, RUN
-from ..data.scan import CorruptImage, load_rgb
+from ..data import CorruptImage, load_rgb
 from ..errors import RunFailed, UsageError
-from ..evaluate import read_manifest_split
-from ..evaluate.metrics import epoch_metrics
+from ..evaluate import epoch_metrics, read_manifest_split
 from ..taxonomy import Taxonomy
 from ..utils import atomic_write, atomic_write_json
 from .inference import OnnxBackend, Predictor

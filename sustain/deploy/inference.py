@@ -33,8 +33,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
-from ..data.scan import CorruptImage, load_rgb, to_rgb
-from ..data.walk import walk_source
+from ..data import CorruptImage, load_rgb, to_rgb, walk_source
 from ..device import resolve_device
 from ..errors import UsageError
 from ..taxonomy import Taxonomy

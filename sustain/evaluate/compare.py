@@ -58,7 +58,7 @@ def reproducibility(history_a: Mapping[str, Any], history_b: Mapping[str, Any],
     return {"verdict": verdict, "detail": detail, "max_epoch_diff": worst, "tolerance": tolerance}
 
 
-def compare(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def compare_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The comparison of loaded runs (`load_run`); the first run is the baseline for the deltas."""
     configs = [flatten(r["run"].get("config") or {}) for r in runs]
     keys = sorted(set().union(*configs))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..evaluate.compare import VERDICTS, compare, format_comparison, load_run, table_rows
+from ..evaluate import VERDICTS, compare_runs, format_comparison, load_run, table_rows
 from ..utils import atomic_write_text, escape_html
 from .html import CSS, html_table
 from .plots import history_series, new_figure
@@ -59,7 +59,7 @@ def compare_cli(run_dirs: Sequence[str], html_path: str | None = None) -> int:
     if len(run_dirs) < 2:
         raise UsageError("compare needs at least two run folders", "sustain compare RUN_DIR RUN_DIR [...]")
     runs = [load_run(p) for p in run_dirs]
-    result = compare(runs)
+    result = compare_runs(runs)
     for line in format_comparison(result):
         log.info(line)
     if html_path:

@@ -17,8 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
-from ..data.image_cache import ImageCache
-from ..data.lake import ingest
+from ..data import ImageCache, ingest
 from ..device import DevicePlan
 from ..taxonomy import Taxonomy
 from .rng import capture_rng_state

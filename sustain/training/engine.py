@@ -33,8 +33,7 @@ from torch import nn
 
 from ..artifacts import LAST, RunRecord, prepare_output_dir
 from ..config import Config
-from ..data import image_cache
-from ..data.lake import check_sources, record_image_cache
+from ..data import check_sources, image_cache, record_image_cache
 from ..device import (
     apply_backend_flags,
     detect_backends,
@@ -47,7 +46,7 @@ from ..device import (
 from ..evaluate import trends
 from ..model import build_model, load_checkpoint, parameter_summary
 from ..taxonomy import Taxonomy, build_taxonomy
-from ..tracking.tracker import Tracker
+from ..tracking import Tracker
 from ..transforms import (
     build_eval_transform,
     build_train_transform,
@@ -294,7 +293,7 @@ def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunRes
     record.update(checklist=checklist, report_error=None)
     RunRecord.from_dict(record).write(out)  # the report reads it
     if not state.failed:
-        from ..report.writer import build_report  # with scikit-learn (see loop.validate)
+        from ..report import build_report
 
         try:
             log.info("✓ Report written: %s", build_report(out))

@@ -239,8 +239,7 @@ def on_nonfinite(run: Run, state: LoopState, epoch: int, step: int, kind: str) -
 def validate(run: Run) -> dict[str, Any]:
     # scikit-learn (metrics, evaluate, report) takes ≈ 2 s to import: it loads when the first epoch
     # is scored, so a run that fails its config, data or sanity checks fails fast.
-    from ..evaluate import collect_predictions
-    from ..evaluate.metrics import epoch_metrics
+    from ..evaluate import collect_predictions, epoch_metrics
 
     preds = collect_predictions(run.eval_model(), run.loaders.val, run.device, run.autocast_factory(),
                                 desc="Validation", progress=run.dist.is_main)
@@ -277,7 +276,7 @@ def record_epoch(run: Run, state: LoopState, epoch: int, tr: dict[str, Any], val
     History.from_dict(state.history).write(run.out_dir)
     for hook in run.hooks.epoch_end:
         hook(entry)
-    from ..evaluate.metrics import format_per_class  # loaded by validate() already (see there)
+    from ..evaluate import format_per_class
 
     console.epoch_summary(epoch, run.cfg.train.epochs, tr, val, verdict, skipped_pct,
                           format_per_class(val, run.taxonomy))

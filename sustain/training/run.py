@@ -15,7 +15,7 @@ from torch import nn
 from ..config import Config
 from ..device import DevicePlan, PrecisionPlan
 from ..taxonomy import Taxonomy
-from ..tracking.tracker import Tracker
+from ..tracking import Tracker
 from .distributed import Distributed
 from .guards import Guards
 from .hooks import Hooks
