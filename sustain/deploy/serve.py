@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
 from ..errors import UsageError
-from .serve_input import BadUpload, Limits, decode, read_uploads
+from .serve_input import MB, BadUpload, Limits, decode, read_uploads
 from .serve_model import ServedModel, available_cores, load_served_model, model_facts, plan_threads
 
 log = logging.getLogger("sustain.deploy.serve")
@@ -259,3 +259,11 @@ def serve(path: str | Path, backend: str = "onnx", options: ServeOptions | None 
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def serve_cli(model: str | Path, backend: str = "onnx", *, token_file: str | Path | None = None,
+              max_images: int = 16, max_upload_mb: float = 20.0, max_pixels: int = 50_000_000,
+              **options: Any) -> int:
+    """`sustain serve`: the command line's options to `serve`."""
+    limits = Limits(max_bytes=int(max_upload_mb * MB), max_images=max_images, max_pixels=max_pixels)
+    return serve(model, backend, ServeOptions(**options, limits=limits), token_file)

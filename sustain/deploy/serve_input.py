@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from ..data.scan import OVER_PIXEL_LIMIT, CorruptImage, load_rgb
+from ..data import OVER_PIXEL_LIMIT, CorruptImage, load_rgb
 
 MB = 1024 * 1024
 
