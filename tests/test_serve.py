@@ -289,3 +289,21 @@ def test_page_uploads_a_photo_and_shows_the_class_and_bin(server: Server, width:
     assert p["scroll_width"] <= p["client_width"] == width  # usable on a phone: nothing scrolls sideways
     outside = [u for u in page.requests if not u.startswith((server.url, "blob:", "data:"))]
     assert outside == []  # no CDN
+
+
+# --------------------------------------------------------------------------- the model behind it
+
+
+def test_torch_backend_serves_the_run_and_threads_fit_the_cores(run: Path, photos: list[Path]):
+    from sustain.deploy.serve import predict_fn
+    from sustain.deploy.serve_model import load_served_model, model_facts, plan_threads
+    from sustain.errors import UsageError
+
+    served = load_served_model(run, "torch", 1)
+    answers = predict_fn(served, 3)([Image.open(p).convert("RGB") for p in photos[:3]])
+    assert [[t["class"] for t in a["topk"]] for a in answers] == expected(run, photos[:3])
+    facts = model_facts(served)
+    assert facts["backend"] == "torch" and facts["model"]["name"] == "test_vit" and facts["parity_gate_passed"] is None
+    with pytest.raises(UsageError, match="--backend onnx"):
+        load_served_model(run / "export", "torch", 1)
+    assert [(plan_threads(n).model, plan_threads(n).decode) for n in (1, 2, 16)] == [(1, 1), (2, 1), (16, 4)]

@@ -20,7 +20,7 @@ import torch
 
 from ..artifacts import DATA_SUMMARY, EXPORT_REPORT, EXPORT_WEIGHTS, TEST_REPORT
 from ..errors import UsageError
-from .inference import Predictor, read_onnx_meta, resolve_onnx
+from .inference import Predictor, resolve_onnx
 
 log = logging.getLogger("sustain.deploy.serve")
 
@@ -68,9 +68,8 @@ def load_served_model(path: str | Path, backend: str, threads: int) -> ServedMod
     cpu = torch.device("cpu")
     if backend == "onnx":
         onnx = resolve_onnx(path)
-        meta = read_onnx_meta(onnx)
         predictor = Predictor.from_onnx(onnx, "cpu", threads=threads)
-        return ServedModel(predictor, "onnx", onnx, _run_dir_of(onnx.parent, meta))
+        return ServedModel(predictor, "onnx", onnx, _run_dir_of(onnx.parent))
     if backend != "torch":
         raise UsageError(f"Unknown --backend {backend!r}", "use onnx or torch")
     if path.suffix == ".onnx" or (path / "model.onnx").is_file() and not (path / EXPORT_WEIGHTS).is_file():
@@ -81,7 +80,7 @@ def load_served_model(path: str | Path, backend: str, threads: int) -> ServedMod
     return ServedModel(predictor, "torch", weights, path if path.is_dir() else path.parent)
 
 
-def _run_dir_of(folder: Path, meta: dict[str, Any]) -> Path | None:
+def _run_dir_of(folder: Path) -> Path | None:
     """The run folder an export sits in (``RUN/export/model.onnx``), when it is there."""
     for candidate in (folder, folder.parent):
         if (candidate / TEST_REPORT).is_file() or (candidate / "run.json").is_file():
