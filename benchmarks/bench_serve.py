@@ -92,8 +92,10 @@ class RssSampler(threading.Thread):
             self.samples.append((time.monotonic(), kb / 1024))
 
 
-async def load(url: str, bodies: list[bytes] | None, concurrency: int, warmup: float, duration: float) -> dict:
-    """``concurrency`` clients in a loop; only requests that start after the warm-up count."""
+async def load(url: str, bodies: list[bytes] | None, concurrency: int, warmup: float, duration: float,
+               multipart: bool = False) -> dict:
+    """``concurrency`` clients in a loop; only requests that start after the warm-up count.
+    ``bodies`` None: ``GET /health``; else ``POST /predict``, raw or as multipart field ``file``."""
     import httpx
 
     latencies: list[float] = []
@@ -107,6 +109,8 @@ async def load(url: str, bodies: list[bytes] | None, concurrency: int, warmup: f
             try:
                 if bodies is None:
                     r = await http.get("/health")
+                elif multipart:
+                    r = await http.post("/predict", files={"file": ("photo.jpg", bodies[n % len(bodies)], "image/jpeg")})
                 else:
                     r = await http.post("/predict", content=bodies[n % len(bodies)],
                                         headers={"Content-Type": "image/jpeg"})

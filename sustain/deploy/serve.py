@@ -157,7 +157,7 @@ def build_app(served: ServedModel, options: ServeOptions, decode_threads: int = 
         task.cancel()
         batcher.model_thread.shutdown(wait=True)
         decoder.shutdown(wait=False)
-        log.info("Stopped: %d requests' images scored in %d forward passes", batcher.images, batcher.batches)
+        log.info("Stopped: %d images scored in %d forward passes", batcher.images, batcher.batches)
 
     app = FastAPI(title="Sustain waste classifier", version="1", lifespan=lifespan,
                   description="Classify photos of waste into classes and disposal bins (docs/deploy.md).")
