@@ -86,6 +86,9 @@ def measure(cmd: list[str], env: dict, bodies: list[bytes], args, log: Path) -> 
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        errors = [line for line in log.read_text().splitlines() if "Error" in line or "Traceback" in line]
+        if errors:
+            print(f"{log.name}: {len(errors)} error lines, the last: {errors[-5:]}")
     return {"serving": served, "http_ceiling_health": ceiling}
 
 
