@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 from engine_helpers import read_json
-from test_evaluate import SIZE, SMALL, export_meta, write_images
+from eval_helpers import SIZE, SMALL, export_meta, write_images
 from test_export import make_run
 
 from sustain import Predictor
@@ -41,7 +41,7 @@ def run_with(tmp: Path, name: str, extra: dict, pretrained: bool | str = False) 
         kwargs.pop("img_size")
         model = timm.create_model(name, pretrained=False, num_classes=4, **kwargs).eval()
         kwargs["img_size"] = SIZE  # best_model.json keeps what the config said
-    from test_evaluate import tiny_model
+    from eval_helpers import tiny_model
 
     run = make_run(tmp / name, tiny_model(SMALL.num_classes))
     save_best(run, state_dict_copy(model), {**export_meta(SMALL), "model_name": name, "model_kwargs": kwargs})

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 from browser import chromium, render
+from eval_helpers import SMALL, tiny_model, write_images
 from PIL import Image
-from test_evaluate import SMALL, tiny_model, write_images
 from test_export import make_run
 
 from sustain import Predictor
@@ -31,7 +31,7 @@ from sustain.deploy.export import export_run
 
 pytestmark = pytest.mark.slow  # server processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIMITS = ["--max-upload-mb", "1", "--max-images", "4", "--max-pixels", "1000000"]
 
 
