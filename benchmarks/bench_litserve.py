@@ -24,8 +24,8 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_predict import write_images  # noqa: E402
-from benchmarks.bench_serve import export, free_port, load, machine  # noqa: E402
-from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.bench_serve import export, finish, free_port, header, load, machine  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, results_file  # noqa: E402
 
 APP = '''
 import sys
@@ -103,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=results_file("bench_litserve"))
     args = parser.parse_args(argv)
     cores = machine()["cores"]
-    report = {"command": "python benchmarks/bench_litserve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip(),
-              "machine": machine(), "load_avg_before": [round(v, 2) for v in os.getloadavg()],
-              "weights": "randomly initialised", "settings": {k: str(v) for k, v in vars(args).items()}, "results": {}}
+    report = {**header("bench_litserve", argv, args), "results": {}}
     with tempfile.TemporaryDirectory(prefix="sustain_bench_litserve_") as tmp_name:
         tmp = Path(tmp_name)
         onnx = export(args.model, args.size, False, tmp) / "model.onnx"
@@ -125,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             s = row["serving"]
             print(f"{name}: {s['requests_per_s']} img/s, p50 {s['latency_ms']['p50']} ms, p99 {s['latency_ms']['p99']} ms, "
                   f"errors {s['errors']}; /health {row['http_ceiling_health']['requests_per_s']} req/s")
-    report["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
-    write_result(args.out, report)
-    print(f"load average before {report['load_avg_before']}, after {report['load_avg_after']}; {args.out}")
-    return 0
+    return finish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -184,18 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (1 <= args.concurrency <= MAX_CONCURRENCY and 0 < args.duration <= MAX_DURATION):
         parser.error(f"--concurrency 1..{MAX_CONCURRENCY}, --duration up to {MAX_DURATION} s")
-    import onnxruntime
-    import torch
 
     cores = machine()["cores"]
-    report = {"command": "python benchmarks/bench_serve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip(),
-              "machine": machine(), "load_avg_before": [round(v, 2) for v in os.getloadavg()],
-              "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                           "onnxruntime": onnxruntime.__version__},
-              "weights": "randomly initialised (speed does not depend on the weights)",
-              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "results": {}}
+    report = {**header("bench_serve", argv, args), "results": {}}
     with tempfile.TemporaryDirectory(prefix="sustain_bench_serve_") as tmp_name:
         tmp = Path(tmp_name)
         folder = export(args.model, args.size, "int8" in args.precision, tmp)
@@ -213,9 +204,28 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['images_per_s']} img/s (p50 {s['latency_ms']['p50']} ms, p99 {s['latency_ms']['p99']} ms, "
                   f"errors {s['errors']}, RSS {s['rss_mb']}); HTTP ceiling {ceil['requests_per_s']} req/s; "
                   f"{row['ratios']}")
+    return finish(report, args.out)
+
+
+def header(name: str, argv: list[str] | None, args) -> dict:
+    """What the result JSON names first: the command, commit, machine, load and versions."""
+    import onnxruntime
+    import torch
+
+    return {"command": f"python benchmarks/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip(),
+            "machine": machine(), "load_avg_before": [round(v, 2) for v in os.getloadavg()],
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "onnxruntime": onnxruntime.__version__},
+            "weights": "randomly initialised (speed does not depend on the weights)",
+            "settings": {k: str(v) for k, v in vars(args).items() if k != "out"}}
+
+
+def finish(report: dict, out: Path) -> int:
     report["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
-    write_result(args.out, report)
-    print(f"load average before {report['load_avg_before']}, after {report['load_avg_after']}; {args.out}")
+    write_result(out, report)
+    print(f"load average before {report['load_avg_before']}, after {report['load_avg_after']}; {out}")
     return 0
 
 
