@@ -225,12 +225,16 @@ class DataSummary(Record):
     excluded: int = 0
     decode: dict[str, Any] = field(default_factory=dict)
     image_cache: dict[str, Any] | None = None  # size on disk and per image, when the cache is on
+    holdout: dict[str, Any] = field(default_factory=dict)  # data.split.holdout_sources: ood images, removals
 
     def file_dict(self) -> dict[str, Any]:
-        """The file's content: `image_cache` appears once a training run has recorded it."""
+        """The file's content: `image_cache` appears once a training run has recorded it, `holdout`
+        when a source is held out."""
         out = self.to_dict()
         if out["image_cache"] is None:
             del out["image_cache"]
+        if not out["holdout"]:
+            del out["holdout"]
         return out
 
     def write(self, folder: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """The exported model folder (``export/model/``): weights and config.json through timm's own
 `save_for_hf`, and the model card (README.md), a pure function of the checkpoint's metadata and
-the run's artifacts (``run.json``, ``data_summary.json``, ``test_classification_report.json``).
+the run's artifacts (``run.json``, ``data_summary.json``, ``test_classification_report.json``,
+``ood_classification_report.json`` when sources were held out).
 
 A missing artifact leaves its section saying so; nothing is invented.
 """
@@ -13,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import DATA_SUMMARY, RUN, TEST_REPORT, VAL_REPORT
+from ..artifacts import DATA_SUMMARY, OOD_REPORT, RUN, TEST_REPORT, VAL_REPORT
+from ..evaluate.shift import shift_rows
 from ..training.checkpoints import LoadedCheckpoint
 from ..utils import atomic_write_text
 
@@ -36,7 +38,8 @@ def write_model_folder(loaded: LoadedCheckpoint, run_dir: Path, out: Path) -> Pa
 
 def _artifacts(run_dir: Path) -> dict[str, Any]:
     """The run's JSON artifacts the model card reads; a missing or unreadable one is None."""
-    names = {"run": RUN, "data_summary": DATA_SUMMARY, "test_report": TEST_REPORT, "val_report": VAL_REPORT}
+    names = {"run": RUN, "data_summary": DATA_SUMMARY, "test_report": TEST_REPORT, "val_report": VAL_REPORT,
+             "ood_report": OOD_REPORT}
     found: dict[str, Any] = {}
     for key, name in names.items():
         try:
@@ -60,6 +63,7 @@ def build_model_card(meta: Mapping[str, Any], artifacts: Mapping[str, Any]) -> s
         _classes(meta),
         _data(artifacts.get("data_summary")),
         _metrics(report),
+        _held_out(artifacts.get("test_report"), artifacts.get("ood_report")),
         _failure_modes(report),
         _environment(artifacts.get("run"), meta),
         _usage(meta),
@@ -114,7 +118,26 @@ def _data(summary: Mapping[str, Any] | None) -> str:
 
 
 def _splits(splits: Mapping[str, Any]) -> str:
-    return " / ".join(f"{splits.get(s, 0):,}" for s in ("train", "val", "test"))
+    text = " / ".join(f"{splits.get(s, 0):,}" for s in ("train", "val", "test"))
+    return text + (f" (+ {splits['ood']:,} held out)" if splits.get("ood") else "")
+
+
+def _held_out(test: Mapping[str, Any] | None, ood: Mapping[str, Any] | None) -> str:
+    """In-domain test beside each source the model never trained on (data.split.holdout_sources)."""
+    rows = shift_rows(test, ood)
+    if not rows:
+        return ""
+    lines = ["## In-domain test and held-out sources\n",
+             "The held-out sources were never trained on (their near duplicates were removed from the other "
+             "sources): expect their accuracy, not the in-domain one, at a new site that looks like them.\n",
+             "| population | fine images | accuracy | 95% interval (Wilson) | gap to in-domain test |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        interval = "n/a" if r.interval is None else f"{_pct(r.interval[0])} – {_pct(r.interval[1])}"
+        gap = "" if r.gap is None else f"{100 * r.gap:+.1f} points"
+        lines.append(f"| {r.name}{' (held out)' if r.held_out else ''} | {r.n_fine:,} | {_pct(r.accuracy)} | "
+                     f"{interval} | {gap} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pct(x: Any) -> str:
