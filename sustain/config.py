@@ -239,7 +239,7 @@ def _check_holdout_sources(cfg: Config) -> None:
     if disabled:
         raise ConfigError(key, f"holds out disabled sources (enabled: false): {disabled}",
                           "enable them, or drop them from the list")
-    if set(enabled) <= set(held):
+    if held and set(enabled) <= set(held):
         raise ConfigError(key, f"holds out every enabled source ({', '.join(enabled)}): nothing is left to train on",
                           "keep at least one source out of the list")
 

@@ -100,7 +100,7 @@ def _sources(facts: IngestFacts) -> dict[str, dict[str, Any]]:
     conflict_files = Counter(names[im.source] for group in facts.merged.conflicts for im in group)
     loaded = Counter(names[im.source] for im in facts.decoded.images)
     corrupt = Counter(names[index] for index, _, _ in facts.decoded.corrupt)
-    held_removed = Counter(r.source for r in facts.holdout_removed)
+    held_removed = Counter(r.source for r in facts.holdout_removed)  # listed in the summary's `holdout`
     sources: dict[str, dict[str, Any]] = {}
     for scan in facts.scans:
         name = scan.config.name
@@ -118,7 +118,6 @@ def _sources(facts: IngestFacts) -> dict[str, dict[str, Any]]:
             "dropped": sum(scan.dropped.values()),
             "corrupt": corrupt[name],
             "duplicates_merged": loaded[name] - kept - conflict_files[name] - held_removed[name],
-            "holdout_near_duplicates_removed": held_removed[name],
             "conflicts_dropped": conflict_files[name],
             "excluded": scan.excluded,
             "other_files": len(scan.other_files),
