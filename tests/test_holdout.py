@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import TINY_CLASSES, make_tiny_lake, one_thread, read_json, tiny_config, tiny_config_dict  # noqa: F401
+from engine_helpers import TINY_CLASSES, make_tiny_lake, one_thread, read_json, tiny_config_dict  # noqa: F401
 from PIL import Image
 
 from sustain.config import config_from_dict

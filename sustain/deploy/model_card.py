@@ -130,13 +130,17 @@ def _held_out(test: Mapping[str, Any] | None, ood: Mapping[str, Any] | None) -> 
     lines = ["## In-domain test and held-out sources\n",
              "The held-out sources were never trained on (their near duplicates were removed from the other "
              "sources): expect their accuracy, not the in-domain one, at a new site that looks like them.\n",
-             "| population | fine images | accuracy | 95% interval (Wilson) | gap to in-domain test |",
-             "|---|---|---|---|---|"]
+             "| population | fine images | accuracy | 95% interval (Wilson) | gap to in-domain test "
+             "| set images | set accuracy (95% interval) |", "|---|---|---|---|---|---|---|"]
+
+    def interval(bounds: tuple[float, float] | None) -> str:
+        return "n/a" if bounds is None else f"{_pct(bounds[0])} – {_pct(bounds[1])}"
+
     for r in rows:
-        interval = "n/a" if r.interval is None else f"{_pct(r.interval[0])} – {_pct(r.interval[1])}"
         gap = "" if r.gap is None else f"{100 * r.gap:+.1f} points"
+        set_acc = f"{_pct(r.set_accuracy)} ({interval(r.set_interval)})" if r.n_set else ""
         lines.append(f"| {r.name}{' (held out)' if r.held_out else ''} | {r.n_fine:,} | {_pct(r.accuracy)} | "
-                     f"{interval} | {gap} |")
+                     f"{interval(r.interval)} | {gap} | {r.n_set:,} | {set_acc} |")
     return "\n".join(lines) + "\n"
 
 

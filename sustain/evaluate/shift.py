@@ -37,16 +37,18 @@ class ShiftRow:
     interval: tuple[float, float] | None
     n_set: int
     set_accuracy: float | None
+    set_interval: tuple[float, float] | None
     gap: float | None  # accuracy minus the in-domain test accuracy (negative: worse out of domain)
 
 
 def _row(name: str, held_out: bool, acc: Any, n: Any, set_acc: Any, n_set: Any, base: float | None) -> ShiftRow:
-    n = int(n or 0)
+    n, n_set = int(n or 0), int(n_set or 0)
     acc = float(acc) if acc is not None and n else None
+    set_acc = float(set_acc) if set_acc is not None and n_set else None
     return ShiftRow(name=name, held_out=held_out, n_fine=n, accuracy=acc,
-                    interval=wilson_interval(acc * n, n) if acc is not None else None, n_set=int(n_set or 0),
-                    set_accuracy=None if set_acc is None else float(set_acc),
-                    gap=None if acc is None or base is None else acc - base)
+                    interval=wilson_interval(acc * n, n) if acc is not None else None, n_set=n_set,
+                    set_accuracy=set_acc, set_interval=wilson_interval(set_acc * n_set, n_set) if set_acc is not None
+                    else None, gap=None if acc is None or base is None else acc - base)
 
 
 def shift_rows(test: Mapping[str, Any] | None, ood: Mapping[str, Any] | None) -> list[ShiftRow]:

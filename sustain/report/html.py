@@ -251,13 +251,15 @@ def _shift_section(test: Any, ood: Any) -> str:
     if not rows:
         return ""
 
-    def interval(r: Any) -> str:
-        return "n/a" if r.interval is None else f"{_fmt(r.interval[0], True)} – {_fmt(r.interval[1], True)}"
+    def interval(bounds: tuple[float, float] | None) -> str:
+        return "n/a" if bounds is None else f"{_fmt(bounds[0], True)} – {_fmt(bounds[1], True)}"
 
     table = html_table(
-        ["", "fine images", "accuracy", "95% interval (Wilson)", "gap to in-domain test", "set images", "set accuracy"],
-        [[f"{r.name}{' (held out)' if r.held_out else ''}", r.n_fine, _fmt(r.accuracy, True), interval(r),
-          "" if r.gap is None else f"{100 * r.gap:+.1f} points", r.n_set, _fmt(r.set_accuracy, True)] for r in rows])
+        ["", "fine images", "accuracy", "95% interval (Wilson)", "gap to in-domain test", "set images", "set accuracy",
+         "95% interval"],
+        [[f"{r.name}{' (held out)' if r.held_out else ''}", r.n_fine, _fmt(r.accuracy, True), interval(r.interval),
+          "" if r.gap is None else f"{100 * r.gap:+.1f} points", r.n_set, _fmt(r.set_accuracy, True),
+          interval(r.set_interval)] for r in rows])
     return ("<h2>In-domain test and held-out sources</h2>"
             '<p class="muted">The held-out sources (data.split.holdout_sources) were never trained on, and their '
             "near duplicates were removed from the other sources: their accuracy is what to expect at a new site "
