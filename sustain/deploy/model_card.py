@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import DATA_SUMMARY, OOD_REPORT, RUN, TEST_REPORT, VAL_REPORT
-from ..evaluate.shift import shift_rows
-from ..training.checkpoints import LoadedCheckpoint
+from ..evaluate import shift_rows
 from ..utils import atomic_write_text
+from .loading import LoadedCheckpoint
 
 log = logging.getLogger("sustain.deploy.export")
 

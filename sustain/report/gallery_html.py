@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate.gallery import (
+from ..evaluate import (
+    DEFAULT_METHOD,
+    FIXED_GIVEN_MAX,
+    FIXED_OTHER_MIN,
     PAIRS,
     PER_PAIR,
     SUSPECTS_CSV,
@@ -30,7 +33,6 @@ from ..evaluate.gallery import (
     suspect_masks,
     top_mistakes,
 )
-from ..evaluate.label_issues import DEFAULT_METHOD, FIXED_GIVEN_MAX, FIXED_OTHER_MIN
 from ..utils import escape_html
 
 CSS = """

@@ -31,6 +31,7 @@ import numpy as np
 from .. import artifacts
 from ..config import Config, TrackingConfig
 from ..errors import UsageError
+from ..utils import flatten
 
 log = logging.getLogger("sustain.tracking.tracker")
 
@@ -66,18 +67,6 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
         raise UsageError(f"MLflow tracking server {uri} cannot be reached: {reason}",
                          "start the server, fix tracking.mlflow.tracking_uri, or set "
                          "tracking.mlflow.enabled=false (the embedded store needs no server)") from None
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """`{"train": {"lr": 1e-4}}` → `{"train.lr": "0.0001"}`; lists become their text."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)[:6000]  # MLflow's param length limit
-    return flat
 
 
 def data_params(summary: Mapping[str, Any]) -> dict[str, Any]:

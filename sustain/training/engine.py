@@ -31,10 +31,9 @@ import torch
 import torchvision
 from torch import nn
 
-from ..artifacts import RunRecord
+from ..artifacts import LAST, RunRecord, prepare_output_dir
 from ..config import Config
-from ..data import image_cache
-from ..data.lake import check_sources, record_image_cache
+from ..data import check_sources, image_cache, record_image_cache
 from ..device import (
     apply_backend_flags,
     detect_backends,
@@ -45,9 +44,9 @@ from ..device import (
     plan_precision,
 )
 from ..evaluate import trends
-from ..model import build_model, parameter_summary
+from ..model import build_model, load_checkpoint, parameter_summary
 from ..taxonomy import Taxonomy, build_taxonomy
-from ..tracking.tracker import Tracker
+from ..tracking import Tracker
 from ..transforms import (
     build_eval_transform,
     build_train_transform,
@@ -55,20 +54,9 @@ from ..transforms import (
     validate_transforms,
 )
 from ..utils import cpu_count
-from . import checkpoints as ckpt
 from . import console
-from .components import (
-    build_ema,
-    build_optimizer,
-    build_scheduler,
-    build_train_loss,
-    export_meta,
-    plan_cpu_measured,
-    prepare_output_dir,
-    sanity_check,
-    seed_everything,
-    set_lr,
-)
+from .checkpoints import export_meta
+from .cpu_plan import plan_cpu_measured
 from .distributed import Distributed
 from .guards import Guards
 from .hooks import Hooks
@@ -76,9 +64,12 @@ from .interrupts import Interrupted, StopRequests, resume_command, signal_name
 from .loaders import build_loaders
 from .loop import Stopped, run_epochs
 from .loop_state import LoopState
-from .losses import PartialLabelLoss
-from .resume import restore_training_state
+from .losses import PartialLabelLoss, build_train_loss
+from .optim import build_ema, build_optimizer, build_scheduler, set_lr
+from .resume import check_resume_compatible, resolve_resume, restore_training_state
+from .rng import restore_rng_state, seed_everything
 from .run import CheckpointClock, Run
+from .sanity import sanity_check
 
 log = logging.getLogger("sustain.training.engine")
 
@@ -142,7 +133,7 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
         "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved and saved.get("tracking"))
     if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run
         rng_states = saved["rng"]
-        ckpt.restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
+        restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
         state.note_event("resumed", state.epoch + (1 if state.step else 0), state.step, run.loaders.train_batches,
                          f"from {resume_path.name} saved at {saved.get('saved_at', '?')}")
         del saved
@@ -192,10 +183,10 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     channels_last = plan_channels_last(cfg.model.channels_last, plan.type,
                                        sum(isinstance(m, nn.Conv2d) for m in model.modules()), backends.cpu_isa)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    loss_fn = build_train_loss(cfg, lake, taxonomy).to(device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, math.ceil(loaders.train_batches / cfg.train.accum_steps))
-    ema = build_ema(cfg, model)
+    loss_fn = build_train_loss(cfg.train, lake, taxonomy).to(device)
+    optimizer = build_optimizer(cfg.train, model)
+    scheduler = build_scheduler(cfg.train, optimizer, math.ceil(loaders.train_batches / cfg.train.accum_steps))
+    ema = build_ema(cfg.train, model)
     filled = img_cache.filled if img_cache is not None else 0
     t = time.perf_counter()
     batch = loaders.sanity_batch()
@@ -207,7 +198,7 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
         load_seconds = time.perf_counter() - t
     sanity_check(model, batch, loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
     if plan.type == "cpu":  # measured CPU plan (docs/performance.md); loaders start no worker until iterated
-        cpu = plan_cpu_measured(cfg, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
+        cpu = plan_cpu_measured(cfg.data.num_workers, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
         if cpu.workers != workers:
             workers = cpu.workers
             loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
@@ -217,7 +208,7 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
 
     run = Run(cfg=cfg, taxonomy=taxonomy, sources=lake.sources, dist=dist, device=device, plan=plan,
               precision=precision, channels_last=channels_last, out_dir=out_dir,
-              meta=export_meta(cfg, taxonomy, data_config, lake.manifest_hash), model=model,
+              meta=export_meta(cfg.model, taxonomy, data_config, lake.manifest_hash), model=model,
               fwd_model=model,  # compiled and wrapped for DDP after a resume loaded the weights
               ema=ema, loss_fn=loss_fn,
               val_loss_fn=PartialLabelLoss(),  # validation loss is the plain NLL: no smoothing, no weights
@@ -241,14 +232,14 @@ def _model_and_transforms(cfg: Config, taxonomy: Taxonomy, device_type: str) -> 
 
 def _load_resume(run: Run, state: LoopState, resume: str | None) -> tuple[Path | None, dict[str, Any] | None]:
     """A fresh start, or everything last.pth holds loaded into `run`'s objects and `state`."""
-    resume_path = ckpt.resolve_resume(resume, run.out_dir)
-    if resume_path is None and (run.out_dir / ckpt.LAST).is_file():
+    resume_path = resolve_resume(resume, run.out_dir)
+    if resume_path is None and (run.out_dir / LAST).is_file():
         log.warning("⚠️  %s holds an earlier run: its checkpoints will be replaced (--resume auto continues it)",
                     run.out_dir)
     if resume_path is None:
         return None, None
-    saved = ckpt.load_checkpoint(resume_path)
-    ckpt.check_resume_compatible(saved, list(run.taxonomy.classes), run.meta["manifest_hash"], resume_path)
+    saved = load_checkpoint(resume_path)
+    check_resume_compatible(saved, list(run.taxonomy.classes), run.meta["manifest_hash"], resume_path)
     restore_training_state(saved, run.cfg, run.model, run.optimizer, run.ema, state, run.guards)
     console.resumed(resume_path, state, run.loaders.train_batches)
     return resume_path, saved
@@ -269,7 +260,7 @@ def _interrupted(run: Run, state: LoopState, setup: _Setup, stop: Stopped) -> In
         hook(reason)
     run.dist.close()
     command = resume_command(sys.argv, run.dist.world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
-    return Interrupted(f"Training {reason}; saved in {run.out_dir / ckpt.LAST}. Continue with: {command}",
+    return Interrupted(f"Training {reason}; saved in {run.out_dir / LAST}. Continue with: {command}",
                        stop.signum)
 
 
@@ -302,7 +293,7 @@ def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunRes
     record.update(checklist=checklist, report_error=None)
     RunRecord.from_dict(record).write(out)  # the report reads it
     if not state.failed:
-        from ..report.writer import build_report  # with scikit-learn (see loop.validate)
+        from ..report import build_report
 
         try:
             log.info("✓ Report written: %s", build_report(out))

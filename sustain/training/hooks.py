@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..tracking.tracker import Tracker
+from ..tracking import Tracker
 from .loop_state import EpochProgress
 
 

@@ -31,7 +31,6 @@ from ..artifacts import HISTORY_KEYS, History
 from ..evaluate import trends
 from ..utils import finite_or_none
 from . import console
-from .components import current_lr, images_on_device, set_lr
 from .interrupts import signal_name
 from .loop_state import (
     CONTINUE,
@@ -45,6 +44,8 @@ from .loop_state import (
     is_improvement,
     update_groups,
 )
+from .optim import current_lr, set_lr
+from .precision import images_on_device
 from .resume import save_epoch_checkpoints, save_position
 from .run import Run
 
@@ -238,8 +239,7 @@ def on_nonfinite(run: Run, state: LoopState, epoch: int, step: int, kind: str) -
 def validate(run: Run) -> dict[str, Any]:
     # scikit-learn (metrics, evaluate, report) takes ≈ 2 s to import: it loads when the first epoch
     # is scored, so a run that fails its config, data or sanity checks fails fast.
-    from ..evaluate import collect_predictions
-    from ..evaluate.metrics import epoch_metrics
+    from ..evaluate import collect_predictions, epoch_metrics
 
     preds = collect_predictions(run.eval_model(), run.loaders.val, run.device, run.autocast_factory(),
                                 desc="Validation", progress=run.dist.is_main)
@@ -276,7 +276,7 @@ def record_epoch(run: Run, state: LoopState, epoch: int, tr: dict[str, Any], val
     History.from_dict(state.history).write(run.out_dir)
     for hook in run.hooks.epoch_end:
         hook(entry)
-    from ..evaluate.metrics import format_per_class  # loaded by validate() already (see there)
+    from ..evaluate import format_per_class
 
     console.epoch_summary(epoch, run.cfg.train.epochs, tr, val, verdict, skipped_pct,
                           format_per_class(val, run.taxonomy))

@@ -1,25 +1,80 @@
-"""The loop's checkpoints: the best weights, and `last.pth` with everything an exact resume needs.
+"""Resuming: `last.pth` with everything an exact resume needs, where to find it, and whether it fits.
 
 `training_state` writes the payload and `restore_training_state` reads it
 back into freshly built objects; `LoopState.state_dict` is the loop's part.
+`resolve_resume` finds the file `--resume` names and `check_resume_compatible`
+refuses one from another class list, data manifest or a newer format. The
+best weights are saved here too (`save_best_checkpoint`), through
+`training.checkpoints`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..artifacts import LAST
 from ..config import Config
+from ..errors import UsageError
+from ..model import save_checkpoint
 from . import checkpoints as ckpt
 from . import console
+from .checkpoints import FORMAT_VERSION
 from .guards import Guards
 from .loop_state import EpochProgress, LoopState, now
 from .run import Run
 
 log = logging.getLogger("sustain.training.engine")
+
+
+
+def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
+    """The checkpoint `--resume auto|PATH` points at (None: start fresh)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = Path(out_dir) / LAST
+        if path.is_file():
+            return path
+        log.info("No %s in %s: starting a new run", LAST, out_dir)
+        return None
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise UsageError(f"Checkpoint to resume from not found: {path}", "use --resume auto or the path of a last.pth")
+    return path
+
+
+def check_resume_compatible(state: Mapping[str, Any], classes: list[str], manifest_hash: str, path: Path) -> None:
+    """Refuse a resume whose class list or data manifest differs from this run's."""
+    if state.get("kind") != "last":
+        raise UsageError(f"{path} is not a resumable checkpoint (kind {state.get('kind')!r})",
+                         "resume from last.pth; best checkpoints hold weights only")
+    fmt = state.get("format", 1)  # version 1 files lack a position: they resume at an epoch's end
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise UsageError(f"{path} has checkpoint format {fmt!r}; this Sustain reads up to "
+                         f"{FORMAT_VERSION}", "update Sustain, or start a new run in another output folder")
+    saved = list(state.get("classes") or [])
+    if saved != list(classes):
+        added = [c for c in classes if c not in saved]
+        removed = [c for c in saved if c not in classes]
+        detail = "; ".join(filter(None, [f"added {added}" if added else "", f"removed {removed}" if removed else ""]))
+        raise UsageError(
+            f"Cannot resume from {path}: the class list changed ({detail or 'same classes, different order'})",
+            "resume with the taxonomy the run started with, or start a new run in another output folder",
+        )
+    if state.get("manifest_hash") != manifest_hash:
+        raise UsageError(
+            f"Cannot resume from {path}: the data manifest changed "
+            f"(hash {state.get('manifest_hash')} in the checkpoint, {manifest_hash} now)",
+            "resume with the same data and split, or start a new run in another output folder",
+        )
 
 
 
@@ -32,14 +87,14 @@ def save_position(run: Run, state: LoopState, epoch: int, step: int, progress: E
         state.note_event("interrupted", epoch, step, run.loaders.train_batches, reason)
     save_last(run, state, run.dist.gather_rng())
     if run.dist.is_main:
-        console.position_saved(epoch, step, run.loaders.train_batches, run.out_dir / ckpt.LAST)
+        console.position_saved(epoch, step, run.loaders.train_batches, run.out_dir / LAST)
 
 
 def save_last(run: Run, state: LoopState, rng: list[dict[str, Any]]) -> None:
     """Rank 0 writes last.pth; a signal that arrives meanwhile waits for the write to finish."""
     if run.dist.is_main:
         with run.stop.saving_block():
-            ckpt.save_checkpoint(run.out_dir / ckpt.LAST, training_state(run, state, rng))
+            save_checkpoint(run.out_dir / LAST, training_state(run, state, rng))
     run.clock.reset()
 
 
@@ -60,7 +115,7 @@ def training_state(run: Run, state: LoopState, rng: list[dict[str, Any]]) -> dic
     `restore_training_state` reads it back."""
     # No scheduler state: the LR is a pure function of the config and `updates` (set_lr).
     return {
-        "format": ckpt.FORMAT_VERSION,
+        "format": FORMAT_VERSION,
         "kind": "last",
         "classes": list(run.taxonomy.classes),
         "manifest_hash": run.meta["manifest_hash"],

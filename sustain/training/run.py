@@ -15,13 +15,13 @@ from torch import nn
 from ..config import Config
 from ..device import DevicePlan, PrecisionPlan
 from ..taxonomy import Taxonomy
-from ..tracking.tracker import Tracker
-from .components import autocast_context
+from ..tracking import Tracker
 from .distributed import Distributed
 from .guards import Guards
 from .hooks import Hooks
 from .interrupts import StopRequests
 from .loaders import Loaders
+from .precision import autocast_context
 
 
 class CheckpointClock:
