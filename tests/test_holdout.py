@@ -81,7 +81,7 @@ def write_site_b(lake: Path, seed: int = 7) -> Path:
 
 
 @pytest.mark.slow
-def test_a_held_out_source_is_scored_beside_test_and_never_trained_on(tmp_path: Path):
+def test_a_held_out_source_is_scored_beside_test_and_never_trained_on(tmp_path: Path, run_cli):
     from sustain import train
     from sustain.deploy.model_card import build_model_card
 
@@ -114,6 +114,9 @@ def test_a_held_out_source_is_scored_beside_test_and_never_trained_on(tmp_path: 
     assert list(report["per_source_accuracy"]) == ["site_b"]
     assert (out / "ood_confusion_matrix.npy").is_file() and (out / "predictions_ood.npz").is_file()
     assert read_json(out / "run.json")["final_evaluation"]["ood"]["n_fine"] == len(ood)
+    again = run_cli("evaluate", "--checkpoint", out, "--split", "ood")  # the same weights score them again
+    assert again.code == 0, again.output
+    assert read_json(out / "eval_ood_classification_report.json")["accuracy"] == pytest.approx(report["accuracy"])
 
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "In-domain test and held-out sources" in page and "site_b (held out)" in page
