@@ -81,6 +81,25 @@ def test_label_issues_csv_has_the_agreed_columns(tmp_path: Path):
         write_label_issues(tmp_path, [{k: v for k, v in rows[0].items() if k != "rank"}])
 
 
+def test_a_prediction_store_gives_label_issue_rows_ranked_worst_first(tmp_path: Path):
+    from sustain.evaluate.gallery import SamplePredictions, label_issue_rows, suspect_labels
+
+    probs, given, flipped = noisy_probs(n=1000, c=4)
+    classes = ("glass", "can", "peel", "bag")
+    oof = SamplePredictions(split="oof", classes=classes, paths=np.array([f"img_{i}.jpg" for i in range(1000)]),
+                            sources=np.array(["s"] * 1000), labels=np.array(classes)[given],
+                            probs=probs, targets=np.eye(4, dtype=bool)[given])
+    rows = label_issue_rows(suspect_labels([oof]))
+    with write_label_issues(tmp_path, rows).open(newline="") as fh:
+        back = list(csv.DictReader(fh))
+    assert [int(r["rank"]) for r in back] == list(range(1, len(back) + 1))
+    quality = [float(r["label_quality"]) for r in back]
+    assert quality == sorted(quality)
+    first = int(back[0]["path"].removeprefix("img_").removesuffix(".jpg"))
+    assert back[0]["given"] == classes[given[first]] and back[0]["suggested"] == classes[probs[first].argmax()]
+    assert len({r["path"] for r in back} & {f"img_{i}.jpg" for i in flipped}) >= 0.7 * len(flipped)
+
+
 @pytest.mark.slow
 def test_cleanlab_finds_injected_flips_on_a_small_lake(tmp_path: Path):
     """Real image files, decoded by the project's loader, 5% of their folder labels flipped;

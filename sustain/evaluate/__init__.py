@@ -37,6 +37,7 @@ _OFFERS = {
     'format_comparison': 'compare',
     'format_per_class': 'metrics',
     'indexed_loader': 'predictions',
+    'label_issue_rows': 'gallery',
     'labelled_folder_rows': 'labelled',
     'load_run': 'compare',
     'load_run_predictions': 'gallery',

@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -257,6 +258,13 @@ def per_source(sp: SamplePredictions, k: int = 3, suspect: np.ndarray | None = N
             set_accuracy=float(hit[s].mean()) if s.any() else None, n_suspect=int((suspect & mine).sum()),
             confusions=[(sp.classes[t], sp.classes[p], n) for (t, p), n in worst]))
     return views
+
+
+def label_issue_rows(suspects: Iterable[Sample]) -> list[dict[str, Any]]:
+    """`label_issues.csv` rows (`label_issues.write_label_issues`) of ranked suspects, e.g.
+    ``suspect_labels([oof_store])`` for a cross-validation's out-of-fold predictions."""
+    return [{"path": s.path, "source": s.source, "given": s.given, "suggested": s.predicted,
+             "label_quality": s.p_given, "rank": rank} for rank, s in enumerate(suspects, 1)]
 
 
 def write_suspects_csv(path: str | Path, suspects: Iterable[Sample]) -> Path:
