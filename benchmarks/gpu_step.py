@@ -130,7 +130,7 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     from sustain.training.loop_state import LoopState
     from sustain.training.losses import PartialLabelLoss
     from sustain.training.optim import build_optimizer, build_scheduler, set_lr
-    from sustain.training.run import Run
+    from sustain.training.trainer import Trainer
 
     optimizer = build_optimizer(cfg.train, model)
     scheduler = build_scheduler(cfg.train, optimizer, updates_per_epoch=1000)
@@ -138,7 +138,7 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
     set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
     loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch, start=0: None)
-    bundle = Run(
+    bundle = Trainer(
         cfg=cfg, taxonomy=build_taxonomy(**cfg.taxonomy.model_dump()), sources=["synthetic"],
         dist=Distributed(device=device), device=device, plan=plan, precision=precision,
         channels_last=False, out_dir=Path("."), meta={}, model=model, fwd_model=fwd_model, ema=None,

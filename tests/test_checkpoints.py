@@ -137,13 +137,13 @@ def test_the_training_state_round_trips_through_last_pth(tmp_path: Path) -> None
     from sustain.config import GuardConfig
     from sustain.device import plan_precision
     from sustain.training.guards import Guards
-    from sustain.training.loop_state import LoopState
+    from sustain.training.loop_state import BestScore, LoopState
 
     state = LoopState(epoch=3, updates=17, micro_steps=34, bad_epochs=1, early_stopped=True,
                       stop_reason="early stopping", step=2, partial=[{"seen": 8}],
                       health=[{"epoch": 1, "verdict": "healthy"}], events=[{"event": "resumed"}])
-    state.best.update(score=0.5, epoch=2, val_acc=0.5, macro_f1=0.4, path="best.pth")
-    state.history["epoch"].extend([1, 2, 3])
+    state.best = BestScore(score=0.5, epoch=2, val_acc=0.5, macro_f1=0.4, path="best.pth")
+    state.history.epoch.extend([1, 2, 3])
     guards = Guards(GuardConfig(), "cpu", plan_precision("cpu", "off", False), amp_on=False)
     for step in range(3):  # three non-finite steps in a row: the LR is halved
         guards.on_nonfinite(1, step, "loss")
