@@ -114,6 +114,11 @@ def test_a_held_out_source_is_scored_beside_test_and_never_trained_on(tmp_path: 
     assert list(report["per_source_accuracy"]) == ["site_b"]
     assert (out / "ood_confusion_matrix.npy").is_file() and (out / "predictions_ood.npz").is_file()
     assert read_json(out / "run.json")["final_evaluation"]["ood"]["n_fine"] == len(ood)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    events.Reload()
+    assert events.Scalars("final.ood.source_acc.site_b")[-1].value == pytest.approx(report["accuracy"], abs=1e-6)
     again = run_cli("evaluate", "--checkpoint", out, "--split", "ood")  # the same weights score them again
     assert again.code == 0, again.output
     assert read_json(out / "eval_ood_classification_report.json")["accuracy"] == pytest.approx(report["accuracy"])
