@@ -199,7 +199,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     """What a trained checkpoint is used for: `sustain evaluate`, `predict`, `export`."""
     p = sub.add_parser("evaluate", help="score a checkpoint on its val/test split or on a labelled folder")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--split", choices=["val", "test", "train", "ood"], default="val",
+                   help="ood: the held-out sources of data.split.holdout_sources")
     p.add_argument("--data", metavar="DIR", help="a folder of labelled images (<class>/<image>) to score instead")
     p.add_argument("--label-map", metavar="YAML", help="with --data: a YAML {folder: class} mapping")
     p.set_defaults(func=cmd_evaluate)

@@ -42,8 +42,10 @@ INNER: dict[str, dict[str, int]] = {
         "lake": 6,
     },
     "evaluate": {
-        "__init__": 0, "metrics": 0, "trends": 0, "gallery": 0, "predictions": 0, "labelled": 0, "compare": 0,
-        "reports": 1,
+        "__init__": 0, "metrics": 0, "trends": 0, "label_issues": 0, "shift": 0, "predictions": 0, "labelled": 0,
+        "compare": 0,
+        "gallery": 1,
+        "reports": 2,
     },
     "report": {"__init__": 0, "plots": 0, "gallery_html": 0, "html": 1, "writer": 2, "compare_page": 2},
     "tracking": {"__init__": 0, "common": 0, "tensorboard_backend": 1, "mlflow_backend": 1, "tracker": 2},

@@ -27,6 +27,7 @@ _OFFERS = {
     'ingest': 'lake',
     'load_rgb': 'scan',
     'make_demo_lake': 'demo',
+    'normalize_key': 'labels',
     'read_manifest': 'manifest',
     'record_image_cache': 'lake',
     'to_rgb': 'scan',

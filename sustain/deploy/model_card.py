@@ -1,6 +1,7 @@
 """The exported model folder (``export/model/``): weights and config.json through timm's own
 `save_for_hf`, and the model card (README.md), a pure function of the checkpoint's metadata and
-the run's artifacts (``run.json``, ``data_summary.json``, ``test_classification_report.json``).
+the run's artifacts (``run.json``, ``data_summary.json``, ``test_classification_report.json``,
+``ood_classification_report.json`` when sources were held out).
 
 A missing artifact leaves its section saying so; nothing is invented.
 """
@@ -14,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import DATA_SUMMARY, RUN, TEST_REPORT, VAL_REPORT
+from ..artifacts import DATA_SUMMARY, OOD_REPORT, RUN, TEST_REPORT, VAL_REPORT
+from ..evaluate import shift_rows
 from ..utils import atomic_write_json, atomic_write_text
 from .loading import LoadedCheckpoint
 
@@ -78,7 +80,8 @@ def with_origin(config: dict[str, Any], origin: Mapping[str, Any]) -> dict[str, 
 
 def _artifacts(run_dir: Path) -> dict[str, Any]:
     """The run's JSON artifacts the model card reads; a missing or unreadable one is None."""
-    names = {"run": RUN, "data_summary": DATA_SUMMARY, "test_report": TEST_REPORT, "val_report": VAL_REPORT}
+    names = {"run": RUN, "data_summary": DATA_SUMMARY, "test_report": TEST_REPORT, "val_report": VAL_REPORT,
+             "ood_report": OOD_REPORT}
     found: dict[str, Any] = {}
     for key, name in names.items():
         try:
@@ -103,6 +106,7 @@ def build_model_card(meta: Mapping[str, Any], artifacts: Mapping[str, Any]) -> s
         _classes(meta),
         _data(artifacts.get("data_summary")),
         _metrics(report),
+        _held_out(artifacts.get("test_report"), artifacts.get("ood_report")),
         _failure_modes(report),
         _environment(artifacts.get("run"), meta),
         _usage(meta),
@@ -171,7 +175,30 @@ def _data(summary: Mapping[str, Any] | None) -> str:
 
 
 def _splits(splits: Mapping[str, Any]) -> str:
-    return " / ".join(f"{splits.get(s, 0):,}" for s in ("train", "val", "test"))
+    text = " / ".join(f"{splits.get(s, 0):,}" for s in ("train", "val", "test"))
+    return text + (f" (+ {splits['ood']:,} held out)" if splits.get("ood") else "")
+
+
+def _held_out(test: Mapping[str, Any] | None, ood: Mapping[str, Any] | None) -> str:
+    """In-domain test beside each source the model never trained on (data.split.holdout_sources)."""
+    rows = shift_rows(test, ood)
+    if not rows:
+        return ""
+    lines = ["## In-domain test and held-out sources\n",
+             "The held-out sources were never trained on (their near duplicates were removed from the other "
+             "sources): expect their accuracy, not the in-domain one, at a new site that looks like them.\n",
+             "| population | fine images | accuracy | 95% interval (Wilson) | gap to in-domain test "
+             "| set images | set accuracy (95% interval) |", "|---|---|---|---|---|---|---|"]
+
+    def interval(bounds: tuple[float, float] | None) -> str:
+        return "n/a" if bounds is None else f"{_pct(bounds[0])} – {_pct(bounds[1])}"
+
+    for r in rows:
+        gap = "" if r.gap is None else f"{100 * r.gap:+.1f} points"
+        set_acc = f"{_pct(r.set_accuracy)} ({interval(r.set_interval)})" if r.n_set else ""
+        lines.append(f"| {r.name}{' (held out)' if r.held_out else ''} | {r.n_fine:,} | {_pct(r.accuracy)} | "
+                     f"{interval(r.interval)} | {gap} | {r.n_set:,} | {set_acc} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pct(x: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts import DATA_SUMMARY, EXPORT_REPORT, EXPORT_WEIGHTS, TEST_REPORT
+from ..artifacts import EXPORT_REPORT, EXPORT_WEIGHTS, OOD_REPORT, TEST_REPORT
 from ..errors import UsageError
 from .inference import Predictor, resolve_onnx
 
@@ -113,7 +113,7 @@ def model_facts(served: ServedModel) -> dict[str, Any]:
     p, meta = served.predictor, served.predictor.meta
     run = served.run_dir
     report = _read_json(run / TEST_REPORT) if run else None
-    summary = _read_json(run / DATA_SUMMARY) if run else None
+    ood = _read_json(run / OOD_REPORT) if run else None
     gate = _read_json(served.model_file.parent / EXPORT_REPORT) if served.backend == "onnx" else None
     facts = {
         "model": served.model_id, "backend": served.backend,
@@ -121,7 +121,7 @@ def model_facts(served: ServedModel) -> dict[str, Any]:
         "bins": {b: list(m) for b, m in p.taxonomy.bins.items()}, "input_size": list(meta.get("input_size") or []),
         "test_accuracy": (report or {}).get("accuracy"),
         "test_bin_accuracy": ((report or {}).get("bin_accuracy") or {}).get("acc"),
-        "held_out_source_accuracy": held_out_accuracy(report, summary),
+        "held_out_source_accuracy": held_out_accuracy(ood),
         "parity_gate_passed": (gate or {}).get("passed"),
     }
     for key in ("temperature", "accept_threshold"):  # calibration (#29), when the model carries them
@@ -130,11 +130,10 @@ def model_facts(served: ServedModel) -> dict[str, Any]:
     return facts
 
 
-def held_out_accuracy(report: dict[str, Any] | None, summary: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Test accuracy on each source with no training images (how the model does on unseen sources)."""
-    if not report or not summary:
+def held_out_accuracy(ood: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Accuracy on the sources held out of training (``ood_classification_report.json``): overall
+    and per source; None when no source was held out."""
+    if not ood:
         return None
-    per_source = report.get("per_source_accuracy") or {}
-    held = [name for name, s in (summary.get("sources") or {}).items()
-            if not (s.get("splits") or {}).get("train") and name in per_source]
-    return {name: per_source[name] for name in held}
+    return {"accuracy": ood.get("accuracy"), "n_fine": ood.get("n_fine"),
+            "per_source": ood.get("per_source_accuracy") or {}}

@@ -82,6 +82,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     run = make_run(tmp_path_factory.mktemp("serve"), tiny_model(SMALL.num_classes))
     export_run(run, ["onnx"])
+    held_out = {"lake_c": {"acc": 0.4, "n_fine": 5, "set_acc": None, "n_set": 0}}
+    (run / "ood_classification_report.json").write_text(json.dumps(
+        {"split": "ood", "accuracy": 0.4, "n_fine": 5, "per_source_accuracy": held_out}))
     return run
 
 
@@ -125,6 +128,9 @@ def test_predict_health_and_model(server: Server, run: Path, photos: list[Path])
     assert facts["precision"] == "fp32" and facts["backend"] == "onnx" and facts["parity_gate_passed"] is True
     report = json.loads((run / "test_classification_report.json").read_text())
     assert facts["test_accuracy"] == pytest.approx(report["accuracy"])
+    assert facts["held_out_source_accuracy"] == {"accuracy": 0.4, "n_fine": 5,
+                                                 "per_source": {"lake_c": {"acc": 0.4, "n_fine": 5, "set_acc": None,
+                                                                           "n_set": 0}}}
     assert "/predict" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
     started = server.output()
