@@ -26,6 +26,7 @@ BENCHMARKS = {
     "tracking": ("bench_tracking", []),
     "export": ("bench_export", []),
     "gallery": ("bench_gallery", []),
+    "serve": ("bench_serve", []),
     "vs_timm": ("bench_vs_timm", []),  # skipped unless TIMM_TRAIN_PY names timm's train.py
 }
 

@@ -26,7 +26,7 @@ maps, scikit-image's page, text and colour wheel) and the 200 small faces and
 non-faces of scikit-image's LFW subset, each grouped together with every
 distinct tile; a held-out image grouped with any other is a false merge.
 
-The tests run the same set at a small size (tests/test_data_dedupe.py).
+The tests run the same set at a small size (tests/data/test_data_dedupe.py).
 """
 
 from __future__ import annotations

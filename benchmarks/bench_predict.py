@@ -17,42 +17,30 @@ from __future__ import annotations
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import arg_parser, results_file, write_checkpoint, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    arg_parser,
+    results_file,
+    timed,
+    write_checkpoint,
+    write_images,
+    write_result,
+)
 from sustain.deploy.inference import Predictor, default_batch_size  # noqa: E402
 
 RESULTS = results_file("bench_predict")
 
 
-def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        w, h = int(rng.integers(200, 400)), int(rng.integers(200, 400))  # phone-photo-ish, downscaled
-        path = folder / f"img_{i:04d}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
 
 
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+
+
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -174,7 +174,37 @@ def timing_summary(seconds: list[float], digits: int = 4) -> dict[str, Any]:
             "all_s": [round(s, digits) for s in seconds]}
 
 
+def timed(fn: Callable[[], Any]) -> float:
+    """Wall seconds of one call of `fn`, with the GPU's queue drained before and after."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 # --------------------------------------------------------------------------- shared inputs
+
+
+def write_images(folder: Path, n: int, seed: int = 0, suffix: str = "png") -> list[Path]:
+    """`n` random-pixel images of 200-400 px a side (phone photos, downscaled), for inference benchmarks."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = int(rng.integers(200, 400)), int(rng.integers(200, 400))  # phone-photo-ish, downscaled
+        path = folder / f"img_{i:04d}.{suffix}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
 
 
 def sample_photos(folder: Path, width: int, height: int, n: int) -> list[Path]:

@@ -36,7 +36,7 @@ def _config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
-    from .training.engine import train
+    from .training import train
 
     result = train(cfg, resume=args.resume)
     return 0 if result.ok else 1
@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_data_ingest(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
-    from .data.lake import ingest
+    from .data import ingest
     from .taxonomy import build_taxonomy
 
     ingest(cfg, build_taxonomy(**cfg.taxonomy.model_dump()), out_dir=cfg.output_dir)
@@ -54,7 +54,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
 def cmd_data_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data.demo import make_demo_lake
+    from .data import make_demo_lake
 
     out = Path(args.out)
     if args.if_missing and out.is_dir() and any(out.iterdir()):
@@ -67,35 +67,43 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
-    from .data.download import download_sources
+    from .data import download_sources
 
     return 0 if download_sources(cfg, only=args.only) else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .deploy.scoring import evaluate_checkpoint
+    from .deploy import evaluate_checkpoint
 
     evaluate_checkpoint(args.checkpoint, split=args.split, data_dir=args.data, label_map=args.label_map)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .deploy.inference import predict_cli
+    from .deploy import predict_cli
 
     return predict_cli(args.checkpoint, args.inputs, topk=args.topk, tta=args.tta, as_json=args.json,
                        backend=args.backend)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .deploy.export import export_run
+    from .deploy import export_run
 
     export_run(args.run, formats=args.format or ["onnx"], quantize=args.quantize, split=args.split,
                out=args.out, verify=not args.no_verify)  # a failed parity gate raises RunFailed: exit 1
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .deploy import serve_cli
+
+    return serve_cli(args.model, args.backend, host=args.host, port=args.port, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, topk=args.topk, token_file=args.token_file,
+                     max_images=args.max_images, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.writer import build_report
+    from .report import build_report
 
     path = build_report(args.run_dir)
     log.info("✓ Report written: %s", path)
@@ -103,7 +111,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate.compare import compare_cli
+    from .report import compare_cli
 
     return compare_cli(args.run_dirs, html_path=args.html)
 
@@ -125,6 +133,7 @@ commands:
   sustain evaluate --checkpoint PATH [--split val|test|train] [--data DIR]
   sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json] [--backend torch|onnx]
   sustain export RUN_DIR|CHECKPOINT [--format onnx|coreml] [--quantize int8] [--split test|val] [--out DIR] [--no-verify]
+  sustain serve RUN_DIR|EXPORT_DIR [--backend onnx|torch] [--host 127.0.0.1] [--port 8000] [--max-batch N] [--max-wait-ms M] [--token-file FILE]
   sustain report RUN_DIR                     rebuild the plots and report.html
   sustain compare RUN_DIR RUN_DIR... [--html FILE]   runs side by side; reproducibility of two reruns
   sustain doctor [--config FILE] [--json]    environment diagnostics
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_data(sub)
     _add_model_commands(sub)
+    _add_serve(sub)
     _add_run_commands(sub)
     return parser
 
@@ -189,7 +199,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     """What a trained checkpoint is used for: `sustain evaluate`, `predict`, `export`."""
     p = sub.add_parser("evaluate", help="score a checkpoint on its val/test split or on a labelled folder")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--split", choices=["val", "test", "train", "ood"], default="val",
+                   help="ood: the held-out sources of data.split.holdout_sources")
     p.add_argument("--data", metavar="DIR", help="a folder of labelled images (<class>/<image>) to score instead")
     p.add_argument("--label-map", metavar="YAML", help="with --data: a YAML {folder: class} mapping")
     p.set_defaults(func=cmd_evaluate)
@@ -213,6 +224,23 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/export")
     p.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
     p.set_defaults(func=cmd_export)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the model behind an HTTP API and a page to try photos (docs/deploy.md)")
+    p.add_argument("model", metavar="RUN_DIR|EXPORT_DIR", help="a run folder, its export/ folder or a .onnx file")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
+                   help="onnx: the exported model.onnx (default); torch: the run's checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="any address but loopback needs --token-file")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a first image waits for company")
+    p.add_argument("--token-file", metavar="FILE", help="requests then need 'Authorization: Bearer <token>'")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--max-images", type=int, default=16, help="images in one request at most")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body size limit")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels of one image at most (checked before decoding)")
+    p.set_defaults(func=cmd_serve)
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:

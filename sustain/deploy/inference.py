@@ -33,13 +33,12 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
-from ..data.scan import CorruptImage, load_rgb, to_rgb
-from ..data.walk import walk_source
+from ..data import CorruptImage, load_rgb, to_rgb, walk_source
 from ..device import resolve_device
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
-from ..training.checkpoints import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
 from ..transforms import build_eval_transform
+from .loading import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
 
 log = logging.getLogger("sustain.deploy.inference")
 
@@ -167,7 +166,8 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, data_config: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, path: str | Path, data_config: dict[str, Any], device: torch.device,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
@@ -175,7 +175,10 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         else:
             device = torch.device("cpu")  # ONNX Runtime has no MPS provider; CPU it is
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        if threads:  # a server plans its threads; otherwise ONNX Runtime takes every core
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.device = device
         self.resize, _ = split_eval_transform(data_config)
@@ -242,13 +245,13 @@ class Predictor:
         return cls(loaded.model, loaded.taxonomy, loaded.data_config, dev, loaded.meta)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
+    def from_onnx(cls, path: str | Path, device: str | torch.device = "auto", threads: int | None = None) -> Predictor:
         """An exported ``model.onnx`` (or a folder holding one, or a run with ``export/``):
         classes, bins and preprocessing come from its metadata."""
         path = resolve_onnx(path)
         meta = read_onnx_meta(path)
         data_config = LoadedCheckpoint(None, meta, taxonomy_from_meta(meta), path).data_config
-        backend = OnnxBackend(path, data_config, resolve_device(device))
+        backend = OnnxBackend(path, data_config, resolve_device(device), threads)
         return cls(backend, taxonomy_from_meta(meta), data_config, backend.device, meta)
 
     @property

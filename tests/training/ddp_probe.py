@@ -1,7 +1,7 @@
-"""Run under torchrun by tests/test_ddp.py; each rank leaves what it holds in OUT/rank<R>.pt / .json.
+"""Run under torchrun by tests/training/test_ddp.py; each rank leaves what it holds in OUT/rank<R>.pt / .json.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_probe.py train CONFIG OUT [RANK=KEY=VALUE ...]
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_probe.py sync OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/training/ddp_probe.py train CONFIG OUT [RANK=KEY=VALUE ...]
+    python -m torch.distributed.run --nproc_per_node 2 tests/training/ddp_probe.py sync OUT
 
 `train`: `sustain.training.engine.train` as `sustain train` runs it (the overrides prefixed
 with a rank apply to that rank only, e.g. `1=guards.inject_nonfinite_loss=[1]`); the model
