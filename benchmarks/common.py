@@ -95,7 +95,8 @@ def git_commit() -> dict[str, Any] | None:
     sha = git("rev-parse", "HEAD")
     if sha is None:
         return None
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", "sustain", "benchmarks", "configs")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "sustain", "benchmarks", "configs",
+                  ":(exclude)benchmarks/results")  # a result rewritten by a run is not a code change
     return {"sha": sha, "dirty": bool(changed)}
 
 

@@ -70,6 +70,19 @@ TABLES: dict[str, Table] = {
         _c("model", "model"), _c("input", "input_size", "{} px"), _c("images", "images"),
         _c("batch", "batch_size"), _c("threads", "torch_threads"), _c("batched", "batched_images_per_s", "{} img/s"),
         _c("one by one", "loop_images_per_s", "{} img/s"), _c("batched / one by one", "speedup", X))),
+    "demo-accuracy": Table("bench_train.json", (
+        _c("model", "model"), _c("input", "input_size", "{} px"), _c("epochs", "epochs"),
+        _c("val accuracy after each epoch", "val_acc_per_epoch", "{:.1%}"), _c("best", "best_val_acc", PCT),
+        _c("run completed", "ok")), rows="results"),
+    "train": Table("bench_train.json", (
+        _c("case", "case"), _c("model", "model"), _c("input", "input_size", "{} px"), _c("batch", "batch_size"),
+        _c("workers", "num_workers"), _c("threads", "cpu_threads"),
+        _c("end to end (with validation)", "end_to_end_images_per_s", "{} img/s"),
+        _c("train phase", "train_phase_images_per_s", "{} img/s"), _c("ceiling", "ceiling_images_per_s", "{} img/s"),
+        _c("train phase / ceiling (goal ≥ 0.9)", "ratio", "{:.2f}"), _c("end to end / ceiling", "end_to_end_ratio",
+                                                                          "{:.2f}"),
+        _c("best val accuracy", "best_val_acc", PCT), _c("RSS growth after epoch 2", "rss_growth_after_epoch_2_mb",
+                                                         "{} MB")), rows="results"),
     "export": Table("bench_export.json", (
         _c("model", "model"), _c("input", "input_size", "{} px"),
         _c("PyTorch, batch 1", "batches.1.ms_per_batch.torch", MS),
