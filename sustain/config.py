@@ -53,6 +53,9 @@ class SplitConfig(_Section):
     train: float = Field(0.8, ge=0, le=1)
     val: float = Field(0.1, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
+    # A file of `content_hash,split` rows that fixes every image's split (one crossval fold writes
+    # one); null: the seeded, grouped, stratified split above.
+    assignment: str | None = None
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:

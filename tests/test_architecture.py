@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
 # signature below decoding, the decode cache above it, the pass (`lake`) on top of its steps.
 DATA_LAYERS: dict[str, int] = {
     "__init__": 0, "labels": 0, "split": 0, "manifest": 0, "demo": 0, "demo_images": 0,
-    "walk": 1, "signature": 1, "archive": 1, "kaggle_client": 1,
+    "walk": 1, "signature": 1, "folds": 1, "archive": 1, "kaggle_client": 1,
     "scan": 2, "download": 2,
     "decode_cache": 3, "image_cache": 3,
     "collect": 4, "dataset": 4,

@@ -38,6 +38,7 @@ from .collect import (
     scan_source,
 )
 from .decode_cache import DecodeCache
+from .folds import assigned_splits
 from .image_cache import ImageCache, disk_summary
 from .image_cache import describe as describe_image_cache
 from .manifest import ManifestRow, manifest_hash, manifest_text
@@ -131,14 +132,17 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
     split = assign_splits(labels, groups.tolist(), [im.content_hash for im in kept], data.split.model_dump(),
                           cfg.seed)
 
+    splits, small_labels = split.splits, split.small_labels
+    if data.split.assignment:  # a crossval fold: every image's split was decided before (data.folds)
+        splits, small_labels = assigned_splits(data.split.assignment, [im.content_hash for im in kept]), []
     names = [s.name for s in enabled]
     rows = [
         ManifestRow(path=im.entry.path, source=names[im.source], label=label, targets=im.targets,
                     split=sp, content_hash=im.content_hash, group=int(g), relpath=im.entry.rel, duplicates=dup)
-        for im, label, sp, g, dup in zip(kept, labels, split.splits, groups, merged.duplicates, strict=True)
+        for im, label, sp, g, dup in zip(kept, labels, splits, groups, merged.duplicates, strict=True)
     ]
     digest = manifest_hash(rows)
-    summary = build_summary(IngestFacts(scans, decoded, merged, split.small_labels, rows, digest), cfg, taxonomy)
+    summary = build_summary(IngestFacts(scans, decoded, merged, small_labels, rows, digest), cfg, taxonomy)
     if log_summary:
         for line in format_summary(summary, taxonomy):
             log.info(line)
