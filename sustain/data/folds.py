@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,9 @@ def _carve_val(rows: Sequence[ManifestRow], pool: np.ndarray, splits: list[str],
         raise UsageError(f"a fold's training pool holds {len(pool)} images in one near-duplicate group: "
                          "nothing is left to validate on", "add images or sources")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed % 2**32)
-    _, val = next(cv.split(np.zeros(len(pool)), labels, groups))
+    with warnings.catch_warnings():  # a class with fewer groups than n_splits just gets no val image
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        _, val = next(cv.split(np.zeros(len(pool)), labels, groups))
     for i in pool:
         splits[i] = "train"
     for i in pool[val]:
