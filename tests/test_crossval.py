@@ -97,36 +97,36 @@ def test_a_shifted_source_scores_lower_out_of_source_than_in_domain(tmp_path: Pa
 
 
 def test_a_killed_crossval_resumed_ends_like_an_uninterrupted_one(lake_root: Path, reference: Path,
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, run_cli) -> None:
     raw = two_source_config(lake_root, tmp_path / "out", train={"epochs": 2})
     crash = write_yaml(tmp_path / "crash.yaml", {**raw, "guards": {"debug_kill_after_epoch": 1}})
-    crashed = run_sustain(["crossval", "--config", str(crash), "--folds", "2"])
+    crashed = run_sustain(["crossval", "--config", str(crash), "--folds", "2"])  # killed after fold_0's epoch 1
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
-    config = str(write_yaml(tmp_path / "cv.yaml", raw))
-    resumed = run_sustain(["crossval", "--config", config, "--folds", "2", "--resume", "auto"])
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Resumed from" in resumed.stdout and "Epoch 1/2" not in resumed.stdout.split("fold_1")[0]
+    config = write_yaml(tmp_path / "cv.yaml", raw)
+    resumed = run_cli("crossval", "--config", config, "--folds", "2", "--resume", "auto")
+    assert resumed.code == 0, resumed.output
+    fold_0 = resumed.output.split("fold_1")[0]
+    assert "Resumed from" in fold_0 and "Epoch 1/2" not in fold_0
     _same_results(tmp_path / "out" / KFOLD, reference)
 
-    again = run_sustain(["crossval", "--config", config, "--folds", "2", "--resume", "auto"])
-    assert again.returncode == 0 and again.stdout.count("already finished") == 2
-    assert "Epoch 1/2" not in again.stdout
+    again = run_cli("crossval", "--config", config, "--folds", "2", "--resume", "auto")
+    assert again.code == 0 and again.output.count("already finished") == 2 and "Epoch 1/2" not in again.output
 
 
 def test_folds_run_as_separate_processes_give_the_same_summary(lake_root: Path, reference: Path,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, run_cli) -> None:
     config = str(write_yaml(tmp_path / "cv.yaml", two_source_config(lake_root, tmp_path / "out",
                                                                      train={"epochs": 2})))
     folder = tmp_path / "out" / KFOLD
     one = run_sustain(["crossval", "--config", config, "--folds", "2", "--fold", "1"])
     assert one.returncode == 0, one.stdout + one.stderr
     assert "1 of 2 folds finished; not yet: ['fold_0']" in one.stdout and not (folder / "crossval.json").exists()
-    early = run_sustain(["crossval", "--config", config, "--folds", "2", "--summarize"])
-    assert early.returncode == 2 and "not yet: ['fold_0']" in early.stdout + early.stderr
+    early = run_cli("crossval", "--config", config, "--folds", "2", "--summarize")
+    assert early.code == 2 and "not yet: ['fold_0']" in early.output
     zero = run_sustain(["crossval", "--config", config, "--folds", "2", "--fold", "0"])
     assert zero.returncode == 0, zero.stdout + zero.stderr
     _same_results(folder, reference)  # the last fold to finish built the summary
     (folder / "crossval.json").unlink()
-    summary = run_sustain(["crossval", "--config", config, "--folds", "2", "--summarize"])
-    assert summary.returncode == 0 and "Epoch" not in summary.stdout
+    summary = run_cli("crossval", "--config", config, "--folds", "2", "--summarize")
+    assert summary.code == 0 and "Epoch" not in summary.output
     _same_results(folder, reference)
