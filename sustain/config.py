@@ -156,6 +156,7 @@ class MlflowConfig(_Section):
     tracking_uri: str | None = None  # null: sqlite:///<output_dir's parent>/mlflow.db; or http(s)://server
     experiment: str = Field("sustain", min_length=1)
     log_weights: bool = False  # also upload best_model.safetensors as an artifact
+    parent_run_id: str | None = None  # set by `sustain crossval` for its folds: each is a child run of it
 
     @field_validator("tracking_uri")
     @classmethod

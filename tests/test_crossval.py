@@ -49,8 +49,9 @@ def _same_results(got: Path, expected: Path) -> None:
 
 
 def test_kfold_writes_the_summary_and_predicts_every_image_once(lake_root: Path, tmp_path: Path, run_cli) -> None:
-    config = write_yaml(tmp_path / "cv.yaml", two_source_config(lake_root, tmp_path / "out", train={"epochs": 1}))
-    result = run_cli("crossval", "--config", config, "--folds", "2")
+    raw = two_source_config(lake_root, tmp_path / "out", train={"epochs": 1})
+    raw["tracking"]["mlflow"] = {"enabled": True}
+    result = run_cli("crossval", "--config", write_yaml(tmp_path / "cv.yaml", raw), "--folds", "2")
     assert result.code == 0, result.output
     assert "Crossval kfold: 2 of 2 folds to train, each a full training run (up to 1 epochs)" in result.output
     folder = tmp_path / "out" / KFOLD
@@ -77,6 +78,15 @@ def test_kfold_writes_the_summary_and_predicts_every_image_once(lake_root: Path,
     assert header == "path,source,given,suggested,label_quality,rank"
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert "fold_0" in page and "Accuracy per fold" in page and "Label issues" in page
+
+    from mlflow import MlflowClient  # tracking: one parent run, each fold a child run in the same store
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sustain").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "kfold")
+    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert children == ["fold_0", "fold_1"] and len(runs) == 3
+    assert parent.data.metrics["crossval_accuracy_mean"] == pytest.approx(acc["mean"])
 
 
 def test_a_shifted_source_scores_lower_out_of_source_than_in_domain(tmp_path: Path, run_cli) -> None:

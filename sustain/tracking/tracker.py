@@ -192,7 +192,8 @@ class Tracker:
             params = {**flatten(cfg.to_dict()), **flatten(dict(system)),
                       **{k: str(v) for k, v in data_params(summary).items()}, **_versions()}
             self.pending.append(("params", params))
-        self.pending.append(("tags", {"sustain.output_dir": str(self.out_dir),
+        parent = {"mlflow.parentRunId": self.cfg.mlflow.parent_run_id} if self.cfg.mlflow.parent_run_id else {}
+        self.pending.append(("tags", {"sustain.output_dir": str(self.out_dir), **parent,
                                       **({"sustain.resumed_at_step": str(self.step)} if resume else {})}))
         if resume:  # an interrupted run was marked KILLED or FAILED: it runs again
             self.pending.append(("status", "RUNNING"))

@@ -48,6 +48,7 @@ from ..evaluate import crossval as cv
 from ..evaluate.gallery import load_predictions, predictions_file
 from ..evaluate.label_issues import find_label_issues, write_label_issues
 from ..taxonomy import build_taxonomy
+from ..tracking.crossval_parent import log_summary, parent_run
 from ..utils import atomic_write_text
 from . import console
 
@@ -82,8 +83,9 @@ def crossval(cfg: Config, opts: CrossvalOptions) -> CrossvalRecord | None:
     if not opts.summarize_only:
         todo = [plan.folds[opts.only_fold]] if opts.only_fold is not None else list(plan.folds)
         log.info("🔁 %s", estimate(cfg, plan, todo, folder, opts.resume))
+        parent = parent_run(cfg, folder, plan.scheme)
         for fold in tqdm(todo, desc=f"Crossval ({plan.scheme})", unit="fold", position=0):
-            run_fold(cfg, lake, plan, fold.index, folder, opts.resume)
+            run_fold(cfg, lake, plan, fold.index, folder, opts.resume, parent)
     missing = [f.name for f in plan.folds if not fold_finished(folder / f.name)]
     if missing:
         message = f"{len(plan.folds) - len(missing)} of {len(plan.folds)} folds finished; not yet: {missing}"
@@ -144,9 +146,11 @@ def fold_finished(run_dir: Path) -> bool:
     return record is not None and record.status == "completed"
 
 
-def run_fold(cfg: Config, lake: Lake, plan: FoldPlan, index: int, folder: Path, resume: str | None) -> Path:
+def run_fold(cfg: Config, lake: Lake, plan: FoldPlan, index: int, folder: Path, resume: str | None,
+             parent: tuple[str, str] | None = None) -> Path:
     """One fold as an ordinary training run; with `resume`, a finished fold is skipped and an
-    interrupted one continues at its batch from its last.pth."""
+    interrupted one continues at its batch from its last.pth. With `parent` (MLflow's URI and run),
+    the fold's MLflow run is its child, in the same store."""
     from .engine import train
 
     fold = plan.folds[index]
@@ -159,6 +163,8 @@ def run_fold(cfg: Config, lake: Lake, plan: FoldPlan, index: int, folder: Path, 
     raw = cfg.to_dict()
     raw["output_dir"] = str(run_dir)
     raw["data"]["split"]["assignment"] = str(assignment.resolve())
+    if parent is not None:
+        raw["tracking"]["mlflow"].update(tracking_uri=parent[0], parent_run_id=parent[1])
     log.info("🔁 %s: held out %s; %d train, %d val, %d test images", fold.name, fold.held_out,
              fold.count("train"), fold.count("val"), fold.count("test"))
     result = train(config_from_dict(raw), resume="auto" if resume and (run_dir / LAST).is_file() else None)
@@ -187,6 +193,7 @@ def summarize(cfg: Config, lake: Lake, plan: FoldPlan, folder: Path) -> Crossval
                   "val_fraction": round(val_fraction(cfg.data.split.train, cfg.data.split.val), 6),
                   "manifest_hash": lake.manifest_hash})
     record.write(folder)
+    log_summary(parent_run(cfg, folder, plan.scheme), record.summary)
     log.info("✓ Crossval %s: accuracy %s over %d folds; %s", plan.scheme, _pct(record.summary["accuracy"]),
              len(entries), folder / record.FILE)
     _build_page(folder)
