@@ -80,6 +80,8 @@ def crossval(cfg: Config, opts: CrossvalOptions) -> CrossvalRecord | None:
     if opts.only_fold is not None and not 0 <= opts.only_fold < len(plan.folds):
         raise UsageError(f"--fold {opts.only_fold}: this scheme has folds 0 to {len(plan.folds) - 1}",
                          f"see {folder / FOLDS_CSV}")
+    for fold in plan.folds:
+        log.info("  fold %d: %s, %d test images", fold.index, fold.held_out, fold.count("test"))
     if not opts.summarize_only:
         todo = [plan.folds[opts.only_fold]] if opts.only_fold is not None else list(plan.folds)
         log.info("🔁 %s", estimate(cfg, plan, todo, folder, opts.resume))
