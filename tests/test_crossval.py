@@ -79,7 +79,8 @@ def test_kfold_writes_the_summary_and_predicts_every_image_once(lake_root: Path,
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert "fold_0" in page and "Accuracy per fold" in page and "Label issues" in page
 
-    from mlflow import MlflowClient  # tracking: one parent run, each fold a child run in the same store
+    # tracking: one parent run, each fold a child run in the same store
+    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("sustain").experiment_id])

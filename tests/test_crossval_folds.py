@@ -135,3 +135,15 @@ def test_merging_folds_that_score_one_image_twice_is_refused() -> None:
     assert list(merged.paths) == ["x", "y", "z"] and fold.tolist() == [0, 0, 1]
     with pytest.raises(ValueError, match="scored by more than one fold, e.g. y"):
         merge_oof([(0, store(["x", "y"])), (1, store(["y"]))])
+
+
+def test_crossval_refuses_a_fold_it_does_not_have_and_a_fixed_assignment(lake_root: Path, tmp_path: Path,
+                                                                         write_config, run_cli) -> None:
+    config = write_config(two_source_config(lake_root, tmp_path / "out"))
+    result = run_cli("crossval", "--config", config, "--folds", "2", "--fold", "2")
+    assert result.code == 2 and "--fold 2: this scheme has folds 0 to 1" in result.output
+    assert "Epoch" not in result.output
+    result = run_cli("crossval", "--config", config, "--set", "data.split.assignment=x.csv")
+    assert result.code == 2 and "data.split.assignment" in result.output and "remove this key" in result.output
+    result = run_cli("crossval", "--config", config, "--set", "data.split.val=0", "--set", "data.split.test=0.2")
+    assert result.code == 2 and "data.split.val" in result.output
