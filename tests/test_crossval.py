@@ -27,11 +27,11 @@ def reference(lake_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     import torch
 
     from sustain.config import config_from_dict
-    from sustain.training.crossval import CrossvalOptions, crossval
+    from sustain.training.crossval import CrossvalOptions, run_crossval
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("reference")
-    crossval(config_from_dict(two_source_config(lake_root, out, train={"epochs": 2})), CrossvalOptions(folds=2))
+    run_crossval(config_from_dict(two_source_config(lake_root, out, train={"epochs": 2})), CrossvalOptions(folds=2))
     return out / KFOLD
 
 

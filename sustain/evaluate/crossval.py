@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.folds import Fold
+from ..data import Fold
 from .gallery import SamplePredictions, load_predictions, save_predictions
 
 OOF_SPLIT = "oof"

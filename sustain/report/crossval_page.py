@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import LABEL_ISSUES_CSV, REPORT_HTML, CrossvalRecord
-from ..evaluate.crossval import OOF_SPLIT, load_oof
-from ..evaluate.gallery import Thumbnails, predictions_file, sample
+from ..evaluate import Thumbnails, crossval, predictions_file, sample
 from ..utils import atomic_write_text, escape_html
 from .gallery_html import CSS as GALLERY_CSS
 from .gallery_html import tile
@@ -97,12 +96,12 @@ def _issues_section(folder: Path, record: CrossvalRecord) -> str:
     head = (f"<h2>Label issues</h2><p>{stats.get('n_issues', 0)} likely label errors among "
             f"{stats.get('n_screened', 0)} fine-labelled images, each predicted by a model that never saw it "
             f"({escape_html(LABEL_ISSUES_CSV)}); worst first.</p>")
-    oof_path = folder / predictions_file(OOF_SPLIT)
+    oof_path = folder / predictions_file(crossval.OOF_SPLIT)
     if not path.is_file() or not oof_path.is_file():
         return head
     with path.open(newline="", encoding="utf-8") as fh:
         issues = list(csv.DictReader(fh))[:ISSUES_SHOWN]
-    sp, _ = load_oof(oof_path)
+    sp, _ = crossval.load_oof(oof_path)
     where = {str(p): i for i, p in enumerate(sp.paths)}
     thumbs = Thumbnails()
     tiles = [tile(sample(sp, where[row["path"]]), thumbs) for row in issues if row["path"] in where]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..config import Config
 from ..utils import atomic_write_text
-from .tracker import Tracker, mlflow_uri
+from .common import mlflow_uri
+from .mlflow_backend import MlflowBackend
 
 log = logging.getLogger("sustain.tracking")
 
@@ -23,21 +24,20 @@ def parent_run(cfg: Config, folder: Path, scheme: str) -> tuple[str, str] | None
     """(tracking URI, parent run id) when MLflow is on; the parent recorded in `folder` is reused."""
     if not cfg.tracking.mlflow.enabled:
         return None
-    tracker = Tracker.create(cfg)  # an unreachable server is a UsageError before any fold trains
-    from mlflow import MlflowClient
-
-    uri = tracker.uri or mlflow_uri(cfg.tracking, cfg.output_dir)
-    client = MlflowClient(tracking_uri=uri)
+    backend = MlflowBackend(cfg.tracking, folder)  # the run's name: the scheme folder's
+    backend.uri = mlflow_uri(cfg.tracking, cfg.output_dir)  # the store `sustain train` of this config uses
+    backend.check()  # an unreachable server is a UsageError before any fold trains
     path = folder / PARENT_FILE
     if path.is_file():
-        return uri, path.read_text(encoding="utf-8").strip()
-    tracker.client = client
-    tracker.out_dir = folder  # the parent's name: the scheme folder's
-    run_id = tracker._open_run()
-    client.set_tag(run_id, "sustain.crossval", scheme)
+        return backend.uri, path.read_text(encoding="utf-8").strip()
+    from mlflow import MlflowClient
+
+    backend.client = MlflowClient(tracking_uri=backend.uri)
+    run_id = backend._open_run()
+    backend.client.set_tag(run_id, "sustain.crossval", scheme)
     atomic_write_text(path, run_id + "\n")
     log.info("📈 MLflow: crossval parent run %s; each fold is a child run", run_id)
-    return uri, run_id
+    return backend.uri, run_id
 
 
 def log_summary(parent: tuple[str, str] | None, summary: Mapping[str, Mapping[str, object]]) -> None:

@@ -33,22 +33,22 @@ from ..artifacts import (
     RunRecord,
 )
 from ..config import Config, config_from_dict
-from ..data.folds import (
+from ..data import (
     MIN_SOURCE_IMAGES,
     FoldPlan,
+    Lake,
     folds_text,
+    ingest,
     kfold_plan,
     source_plan,
     val_fraction,
     write_assignment,
 )
-from ..data.lake import Lake, ingest
 from ..errors import ConfigError, RunFailed, UsageError
 from ..evaluate import crossval as cv
-from ..evaluate.gallery import load_predictions, predictions_file
-from ..evaluate.label_issues import find_label_issues, write_label_issues
+from ..evaluate import find_label_issues, load_predictions, predictions_file, write_label_issues
 from ..taxonomy import build_taxonomy
-from ..tracking.crossval_parent import log_summary, parent_run
+from ..tracking import log_summary, parent_run
 from ..utils import atomic_write_text
 from . import console
 
@@ -67,7 +67,7 @@ class CrossvalOptions:
     min_images: int = MIN_SOURCE_IMAGES
 
 
-def crossval(cfg: Config, opts: CrossvalOptions) -> CrossvalRecord | None:
+def run_crossval(cfg: Config, opts: CrossvalOptions) -> CrossvalRecord | None:
     """Run the folds `opts` asks for; the record once every fold of the scheme has finished, else None."""
     console.ensure_console_logging()
     if cfg.data.split.assignment:
@@ -234,7 +234,7 @@ def label_issues(folder: Path, oof: Any) -> dict[str, Any]:
 
 
 def _build_page(folder: Path) -> None:
-    from ..report.crossval_page import build_crossval_page
+    from ..report import build_crossval_page
 
     try:
         log.info("✓ Crossval report written: %s", build_crossval_page(folder))
