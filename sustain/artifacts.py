@@ -326,6 +326,6 @@ class CrossvalRecord(Record):
     summary: dict[str, Any]  # accuracy / macro_f1: mean, std, ci95 (t interval over folds), n_folds
     oof: dict[str, Any] = field(default_factory=dict)  # the pooled out-of-fold score: n, accuracy, ci95
     sources: list[dict[str, Any]] = field(default_factory=list)  # source: out-of-source vs in-domain, shift gap
-    skipped_sources: dict[str, int] = field(default_factory=dict)  # source -> fine-labelled images (too few)
+    skipped_sources: dict[str, Any] = field(default_factory=dict)  # source -> {fine_images, reason}
     label_issues: dict[str, Any] = field(default_factory=dict)  # how many, by which rule, on how many images
     settings: dict[str, Any] = field(default_factory=dict)  # folds, seed, val fraction, min images, epochs

@@ -97,9 +97,21 @@ def test_a_class_no_training_source_has_is_excluded_from_the_held_out_score(lake
 
 def test_too_small_sources_are_skipped_and_reported(lake) -> None:
     plan = source_plan(lake.rows, lake.sources, seed=0, fraction=0.1, min_images=40)
-    assert [f.held_out for f in plan.folds] == ["other"] and plan.skipped_sources == {"tiny": 36}
-    with pytest.raises(UsageError, match="lower --min-images"):
+    assert [f.held_out for f in plan.folds] == ["other"] and plan.skipped_sources == {
+        "tiny": {"fine_images": 36, "reason": "fewer than 40 fine-labelled images"}}
+    with pytest.raises(UsageError, match="(?s)no source can be held out.*lower --min-images"):
         source_plan(lake.rows, lake.sources, seed=0, fraction=0.1, min_images=1000)
+
+
+def test_a_source_the_others_cannot_teach_is_skipped_and_said_why(lake_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    for cls in TINY_CLASSES[:3]:
+        shutil.copytree(lake_root / "tiny" / cls, root / "tiny" / cls)
+    for cls in TINY_CLASSES[3:]:  # `other` shares no class with `tiny`
+        shutil.copytree(lake_root / "other" / cls, root / "other" / cls)
+    lake = _ingest(root, tmp_path / "out")
+    with pytest.raises(UsageError, match="no class of its images has a fine-labelled image in the other sources"):
+        source_plan(lake.rows, lake.sources, seed=0, fraction=0.1, min_images=10)
 
 
 def test_ingest_takes_a_folds_splits_from_the_assignment_file(lake, lake_root: Path, tmp_path: Path) -> None:

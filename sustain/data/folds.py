@@ -56,7 +56,7 @@ class Fold:
 class FoldPlan:
     scheme: str  # "kfold" | "source"
     folds: tuple[Fold, ...]
-    skipped_sources: dict[str, int] = field(default_factory=dict)  # source -> its fine-labelled images
+    skipped_sources: dict[str, dict] = field(default_factory=dict)  # source -> fine_images, reason
 
     def test_fold(self) -> np.ndarray:
         """Per lake row: the fold whose test part scores it, or -1."""
@@ -121,16 +121,26 @@ def kfold_plan(rows: Sequence[ManifestRow], k: int, seed: int, fraction: float) 
 
 def source_plan(rows: Sequence[ManifestRow], sources: Sequence[str], seed: int, fraction: float,
                 min_images: int = MIN_SOURCE_IMAGES) -> FoldPlan:
-    """One fold per source with at least `min_images` fine-labelled images, held out in turn."""
+    """One fold per source with at least `min_images` fine-labelled images, held out in turn. A source
+    none of whose images the other sources could teach (every class untrained) is skipped too, and said why."""
     fine = Counter(r.source for r in rows if len(r.targets) == 1)
-    held = [s for s in sources if fine[s] >= min_images]
-    skipped = {s: fine[s] for s in sources if s not in held}
-    if len(held) < 1 or len(set(r.source for r in rows)) < 2:
-        raise UsageError(f"--by source needs at least two sources with images and one with {min_images} or more "
-                         f"fine-labelled images; the lake has {dict(fine)}",
-                         "enable more sources in data.sources, or lower --min-images")
-    folds = tuple(_source_fold(rows, i, source, seed, fraction) for i, source in enumerate(held))
-    return FoldPlan("source", folds, skipped)
+    if len(set(r.source for r in rows)) < 2:
+        raise UsageError("--by source needs at least two sources with images", "enable more sources in data.sources")
+    folds, skipped = [], {}
+    for source in sources:
+        if fine[source] < min_images:
+            skipped[source] = {"fine_images": fine[source], "reason": f"fewer than {min_images} fine-labelled images"}
+            continue
+        fold = _source_fold(rows, len(folds), source, seed, fraction)
+        if fold.count("test") == 0 or fold.count("train") == 0:
+            skipped[source] = {"fine_images": fine[source], "reason": "no class of its images has a fine-labelled "
+                                                                      "image in the other sources"}
+            continue
+        folds.append(fold)
+    if not folds:
+        raise UsageError(f"--by source: no source can be held out: {skipped}",
+                         "lower --min-images, or add sources that share classes")
+    return FoldPlan("source", tuple(folds), skipped)
 
 
 def _source_fold(rows: Sequence[ManifestRow], index: int, source: str, seed: int, fraction: float) -> Fold:

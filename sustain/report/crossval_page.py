@@ -122,8 +122,9 @@ def build_crossval_page(folder: str | Path) -> Path:
                 f"({_ci(record.oof.get('accuracy_ci95'))}).</p>",
                 "<h2>Folds</h2>" + _folds_table(record)]
     if record.skipped_sources:
-        sections.append('<p class="note">Not held out (too few fine-labelled images): ' +
-                        escape_html(", ".join(f"{k} ({v})" for k, v in record.skipped_sources.items())) + "</p>")
+        sections.append('<p class="note">Not held out: ' + escape_html("; ".join(
+            f"{k} ({v['fine_images']} fine-labelled images: {v['reason']})" for k, v in record.skipped_sources.items()))
+            + "</p>")
     sections.append(img_html("Accuracy per fold", plot_fold_accuracy(record.folds, s, folder / ACCURACY_PNG)))
     sections += [_sources_table(record.sources), _per_class_table(record.folds), _issues_section(folder, record)]
     return atomic_write_text(folder / REPORT_HTML, page(title, "\n".join(x for x in sections if x)))

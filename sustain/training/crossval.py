@@ -29,6 +29,7 @@ from ..artifacts import (
     FOLDS_CSV,
     LAST,
     TEST_REPORT,
+    ArtifactError,
     CrossvalRecord,
     RunRecord,
 )
@@ -131,7 +132,11 @@ def estimate(cfg: Config, plan: FoldPlan, todo: list, folder: Path, resume: str 
     line = (f"Crossval {plan.scheme}: {len(todo)} of {len(plan.folds)} folds to train, each a full training run "
             f"(up to {cfg.train.epochs} epochs); {images:,} training images in all, "
             f"{images * cfg.train.epochs:,} image-epochs")
-    previous = RunRecord.read_if_present(cfg.output_dir) if Path(cfg.output_dir, "run.json").is_file() else None
+    try:
+        previous = RunRecord.read_if_present(cfg.output_dir)
+    except ArtifactError as exc:  # an older or edited run.json: no speed to scale from, said so
+        log.info("No time estimate from %s: %s", cfg.output_dir, exc)
+        previous = None
     if previous is not None:
         seen = previous.data_summary.get("splits", {}).get("train", 0) * max(previous.epochs_completed, 1)
         seconds = previous.timings.get("train_seconds")
