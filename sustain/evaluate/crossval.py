@@ -43,7 +43,8 @@ def mean_interval(values: Sequence[float | None]) -> dict[str, Any]:
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if x.size > 1 else 0.0
     half = float(t.ppf(0.975, x.size - 1)) * std / math.sqrt(x.size) if x.size > 1 else None
-    ci = [round(mean - half, 6), round(mean + half, 6)] if half is not None else None
+    # both metrics are fractions: an interval end past 0 or 1 says nothing more than 0 or 1
+    ci = [round(max(0.0, mean - half), 6), round(min(1.0, mean + half), 6)] if half is not None else None
     return {"n_folds": int(x.size), "mean": round(mean, 6), "std": round(std, 6), "ci95": ci}
 
 

@@ -159,3 +159,8 @@ def test_crossval_refuses_a_fold_it_does_not_have_and_a_fixed_assignment(lake_ro
     assert result.code == 2 and "data.split.assignment" in result.output and "remove this key" in result.output
     result = run_cli("crossval", "--config", config, "--set", "data.split.val=0", "--set", "data.split.test=0.2")
     assert result.code == 2 and "data.split.val" in result.output
+
+
+def test_the_mean_interval_stays_within_0_and_1() -> None:
+    assert mean_interval([0.02, 0.15, 0.05])["ci95"][0] == 0.0
+    assert mean_interval([0.99, 0.9, 1.0])["ci95"][1] == 1.0
