@@ -94,7 +94,7 @@ def _issues_section(folder: Path, record: CrossvalRecord) -> str:
     path = folder / LABEL_ISSUES_CSV
     stats = record.label_issues
     head = (f"<h2>Label issues</h2><p>{stats.get('n_issues', 0)} likely label errors among "
-            f"{stats.get('n_screened', 0)} fine-labelled images, each predicted by a model that never saw it "
+            f"{stats.get('n_screened', 0)} images, each predicted by a model that never saw it "
             f"({escape_html(LABEL_ISSUES_CSV)}); worst first.</p>")
     oof_path = folder / predictions_file(crossval.OOF_SPLIT)
     if not path.is_file() or not oof_path.is_file():

@@ -46,8 +46,15 @@ from ..data import (
     write_assignment,
 )
 from ..errors import ConfigError, RunFailed, UsageError
+from ..evaluate import (
+    DEFAULT_METHOD,
+    label_issue_rows,
+    load_predictions,
+    predictions_file,
+    suspect_labels,
+    write_label_issues,
+)
 from ..evaluate import crossval as cv
-from ..evaluate import find_label_issues, load_predictions, predictions_file, write_label_issues
 from ..taxonomy import build_taxonomy
 from ..tracking import log_summary, parent_run
 from ..utils import atomic_write_text
@@ -73,6 +80,9 @@ def run_crossval(cfg: Config, opts: CrossvalOptions) -> CrossvalRecord | None:
     console.ensure_console_logging()
     if cfg.data.split.assignment:
         raise ConfigError("data.split.assignment", "crossval plans every fold's split itself: remove this key")
+    if cfg.data.split.holdout_sources:
+        raise ConfigError("data.split.holdout_sources", "crossval plans every fold's split itself: remove this key "
+                          "(`--by source` holds out each source in turn)")
     lake = ingest(cfg, build_taxonomy(**cfg.taxonomy.model_dump()))
     plan = plan_folds(cfg, lake, opts)
     folder = scheme_folder(cfg, plan.scheme)
@@ -226,16 +236,12 @@ def in_domain_accuracy(cfg: Config, folder: Path) -> tuple[dict[str, dict[str, A
 
 
 def label_issues(folder: Path, oof: Any) -> dict[str, Any]:
-    """label_issues.csv from the out-of-fold probabilities of the fine-labelled images."""
-    fine = oof.fine
-    index = [int(i) for i in fine.nonzero()[0]]
-    given = oof.targets[fine].argmax(axis=1)
-    found = find_label_issues(oof.probs[fine], given)
-    rows = [{"path": oof.paths[index[i]], "source": oof.sources[index[i]], "given": oof.classes[int(given[i])],
-             "suggested": oof.classes[int(oof.probs[index[i]].argmax())], "label_quality": quality, "rank": rank}
-            for rank, (i, quality) in enumerate(found, 1)]
-    write_label_issues(folder, rows)
-    return {"n_screened": len(index), "n_issues": len(rows), "set_labelled_not_screened": int((~fine).sum())}
+    """label_issues.csv from the out-of-fold predictions, by the finder `sustain report` uses on val+test
+    (`evaluate.suspect_labels`: cleanlab on fine labels, the fixed rule on the mass inside a set)."""
+    suspects = suspect_labels([oof])
+    write_label_issues(folder, label_issue_rows(suspects))
+    return {"method": DEFAULT_METHOD, "n_screened": len(oof.paths), "n_fine": int(oof.fine.sum()),
+            "n_issues": len(suspects)}
 
 
 def _build_page(folder: Path) -> None:

@@ -157,6 +157,8 @@ def test_crossval_refuses_a_fold_it_does_not_have_and_a_fixed_assignment(lake_ro
     assert "Epoch" not in result.output
     result = run_cli("crossval", "--config", config, "--set", "data.split.assignment=x.csv")
     assert result.code == 2 and "data.split.assignment" in result.output and "remove this key" in result.output
+    result = run_cli("crossval", "--config", config, "--set", "data.split.holdout_sources=[other]")
+    assert result.code == 2 and "data.split.holdout_sources" in result.output and "--by source" in result.output
     result = run_cli("crossval", "--config", config, "--set", "data.split.val=0", "--set", "data.split.test=0.2")
     assert result.code == 2 and "data.split.val" in result.output
 
