@@ -23,8 +23,18 @@ from pathlib import Path
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, results_file, write_images  # noqa: E402
-from benchmarks.serving import export, finish, free_port, header, load, machine  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    arg_parser,
+    export,
+    finish,
+    free_port,
+    header,
+    load,
+    machine,
+    results_file,
+    write_images,
+)
 
 APP = '''
 import sys

@@ -30,8 +30,19 @@ from pathlib import Path
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, results_file, timed, write_images  # noqa: E402
-from benchmarks.serving import export, finish, free_port, header, load, machine  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    arg_parser,
+    export,
+    finish,
+    free_port,
+    header,
+    load,
+    machine,
+    results_file,
+    timed,
+    write_images,
+)
 
 MAX_CONCURRENCY, MAX_DURATION = 256, 600
 

@@ -158,7 +158,6 @@ def test_every_offered_name_exists(room: str) -> None:
         assert getattr(package, name) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="benchmarks still import each other; the shared harness removes it")
 def test_no_benchmark_imports_another() -> None:
     bench = ROOT / "benchmarks"
     own = {p.stem for p in bench.glob("*.py")} - {"__init__", "__main__", "common"}

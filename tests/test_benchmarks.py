@@ -19,7 +19,7 @@ from benchmarks import tables
 from benchmarks.common import ROOT
 
 BENCH_DIR = ROOT / "benchmarks"
-HARNESS = {"__init__", "__main__", "common", "tables", "serving"}  # shared code, not benchmarks
+HARNESS = {"__init__", "__main__", "common", "tables"}
 BENCHMARKS = sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in HARNESS)
 
 
