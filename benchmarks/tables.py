@@ -83,6 +83,10 @@ TABLES: dict[str, Table] = {
                                                                           "{:.2f}"),
         _c("best val accuracy", "best_val_acc", PCT), _c("RSS growth after epoch 2", "rss_growth_after_epoch_2_mb",
                                                          "{} MB")), rows="results"),
+    "gallery": Table("bench_gallery.json", (
+        _c("images", "images"), _c("model", "model"), _c("final evaluation", "final_evaluation_s", "{:.1f} s"),
+        _c("store", "store_write_s", "{:.2f} s"), _c("gallery + CSV", "gallery_s", "{:.2f} s"),
+        _c("suspects", "suspects"), _c("overhead (goal ≤ 10%)", "ratio", PCT))),
     "export": Table("bench_export.json", (
         _c("model", "model"), _c("input", "input_size", "{} px"),
         _c("PyTorch, batch 1", "batches.1.ms_per_batch.torch", MS),
@@ -123,6 +127,11 @@ def provenance_line(source: str, doc: dict[str, Any], up: str = "../") -> str:
     machine = p.get("machine") or {}
     commit = (p.get("commit") or {}).get("sha", "?")[:10]
     before, after = machine.get("load_average_before") or ["?"], machine.get("load_average_after") or ["?"]
+    if not p:  # a result written before write_result recorded provenance: its own fields
+        p = {"command": doc.get("command", "?").strip(), "date_utc": "undated"}
+        commit = str(doc.get("commit", "?"))[:10]
+        machine = {"cpu_model": doc.get("processor") or doc.get("machine", "?"), "usable_cores": doc.get("cores", "?")}
+        before, after = doc.get("load_average") or ["?"], ["not recorded"]
     return (f"From [`benchmarks/results/{source}`]({up}benchmarks/results/{source}): "
             f"`{p.get('command', '?')}` at `{commit}`, {str(p.get('date_utc', '?'))[:10]}, "
             f"{machine.get('cpu_model', '?')} ({machine.get('usable_cores', '?')} cores), "
