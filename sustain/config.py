@@ -171,6 +171,34 @@ class TrackingConfig(_Section):
     log_every_n_steps: int = Field(50, ge=1)  # running loss and throughput
 
 
+class CalibrationConfig(_Section):
+    """Temperature scaling after training (docs/evaluation.md, "Calibration")."""
+
+    # auto: fit T on val (T = 1 when val is too small or the fit does not help); off: T = 1; a number: that T
+    temperature: Literal["auto", "off"] | Annotated[float, Field(gt=0, le=100)] = "auto"
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _bare_off(cls, value: Any) -> Any:
+        if value is False:  # YAML reads a bare `off` as False
+            return "off"
+        if isinstance(value, bool) or (isinstance(value, str) and value not in ("auto", "off")):
+            raise ValueError("must be auto, off or a positive number such as 1.5")
+        return value
+
+
+class EvalConfig(_Section):
+    # The accuracy accepted predictions must keep (lower bound of its 95% interval on val); null: no decision
+    accept_accuracy: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @field_validator("accept_accuracy", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool) or isinstance(value, str):
+            raise ValueError("must be an accuracy between 0 and 1 such as 0.98, or null to turn the decision off")
+        return value
+
+
 class Config(_Section):
     seed: int = 42
     output_dir: str = "checkpoints"
@@ -181,6 +209,8 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     guards: GuardConfig = Field(default_factory=GuardConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -22,12 +22,19 @@ log = logging.getLogger("sustain.deploy.export")
 WORST_SHOWN = 5
 
 
+def calibration_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """T and the accept threshold, as the export's configs (config.json, the ONNX metadata) carry them."""
+    return {"temperature": float(meta.get("temperature") or 1.0),
+            **{k: meta.get(k) for k in ("accept_accuracy", "accept_on", "accept_threshold")}}
+
+
 def write_model_folder(loaded: LoadedCheckpoint, run_dir: Path, out: Path) -> Path:
     """``model.safetensors`` + ``config.json`` (timm's `save_for_hf`) + ``README.md`` (the model card)."""
     from timm.models import save_for_hf
 
     out.mkdir(parents=True, exist_ok=True)
-    save_for_hf(loaded.model, str(out), model_config={"label_names": list(loaded.taxonomy.classes)},
+    save_for_hf(loaded.model, str(out), model_config={"label_names": list(loaded.taxonomy.classes),
+                                                      **calibration_config(loaded.meta)},
                 model_args=dict(loaded.meta.get("model_kwargs") or {}), safe_serialization=True,
                 data_config=dict(loaded.data_config))
     atomic_write_text(out / "README.md", build_model_card(loaded.meta, _artifacts(run_dir)))
@@ -60,6 +67,7 @@ def build_model_card(meta: Mapping[str, Any], artifacts: Mapping[str, Any]) -> s
         _classes(meta),
         _data(artifacts.get("data_summary")),
         _metrics(report),
+        _calibration(meta, report),
         _failure_modes(report),
         _environment(artifacts.get("run"), meta),
         _usage(meta),
@@ -142,6 +150,31 @@ def _metrics(report: Mapping[str, Any] | None) -> str:
         for name, s in per_source.items():
             acc, n = (s.get("acc"), s.get("n_fine")) if isinstance(s, Mapping) else (s, None)
             lines.append(f"| {name} | {_pct(acc)} | {n if n is not None else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _calibration(meta: Mapping[str, Any], report: Mapping[str, Any] | None) -> str:
+    t = float(meta.get("temperature") or 1.0)
+    how = (meta.get("calibration") or {}).get("reason") or "fitted on the validation split"
+    lines = ["## Confidence and accept-or-review\n",
+             f"- temperature T = {t:.4g} ({how}): probabilities are softmax(logits / T); "
+             f"ECE {_num((report or {}).get('expected_calibration_error_uncalibrated'))} before, "
+             f"{_num((report or {}).get('expected_calibration_error'))} after"]
+    if meta.get("accept_accuracy") is None:
+        lines.append("- no accept threshold (train with `eval.accept_accuracy` to get one)")
+        return "\n".join(lines) + "\n"
+    threshold, on = meta.get("accept_threshold"), meta.get("accept_on")
+    lines.append(f"- accept when the {on} probability ≥ {threshold:.4f}, chosen on validation so that the lower "
+                 f"95% bound of the accepted accuracy is ≥ {_pct(meta['accept_accuracy'])}; the rest go to review"
+                 if threshold is not None else
+                 f"- no threshold backs {_pct(meta['accept_accuracy'])} on the validation split: every prediction "
+                 "says review")
+    a = ((report or {}).get("accept_or_review") or {}).get(on or "")
+    if a and a.get("accepted_accuracy") is not None:
+        lo, hi = a["interval"]
+        lines.append(f"- on the {report.get('split')} split: {_pct(a['coverage'])} accepted at "
+                     f"{_pct(a['accepted_accuracy'])} (95% interval {_pct(lo)}–{_pct(hi)}), {a['review']} of "
+                     f"{a['n']} to review: {a['status']}")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from ..artifacts import MANIFEST
 from ..data.dataset import ManifestDataset, collate_skip_failed
 from ..device import resolve_device
+from ..evaluate.calibration import from_meta
 from ..evaluate.gallery import predictions_file
 from ..evaluate.labelled import labelled_folder_rows, read_manifest_split
 from ..evaluate.metrics import format_per_class
@@ -57,9 +58,12 @@ def evaluate_checkpoint(
     dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform(dict(loaded.data_config)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
     preds = collect_predictions(loaded.model, indexed_loader(loader), dev)
+    calibration = from_meta(loaded.meta)  # the run's T and accept threshold, as predict applies them
+    preds.temperature = calibration["temperature"]
     record = checkpoint_record(loaded.path, loaded.meta)
     out = Path(out_dir or run_dir)
-    report = write_split_report(preds, taxonomy, sources, out, name, stem=f"eval_{name}_", checkpoint=record)
+    report = write_split_report(preds, taxonomy, sources, out, name, stem=f"eval_{name}_", checkpoint=record,
+                                calibration=calibration)
     # The train split's store is in-sample: the model learned those labels (the report says so).
     write_prediction_store(preds, dataset, taxonomy, sources, out / predictions_file(f"eval_{name}"), name,
                            in_sample=name == "train")

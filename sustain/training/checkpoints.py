@@ -124,6 +124,15 @@ def export_weights(out_dir: str | Path, weights: Mapping[str, torch.Tensor], met
     return path
 
 
+def record_calibration(out_dir: str | Path, calibration: Mapping[str, Any]) -> Path:
+    """Add the end of training's temperature and accept threshold to `best_model.json`."""
+    from ..evaluate.calibration import meta_fields
+
+    path = Path(out_dir) / EXPORT_META
+    meta = {**read_meta(path), **meta_fields(dict(calibration))}
+    return atomic_write_text(path, json.dumps(_json_safe(meta), indent=2) + "\n")
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -309,8 +318,12 @@ def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise UsageError(f"Checkpoint {path} holds no model weights (keys: {sorted(ckpt)[:10]})",
                          "pass a best_model_*.pth, last.pth or best_model.safetensors written by `sustain train`")
     meta = dict(ckpt.get("meta") or {})
-    if any(k not in meta for k in _REQUIRED_META) and (path.parent / EXPORT_META).is_file():
-        meta = {**read_meta(path.parent / EXPORT_META), **meta}
+    beside = path.parent / EXPORT_META
+    if beside.is_file() and (any(k not in meta for k in _REQUIRED_META) or "temperature" not in meta):
+        exported = read_meta(beside)
+        if all(k in meta for k in _REQUIRED_META) and exported.get("epoch") != meta.get("epoch"):
+            exported = {}  # another epoch's calibration does not fit these weights
+        meta = {**exported, **meta}
     return dict(state), meta
 
 

@@ -299,7 +299,8 @@ def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunRes
     for line in trends.format_checklist(checklist):
         log.info(line)
     record = _run_record(run, state, setup, final)
-    record.update(checklist=checklist, report_error=None)
+    record.update(checklist=checklist, report_error=None, calibration=final.pop("calibration", None))
+    record["final_evaluation"] = final
     RunRecord.from_dict(record).write(out)  # the report reads it
     if not state.failed:
         from ..report.writer import build_report  # with scikit-learn (see loop.validate)
@@ -323,10 +324,17 @@ def _final_evaluation(run: Run, state: LoopState) -> dict[str, Any]:
     log.info("📊 Final evaluation of the best weights (epoch %s)", state.best["epoch"])
     from ..evaluate import write_final_evaluation  # loaded by loop.validate() already
 
+    settings = {"temperature": run.cfg.calibration.temperature, "accept_accuracy": run.cfg.eval.accept_accuracy}
     reports = write_final_evaluation(run.eval_model(), run.loaders.final, run.taxonomy, run.sources, run.out_dir,
-                                     run.device, run.autocast_factory(), checkpoint=run.out_dir)
-    return {split: {k: r.get(k) for k in ("accuracy", "macro_f1", "n_fine", "n_set", "set_accuracy")}
-            for split, r in reports.items()}
+                                     run.device, run.autocast_factory(), checkpoint=run.out_dir, calibration=settings)
+    final = {split: {k: r.get(k) for k in ("accuracy", "macro_f1", "n_fine", "n_set", "set_accuracy",
+                                            "expected_calibration_error", "expected_calibration_error_uncalibrated")}
+             for split, r in reports.items()}
+    chosen = next((r["calibration"] for r in reports.values() if "calibration" in r), None)
+    if chosen is not None:  # predict, evaluate and export read T and the threshold from best_model.json
+        ckpt.record_calibration(run.out_dir, chosen)
+        final["calibration"] = {**chosen, "accept_or_review": {s: r.get("accept_or_review") for s, r in reports.items()}}
+    return final
 
 
 def _run_record(run: Run, state: LoopState, setup: _Setup, final: dict[str, Any]) -> dict[str, Any]:
