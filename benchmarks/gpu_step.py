@@ -123,8 +123,8 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     restructured, this is the one function to update. Everything the loop does
     per step runs unchanged; only the DataLoader is replaced by the in-memory batch.
     """
-    from sustain.training import components, loop
     from sustain.taxonomy import build_taxonomy
+    from sustain.training import components, loop
     from sustain.training.distributed import Distributed
     from sustain.training.guards import Guards
     from sustain.training.loop_state import LoopState

@@ -160,3 +160,9 @@ def from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The `calibrate` record back from best_model.json (T = 1, no decision, for an older one)."""
     return {**(meta.get("calibration") or {}), "temperature": float(meta.get("temperature") or 1.0),
             **{k: meta.get(k) for k in META_KEYS[1:]}}
+
+
+def uncalibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The raw softmax back from calibrated probabilities: softmax(T · log p) (the logits up to a
+    per-row constant), for the before/after views of a stored ``predictions_*.npz``."""
+    return apply_temperature(temperature * np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-30, None)), 1.0)

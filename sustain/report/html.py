@@ -246,7 +246,8 @@ def _evaluation_section(reports: Mapping[str, Any]) -> str:
 
 def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, reports: Mapping[str, Any],
                 confusions: Mapping[str, np.ndarray | None], classes: Sequence[str] | None,
-                images: Mapping[str, Path], notes: Sequence[str], gallery: Gallery | None = None) -> str:
+                images: Mapping[str, Path], notes: Sequence[str], gallery: Gallery | None = None,
+                extra_sections: Sequence[str] = ()) -> str:
     """The whole report page as one string (pure apart from reading the PNGs it inlines)."""
     val = reports.get("val")
     title = f"Sustain run report — {run_dir.resolve().name}"
@@ -260,6 +261,7 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
     sections.append("<h2>Top confusions (val)</h2>" + _confusion_section(confusions.get("val"), classes))
     if confusions.get("test") is not None:
         sections.append("<h3>Top confusions (test)</h3>" + _confusion_section(confusions["test"], classes))
+    sections.extend(extra_sections)  # self-contained sections (calibration): each brings its own heading
     if gallery is not None:
         sections.append(gallery.html)
     sections.append("<h2>Plots</h2>" + ("".join(_img(t, p) for t, p in images.items()) or

@@ -152,3 +152,45 @@ def plot_per_class_f1(f1: Sequence[float], support: Sequence[int | None], classe
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+CALIBRATION_FIGSIZE = (12.0, 5.0)
+
+
+def plot_calibration(reliability: Mapping[str, Mapping[str, Any]], curves: Mapping[str, Mapping[str, Any]],
+                     threshold: float | None, path: str | Path, split: str = "test",
+                     target: float | None = None) -> Path:
+    """Left: the reliability diagram of `split` before and after temperature scaling (accuracy
+    against mean confidence per bin; the diagonal is perfect calibration). Right: accepted
+    accuracy against coverage for each split in `curves` (in-domain and held-out side by side),
+    with the point where the chosen threshold lands marked and the target as a dashed line."""
+    fig = new_figure(CALIBRATION_FIGSIZE)
+    left, right = fig.subplots(1, 2)
+    left.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for label, rel in reliability.items():
+        pts = [(c, a) for c, a in zip(rel["confidence"], rel["accuracy"], strict=True) if c is not None]
+        if pts:
+            left.plot(*zip(*pts, strict=True), marker="o", label=label)
+    left.set(title=f"Reliability ({split})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    for name, curve in curves.items():
+        if not curve["coverage"]:
+            continue
+        line = right.plot(curve["coverage"], curve["accuracy"], label=name)[0]
+        if threshold is not None:
+            accepted = [i for i, c in enumerate(curve["confidence"]) if c >= threshold]
+            if accepted:
+                i = accepted[-1]
+                right.plot(curve["coverage"][i], curve["accuracy"][i], marker="D", color=line.get_color(),
+                           markersize=8)
+    if threshold is not None:
+        right.plot([], [], marker="D", color="black", linestyle="", label=f"threshold {threshold:.3f}")
+    if target is not None:
+        right.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    right.set(title="Risk–coverage (accept the most confident first)", xlabel="coverage (share accepted)",
+              ylabel="accuracy of the accepted", xlim=(0, 1.02))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    return _save(fig, Path(path))

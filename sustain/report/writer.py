@@ -45,6 +45,7 @@ from ..artifacts import (
 from ..errors import UsageError
 from ..evaluate.gallery import predictions_file, write_suspects_csv
 from ..utils import atomic_write_text, finite_float
+from .calibration_html import calibration_section
 from .gallery_html import build_gallery
 from .html import per_class, render_html
 from .plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
@@ -146,7 +147,8 @@ def build_report(run_dir: str | Path) -> Path:
         write_suspects_csv(run_dir / SUSPECTS_CSV, gallery.suspects)
     page = render_html(run_dir=run_dir, history=history, run=run, data_summary=data_summary,
                        reports={"val": val, "test": test}, confusions={"val": confusion, "test": test_confusion},
-                       classes=classes, images=images, notes=notes, gallery=gallery)
+                       classes=classes, images=images, notes=notes, gallery=gallery,
+                       extra_sections=[calibration_section(run_dir)])
     out = atomic_write_text(run_dir / REPORT_HTML, page)
     log.debug("report written with %d plot(s), %d suspect label(s), %.1f MB of thumbnails; notes: %s",
               len(images), len(gallery.suspects), gallery.thumbnails_bytes / 1e6, notes)
