@@ -95,7 +95,7 @@ def _fine_nll(probs: np.ndarray, targets: np.ndarray) -> float:
 def measure(run: Path) -> dict[str, Any]:
     """The case's figures, from the run's own files."""
     from sustain.artifacts import ModelMeta
-    from sustain.evaluate.calibration import apply_temperature
+    from sustain.evaluate.calibration import uncalibrate
     from sustain.evaluate.gallery import load_predictions
     from sustain.evaluate.selective import accept_report, choose_thresholds
     from sustain.training.checkpoints import taxonomy_from_meta
@@ -104,7 +104,7 @@ def measure(run: Path) -> dict[str, Any]:
     taxonomy = taxonomy_from_meta(meta.to_dict())
     t = meta.temperature
     val, test = load_predictions(run / "predictions_val.npz"), load_predictions(run / "predictions_test.npz")
-    raw = apply_temperature(t * np.log(np.clip(test.probs, 1e-30, None)), 1.0)  # logits up to a constant
+    raw = uncalibrate(test.probs, t)
     fine = test.targets.sum(axis=1) == 1
     truth = test.targets[fine].argmax(axis=1)
     report = read_json(run / "test_classification_report.json")

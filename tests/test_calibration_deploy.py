@@ -120,3 +120,16 @@ def test_training_stores_t_and_threshold_and_evaluate_applies_them(tmp_path: Pat
     val = read_json(out / "classification_report.json")
     assert evaluated["temperature"] == 2.0
     assert evaluated["expected_calibration_error"] == pytest.approx(val["expected_calibration_error"], abs=1e-6)
+
+
+def test_model_card_states_t_threshold_and_the_test_verdict(tmp_path: Path):
+    from sustain.deploy.model_card import build_model_card
+
+    meta = {**ModelMeta.read(calibrated_run(tmp_path, threshold=0.8)).to_dict()}
+    report = {"split": "test", "expected_calibration_error": 0.03, "expected_calibration_error_uncalibrated": 0.15,
+              "accept_or_review": {"decided_on": "bin", "bin": {
+                  "coverage": 0.9, "accepted_accuracy": 0.99, "interval": [0.97, 0.998], "review": 12, "n": 120,
+                  "status": "met"}}}
+    card = build_model_card(meta, {"test_report": report})
+    assert "T = 0.3" in card and "0.150 before, 0.030 after" in card
+    assert "bin probability ≥ 0.8000" in card and "12 of 120 to review: met" in card
