@@ -119,6 +119,8 @@ def test_training_stores_t_and_threshold_and_evaluate_applies_them(tmp_path: Pat
     evaluated = evaluate_checkpoint(out, "val", device="cpu")
     val = read_json(out / "classification_report.json")
     assert evaluated["temperature"] == 2.0
+    (best,) = out.glob("best_model_epoch*.pth")  # a training checkpoint finds the calibration beside it
+    assert Predictor.from_checkpoint(best, "cpu").temperature == 2.0
     assert evaluated["expected_calibration_error"] == pytest.approx(val["expected_calibration_error"], abs=1e-6)
 
 

@@ -298,9 +298,9 @@ def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunRes
     )
     for line in trends.format_checklist(checklist):
         log.info(line)
+    calibration = final.pop("calibration", None)  # its own key in run.json
     record = _run_record(run, state, setup, final)
-    record.update(checklist=checklist, report_error=None, calibration=final.pop("calibration", None))
-    record["final_evaluation"] = final
+    record.update(checklist=checklist, report_error=None, calibration=calibration)
     RunRecord.from_dict(record).write(out)  # the report reads it
     if not state.failed:
         from ..report.writer import build_report  # with scikit-learn (see loop.validate)
