@@ -3,9 +3,12 @@ risk–coverage plot, and the accept-or-review verdict of each split, red where 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
+from browser import chromium, render
 from test_evaluate import SMALL, save_tiny_checkpoint, tiny_model
 
 from sustain.evaluate.gallery import SamplePredictions, predictions_file, save_predictions
@@ -53,3 +56,28 @@ def test_section_without_a_threshold_says_how_to_get_one(tmp_path: Path):
     save_predictions(run / predictions_file("test"), store("test", 50, 0.9, 1))
     page = calibration_section(run)
     assert "T = 1" in page and "eval.accept_accuracy" in page
+
+
+@pytest.mark.slow  # a real browser process
+@pytest.mark.skipif(chromium() is None and not os.environ.get("SUSTAIN_REQUIRE_CHROMIUM"),
+                    reason="chromium is not installed (apt-get install -y chromium)")
+def test_calibration_section_renders_in_chromium_with_the_failure_in_red(tmp_path: Path):
+    from test_report import make_run
+
+    from sustain.report.writer import build_report
+
+    run = tmp_path / "run"
+    make_run(run)
+    save_tiny_checkpoint(run, tiny_model(SMALL.num_classes), SMALL)
+    record_calibration(run, {"temperature": 0.5, "method": "fitted", "reason": None, "accept_accuracy": 0.95,
+                             "accept_on": "bin", "accept_threshold": 0.9, "accept_thresholds": {"bin": 0.9}})
+    save_predictions(run / predictions_file("ood"), store("ood", 300, 0.7, 2))
+    page = render(build_report(run), """(() => {
+      const plot = [...document.images].find(i => i.alt === 'Reliability and risk–coverage');
+      const red = [...document.querySelectorAll('p.bad')].find(p => p.textContent.includes('ood: target missed'));
+      return {decoded: !!plot && plot.complete && plot.naturalWidth > 500,
+              red: red ? getComputedStyle(red).color : null,
+              scroll: document.documentElement.scrollWidth, width: document.documentElement.clientWidth};
+    })()""", width=1280, height=900)
+    assert page.probe["decoded"] and page.probe["red"] == "rgb(198, 40, 40)"
+    assert page.probe["scroll"] <= page.probe["width"]
