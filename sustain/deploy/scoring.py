@@ -10,17 +10,23 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from ..artifacts import MANIFEST
-from ..data.dataset import ManifestDataset, collate_skip_failed
+from ..artifacts import MANIFEST, checkpoint_record
+from ..data import ManifestDataset, collate_skip_failed
 from ..device import resolve_device
-from ..evaluate.calibration import from_meta
-from ..evaluate.gallery import predictions_file
-from ..evaluate.labelled import labelled_folder_rows, read_manifest_split
-from ..evaluate.metrics import format_per_class
-from ..evaluate.predictions import collect_predictions, indexed_loader
-from ..evaluate.reports import summary_line, write_prediction_store, write_split_report
-from ..training.checkpoints import checkpoint_record, load_checkpoint_model
+from ..evaluate import (
+    calibration_from_meta,
+    collect_predictions,
+    format_per_class,
+    indexed_loader,
+    labelled_folder_rows,
+    predictions_file,
+    read_manifest_split,
+    summary_line,
+    write_prediction_store,
+    write_split_report,
+)
 from ..transforms import build_eval_transform
+from .loading import load_checkpoint_model
 
 log = logging.getLogger("sustain.evaluate")
 
@@ -58,7 +64,7 @@ def evaluate_checkpoint(
     dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform(dict(loaded.data_config)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
     preds = collect_predictions(loaded.model, indexed_loader(loader), dev)
-    calibration = from_meta(loaded.meta)  # the run's T and accept threshold, as predict applies them
+    calibration = calibration_from_meta(loaded.meta)  # the run's T and accept threshold, as predict applies them
     preds.temperature = calibration["temperature"]
     record = checkpoint_record(loaded.path, loaded.meta)
     out = Path(out_dir or run_dir)

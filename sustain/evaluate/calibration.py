@@ -150,13 +150,13 @@ def calibrate(logits: Any, targets: Any, taxonomy: Any, temperature: str | float
 META_KEYS = ("temperature", "accept_accuracy", "accept_on", "accept_threshold")
 
 
-def meta_fields(calibration: dict[str, Any]) -> dict[str, Any]:
+def calibration_meta_fields(calibration: dict[str, Any]) -> dict[str, Any]:
     """The best_model.json fields of a `calibrate` record."""
     return {**{k: calibration[k] for k in META_KEYS},
             "calibration": {k: v for k, v in calibration.items() if k not in META_KEYS}}
 
 
-def from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+def calibration_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The `calibrate` record back from best_model.json (T = 1, no decision, for an older one)."""
     return {**(meta.get("calibration") or {}), "temperature": float(meta.get("temperature") or 1.0),
             **{k: meta.get(k) for k in META_KEYS[1:]}}

@@ -18,11 +18,19 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import ArtifactError, ModelMeta
-from ..evaluate.calibration import from_meta, reliability, uncalibrate
-from ..evaluate.gallery import load_predictions, predictions_file
-from ..evaluate.metrics import expected_calibration_error
-from ..evaluate.selective import accept_report, decision_level, risk_coverage, scored
-from ..training.checkpoints import taxonomy_from_meta
+from ..evaluate import (
+    accept_report,
+    calibration_from_meta,
+    decision_level,
+    expected_calibration_error,
+    load_predictions,
+    predictions_file,
+    reliability,
+    risk_coverage,
+    scored,
+    uncalibrate,
+)
+from ..taxonomy import taxonomy_from_meta
 from ..utils import escape_html
 from .html import _img, html_table
 from .plots import plot_calibration
@@ -43,7 +51,7 @@ def calibration_section(run_dir: Path) -> str:
               if (run_dir / predictions_file(s)).is_file()}
     if not stores:
         return '<h2>Calibration</h2><p class="muted">No predictions_*.npz in the run folder.</p>'
-    taxonomy, c = taxonomy_from_meta(meta), from_meta(meta)
+    taxonomy, c = taxonomy_from_meta(meta), calibration_from_meta(meta)
     t, on = c["temperature"], c.get("accept_on") or decision_level(taxonomy)
     how = "fitted on val" if c.get("method") == "fitted" else (c.get("reason") or "not fitted")
     parts = [f"<h2>Calibration</h2><p>Temperature T = {t:.4g} ({escape_html(how)}): probabilities are "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import chromium, render
-from test_evaluate import SMALL, save_tiny_checkpoint, tiny_model
+from eval_helpers import SMALL, save_tiny_checkpoint, tiny_model
 
 from sustain.evaluate.gallery import SamplePredictions, predictions_file, save_predictions
 from sustain.report.calibration_html import CALIBRATION_PNG, calibration_section

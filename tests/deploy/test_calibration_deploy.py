@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 from engine_helpers import make_tiny_lake, read_json, tiny_config
-from test_evaluate import SMALL, save_tiny_checkpoint, tiny_model, write_images
+from eval_helpers import SMALL, save_tiny_checkpoint, tiny_model, write_images
 
 from sustain import Predictor
 from sustain.artifacts import ModelMeta, RunRecord
