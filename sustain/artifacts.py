@@ -44,8 +44,11 @@ VAL_REPORT = "classification_report.json"
 VAL_CONFUSION = "confusion_matrix.npy"
 TEST_REPORT = "test_classification_report.json"
 TEST_CONFUSION = "test_confusion_matrix.npy"
+OOD_REPORT = "ood_classification_report.json"
+OOD_CONFUSION = "ood_confusion_matrix.npy"
 PREDICTIONS = "predictions_{split}.npz"
 SUSPECTS_CSV = "suspect_labels.csv"
+LABEL_ISSUES_CSV = "label_issues.csv"
 REPORT_HTML = "report.html"
 CURVES_PNG = "training_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -53,6 +56,12 @@ F1_PNG = "per_class_f1.png"
 
 # ---- `sustain export`
 EXPORT_REPORT = "export_report.json"
+
+# ---- `sustain crossval`: OUTPUT/crossval/<scheme>/ (docs/evaluation.md, "Cross-validation")
+CROSSVAL_DIR = "crossval"
+CROSSVAL = "crossval.json"
+FOLDS_CSV = "folds.csv"
+FOLD_ASSIGNMENT = "split_assignment.csv"  # in each fold's run folder: what data.split.assignment names
 
 
 def best_checkpoint_name(epoch: int, val_acc: float) -> str:
@@ -269,12 +278,16 @@ class DataSummary(Record):
     excluded: int = 0
     decode: dict[str, Any] = field(default_factory=dict)
     image_cache: dict[str, Any] | None = None  # size on disk and per image, when the cache is on
+    holdout: dict[str, Any] = field(default_factory=dict)  # data.split.holdout_sources: ood images, removals
 
     def file_dict(self) -> dict[str, Any]:
-        """The file's content: `image_cache` appears once a training run has recorded it."""
+        """The file's content: `image_cache` appears once a training run has recorded it, `holdout`
+        when a source is held out."""
         out = self.to_dict()
         if out["image_cache"] is None:
             del out["image_cache"]
+        if not out["holdout"]:
+            del out["holdout"]
         return out
 
     def write(self, folder: str | Path) -> Path:
@@ -313,3 +326,21 @@ class RunRecord(Record):
     tracking: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None  # T, how it was chosen, the thresholds; ECE before/after per split
 
+
+
+# =========================================================================== crossval.json
+
+@dataclass
+class CrossvalRecord(Record):
+    """One cross-validation scheme's results (`crossval.json`); fractions 0-1."""
+
+    FILE: ClassVar[str] = CROSSVAL
+
+    scheme: str  # "kfold" | "source"
+    folds: list[dict[str, Any]]  # name, held_out, n_train, n_val, n_test, accuracy, macro_f1, ... run_dir
+    summary: dict[str, Any]  # accuracy / macro_f1: mean, std, ci95 (t interval over folds), n_folds
+    oof: dict[str, Any] = field(default_factory=dict)  # the pooled out-of-fold score: n, accuracy, ci95
+    sources: list[dict[str, Any]] = field(default_factory=list)  # source: out-of-source vs in-domain, shift gap
+    skipped_sources: dict[str, Any] = field(default_factory=dict)  # source -> {fine_images, reason}
+    label_issues: dict[str, Any] = field(default_factory=dict)  # how many, by which rule, on how many images
+    settings: dict[str, Any] = field(default_factory=dict)  # folds, seed, val fraction, min images, epochs

@@ -42,6 +42,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_crossval(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)  # config errors first, before heavy imports
+    from .training import CrossvalOptions, run_crossval
+
+    run_crossval(cfg, CrossvalOptions(scheme=args.by, folds=args.folds, resume=args.resume, only_fold=args.fold,
+                                  summarize_only=args.summarize, min_images=args.min_images))
+    return 0
+
+
 def cmd_data_ingest(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
     from .data import ingest
@@ -94,6 +103,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .deploy import serve_cli
+
+    return serve_cli(args.model, args.backend, host=args.host, port=args.port, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, topk=args.topk, token_file=args.token_file,
+                     max_images=args.max_images, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -119,12 +136,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 USAGE_SUMMARY = """\
 commands:
   sustain train --config FILE [--set k=v ...] [--resume auto|PATH] [--output DIR]
+  sustain crossval --config FILE [--folds K | --by source] [--fold I | --summarize] [--resume auto]
+                                             K trainings: accuracy on unseen images or sources, with intervals
   sustain data ingest --config FILE          build and print the data summary and manifest
   sustain data demo --out DIR                generate the procedural demo lake
   sustain data download --config FILE        fetch the Kaggle sources (your own credentials)
   sustain evaluate --checkpoint PATH [--split val|test|train] [--data DIR]
   sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json] [--backend torch|onnx]
   sustain export RUN_DIR|CHECKPOINT [--format onnx|coreml] [--quantize int8] [--split test|val] [--out DIR] [--no-verify]
+  sustain serve RUN_DIR|EXPORT_DIR [--backend onnx|torch] [--host 127.0.0.1] [--port 8000] [--max-batch N] [--max-wait-ms M] [--token-file FILE]
   sustain report RUN_DIR                     rebuild the plots and report.html
   sustain compare RUN_DIR RUN_DIR... [--html FILE]   runs side by side; reproducibility of two reruns
   sustain doctor [--config FILE] [--json]    environment diagnostics
@@ -144,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # One function a group, called in the order `sustain --help` lists the commands.
     _add_train(sub)
+    _add_crossval(sub)
     _add_data(sub)
     _add_model_commands(sub)
+    _add_serve(sub)
     _add_run_commands(sub)
     return parser
 
@@ -162,6 +184,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="auto|PATH", help="resume from last.pth in the output folder, or a checkpoint")
     p.add_argument("--output", metavar="DIR", help="output folder (overrides output_dir)")
     p.set_defaults(func=cmd_train)
+
+
+def _add_crossval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("crossval", help="cross-validate: k-fold or leave-one-source-out, one training per fold")
+    _with_config(p)
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="k-fold: the number of folds (default 5)")
+    p.add_argument("--by", choices=["kfold", "source"], default="kfold",
+                   help="kfold (default), or source: hold out each source in turn")
+    p.add_argument("--fold", type=int, metavar="I", help="run fold I only (e.g. one task of a SLURM job array)")
+    p.add_argument("--summarize", action="store_true", help="train nothing: build the summary of the finished folds")
+    p.add_argument("--resume", choices=["auto"], help="skip finished folds, continue an interrupted one at its batch")
+    p.add_argument("--min-images", type=int, default=20, metavar="N",
+                   help="--by source: fine-labelled images a source needs to be held out (default 20)")
+    p.add_argument("--output", metavar="DIR", help="output folder (overrides output_dir); results in DIR/crossval/")
+    p.set_defaults(func=cmd_crossval)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -189,7 +226,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     """What a trained checkpoint is used for: `sustain evaluate`, `predict`, `export`."""
     p = sub.add_parser("evaluate", help="score a checkpoint on its val/test split or on a labelled folder")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--split", choices=["val", "test", "train", "ood"], default="val",
+                   help="ood: the held-out sources of data.split.holdout_sources")
     p.add_argument("--data", metavar="DIR", help="a folder of labelled images (<class>/<image>) to score instead")
     p.add_argument("--label-map", metavar="YAML", help="with --data: a YAML {folder: class} mapping")
     p.set_defaults(func=cmd_evaluate)
@@ -213,6 +251,23 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/export")
     p.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
     p.set_defaults(func=cmd_export)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the model behind an HTTP API and a page to try photos (docs/deploy.md)")
+    p.add_argument("model", metavar="RUN_DIR|EXPORT_DIR", help="a run folder, its export/ folder or a .onnx file")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
+                   help="onnx: the exported model.onnx (default); torch: the run's checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="any address but loopback needs --token-file")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a first image waits for company")
+    p.add_argument("--token-file", metavar="FILE", help="requests then need 'Authorization: Bearer <token>'")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--max-images", type=int, default=16, help="images in one request at most")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body size limit")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels of one image at most (checked before decoding)")
+    p.set_defaults(func=cmd_serve)
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:

@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
 INNER: dict[str, dict[str, int]] = {
     "data": {
         "__init__": 0, "labels": 0, "split": 0, "manifest": 0, "demo": 0, "demo_images": 0,
-        "walk": 1, "signature": 1, "archive": 1, "kaggle_client": 1,
+        "walk": 1, "signature": 1, "folds": 1, "archive": 1, "kaggle_client": 1,
         "scan": 2, "download": 2,
         "decode_cache": 3, "image_cache": 3,
         "collect": 4, "dataset": 4,
@@ -42,13 +42,14 @@ INNER: dict[str, dict[str, int]] = {
         "lake": 6,
     },
     "evaluate": {
-        "__init__": 0, "metrics": 0, "trends": 0, "gallery": 0, "predictions": 0, "labelled": 0, "compare": 0,
-        "selective": 0, "calibration": 1,
-        "reports": 2,
+        "__init__": 0, "metrics": 0, "trends": 0, "label_issues": 0, "shift": 0, "predictions": 0, "labelled": 0,
+        "compare": 0, "selective": 0,
+        "gallery": 1, "calibration": 1,
+        "reports": 2, "crossval": 2,
     },
-    "report": {"__init__": 0, "plots": 0, "gallery_html": 0, "html": 1, "calibration_html": 2, "writer": 3,
-               "compare_page": 2},
-    "tracking": {"__init__": 0, "common": 0, "tensorboard_backend": 1, "mlflow_backend": 1, "tracker": 2},
+    "report": {"__init__": 0, "plots": 0, "gallery_html": 0, "html": 1, "calibration_html": 2, "writer": 3, "compare_page": 2,
+               "crossval_page": 2},
+    "tracking": {"__init__": 0, "common": 0, "tensorboard_backend": 1, "mlflow_backend": 1, "tracker": 2, "crossval_parent": 2},
     "training": {
         "__init__": 0, "rng": 0, "losses": 0, "optim": 0, "precision": 0, "guards": 0, "interrupts": 0,
         "checkpoints": 0,
@@ -58,8 +59,10 @@ INNER: dict[str, dict[str, int]] = {
         "resume": 4,
         "loop": 5,
         "engine": 6,
+        "crossval": 7,
     },
-    "deploy": {"__init__": 0, "loading": 0, "inference": 1, "model_card": 1, "scoring": 1, "export": 2},
+    "deploy": {"__init__": 0, "loading": 0, "export_files": 0, "serve_input": 0, "serve_page": 0,
+               "inference": 1, "model_card": 1, "scoring": 1, "export": 2, "serve_model": 2, "serve": 3},
     "diagnostics": {
         "__init__": 0, "core": 0,
         "environment": 1, "accelerator": 1, "data_checks": 1,

@@ -32,7 +32,7 @@ from ..evaluate import (
 )
 from ..taxonomy import taxonomy_from_meta
 from ..utils import escape_html
-from .html import _img, html_table
+from .html import html_table, img_html
 from .plots import plot_calibration
 
 SPLITS = ("val", "test", "ood")  # ood: sources held out of training (data.split.holdout_sources)
@@ -67,7 +67,7 @@ def calibration_section(run_dir: Path) -> str:
                                                                             taxonomy, on))},
                            c.get("accept_threshold"), run_dir / CALIBRATION_PNG, shown, c.get("accept_accuracy"))
     parts.append(_accept_html(stores, taxonomy, c))
-    parts.append(_img("Reliability and risk–coverage", png))
+    parts.append(img_html("Reliability and risk–coverage", png))
     return "".join(parts)
 
 
