@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from pathlib import Path
+
 import pytest
 
 from sustain.device import (
     Backends,
+    Bf16Probe,
+    cpu_native_bf16,
     detect_backends,
     plan_channels_last,
     plan_device,
     plan_num_workers,
     plan_precision,
+    wants_bf16_probe,
 )
 from sustain.errors import ConfigError
 
@@ -75,6 +82,71 @@ def test_mps_and_cpu_default_to_fp32(device_type: str) -> None:
     plan = plan_precision(device_type, "auto", bf16_supported=False)
     assert (plan.autocast, plan.dtype, plan.grad_scaler) == (False, "float32", False)
     assert plan.label == "fp32"
+
+
+PASSING = Bf16Probe(loss_fp32=2.30, loss_bf16=2.301, grad_cosine=0.999, fp32_seconds=0.713, bf16_seconds=0.394)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", "AVX512-BF16"),
+    ("avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "AMX"),
+    ("fpu sse sse2 avx avx2 fma", None),
+    ("avx512f avx512bw avx512_vnni", None),  # AVX512 without its bf16 extension
+    ("", None),
+])
+def test_cpu_native_bf16_from_cpuinfo_flags(flags: str, expected: str | None) -> None:
+    assert cpu_native_bf16(flags.split()) == expected
+
+
+def test_this_machines_flags_match_proc_cpuinfo() -> None:
+    # The detected flags include /proc/cpuinfo's: the plan sees what the kernel reports.
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo")
+    reported = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split(":")[1].split()
+    assert detect_backends().cpu_bf16 == cpu_native_bf16(reported)
+
+
+@pytest.mark.parametrize("cpu_bf16", ["AMX", "AVX512-BF16"])
+def test_cpu_auto_is_bf16_only_with_native_bf16_and_a_passing_probe(cpu_bf16: str) -> None:
+    assert wants_bf16_probe("cpu", "auto", cpu_bf16)
+    plan = plan_precision("cpu", "auto", False, cpu_bf16=cpu_bf16, probe=PASSING)
+    assert (plan.autocast, plan.dtype, plan.grad_scaler) == (True, "bfloat16", False)
+    assert cpu_bf16 in plan.line and "1.81×" in plan.line and "cosine 0.9990" in plan.line
+    assert plan.probe["grad_cosine"] == 0.999 and plan.probe["cpu_bf16"] == cpu_bf16
+    unprobed = plan_precision("cpu", "auto", False, cpu_bf16=cpu_bf16)
+    assert not unprobed.autocast
+
+
+def test_cpu_auto_without_native_bf16_stays_fp32_and_does_not_probe() -> None:
+    assert not wants_bf16_probe("cpu", "auto", None)
+    plan = plan_precision("cpu", "auto", False, cpu_bf16=None, probe=PASSING)
+    assert not plan.autocast and "no native bf16" in plan.reason
+
+
+@pytest.mark.parametrize(("probe", "needle"), [
+    (dataclasses.replace(PASSING, loss_bf16=2.50), "changed the loss by 8.7%"),
+    (dataclasses.replace(PASSING, grad_cosine=0.95), "cosine 0.950"),
+    (dataclasses.replace(PASSING, loss_bf16=float("nan")), "non-finite"),
+    (dataclasses.replace(PASSING, bf16_seconds=0.70), "not faster"),
+    (dataclasses.replace(PASSING, bf16_seconds=0.90), "not faster"),
+])
+def test_a_failed_probe_keeps_fp32_and_says_why_in_one_line(probe: Bf16Probe, needle: str) -> None:
+    plan = plan_precision("cpu", "auto", False, cpu_bf16="AVX512-BF16", probe=probe)
+    assert not plan.autocast and plan.label == "fp32"
+    assert needle in plan.line and "\n" not in plan.line
+    assert plan.probe["loss_bf16"] == probe.loss_bf16 or math.isnan(plan.probe["loss_bf16"])
+
+
+@pytest.mark.parametrize("cpu_bf16", [None, "AMX"])
+def test_mps_auto_stays_fp32_and_on_off_keep_their_meaning(cpu_bf16: str | None) -> None:
+    assert not wants_bf16_probe("mps", "auto", cpu_bf16)
+    assert not plan_precision("mps", "auto", True, cpu_bf16=cpu_bf16, probe=PASSING).autocast
+    # on: bf16 on any CPU, probe or not; off: fp32 even where the probe passed
+    assert plan_precision("cpu", "on", False, cpu_bf16=cpu_bf16).dtype == "bfloat16"
+    assert not wants_bf16_probe("cpu", "on", cpu_bf16) and not wants_bf16_probe("cpu", "off", cpu_bf16)
+    off = plan_precision("cpu", "off", False, cpu_bf16=cpu_bf16, probe=PASSING)
+    assert not off.autocast and off.reason == "train.amp: off"
 
 
 def test_amp_only_when_asked_for_on_mps_and_cpu() -> None:

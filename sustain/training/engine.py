@@ -43,6 +43,7 @@ from ..device import (
     plan_device,
     plan_num_workers,
     plan_precision,
+    wants_bf16_probe,
 )
 from ..evaluate import trends
 from ..model import build_model, parameter_summary
@@ -63,6 +64,7 @@ from .components import (
     build_scheduler,
     build_train_loss,
     export_meta,
+    images_on_device,
     plan_cpu_measured,
     prepare_output_dir,
     sanity_check,
@@ -77,6 +79,7 @@ from .loaders import build_loaders
 from .loop import Stopped, run_epochs
 from .loop_state import LoopState
 from .losses import PartialLabelLoss
+from .precision_probe import probe_precision, probe_record
 from .resume import restore_training_state
 from .run import CheckpointClock, Run
 
@@ -138,7 +141,7 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     run = dataclasses.replace(run, fwd_model=dist.wrap(torch.compile(run.model) if cfg.model.compile else run.model,
                                                         run.device))
     tracker.start(cfg, setup.data_config, setup.lake.summary, {  # tracking: a resume reopens the saved MLflow run
-        "device": run.plan.line, "precision": run.precision.label, "workers": setup.workers,
+        "device": run.plan.line, "precision": run.precision.label, **probe_record(run.precision), "workers": setup.workers,
         "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved and saved.get("tracking"))
     if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run
         rng_states = saved["rng"]
@@ -174,9 +177,12 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     backends = detect_backends()
     plan = plan_device(cfg.device, backends)
     apply_backend_flags(plan)
-    precision = plan_precision(plan.type, cfg.train.amp, backends.cuda_bf16)
+    precision = plan_precision(plan.type, cfg.train.amp, backends.cuda_bf16, cpu_bf16=backends.cpu_bf16)
     device = dist.init(plan)
-    log.info("%s, %s%s", plan.line, precision.label, f", DDP world size {dist.world}" if dist.enabled else "")
+    log.info("%s%s", plan.line, f", DDP world size {dist.world}" if dist.enabled else "")
+    probing = wants_bf16_probe(plan.type, cfg.train.amp, backends.cpu_bf16)
+    if not probing:
+        log.info(precision.line)
 
     model, data_config, train_tf, eval_tf = _model_and_transforms(cfg, taxonomy, plan.type)
     size = data_config["input_size"][-1]
@@ -206,6 +212,9 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
         batch = loaders.sanity_batch()
         load_seconds = time.perf_counter() - t
     sanity_check(model, batch, loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
+    if probing:  # amp: auto on a CPU with native bf16: bf16 only where the probe finds it as accurate and faster
+        precision = probe_precision(cfg, backends, model, images_on_device(batch, device, channels_last),
+                                    batch.targets.to(device), loss_fn, size)
     if plan.type == "cpu":  # measured CPU plan (docs/performance.md); loaders start no worker until iterated
         cpu = plan_cpu_measured(cfg, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
         if cpu.workers != workers:
@@ -340,6 +349,7 @@ def _run_record(run: Run, state: LoopState, setup: _Setup, final: dict[str, Any]
         "taxonomy": run.taxonomy.to_dict(),
         "normalisation": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.data_config.items()},
         "device": {"type": run.plan.type, "name": run.plan.name, "precision": run.precision.label,
+                   "precision_plan": run.precision.record(),
                    "amp_on_at_end": guard.amp_on, "channels_last": run.channels_last,
                    "world_size": run.dist.world, "num_workers": setup.workers},
         "seed": run.cfg.seed,
