@@ -34,3 +34,21 @@ def write_result(path: Path, result: Any, *, echo: bool = False, end: str = "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + end, encoding="utf-8")
     return path
+
+
+def machine() -> dict[str, Any]:
+    """What a figure needs beside it: the CPU (model, cores, native bf16), the load, the versions, the commit."""
+    import os
+    import platform
+    import subprocess
+
+    import timm
+    import torch
+
+    from sustain.device import cpu_flags, cpu_model_name, cpu_native_bf16
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(), "native_bf16": cpu_native_bf16(cpu_flags()),
+                        "platform": platform.platform(), "load_average": [round(x, 2) for x in os.getloadavg()]},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
+            "commit": commit.stdout.strip() or None}

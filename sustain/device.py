@@ -18,6 +18,7 @@ Order for `device: auto`: CUDA, then MPS, then CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Iterable
@@ -249,34 +250,65 @@ def plan_cpu(*, cores: int, step_seconds: float, step_threads: int, load_seconds
 
     `step_seconds` is one training step measured with `step_threads` threads;
     `load_seconds` is loading one batch on one core. Each process of
-    `world_size` gets its share of `cores`; threads + workers never exceed it
-    (oversubscribed cores make the intra-op threads wait on each other), and
-    workers=0 means the training process loads its batches between steps. The
-    step scales by Amdahl's law; `max_threads` (the user's torch.set_num_threads
-    or OMP_NUM_THREADS) is never exceeded; `workers`, when the user set it, is
-    kept. Among the plans with the shortest predicted batch, the one with fewer
-    processes wins (less memory, less start-up).
+    `world_size` gets its share of `cores`; workers=0 means the training process
+    loads its batches between steps. The step scales by Amdahl's law;
+    `max_threads` (the user's torch.set_num_threads or OMP_NUM_THREADS) is never
+    exceeded. Planned workers never share a core with the threads (oversubscribed
+    cores make the intra-op threads wait on each other). Workers the user set
+    (`workers`) are kept, and are planned by their measured load: a worker idle
+    most of the time does not need a core of its own, so the threads may share
+    the workers' cores, at the cost of the workers' load landing on the step
+    (`_seconds`). The plan line says when the user's setting is slower than the
+    planned one. Among the plans with the shortest predicted batch, the one with
+    fewer processes wins (less memory, less start-up).
     """
     share = max(1, cores // max(1, world_size))
     # the step on one thread: the measured one, undone by Amdahl's speed-up of `step_threads`
     serial = step_seconds / ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / max(1, step_threads))
+    planned = _best_cpu_plan(serial, load_seconds, share, max_threads, range(0, min(max_workers, share - 1) + 1),
+                             oversubscribe=False)
+    if workers is None:
+        return planned
+    kept = _best_cpu_plan(serial, load_seconds, share, max_threads, [workers], oversubscribe=True)
+    if kept.batch_seconds > planned.batch_seconds * 1.05:
+        kept = dataclasses.replace(kept, reason=kept.reason + (
+            f"; data.num_workers: {workers} costs speed: auto would plan {planned.threads} thread(s) and "
+            f"{planned.workers} worker(s), {planned.batch_seconds * 1e3:.0f} ms per batch against "
+            f"{kept.batch_seconds * 1e3:.0f} ms"))
+    return kept
 
-    def step(t: int) -> float:
-        return serial * ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / t)
 
-    worker_options = [workers] if workers is not None else range(0, min(max_workers, share - 1) + 1)
-    best: tuple[float, int, int] | None = None
+def _step(serial: float, threads: int) -> float:
+    return serial * ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / threads)
+
+
+def _seconds(step: float, load: float, threads: int, workers: int, share: int) -> float:
+    """The predicted time per batch. Workers beyond the cores the threads leave free take their load
+    from the step's cores: that share of the load is added to the step."""
+    if workers == 0:
+        return load + step
+    overflow = max(0, threads + workers - share)
+    return max(step + load * min(1.0, overflow / workers), load / workers)
+
+
+def _best_cpu_plan(serial: float, load: float, share: int, max_threads: int, worker_options: Iterable[int],
+                   *, oversubscribe: bool) -> CpuPlan:
+    best: tuple[tuple[float, int, int], float, int, int] | None = None
     for w in worker_options:
-        for t in range(1, max(1, min(max_threads, share - w)) + 1):
-            seconds = load_seconds + step(t) if w == 0 else max(step(t), load_seconds / w)
+        top = share if oversubscribe else share - w
+        for t in range(1, max(1, min(max_threads, top)) + 1):
+            seconds = _seconds(_step(serial, t), load, t, w, share)
             key = (round(seconds, 4), w + t, -t)
-            if best is None or key < (round(best[0], 4), best[1] + best[2], -best[2]):
-                best = (seconds, w, t)
+            if best is None or key < best[0]:
+                best = (key, seconds, w, t)
     assert best is not None
-    seconds, w, t = best
-    bound = "loading" if w and load_seconds / w >= step(t) else "compute"
-    why = (f"a step takes {step(t) * 1e3:.0f} ms on {t} thread(s), loading a batch {load_seconds * 1e3:.0f} ms "
+    _, seconds, w, t = best
+    step = _step(serial, t)
+    bound = "loading" if w and load / w >= step else "compute"
+    why = (f"a step takes {step * 1e3:.0f} ms on {t} thread(s), loading a batch {load * 1e3:.0f} ms "
            f"on one core; {share} core(s) per process, {bound}-bound")
+    if t + w > share:
+        why += f" (the {w} worker(s) are busy {min(1.0, load / w / max(seconds, 1e-9)):.0%} of the time: they share the cores)"
     if t == max_threads and t < share - w:
         why += f" (threads capped at {max_threads} by torch.set_num_threads / OMP_NUM_THREADS)"
     return CpuPlan(threads=t, workers=w, batch_seconds=seconds, reason=why)

@@ -242,9 +242,23 @@ def test_cpu_plan_never_oversubscribes_and_respects_the_users_settings():
     # OMP_NUM_THREADS=1 on 8 cores: one thread, and the other cores load.
     capped = plan_cpu(cores=8, step_seconds=1.0, step_threads=1, load_seconds=1.0, max_threads=1)
     assert capped.threads == 1 and capped.workers >= 1 and "capped at 1" in capped.reason
-    # data.num_workers set by the user is kept; only the threads are planned around it.
+    # data.num_workers set by the user is kept; the threads are planned around its measured load.
     fixed = plan_cpu(cores=2, step_seconds=1.7, step_threads=1, load_seconds=0.05, max_threads=2, workers=1)
-    assert (fixed.threads, fixed.workers) == (1, 1)
+    assert (fixed.threads, fixed.workers) == (2, 1)
+
+
+def test_user_set_workers_idle_most_of_the_time_do_not_take_the_compute_cores():
+    from sustain.device import plan_cpu
+
+    # issue #25: num_workers 2 on 2 cores, a 57 ms load against a 1,056 ms step on one thread. The old
+    # plan gave compute 1 thread (0.64x timm); the workers are busy ~5% of the time: 2 threads.
+    plan = plan_cpu(cores=2, step_seconds=1.056, step_threads=1, load_seconds=0.057, max_threads=2, workers=2)
+    assert (plan.threads, plan.workers) == (2, 2)
+    assert "they share the cores" in plan.reason and "costs speed" not in plan.reason
+    # Loading-bound workers the user set: too few for the load, and the line says what auto would do.
+    slow = plan_cpu(cores=4, step_seconds=0.02, step_threads=1, load_seconds=0.6, max_threads=4, workers=1)
+    assert slow.workers == 1
+    assert "data.num_workers: 1 costs speed: auto would plan 1 thread(s) and 3 worker(s)" in slow.line
 
 
 def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_were() -> None:
