@@ -89,7 +89,8 @@ def train_once(config: Path, amp: str, log: Path) -> dict[str, Any]:
     return {"amp": amp, "precision": run["device"]["precision"], "wall_seconds": round(seconds, 1),
             "val_acc": final.get("accuracy"), "val_macro_f1": final.get("macro_f1"),
             "train_loss": history["train_loss"], "val_loss": history["val_loss"], "val_acc_curve": history["val_acc"],
-            "images_per_second": round(statistics.median(speeds), 1), "cpu_plan": run["device"].get("num_workers"),
+            "images_per_second": round(statistics.median(speeds), 1), "workers": run["device"].get("num_workers"),
+            "timings": run.get("timings"),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
