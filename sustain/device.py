@@ -12,7 +12,7 @@ Order for `device: auto`: CUDA, then MPS, then CPU.
   (spawned workers there are slow to start and fragile).
 - CPU: bf16 autocast (no scaler) when AMP is asked for, and under `amp: auto` when
   the CPU has native bf16 (AMX or AVX512-BF16) and the start-up probe
-  (training/precision_probe.py) found bf16 as accurate and faster; else fp32.
+  (training/precision.py) found bf16 as accurate and faster; else fp32.
   channels_last for convolutional models on x86 (AVX2/AVX512).
 """
 
@@ -85,7 +85,7 @@ class PrecisionPlan:
         return {"label": self.label, "reason": self.reason, "probe": self.probe}
 
 
-# The bf16 probe's gates (training/precision_probe.py). On a batch of 32, bf16 against fp32 of
+# The bf16 probe's gates (training/precision.py). On a batch of 32, bf16 against fp32 of
 # freshly initialised nets measured loss differences under 0.1% and gradient cosines of 0.987
 # (test_resnet), 0.994 (resnet18), 0.9999 (convnext_atto) and 1.0000 (eva02_tiny): BatchNorm
 # nets at initialisation sit lowest, hence 0.98 rather than 0.99. A logit layer that bf16 rounds

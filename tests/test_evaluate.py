@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from sustain.data.dataset import ManifestDataset, collate_skip_failed
 from sustain.data.manifest import MANIFEST_COLUMNS, ManifestRow
+from sustain.deploy.loading import load_checkpoint_model
 from sustain.deploy.scoring import evaluate_checkpoint
 from sustain.errors import UsageError
 from sustain.evaluate import (
@@ -26,7 +27,7 @@ from sustain.evaluate import (
     write_final_evaluation,
 )
 from sustain.taxonomy import Taxonomy, build_taxonomy
-from sustain.training.checkpoints import load_checkpoint_model, save_best, state_dict_copy
+from sustain.training.checkpoints import save_best, state_dict_copy
 from sustain.transforms import build_eval_transform
 
 SIZE = 32

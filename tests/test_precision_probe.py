@@ -18,7 +18,7 @@ from torch import nn
 
 from sustain.device import Bf16Probe, detect_backends, plan_precision
 from sustain.training.losses import PartialLabelLoss
-from sustain.training.precision_probe import CACHE_FILE, probe_figures, probe_key, run_probe
+from sustain.training.precision import CACHE_FILE, probe_figures, probe_key, run_probe
 
 
 class RoundedAway(nn.Module):
@@ -89,7 +89,7 @@ def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.skipif(NATIVE_BF16 is None, reason="this CPU has no native bf16: auto never probes")
 def test_auto_chooses_bf16_from_a_passing_verdict_and_the_guards_turn_it_off(tiny_lake: Path, tmp_path: Path) -> None:
     from sustain.device import cpu_model_name
-    from sustain.training.precision_probe import store_probe
+    from sustain.training.precision import store_probe
 
     cache = tmp_path / "cache"
     passing = Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.999, fp32_seconds=0.2, bf16_seconds=0.1)

@@ -1,15 +1,18 @@
-"""The start-up bf16 probe for `train.amp: auto` on a CPU with native bf16 (SPEC §6).
+"""Running a step in the precision plan's dtype, and choosing that dtype on a CPU.
 
-One forward and backward of the sanity batch in fp32 and in bf16 autocast, from
-the same weights and the same random numbers: the two losses, the cosine of the
-two gradients, and the time of a step in each after a warm-up. The gates are
-`Bf16Probe.failure` (pure, in device.py). The verdict is cached per model, input
-size, batch size, CPU and torch version in the decode cache's folder, so a rerun
-does not pay for it again.
+The one autocast builder and images on the device in the step's memory layout;
+and the start-up bf16 probe for `train.amp: auto` on a CPU with native bf16
+(SPEC §6): one forward and backward of the sanity batch in fp32 and in bf16
+autocast, from the same weights and the same random numbers: the two losses,
+the cosine of the two gradients, and the time of a step in each after a
+warm-up. The gates are `Bf16Probe.failure` (pure, in device.py). The verdict is
+cached per model, input size, batch size, CPU and torch version in the decode
+cache's folder, so a rerun does not pay for it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -20,10 +23,24 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..data.image_cache import cache_root
+from ..data import cache_root
 from ..device import Backends, Bf16Probe, PrecisionPlan, plan_precision
 from ..utils import atomic_write_json
-from .components import autocast_context
+
+
+def autocast_context(device_type: str, precision: PrecisionPlan, *, enabled: bool) -> contextlib.AbstractContextManager:
+    """The one way the engine builds autocast: the plan's dtype when enabled, else a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=getattr(torch, precision.dtype))
+
+
+def images_on_device(batch: Any, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = batch.images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+# --------------------------------------------------------------------------- the bf16 probe
 
 log = logging.getLogger("sustain.training.engine")
 
