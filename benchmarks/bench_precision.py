@@ -31,7 +31,7 @@ from typing import Any
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, machine, results_file, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, machine, make_folder, results_file, write_result  # noqa: E402
 
 RESULTS = results_file("bench_precision")
 FOLDER_CASE = {"split": {"train": 0.7, "val": 0.3, "test": 0.0}, "augment": "light", "lr": 1e-3}
@@ -103,8 +103,6 @@ def run_case(name: str, tmp: Path, epochs: int, images: int, bf16_first: bool) -
                                   stdout=subprocess.DEVNULL)
         configs = {amp: demo_config(lake, out / amp, epochs) for amp in ("off", "on")}
     else:
-        from benchmarks.bench_vs_timm import make_folder
-
         data = tmp / "jpeg256"
         if not data.exists():
             make_folder(data, (256, 256), images)

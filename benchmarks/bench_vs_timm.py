@@ -40,7 +40,6 @@ benchmarks/results/bench_vs_timm.json.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -52,44 +51,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, machine, results_file, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CLASSES,
+    ROOT,
+    arg_parser,
+    machine,
+    make_folder,
+    results_file,
+    write_result,
+)
 
 RESULTS = results_file("bench_vs_timm")
 HOW_TO_GET = ("timm's train.py is needed: `git clone https://github.com/huggingface/pytorch-image-models` "
               "(or the lead's library `fetch` tool) and pass --timm <that folder>")
-CLASSES = ("plastic_water_bottles", "aluminum_soda_cans", "glass_beverage_bottles", "cardboard_boxes")
 RAND_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
 
 CASES: dict[str, dict[str, Any]] = {
     "jpeg256": {"model": "resnet18", "size": 128, "image": (256, 256), "images": 840, "batch": 32},
     "photos": {"model": "test_resnet", "size": 224, "image": (4032, 3024), "images": 96, "batch": 16},
 }
-
-
-def make_folder(root: Path, image: tuple[int, int], count: int, seed: int = 0) -> None:
-    """`count` JPEGs over CLASSES, 90% under train/ and 10% under val/: a shape per class on a textured ground."""
-    rng = np.random.default_rng(seed)
-    width, height = image
-    small = (max(8, width // 8), max(8, height // 8))  # draw small, upsample: photo-like smoothness, fast
-    for i in range(count):
-        cls = i % len(CLASSES)
-        split = "val" if i % 10 == 9 else "train"
-        ground = rng.integers(0, 255, (small[1], small[0], 3), dtype=np.uint8)
-        ground[:] = (ground * 0.3 + rng.integers(60, 200, 3) * 0.7).astype(np.uint8)
-        x0, y0 = rng.integers(0, small[0] // 2), rng.integers(0, small[1] // 2)
-        ground[y0:y0 + small[1] // 3 + cls * 2, x0:x0 + small[0] // 3] = (60 * cls + 30, 200 - 40 * cls, 90)
-        img = Image.fromarray(ground).resize((width, height), Image.Resampling.BICUBIC)
-        folder = root / split / CLASSES[cls]
-        folder.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        (folder / f"{i:05d}.jpg").write_bytes(buf.getvalue())
 
 
 ROWS: dict[str, dict[str, Any]] = {
