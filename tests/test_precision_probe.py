@@ -16,6 +16,7 @@ from engine_helpers import (
 )
 from torch import nn
 
+from sustain.deploy.model_card import build_model_card
 from sustain.device import Bf16Probe, detect_backends, plan_precision
 from sustain.training.losses import PartialLabelLoss
 from sustain.training.precision import CACHE_FILE, probe_figures, probe_key, run_probe
@@ -104,3 +105,6 @@ def test_auto_chooses_bf16_from_a_passing_verdict_and_the_guards_turn_it_off(tin
     assert device["precision"] == "bf16 autocast" and device["precision_plan"]["probe"]["cached"] is True
     assert device["amp_on_at_end"] is False  # the first escalation: mixed precision off, on the CPU
     assert "mixed precision turned off; training continues in fp32" in result.stdout
+    run_json = read_json(tmp_path / "run" / "run.json")  # the model card says which precision and why
+    card = build_model_card(read_json(tmp_path / "run" / "best_model.json"), {"run": run_json})
+    assert f"- precision plan: {NATIVE_BF16} CPU, probe (cached)" in card
