@@ -82,6 +82,11 @@ def train_once(config: Path, amp: str, log: Path) -> dict[str, Any]:
     if rc != 0:
         raise SystemExit(f"sustain train (amp={amp}) failed with exit {rc}; see {log}:\n"
                          + "\n".join(log.read_text().splitlines()[-15:]))
+    return read_run(out, amp, seconds, load_before)
+
+
+def read_run(out: Path, amp: str, seconds: float, load_before: float) -> dict[str, Any]:
+    """What a finished run learned (its best weights on val) and how fast it went, from its files."""
     history = json.loads((out / "metrics_history.json").read_text())
     run = json.loads((out / "run.json").read_text())
     final = run["final_evaluation"].get("val", {})
@@ -111,9 +116,12 @@ def run_case(name: str, tmp: Path, epochs: int, images: int, bf16_first: bool) -
     for amp in (("on", "off") if bf16_first else ("off", "on")):
         print(f"[{name}] train.amp={amp} ...", flush=True)
         runs[amp] = train_once(configs[amp], amp, out / f"{amp}.log")
-    fp32, bf16 = runs["off"], runs["on"]
-    return {"case": name, **CASES[name], "epochs": epochs, "order": "bf16 first" if bf16_first else "fp32 first",
-            "fp32": fp32, "bf16": bf16,
+    return pair_row(name, epochs, "bf16 first" if bf16_first else "fp32 first", runs["off"], runs["on"])
+
+
+def pair_row(name: str, epochs: int, order: str, fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
+    """One case: both runs and what bf16 changed."""
+    return {"case": name, **CASES[name], "epochs": epochs, "order": order, "fp32": fp32, "bf16": bf16,
             "acc_delta_points": _delta(bf16["val_acc"], fp32["val_acc"], 100),
             "macro_f1_delta": _delta(bf16["val_macro_f1"], fp32["val_macro_f1"], 1),
             "speedup": round(bf16["images_per_second"] / fp32["images_per_second"], 2)}
