@@ -1,8 +1,8 @@
 """Sustain: train, check and deploy a waste-sorting image classifier.
 
-Layers, bottom to top (nothing imports upward; see docs/architecture.md):
-errors/config/taxonomy → data → transforms → model → metrics → checkpoints
-→ engine → evaluate/report/inference → diagnostics → cli.
+Rooms, bottom to top (nothing imports upward; see docs/architecture.md):
+base (errors, config, taxonomy, artifacts, …) → data → evaluate → report,
+tracking → training → deploy → diagnostics → cli.
 """
 
 from __future__ import annotations

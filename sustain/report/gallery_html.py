@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..evaluate import (
+    DEFAULT_METHOD,
+    FIXED_GIVEN_MAX,
+    FIXED_OTHER_MIN,
     PAIRS,
     PER_PAIR,
-    SUSPECT_GIVEN_MAX,
-    SUSPECT_OTHER_MIN,
     SUSPECTS_CSV,
     SUSPECTS_SHOWN,
     TOP_MISTAKES,
@@ -27,6 +30,7 @@ from ..evaluate import (
     load_run_predictions,
     per_source,
     suspect_labels,
+    suspect_masks,
     top_mistakes,
 )
 from ..utils import escape_html
@@ -91,10 +95,11 @@ def _pairs(sp: SamplePredictions, thumbs: Thumbnails) -> str:
 def _suspects(stores: Sequence[SamplePredictions], suspects: list[Sample], thumbs: Thumbnails) -> str:
     scored = ", ".join(f"{sp.split} ({'in-sample' if sp.in_sample else 'held-out'}, {len(sp.paths)} images)"
                        for sp in stores)
-    out = (f'<p class="sg-muted">An image is suspect when its given label gets ≤ {_pct(SUSPECT_GIVEN_MAX)} '
-           f"(for a set label: summed over the set's classes) while one class outside it gets ≥ "
-           f"{_pct(SUSPECT_OTHER_MIN)}. Scored: {escape_html(scored)}. Review them in <code>{SUSPECTS_CSV}</code> "
-           f"(docs/evaluation.md says how to feed fixes back).</p>")
+    out = (f'<p class="sg-muted">Fine-labelled images are screened by cleanlab\'s confident learning '
+           f"(<code>filter_by={DEFAULT_METHOD}</code>: per-class thresholds estimated from these predictions); "
+           f"a set-labelled image is suspect when its set gets ≤ {_pct(FIXED_GIVEN_MAX)} of the probability while "
+           f"one class outside it gets ≥ {_pct(FIXED_OTHER_MIN)}. Scored: {escape_html(scored)}. Review them in "
+           f"<code>{SUSPECTS_CSV}</code> (docs/evaluation.md says how to feed fixes back).</p>")
     if any(sp.in_sample for sp in stores):
         out += ('<p class="sg-note">Train scores are <b>in-sample</b>: the model learned those labels, wrong '
                 "ones included, so it flags fewer of them than a held-out score would. Treat train rows as a "
@@ -109,8 +114,8 @@ def _suspects(stores: Sequence[SamplePredictions], suspects: list[Sample], thumb
                   "least probable label first:</p>" + _grid(suspects[:SUSPECTS_SHOWN], thumbs))
 
 
-def _sources(sp: SamplePredictions) -> str:
-    views = per_source(sp)
+def _sources(sp: SamplePredictions, suspect: np.ndarray) -> str:
+    views = per_source(sp, suspect=suspect)
     rows = []
     for v in views:
         confusions = "; ".join(f"{t} → {p} ({n})" for t, p, n in v.confusions) or "none"
@@ -134,7 +139,8 @@ def render_gallery(stores: Sequence[SamplePredictions], n: int = TOP_MISTAKES,
                        "(predictions_val.npz): this run predates them; rerun the final evaluation to get the "
                        "gallery.</p>")
     held_out = [sp for sp in stores if not sp.in_sample]
-    suspects = sorted((s for sp in stores for s in suspect_labels(sp)), key=lambda s: (s.in_sample, s.p_given))
+    masks = suspect_masks(stores)
+    suspects = suspect_labels(stores, masks=masks)
     parts = [f"<style>{CSS}</style>"]
     for sp in held_out:
         parts.append(f"<{h}>Top mistakes ({escape_html(sp.split)})</{h}>" + _mistakes(sp, n, thumbs))
@@ -142,7 +148,7 @@ def render_gallery(stores: Sequence[SamplePredictions], n: int = TOP_MISTAKES,
     parts.append(f"<{h}>Suspect labels</{h}>" + _suspects(stores, suspects, thumbs))
     parts.append(f"<{h}>Per-source view</{h}>" + '<p class="sg-muted">A source well below the others on the same '
                  "taxonomy is how a mislabelled dataset shows up.</p>")
-    parts += [f"<{sub}>{escape_html(sp.split)}</{sub}>" + _sources(sp) for sp in stores]
+    parts += [f"<{sub}>{escape_html(sp.split)}</{sub}>" + _sources(sp, m) for sp, m in zip(stores, masks, strict=True)]
     if thumbs.missing:
         parts.append(f'<p class="sg-note">{len(thumbs.missing)} image(s) could not be read for a thumbnail '
                      f"(moved or deleted since the run?), e.g. {escape_html(next(iter(thumbs.missing)))}</p>")
