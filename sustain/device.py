@@ -89,7 +89,7 @@ class PrecisionPlan:
 # freshly initialised nets measured loss differences under 0.1% and gradient cosines of 0.987
 # (test_resnet), 0.994 (resnet18), 0.9999 (convnext_atto) and 1.0000 (eva02_tiny): BatchNorm
 # nets at initialisation sit lowest, hence 0.98 rather than 0.99. A logit layer that bf16 rounds
-# away (tests/test_precision_probe.py) changed the loss by 7.6%.
+# away (tests/training/test_precision_probe.py) changed the loss by 7.6%.
 PROBE_LOSS_RTOL = 0.02
 PROBE_MIN_COSINE = 0.98
 PROBE_MIN_SPEEDUP = 1.05  # below it bf16 is not worth its rounding (timing noise on a shared machine)
