@@ -84,7 +84,7 @@ def _value_html(value: Any, depth: int = 0) -> str:
     return escape_html(_fmt(value))
 
 
-def _img(title: str, path: Path) -> str:
+def img_html(title: str, path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<h3>{escape_html(title)}</h3><img alt="{escape_html(title)}" src="data:image/png;base64,{data}">'
 
@@ -284,7 +284,7 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
         sections.append("<h3>Top confusions (test)</h3>" + _confusion_section(confusions["test"], classes))
     if gallery is not None:
         sections.append(gallery.html)
-    sections.append("<h2>Plots</h2>" + ("".join(_img(t, p) for t, p in images.items()) or
+    sections.append("<h2>Plots</h2>" + ("".join(img_html(t, p) for t, p in images.items()) or
                                          '<p class="muted">No plots: the artifacts they need are missing.</p>'))
     sections.append("<h2>Health record</h2>" + _health_section(run, history))
     summary = data_summary
@@ -292,7 +292,11 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
         summary = run.get("data_summary")
     sections.append("<h2>Data summary</h2>" + (_value_html(summary) if summary is not None else
                                                  '<p class="muted">data_summary.json not found.</p>'))
-    body = "\n".join(sections)
+    return page(title, "\n".join(sections))
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page: the report's styles, and a policy that loads nothing from outside."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape_html(title)}</title>'
