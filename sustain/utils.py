@@ -47,6 +47,18 @@ def fmt_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def portable_path(path: str | Path, roots: Any) -> str:
+    """`path` relative to the first of `roots` that holds it (the run folder, the data root), else
+    `…/` and its last two parts: a file meant to be shared never names the machine's folders."""
+    text = str(path)
+    for root in roots:
+        base = str(root).rstrip("/" + os.sep)
+        if base and (text == base or text.startswith((base + "/", base + os.sep))):
+            return text[len(base):].lstrip("/" + os.sep) or "."
+    parts = Path(text).parts
+    return "…/" + "/".join(parts[-2:]) if Path(text).is_absolute() else text
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write a file through `write(fileobj)` into a temp file, then rename it into place.
 

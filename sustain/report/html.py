@@ -36,7 +36,7 @@ details{margin:.5rem 0} pre{background:#f7f7f7;padding:.5rem;white-space:pre-wra
 table{display:block;max-width:100%;overflow-x:auto} td{overflow-wrap:anywhere}
 """
 # The page may load nothing but its own inline styles and data: images; a browser enforces it.
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -272,7 +272,7 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
                                                  '<p class="muted">data_summary.json not found.</p>'))
     body = "\n".join(sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape_html(title)}</title>'
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
 
