@@ -27,6 +27,11 @@ def escape_html(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def wrap_html(value: Any) -> str:
+    """Escaped text that may break after `_` and `/` (class names, file paths), never inside a word."""
+    return escape_html(value).replace("_", "_<wbr>").replace("/", "/<wbr>")
+
+
 def finite_float(value: Any) -> float | None:
     """A finite float, or None for a missing / non-numeric / NaN / Inf entry (JSON artifacts, plots)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

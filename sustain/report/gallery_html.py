@@ -29,20 +29,26 @@ from ..evaluate.gallery import (
     suspect_labels,
     top_mistakes,
 )
-from ..utils import escape_html
+from ..utils import escape_html, wrap_html
 from .paths import PathView
 
 CSS = """
 .sg-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6rem;margin:.5rem 0 1rem}
-.sg-tile{margin:0;border:1px solid #ddd;border-radius:4px;padding:.3rem;font-size:.78rem;line-height:1.25;min-width:0;
- overflow-wrap:anywhere}
+.sg-tile{margin:0;border:1px solid #ddd;border-radius:4px;padding:.3rem;font-size:.78rem;line-height:1.25;min-width:0}
 .sg-tile img{display:block;margin:0 auto .25rem;width:128px;height:128px;max-width:100%;object-fit:contain;border:0}
 .sg-none{height:96px;display:flex;align-items:center;justify-content:center;background:#f4f4f4;color:#777;text-align:center}
-.sg-path{display:block;color:#777;font-size:.7rem;overflow-wrap:anywhere;font-family:ui-monospace,monospace}
+.sg-path{display:block;color:#777;font-size:.7rem;font-family:ui-monospace,monospace}
 .sg-bad{color:#c62828} .sg-muted{color:#777} .sg-flag{background:#fdecea}
 .sg-note{background:#fff8e1;border-left:4px solid #f0ad4e;padding:.4rem .8rem;margin:.3rem 0}
-.sg-table{border-collapse:collapse;margin:.5rem 0} .sg-example .sg-tile{max-width:190px} .sg-table td,.sg-table th{border:1px solid #ddd;padding:.2rem .5rem}
+.sg-table{border-collapse:collapse;margin:.5rem 0} .sg-example img{float:left;width:48px;height:48px;object-fit:contain;margin-right:.4rem;border:0}
+.sg-example{min-width:8rem}
+@media (max-width:500px){.sg-table.wide,.sg-table.wide tbody,.sg-table.wide tr,.sg-table.wide td{display:block}
+ .sg-table.wide tr:first-child{display:none} .sg-table.wide td{border:0}
+ .sg-table.wide td[data-label]::before{content:attr(data-label) ": ";font-weight:600}} .sg-table td,.sg-table th{border:1px solid #ddd;padding:.2rem .5rem}
 """
+
+
+SOURCE_COLUMNS = ("fine images", "accuracy", "other sources", "set images", "set accuracy", "suspects")
 
 
 @dataclass
@@ -63,10 +69,10 @@ def tile(s: Sample, thumbs: Thumbnails, show: Callable[[str], str] = str) -> str
     picture = (f'<img src="{uri}" alt="{escape_html(alt)}" loading="eager">' if uri else
                f'<div class="sg-none">{"image not readable" if s.path in thumbs.missing else "over the size budget"}</div>')
     return (f'<figure class="sg-tile">{picture}<figcaption>'
-            f"label <b>{escape_html(s.given)}</b> ({_pct(s.p_given)})<br>"
-            f'predicted <b class="sg-bad">{escape_html(s.predicted)}</b> ({_pct(s.p_predicted)})<br>'
-            f'<span class="sg-muted">{escape_html(s.source)} · {escape_html(s.split)}</span>'
-            f'<span class="sg-path" title="{escape_html(show(s.path))}">{escape_html(show(s.path))}</span>'
+            f"label <b>{wrap_html(s.given)}</b> ({_pct(s.p_given)})<br>"
+            f'predicted <b class="sg-bad">{wrap_html(s.predicted)}</b> ({_pct(s.p_predicted)})<br>'
+            f'<span class="sg-muted">{wrap_html(s.source)} · {escape_html(s.split)}</span>'
+            f'<span class="sg-path" title="{escape_html(show(s.path))}">{wrap_html(show(s.path))}</span>'
             "</figcaption></figure>")
 
 
@@ -79,6 +85,13 @@ class _Tiles:
 
     thumbs: Thumbnails
     show: Callable[[str], str] = str
+
+    def mini(self, s: Sample) -> str:
+        """A small picture and the file's name, for a table row."""
+        uri = self.thumbs(s.path)
+        alt = f"labelled {s.given}, predicted {s.predicted} ({_pct(s.p_predicted)})"
+        picture = f'<img src="{uri}" alt="{escape_html(alt)}" loading="eager">' if uri else ""
+        return f'{picture}<span class="sg-path" title="{escape_html(self.show(s.path))}">{wrap_html(self.show(s.path))}</span>'
 
     def grid(self, samples: Sequence[Sample], shown: int = SHOWN) -> str:
         first = "".join(tile(s, self.thumbs, self.show) for s in samples[:shown])
@@ -104,11 +117,10 @@ def _pairs(sp: SamplePredictions, tiles: _Tiles, shown: set[str]) -> str:
     rows = []
     for t, p, n, examples in pairs:
         fresh = [e for e in examples if e.path not in shown]
-        example = tile(fresh[0], tiles.thumbs, tiles.show) if fresh else \
-            '<span class="sg-muted">its examples are under top mistakes</span>'
-        rows.append(f"<tr><td>{escape_html(t)}</td><td>{escape_html(p)}</td><td class=\"num\">{n}</td>"
-                    f'<td class="sg-example">{example}</td></tr>')
-    return ('<table class="sg-table"><tr><th>true class</th><th>predicted as</th><th>images</th><th>one example</th>'
+        example = tiles.mini(fresh[0]) if fresh else '<span class="sg-muted">its examples are under top mistakes</span>'
+        rows.append(f'<tr><td data-label="true class">{wrap_html(t)}</td><td data-label="predicted as">{wrap_html(p)}</td>'
+                    f'<td class="num" data-label="images">{n}</td><td class="sg-example">{example}</td></tr>')
+    return ('<table class="sg-table wide"><tr><th>true class</th><th>predicted as</th><th>images</th><th>one example</th>'
             f'</tr>{"".join(rows)}</table>')
 
 
@@ -139,13 +151,12 @@ def _sources(sp: SamplePredictions) -> str:
     for v in views:
         confusions = "; ".join(f"{t} → {p} ({n})" for t, p, n in v.confusions) or "none"
         flag = " ⚠ below the other sources" if v.disagrees else ""
-        rows.append(f'<tr class="{"sg-flag" if v.disagrees else ""}"><td>{escape_html(v.source)}{flag}</td>'
-                    f"<td>{v.n_fine}</td><td>{_pct(v.accuracy)}</td><td>{_pct(v.others_accuracy)}</td>"
-                    f"<td>{v.n_set}</td><td>{_pct(v.set_accuracy)}</td><td>{v.n_suspect}</td>"
-                    f"<td>{escape_html(confusions)}</td></tr>")
-    head = ("<tr><th>source</th><th>fine images</th><th>accuracy</th><th>other sources</th><th>set images</th>"
-            "<th>set accuracy</th><th>suspects</th><th>worst confusions</th></tr>")
-    return f'<table class="sg-table">{head}{"".join(rows)}</table>'
+        cells = [v.n_fine, _pct(v.accuracy), _pct(v.others_accuracy), v.n_set, _pct(v.set_accuracy), v.n_suspect]
+        rows.append(f'<tr class="{"sg-flag" if v.disagrees else ""}"><td>{wrap_html(v.source)}{flag}</td>'
+                    + "".join(f'<td data-label="{h}">{c}</td>' for h, c in zip(SOURCE_COLUMNS, cells, strict=True))
+                    + f'<td data-label="worst confusions">{wrap_html(confusions)}</td></tr>')
+    head = "<tr><th>source</th>" + "".join(f"<th>{h}</th>" for h in SOURCE_COLUMNS) + "<th>worst confusions</th></tr>"
+    return f'<table class="sg-table wide">{head}{"".join(rows)}</table>'
 
 
 def render_gallery(stores: Sequence[SamplePredictions], n: int = TOP_MISTAKES,

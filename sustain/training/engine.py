@@ -354,4 +354,12 @@ def _run_record(run: Run, state: LoopState, setup: _Setup, final: dict[str, Any]
         "health": {"totals": dict(guard.totals), "escalations": list(guard.escalations),
                    "per_epoch": list(state.health), "trend_warnings": list(state.trend_warnings)},
         "interruptions": list(state.events),
+        "local_paths": _local_paths(run),
     }
+
+
+def _local_paths(run: Run) -> dict[str, Any]:
+    """run.json's only absolute paths: where this machine keeps the run and its data (to resume here)."""
+    cfg = run.cfg
+    return {"run_dir": str(run.out_dir.resolve()), "data_root": str(Path(cfg.data.root).expanduser().resolve()),
+            "sources": {s.name: str(cfg.source_root(s).resolve()) for s in cfg.data.sources if s.name in run.sources}}
