@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -89,6 +90,13 @@ def test_compare_reruns_and_a_changed_learning_rate(tmp_path: Path, run_cli) -> 
     assert base64.b64decode(png).startswith(b"\x89PNG") and "<script" not in page and "http://" not in page
     assert page.index("Identical") < page.index("<table")  # the verdict first
     assert str(tmp_path) not in page and str(tmp_path.parent) not in page  # portable: run names only
+
+    for shared in ("report.html", "suspect_labels.csv", "classification_report.json", "test_classification_report.json"):
+        text = (folders["a"] / shared).read_text(encoding="utf-8")  # a real run's files can be sent on
+        assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, shared
+    local = json.loads((folders["a"] / "run.json").read_text(encoding="utf-8"))["local_paths"]
+    assert local == {"run_dir": str(folders["a"].resolve()), "data_root": str(lake.resolve()),
+                     "sources": {"tiny": str((lake / "tiny").resolve())}}  # the one place that keeps them
 
     three = run_cli("compare", folders["a"], folders["rerun"], folders["lr"])
     assert three.code == 0

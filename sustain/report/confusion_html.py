@@ -1,8 +1,7 @@
 """The confusion matrix a reader can read at any width: the classes most involved in mistakes, as a table.
 
 Thirty labels on a heat map do not fit a laptop screen, so the page shows the
-`TOP_K` classes with the most confusions (in and out), normalised per true
-class; columns are numbered like the rows, and every header and cell carries
+`TOP_K` classes of the largest confusions, normalised per true class; columns are numbered like the rows, and every header and cell carries
 its full names on hover. The full matrix stays in `confusion_matrix.png`.
 """
 
@@ -19,12 +18,17 @@ TOP_K = 10
 
 
 def focus_classes(confusion: np.ndarray, k: int = TOP_K) -> list[int]:
-    """The k classes with the most misclassified images, as true or as predicted class, in class order."""
+    """The classes of the largest confusions, pair by pair, until k are gathered (in class order):
+    the top pairs always show both their classes."""
     c = np.asarray(confusion, dtype=np.float64)
     off = c - np.diag(np.diag(c))
-    involvement = off.sum(axis=0) + off.sum(axis=1)
-    ranked = [int(i) for i in np.argsort(-involvement, kind="stable") if involvement[i] > 0][:k]
-    return sorted(ranked)
+    chosen: list[int] = []
+    for cell in np.argsort(-off, axis=None, kind="stable"):
+        t, p = divmod(int(cell), len(c))
+        if off[t, p] <= 0 or len(chosen) >= k:
+            break
+        chosen += [i for i in (t, p) if i not in chosen and len(chosen) < k]
+    return sorted(chosen)
 
 
 def _cell(share: float, count: int, true: str, pred: str, diagonal: bool) -> str:
@@ -47,6 +51,6 @@ def confusion_table(confusion: np.ndarray, classes: Sequence[str], k: int = TOP_
         f'<tr><th class="cm-row">{n} {escape_html(classes[i]).replace("_", "_<wbr>")}</th>'
         + "".join(_cell(norm[i, j], int(counts[i, j]), classes[i], classes[j], i == j) for j in idx) + "</tr>"
         for n, i in enumerate(idx, 1))
-    note = (f'<p class="muted">The {len(idx)} classes with the most confusions of {len(classes)}; % of each true '
+    note = (f'<p class="muted">The {len(idx)} classes of the largest confusions, of {len(classes)}; % of each true '
             "class (row) predicted as the column's class; hover for names and counts.</p>")
     return f'{note}<table class="cm-table"><tr><th>true \\ predicted</th>{head}</tr>{rows}</table>'

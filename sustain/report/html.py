@@ -308,7 +308,7 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
                 _glance_section(run, reports, classes, confusions.get("val"), gallery),
                 f'<p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from the artifacts in '
                 "this run folder; files are named relative to the data root or the run folder.</p>"]
-    sections += [f'<p class="note">{wrap(view.text(n))}</p>' for n in notes]
+    sections += [f'<p class="note">{escape_html(view.text(n))}</p>' for n in notes]
     sections.append("<h2>Run summary</h2>" + _summary_section(run, history, val, classes, view.text))
     sections.append("<h2>Final evaluation (best weights)</h2>" + _evaluation_section(reports))
     if isinstance(val, Mapping) and classes:

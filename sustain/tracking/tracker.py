@@ -256,7 +256,9 @@ class Tracker:
                 self.writer.add_image("val/confusion_matrix", pixels, self.step, dataformats="HWC")
             if self.client is not None:
                 names = ARTIFACTS + ((WEIGHTS,) if self.cfg.mlflow.log_weights else ())
-                self.pending.append(("tags", {"sustain.status": str(run.get("status"))}))
+                # Overwrites an interruption's tags when a resumed run finishes: the tags say how it ended.
+                self.pending.append(("tags", {"sustain.status": str(run.get("status")),
+                                              "sustain.stop_reason": str(run.get("stop_reason") or "none")}))
                 self.pending.extend(("artifact", out_dir / n) for n in names if (out_dir / n).is_file())
         self.close("FINISHED" if run.get("status") == "completed" else "FAILED")
         return self.record() if self.cfg is not None else None

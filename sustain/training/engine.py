@@ -148,14 +148,14 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
         del saved
     setup.timings["setup_seconds"] = time.perf_counter() - started
 
-    t = time.perf_counter()
+    state.start_segment()
     try:
         with run.stop.installed():
             run_epochs(run, state)
     except Stopped as stop:
-        setup.timings["train_seconds"] = time.perf_counter() - t
+        setup.timings["train_seconds"] = state.train_seconds()  # every start's, not only this one's
         raise _interrupted(run, state, setup, stop) from None
-    setup.timings["train_seconds"] = time.perf_counter() - t
+    setup.timings["train_seconds"] = state.train_seconds()
     if setup.img_cache is not None and dist.is_main:  # its disk use: logged, and in data_summary.json and run.json
         log.info(record_image_cache(out_dir, setup.lake, setup.img_cache))
 
@@ -263,7 +263,7 @@ def _interrupted(run: Run, state: LoopState, setup: _Setup, stop: Stopped) -> In
     reason = f"interrupted by {signal_name(stop.signum)} at {where}"
     if run.dist.is_main:
         record = _run_record(run, state, setup, {})
-        record.update(status="interrupted", stop_reason=reason)
+        record.update(status="interrupted", stop_reason=reason, tracking=run.tracker.record() if run.tracker.cfg else None)  # the run to resume into
         RunRecord.from_dict(record).write(run.out_dir)
     for hook in run.hooks.interrupt:
         hook(reason)
@@ -354,6 +354,7 @@ def _run_record(run: Run, state: LoopState, setup: _Setup, final: dict[str, Any]
         "health": {"totals": dict(guard.totals), "escalations": list(guard.escalations),
                    "per_epoch": list(state.health), "trend_warnings": list(state.trend_warnings)},
         "interruptions": list(state.events),
+        "segments": state.all_segments(),
         "local_paths": _local_paths(run),
     }
 
