@@ -159,6 +159,13 @@ def test_report_rebuilds_the_error_gallery_from_the_stores_alone(tmp_path: Path,
         assert f"Top mistakes ({split})" in page and Path(first.path).relative_to(tmp_path).as_posix() in page
         assert f"predicted <b class=\"sg-bad\">{first.predicted}</b>" in page
     assert "Most-confused pairs (val)" in page and "Per-source view" in page
+    pairs = page[page.index("Most-confused pairs (val)"):page.index("Top mistakes and confused pairs (test)")]
+    examples = re.findall(r'<td class="sg-example">.*?title="([^"]+)"', pairs)
+    mistakes = {Path(s.path).relative_to(tmp_path).as_posix() for s in top_mistakes(stores["val"])}
+    assert re.search(r'<td class="num" data-label="images">\d+</td>', pairs)  # each pair with its count
+    shown_already = pairs.count("its examples are under top mistakes")
+    assert len(examples) + shown_already == pairs.count("<tr>") - 1  # one example (or a pointer) per pair
+    assert not set(examples) & mistakes  # never the top mistakes again
     assert "The train split is not screened" in page
 
     rows = (run / "suspect_labels.csv").read_text(encoding="utf-8").splitlines()
@@ -185,3 +192,54 @@ def test_a_photo_gone_since_the_run_is_named_not_replaced(tmp_path: Path):
     assert str(tmp_path) not in page  # no run.json to say the data root: the file's last parts only
     tile = page[page.index('<figure class="sg-tile">'):page.index("</figure>")]
     assert "image not readable" in tile and "<img" not in tile
+
+
+# --------------------------------------------------------------------------- what a reader sees
+
+
+def test_lr_plot_draws_every_epoch_and_a_plot_with_nothing_to_show_says_so():
+    from sustain.report.plots import training_curves_figure
+
+    history = {"epoch": [1, 2, 3], "train_loss": [2.0, 1.0, 0.5], "lr": [1e-3, 5e-4, 0.0], "skipped": [0.0, 0.0, 0.0]}
+    fig = training_curves_figure(history)
+    lr_axis, skipped_axis = fig.axes[3], fig.axes[4]
+    assert lr_axis.get_yscale() == "linear" and list(lr_axis.lines[0].get_ydata()) == [1e-3, 5e-4, 0.0]
+    assert any(t.get_text() == "0" for t in lr_axis.texts)  # the zero LR of the last epoch is marked
+    assert not skipped_axis.axison and [t.get_text() for t in skipped_axis.texts] == ["No steps skipped\n(all 3 epoch(s))"]
+    fig = training_curves_figure({**history, "skipped": [0.0, 0.1, 0.0], "health": ["healthy", "warning", "healthy"]})
+    assert fig.axes[4].axison and len(fig.axes[4].patches) == 3  # bars when a step was skipped
+
+
+def test_the_page_opens_with_five_lines_and_the_data_summary_is_tables(tmp_path: Path):
+    run = tmp_path / "run"
+    make_run(run)
+    page = build_report(run).read_text(encoding="utf-8")
+    glance = re.search(r'<ul class="glance">(.*?)</ul>', page).group(1)
+    lines = re.findall(r"<li>(.*?)</li>", glance.replace("<wbr>", ""))
+    assert page.index('class="glance"') < page.index("<h2>")  # first, before any section
+    assert lines[0] == "Checklist: 1 of 1 criteria met ✓" and lines[1].startswith("Test accuracy ")
+    assert lines[2].startswith("Weakest class: ") and len(lines) <= 5
+    data = page[page.index("<h2>Data summary</h2>"):]
+    assert "<h3>Per source</h3><table" in data and "<th>images</th>" in data
+    assert "<details><summary>data_summary.json (raw)</summary><pre>" in data  # the raw JSON one click away
+    assert '"split_fractions"' not in page.split("<details>")[0]  # and never printed open
+
+
+def test_weakest_source_and_what_to_look_at_first():
+    from sustain.report.glance import glance_lines
+
+    test = {"accuracy": 0.9, "n_fine": 100, "macro_f1": 0.88, "glass": {"f1-score": 0.5, "support": 10},
+            "paper": {"f1-score": 0.95, "support": 90},
+            "per_source_accuracy": {"a": {"acc": 0.95, "n_fine": 80}, "b": {"acc": 0.7, "n_fine": 20},
+                                    "tiny": {"acc": 0.0, "n_fine": 2}}}
+    run = {"status": "completed", "checklist": [{"item": "Macro-F1 > 0.6", "passed": True},
+                                                {"item": "Loss decreased", "passed": False}]}
+    lines = glance_lines(run, {"test": test}, ["glass", "paper"], n_suspects=3, top_pair=("glass", "paper", 4))
+    assert lines == ["Checklist: 1 of 2 criteria met; not met: Loss decreased",
+                     "Test accuracy 90.0% on 100 images, macro-F1 0.880",
+                     "Weakest class: glass (F1 0.50 on 10 image(s))",
+                     "Weakest source: b (70.0% on 20 images)",  # a 2-image source says little: not named
+                     "Look first at the 3 suspect label(s) (Suspect labels, suspect_labels.csv): "
+                     "wrong labels cap every metric."]
+    assert glance_lines(run, {"test": test}, ["glass", "paper"], 0, ("glass", "paper", 4))[-1] == \
+        "Look first at glass predicted as paper (4 image(s), Most-confused pairs)."
