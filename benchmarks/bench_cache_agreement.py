@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from sustain.config import config_from_dict
     from sustain.data.image_cache import for_config
+    from sustain.deploy.loading import load_checkpoint_model
     from sustain.evaluate import read_manifest_split
-    from sustain.training.checkpoints import load_checkpoint_model
     from sustain.training.engine import train
 
     with tempfile.TemporaryDirectory(prefix="bench_cache_agreement_") as tmp:

@@ -3,7 +3,7 @@
     python benchmarks/bench_checkpoint.py [--saves 3] [--step-seconds S]
 
 Builds eva02_base_patch14_224 (pretrained=False: no download) with AdamW moments (one
-optimizer step), then times `checkpoints.save_checkpoint` of the engine's payload
+optimizer step), then times `sustain.model.save_checkpoint` of the engine's payload
 (model + optimizer state) the way the engine writes it: atomic, fsync'ed. The overhead at
 `train.checkpoint_every_minutes` = 10 is save_seconds / 600 (the training between saves
 is not slowed otherwise: the save happens between two optimizer updates).
@@ -23,7 +23,10 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
-from sustain.training import checkpoints as ckpt  # noqa: E402
+from sustain.artifacts import LAST  # noqa: E402
+from sustain.model import save_checkpoint  # noqa: E402
+from sustain.training.checkpoints import FORMAT_VERSION  # noqa: E402
+from sustain.training.rng import capture_rng_state  # noqa: E402
 
 RESULTS = results_file("bench_checkpoint")
 
@@ -41,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     for p in model.parameters():  # one step fills the AdamW moments without a forward pass
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    state = {"format": ckpt.FORMAT_VERSION, "kind": "last", "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "rng": [ckpt.capture_rng_state()], "step": 1}
+    state = {"format": FORMAT_VERSION, "kind": "last", "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "rng": [capture_rng_state()], "step": 1}
     times, size = [], 0
     with tempfile.TemporaryDirectory(prefix="bench_ckpt_", dir=ROOT) as out:
         for _ in range(args.saves):
             t = time.perf_counter()
-            path = ckpt.save_checkpoint(Path(out) / ckpt.LAST, state)
+            path = save_checkpoint(Path(out) / LAST, state)
             times.append(time.perf_counter() - t)
             size = path.stat().st_size
     save_s = statistics.median(times)

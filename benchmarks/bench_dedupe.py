@@ -19,7 +19,7 @@ its copies grouped with their original; a false merge is a distinct tile
 grouped with another distinct tile. Goals: recall >= 99% for resizing and
 re-encoding, >= 95% for border crops and mirroring, false merges <= 0.5%.
 
-The tests run the same set at a small size (tests/test_data_dedupe.py).
+The tests run the same set at a small size (tests/data/test_data_dedupe.py).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
 from benchmarks.bench_predict import write_checkpoint  # noqa: E402
 from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
 from sustain.deploy.export import PixelModel, export_onnx, quantize_int8  # noqa: E402
-from sustain.training.checkpoints import load_checkpoint_model  # noqa: E402
+from sustain.deploy.loading import load_checkpoint_model  # noqa: E402
 
 RESULTS = results_file("bench_export")
 DEFAULT_MODELS = ("test_vit:64", "eva02_tiny_patch14_224:224")

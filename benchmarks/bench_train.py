@@ -78,14 +78,14 @@ def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
     from sustain.device import plan_precision
     from sustain.model import build_model
     from sustain.taxonomy import build_taxonomy
-    from sustain.training.components import build_optimizer
     from sustain.training.guards import guarded_optimizer_step, make_scaler
     from sustain.training.losses import PartialLabelLoss
+    from sustain.training.optim import build_optimizer
 
     taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
     model = build_model(cfg.model, taxonomy.num_classes, "cpu")
     size = cfg.model.input_size or model.pretrained_cfg["input_size"][-1]
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg.train, model)
     loss_fn = PartialLabelLoss(cfg.train.label_smoothing)
     precision = plan_precision("cpu", cfg.train.amp, False)
     scaler = make_scaler("cpu", precision, precision.autocast)

@@ -9,7 +9,7 @@
 # Sections, each under a time limit inside one overall budget, so a hung
 # section still leaves the summary:
 #   env         the GPU, driver, CUDA, torch, timm, ... (benchmarks/gpu_check.py env)
-#   cuda_tests  pytest -m cuda tests/test_cuda.py (bf16, fp16 + GradScaler, channels_last, guards)
+#   cuda_tests  pytest -m cuda tests/training/test_cuda.py (bf16, fp16 + GradScaler, channels_last, guards)
 #   demo_*      `sustain data demo` and `sustain train --config configs/demo.yaml` on the device,
 #               then its Success Criteria Checklist (all must pass on a GPU)
 #   step        EVA02-Base bf16 training step, Sustain's vs a plain timm step (benchmarks/gpu_step.py)
@@ -83,7 +83,7 @@ section() {  # section NAME LIMIT_S COMMAND...: run it, record "name<TAB>exit<TA
 }
 
 section env 60 "$PY" -m benchmarks.gpu_check env --out "$WORK/env.json" "${CPU[@]}"
-section cuda_tests 150 "$PY" -m pytest tests/test_cuda.py -m cuda -q -p no:cacheprovider \
+section cuda_tests 150 "$PY" -m pytest tests/training/test_cuda.py -m cuda -q -p no:cacheprovider \
     --junitxml="$WORK/cuda_tests.xml"
 section demo_data 60 "$PY" -m sustain data demo --out "$WORK/demo" "${DEMO[@]}"
 section demo_train 150 "$PY" -m sustain train --config configs/demo.yaml --set "data.root=$WORK/demo" \

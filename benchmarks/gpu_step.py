@@ -123,21 +123,22 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     restructured, this is the one function to update. Everything the loop does
     per step runs unchanged; only the DataLoader is replaced by the in-memory batch.
     """
-    from sustain.training import components, loop
     from sustain.taxonomy import build_taxonomy
+    from sustain.training import loop
     from sustain.training.distributed import Distributed
     from sustain.training.guards import Guards
     from sustain.training.loop_state import LoopState
     from sustain.training.losses import PartialLabelLoss
-    from sustain.training.run import Run
+    from sustain.training.optim import build_optimizer, build_scheduler, set_lr
+    from sustain.training.trainer import Trainer
 
-    optimizer = components.build_optimizer(cfg, model)
-    scheduler = components.build_scheduler(cfg, optimizer, updates_per_epoch=1000)
+    optimizer = build_optimizer(cfg.train, model)
+    scheduler = build_scheduler(cfg.train, optimizer, updates_per_epoch=1000)
     state = LoopState()
     guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
-    components.set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
+    set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
     loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch, start=0: None)
-    bundle = Run(
+    bundle = Trainer(
         cfg=cfg, taxonomy=build_taxonomy(**cfg.taxonomy.model_dump()), sources=["synthetic"],
         dist=Distributed(device=device), device=device, plan=plan, precision=precision,
         channels_last=False, out_dir=Path("."), meta={}, model=model, fwd_model=fwd_model, ema=None,

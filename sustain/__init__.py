@@ -1,8 +1,8 @@
 """Sustain: train, check and deploy a waste-sorting image classifier.
 
-Layers, bottom to top (nothing imports upward; see docs/architecture.md):
-errors/config/taxonomy → data → transforms → model → metrics → checkpoints
-→ engine → evaluate/report/inference → diagnostics → cli.
+Rooms, bottom to top (nothing imports upward; see docs/architecture.md):
+base (errors, config, taxonomy, artifacts, …) → data → evaluate → report,
+tracking → training → deploy → diagnostics → cli.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["Predictor", "__version__", "load_config", "train"]
 def __getattr__(name: str):
     # Lazy, so `import sustain` stays light and torch is imported only when needed.
     if name == "Predictor":
-        from .deploy.inference import Predictor
+        from .deploy import Predictor
 
         return Predictor
     if name == "load_config":
@@ -23,7 +23,7 @@ def __getattr__(name: str):
 
         return load_config
     if name == "train":
-        from .training.engine import train
+        from .training import train
 
         return train
     raise AttributeError(f"module 'sustain' has no attribute {name!r}")

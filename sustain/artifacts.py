@@ -8,20 +8,22 @@ Each record is a dataclass with `to_dict()`, `write(folder)` and a
 `read(folder)` class method. A file with a key the record does not know, or
 without one it requires, is an `ArtifactError` that names the file and the
 key; optional keys an older Sustain did not write read as their defaults.
-The training state inside `last.pth` is a record of the engine's own
-(`checkpoints`), as it holds tensors.
+The training state inside `last.pth` is a record of training's own
+(`training.resume`), as it holds tensors. `read_meta` is the one reader of a
+`best_model.json`; `export_paths` finds it beside its weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from .errors import SustainError
+from .errors import SustainError, UsageError
 from .utils import atomic_write_json, finite_or_none
 
 # ---- the ingest's files (the output folder of `sustain data ingest` or of a run)
@@ -56,6 +58,43 @@ EXPORT_REPORT = "export_report.json"
 def best_checkpoint_name(epoch: int, val_acc: float) -> str:
     """`best_model_epoch{E}_acc{A:.2f}.pth` with A the val accuracy in percent."""
     return f"best_model_epoch{epoch}_acc{100.0 * val_acc:.2f}.pth"
+
+
+
+def export_paths(path: Path) -> tuple[Path, Path]:
+    """(weights, meta) for a run folder, a best_model.safetensors or a best_model.json."""
+    if path.is_dir():
+        return path / EXPORT_WEIGHTS, path / EXPORT_META
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"Cannot read checkpoint metadata {path}: {exc}",
+                         "re-export the model, or pass the .pth checkpoint") from None
+    return meta
+
+
+def checkpoint_record(weights: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {"path": str(weights), "epoch": meta.get("epoch"), "val_acc": meta.get("val_acc"),
+            "manifest_hash": meta.get("manifest_hash")}
+
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output folder and prove it is writable, before anything slow happens."""
+    out = Path(path).expanduser()
+    hint = "choose another folder with --output DIR (or output_dir in the config), or fix its permissions"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"Output folder {out} is not writable: {exc.strerror or exc}", hint) from None
+    return out.resolve()
 
 
 class ArtifactError(SustainError):

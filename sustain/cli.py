@@ -36,7 +36,7 @@ def _config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
-    from .training.engine import train
+    from .training import train
 
     result = train(cfg, resume=args.resume)
     return 0 if result.ok else 1
@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_data_ingest(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
-    from .data.lake import ingest
+    from .data import ingest
     from .taxonomy import build_taxonomy
 
     ingest(cfg, build_taxonomy(**cfg.taxonomy.model_dump()), out_dir=cfg.output_dir)
@@ -54,7 +54,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
 def cmd_data_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data.demo import make_demo_lake
+    from .data import make_demo_lake
 
     out = Path(args.out)
     if args.if_missing and out.is_dir() and any(out.iterdir()):
@@ -67,27 +67,27 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
-    from .data.download import download_sources
+    from .data import download_sources
 
     return 0 if download_sources(cfg, only=args.only) else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .deploy.scoring import evaluate_checkpoint
+    from .deploy import evaluate_checkpoint
 
     evaluate_checkpoint(args.checkpoint, split=args.split, data_dir=args.data, label_map=args.label_map)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .deploy.inference import predict_cli
+    from .deploy import predict_cli
 
     return predict_cli(args.checkpoint, args.inputs, topk=args.topk, tta=args.tta, as_json=args.json,
                        backend=args.backend)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .deploy.export import export_run
+    from .deploy import export_run
 
     export_run(args.run, formats=args.format or ["onnx"], quantize=args.quantize, split=args.split,
                out=args.out, verify=not args.no_verify)  # a failed parity gate raises RunFailed: exit 1
@@ -95,7 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.writer import build_report
+    from .report import build_report
 
     path = build_report(args.run_dir)
     log.info("✓ Report written: %s", path)
@@ -103,7 +103,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate.compare import compare_cli
+    from .report import compare_cli
 
     return compare_cli(args.run_dirs, html_path=args.html)
 

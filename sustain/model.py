@@ -9,13 +9,18 @@
 
 `img_size` is passed when the architecture takes it. Gradient checkpointing
 is opt-in and never used on MPS.
+
+Checkpoint files hold tensors and plain Python types only: `save_checkpoint`
+refuses anything else and `load_checkpoint` reads with `weights_only=True`, so
+a checkpoint's payload never runs. `load_weights` puts a state dict or a
+``.safetensors`` file into a model, strictly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import UsageError
+from .utils import atomic_write
 
 log = logging.getLogger("sustain.model")
 
@@ -226,3 +232,72 @@ def _loaded_fraction(model: nn.Module, fingerprints: set[tuple]) -> float:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- checkpoint files and weights
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write `state` atomically; refuse anything `torch.load(weights_only=True)` could not read back."""
+    check_plain(state)
+    return atomic_write(path, lambda fh: torch.save(dict(state), fh))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`. A file holding pickled objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Checkpoint not found: {path}", "pass --resume auto, or the path of a last.pth")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for forbidden globals, RuntimeError for a damaged file
+        raise UsageError(
+            f"Refusing to load checkpoint {path}: it is not a plain tensor checkpoint "
+            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})",
+            "only files written by `sustain train` (tensors and plain Python types) are loaded; "
+            "never load a checkpoint from an untrusted source with weights_only=False",
+        ) from None
+    if not isinstance(state, dict):
+        raise UsageError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict of training state")
+    return state
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError naming the first value that is not a tensor or a plain Python type."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}")
+            check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__name__}: checkpoints hold only tensors and plain types")
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, torch.Tensor]) -> None:
+    """Load a state dict (or a .safetensors file) into `model`, strictly."""
+    if not isinstance(weights, Mapping):
+        from safetensors.torch import load_file
+
+        path = Path(weights)
+        if not path.is_file():
+            raise UsageError(f"Checkpoint weights not found: {path}", "pass a run folder, best_model.safetensors or a .pth")
+        try:
+            weights = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError for a damaged or truncated file
+            raise UsageError(f"Cannot read checkpoint weights {path}: {exc}",
+                             "the file is damaged; export it again or use the best_model_*.pth") from None
+    try:
+        from timm.models import clean_state_dict  # strips DDP 'module.' / torch.compile prefixes
+
+        model.load_state_dict(clean_state_dict(dict(weights)), strict=True)
+    except RuntimeError as exc:
+        raise UsageError(f"Checkpoint weights do not fit the model: {str(exc).splitlines()[0]}",
+                         "the weights and best_model.json must come from the same run") from None

@@ -27,7 +27,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from .config import DataConfig, ModelConfig
-from .data.scan import to_rgb
+from .data import to_rgb
 from .errors import RunFailed
 
 log = logging.getLogger("sustain.transforms")

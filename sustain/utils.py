@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -110,3 +110,33 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
     return logger
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """`{"train": {"lr": 1e-4}}` → `{"train.lr": "0.0001"}`; lists become their text."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]  # MLflow's param length limit
+    return flat
+
+
+def lazy_offers(package: str, offers: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` that imports what it offers on first use (PEP 562).
+
+    `offers` maps each public name to the module inside `package` that defines it
+    ("" for a module offered as itself). Rooms stay cheap to import: `sustain --help`
+    does not load torch because `sustain.training` offers `train`.
+    """
+    import importlib
+
+    def __getattr__(name: str) -> Any:
+        if name not in offers:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module = importlib.import_module(f"{package}.{offers[name] or name}")
+        return getattr(module, name) if offers[name] else module
+
+    return __getattr__

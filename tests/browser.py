@@ -3,7 +3,7 @@
 `render(html_path)` opens a local file at a fixed viewport, waits for its load
 event and returns what the page really did: every network request it made,
 the result of a JavaScript probe, and optionally a PNG screenshot. Used by
-tests/test_report_browser.py; also a script that refreshes the screenshot in
+tests/report/test_report_browser.py; also a script that refreshes the screenshot in
 docs/:
 
     python tests/browser.py RUN_DIR/report.html docs/report_screenshot.png

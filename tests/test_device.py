@@ -185,7 +185,7 @@ def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_w
 
     from sustain.config import config_from_dict
     from sustain.device import plan_precision
-    from sustain.training.components import plan_cpu_measured
+    from sustain.training.cpu_plan import plan_cpu_measured
     from sustain.training.losses import PartialLabelLoss
 
     cfg = config_from_dict({"data": {"sources": [{"name": "s", "root": "r", "label_map": "identity"}]}})
@@ -196,7 +196,7 @@ def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_w
     rng = torch.get_rng_state()
     threads = torch.get_num_threads()
     try:
-        plan = plan_cpu_measured(cfg, model, batch, PartialLabelLoss(), torch.device("cpu"),
+        plan = plan_cpu_measured(cfg.data.num_workers, model, batch, PartialLabelLoss(), torch.device("cpu"),
                                  plan_precision("cpu", "off", False), 0.01, False, 1)
     finally:
         torch.set_num_threads(threads)

@@ -33,13 +33,12 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
-from ..data.scan import CorruptImage, load_rgb, to_rgb
-from ..data.walk import walk_source
+from ..data import CorruptImage, load_rgb, to_rgb, walk_source
 from ..device import resolve_device
 from ..errors import UsageError
 from ..taxonomy import Taxonomy
-from ..training.checkpoints import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
 from ..transforms import build_eval_transform
+from .loading import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
 
 log = logging.getLogger("sustain.deploy.inference")
 

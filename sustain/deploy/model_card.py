@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import DATA_SUMMARY, RUN, TEST_REPORT, VAL_REPORT
-from ..training.checkpoints import LoadedCheckpoint
 from ..utils import atomic_write_text
+from .loading import LoadedCheckpoint
 
 log = logging.getLogger("sustain.deploy.export")
 

@@ -10,16 +10,22 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from ..artifacts import MANIFEST
-from ..data.dataset import ManifestDataset, collate_skip_failed
+from ..artifacts import MANIFEST, checkpoint_record
+from ..data import ManifestDataset, collate_skip_failed
 from ..device import resolve_device
-from ..evaluate.gallery import predictions_file
-from ..evaluate.labelled import labelled_folder_rows, read_manifest_split
-from ..evaluate.metrics import format_per_class
-from ..evaluate.predictions import collect_predictions, indexed_loader
-from ..evaluate.reports import summary_line, write_prediction_store, write_split_report
-from ..training.checkpoints import checkpoint_record, load_checkpoint_model
+from ..evaluate import (
+    collect_predictions,
+    format_per_class,
+    indexed_loader,
+    labelled_folder_rows,
+    predictions_file,
+    read_manifest_split,
+    summary_line,
+    write_prediction_store,
+    write_split_report,
+)
 from ..transforms import build_eval_transform
+from .loading import load_checkpoint_model
 
 log = logging.getLogger("sustain.evaluate")
 

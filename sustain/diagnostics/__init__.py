@@ -16,15 +16,36 @@ One module a job: `core` (results, report, context, `@check`), `environment`
 (PyTorch and NumPy; the probe fix_environment.sh runs), `accelerator` (CUDA,
 MPS parity, CPU), `model_checks` (model, transforms, forward pass),
 `data_checks` (data, output folder, workers), `doctor` (running and reporting).
+
+Other rooms import only the names below (tests/test_architecture.py checks it); each is imported on
+first use, so importing the package costs nothing.
 """
 
-from .accelerator import Parity, forward_backward_parity, parity_verdict
-from .core import CheckResult, DiagnosticReport, DoctorContext, Status, check
-from .doctor import CHECKS, format_result, format_summary, run_cli, run_diagnostics
-from .environment import environment_probe, numpy_repair_reason, torch_numpy_roundtrip, versions
+from __future__ import annotations
 
-__all__ = [
-    "CHECKS", "CheckResult", "DiagnosticReport", "DoctorContext", "Parity", "Status", "check",
-    "environment_probe", "format_result", "format_summary", "forward_backward_parity", "numpy_repair_reason",
-    "parity_verdict", "run_cli", "run_diagnostics", "torch_numpy_roundtrip", "versions",
-]
+from ..utils import lazy_offers
+
+# --- offers (generated from the imports of other rooms; keep sorted) ---
+_OFFERS = {
+    'CHECKS': 'doctor',
+    'CheckResult': 'core',
+    'DiagnosticReport': 'core',
+    'DoctorContext': 'core',
+    'Parity': 'accelerator',
+    'Status': 'core',
+    'check': 'core',
+    'environment_probe': 'environment',
+    'format_result': 'doctor',
+    'format_summary': 'doctor',
+    'forward_backward_parity': 'accelerator',
+    'numpy_repair_reason': 'environment',
+    'parity_verdict': 'accelerator',
+    'run_cli': 'doctor',
+    'run_diagnostics': 'doctor',
+    'torch_numpy_roundtrip': 'environment',
+    'versions': 'environment',
+}
+# --- end offers ---
+
+__all__ = sorted(_OFFERS)
+__getattr__ = lazy_offers(__name__, _OFFERS)

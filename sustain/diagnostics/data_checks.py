@@ -27,8 +27,7 @@ DISK_WARN_BYTES = 2 << 30  # warn below 2 GiB free even when the estimate fits
 
 @check("Data")
 def check_data(ctx: DoctorContext) -> CheckResult:
-    from ..data.labels import compile_label_map
-    from ..data.walk import count_images
+    from ..data import compile_label_map, count_images
 
     cfg = ctx.cfg
     sources = [s for s in cfg.data.sources if s.enabled]

@@ -1,34 +1,59 @@
-"""Running a model over a loader, the final evaluation writers, and `sustain evaluate`.
+"""Scoring predictions: metrics (pure), trend warnings and the checklist, the per-image prediction store and
+the error gallery's selections, running a model over a loader (`collect_predictions`), the final
+evaluation's reports, the rows `sustain evaluate` scores, and comparing finished runs (pure). Reads the
+base and data only, so training, the report and deployment can all use it.
 
-- `collect_predictions` (`predictions`) is the one place a model is run over a
-  DataLoader of `sustain.data.dataset.Batch` objects; validation during training
-  and every final evaluation use it, so they cannot disagree.
-- `write_final_evaluation` (`reports`) scores the given weights (the caller's
-  model, or the exported best weights when `checkpoint=` is given) on each split
-  and writes ``confusion_matrix.npy`` + ``classification_report.json`` for val
-  and ``<split>_confusion_matrix.npy`` + ``<split>_classification_report.json``
-  for the others (``test_*``).
-- `evaluate_checkpoint` (`command`) is `sustain evaluate`: a run's val/test
-  split rebuilt from its ``manifest.csv``, or a labelled folder (``--data``),
-  whose rows `labelled` builds.
-
-The package re-exports those names, so the engine, the CLI and export import
-them from `sustain.evaluate` as before.
+Other rooms import only the names below (tests/test_architecture.py checks it); each is imported on
+first use, so importing the package costs nothing.
 """
 
-from .labelled import labelled_folder_rows, read_manifest_split
-from .predictions import Predictions, collect_predictions, indexed_loader
-from .reports import (
-    build_classification_report,
-    report_paths,
-    summary_line,
-    write_final_evaluation,
-    write_prediction_store,
-    write_split_report,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Predictions", "build_classification_report", "collect_predictions", "indexed_loader",
-    "labelled_folder_rows", "read_manifest_split", "report_paths", "summary_line", "write_final_evaluation",
-    "write_prediction_store", "write_split_report",
-]
+from ..utils import lazy_offers
+
+# --- offers (generated from the imports of other rooms; keep sorted) ---
+_OFFERS = {
+    'PAIRS': 'gallery',
+    'PER_PAIR': 'gallery',
+    'Predictions': 'predictions',
+    'SUSPECTS_CSV': 'gallery',
+    'SUSPECTS_SHOWN': 'gallery',
+    'SUSPECT_GIVEN_MAX': 'gallery',
+    'SUSPECT_OTHER_MIN': 'gallery',
+    'Sample': 'gallery',
+    'SamplePredictions': 'gallery',
+    'TOP_MISTAKES': 'gallery',
+    'Thumbnails': 'gallery',
+    'VERDICTS': 'compare',
+    'build_classification_report': 'reports',
+    'collect_predictions': 'predictions',
+    'compare_runs': 'compare',
+    'confused_pairs': 'gallery',
+    'epoch_metrics': 'metrics',
+    'exit_code': 'compare',
+    'format_comparison': 'compare',
+    'format_per_class': 'metrics',
+    'indexed_loader': 'predictions',
+    'labelled_folder_rows': 'labelled',
+    'load_run': 'compare',
+    'load_run_predictions': 'gallery',
+    'per_source': 'gallery',
+    'predictions_file': 'gallery',
+    'read_manifest_split': 'labelled',
+    'report_paths': 'reports',
+    'summary_line': 'reports',
+    'suspect_labels': 'gallery',
+    'table_rows': 'compare',
+    'top_confusions': 'metrics',
+    'top_mistakes': 'gallery',
+    'verdict_lines': 'compare',
+    'trends': '',
+    'write_final_evaluation': 'reports',
+    'write_prediction_store': 'reports',
+    'write_split_report': 'reports',
+    'write_suspects_csv': 'gallery',
+}
+# --- end offers ---
+
+__all__ = sorted(_OFFERS)
+__getattr__ = lazy_offers(__name__, _OFFERS)

@@ -1,4 +1,4 @@
-"""`sustain compare RUN_DIR RUN_DIR… [--html FILE]`: finished runs side by side.
+"""Finished runs side by side: the pure comparison behind `sustain compare` (its page: `report.compare_page`).
 
 Reads each run folder's `run.json`, `metrics_history.json` and the final
 classification reports (nothing else, no model). The comparison is a pure
@@ -14,7 +14,6 @@ reproduced within tolerance (naming the largest difference), or not reproduced
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,9 +21,7 @@ from typing import Any
 
 from ..artifacts import HISTORY, TEST_REPORT, TIMING_KEYS, VAL_REPORT, History, RunRecord
 from ..errors import UsageError
-from ..tracking.tracker import flatten
-
-log = logging.getLogger("sustain.evaluate.compare")
+from ..utils import flatten
 
 REPRO_TOLERANCE = 0.02  # SPEC §6: a rerun on an accelerator stays within ±2 %
 # Config keys (flattened) that never change what a run computes: where it writes and logs, how many
@@ -173,7 +170,7 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k != "scaled"}
 
 
-def compare(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def compare_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The comparison of loaded runs (`load_run`); the first run is the baseline for the deltas."""
     changing, neutral = setting_differences(runs)
     split = "test" if all(r["test"] for r in runs) else "val"
@@ -246,20 +243,3 @@ def format_comparison(result: Mapping[str, Any]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return lines + verdict_lines(result)
-
-
-def compare_cli(run_dirs: Sequence[str], html_path: str | None = None) -> int:
-    """`sustain compare`: print the table and the verdict; with `html_path`, write the page too.
-
-    Exit code 1 when two runs of the same settings are not reproduced (`exit_code`)."""
-    if len(run_dirs) < 2:
-        raise UsageError("compare needs at least two run folders", "sustain compare RUN_DIR RUN_DIR [...]")
-    runs = [load_run(p) for p in run_dirs]
-    result = compare(runs)
-    for line in format_comparison(result):
-        log.info(line)
-    if html_path:
-        from ..report.compare_page import write_compare_page  # the page sits with the report
-
-        log.info("✓ Comparison written: %s", write_compare_page(Path(html_path), result, runs))
-    return exit_code(result)

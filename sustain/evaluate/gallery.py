@@ -286,7 +286,7 @@ def jpeg_thumbnail(path: str | Path, px: int = THUMB_PX, quality: int = THUMB_QU
     """JPEG bytes of the image, EXIF-rotated, in RGB, fitting a px×px box (aspect kept)."""
     from PIL import Image, ImageOps
 
-    from ..data.scan import to_rgb
+    from ..data import to_rgb
 
     with Image.open(path) as img:
         img.draft("RGB", (2 * px, 2 * px))  # JPEG: decode at a reduced scale, many times faster

@@ -10,9 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..config import SourceConfig
-from ..data.labels import compile_label_map
-from ..data.manifest import ManifestRow, read_manifest
-from ..data.walk import IMAGE_EXTENSIONS, walk_labelled
+from ..data import IMAGE_EXTENSIONS, ManifestRow, compile_label_map, read_manifest, walk_labelled
 from ..errors import ConfigError, UsageError
 from ..taxonomy import Taxonomy
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report
 
-from ..artifacts import VAL_CONFUSION, VAL_REPORT
+from ..artifacts import VAL_CONFUSION, VAL_REPORT, checkpoint_record, export_paths, read_meta
 from ..errors import UsageError
+from ..model import load_weights
 from ..taxonomy import Taxonomy
-from ..training.checkpoints import checkpoint_record, export_paths, load_weights, read_meta
 from ..utils import atomic_write, atomic_write_json, fmt_metric, portable_path
 from .gallery import SamplePredictions, predictions_file, save_predictions
 from .metrics import final_metrics

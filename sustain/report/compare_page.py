@@ -1,21 +1,35 @@
-"""`sustain compare --html FILE`: the comparison as one self-contained page, the verdict first.
+"""`sustain compare RUN_DIR RUN_DIR… [--html FILE]`: the comparison printed, and as a page, the verdict first.
 
-The page names runs by their folder's name only: it can be sent to a colleague
-without the sender's directory layout.
+The comparison itself is `sustain.evaluate.compare` (pure); this module draws
+the curves, writes the HTML and runs the command. The page names runs by their
+folder's name only: it can be sent to a colleague without the sender's
+directory layout.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.compare import VERDICTS, table_rows, verdict_lines
+from ..errors import UsageError
+from ..evaluate import (
+    VERDICTS,
+    compare_runs,
+    exit_code,
+    format_comparison,
+    load_run,
+    table_rows,
+    verdict_lines,
+)
 from ..utils import atomic_write_text, escape_html
 from .html import CSP, CSS, html_table
 from .plots import history_series, new_figure
+
+log = logging.getLogger("sustain.report.compare_page")
 
 
 def curves_png(runs: Sequence[Mapping[str, Any]]) -> bytes:
@@ -74,3 +88,18 @@ def render_html(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) ->
 
 def write_compare_page(path: Path, result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> Path:
     return atomic_write_text(path, render_html(result, runs))
+
+
+def compare_cli(run_dirs: Sequence[str], html_path: str | None = None) -> int:
+    """`sustain compare`: print the table and the verdict; with `html_path`, write the page too.
+
+    Exit code 1 when two runs of the same settings are not reproduced (`evaluate.compare.exit_code`)."""
+    if len(run_dirs) < 2:
+        raise UsageError("compare needs at least two run folders", "sustain compare RUN_DIR RUN_DIR [...]")
+    runs = [load_run(p) for p in run_dirs]
+    result = compare_runs(runs)
+    for line in format_comparison(result):
+        log.info(line)
+    if html_path:
+        log.info("✓ Comparison written: %s", write_compare_page(Path(html_path), result, runs))
+    return exit_code(result)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..evaluate.gallery import (
+from ..evaluate import (
     PAIRS,
     PER_PAIR,
     SUSPECT_GIVEN_MAX,

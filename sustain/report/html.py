@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluate.metrics import top_confusions
+from ..evaluate import top_confusions
 from ..utils import escape_html
 from ..utils import wrap_html as wrap
 from .confusion_html import confusion_table

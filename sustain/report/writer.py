@@ -43,7 +43,7 @@ from ..artifacts import (
     RunRecord,
 )
 from ..errors import UsageError
-from ..evaluate.gallery import predictions_file, write_suspects_csv
+from ..evaluate import predictions_file, write_suspects_csv
 from ..utils import atomic_write_text, finite_float
 from .gallery_html import build_gallery
 from .html import per_class, render_html

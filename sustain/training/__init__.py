@@ -1,1 +1,20 @@
-"""placeholder"""
+"""A training run: `train(cfg)` (engine: setup, resume, the end), the loop and its state, the guards, hooks
+and stop signals, checkpoints (best and `last.pth`), the optimizer and schedule, precision and autocast,
+the sanity check, the measured CPU plan, the loaders and DDP.
+
+Other rooms import only the names below (tests/test_architecture.py checks it); each is imported on
+first use, so importing the package costs nothing.
+"""
+
+from __future__ import annotations
+
+from ..utils import lazy_offers
+
+# --- offers (generated from the imports of other rooms; keep sorted) ---
+_OFFERS = {
+    'train': 'engine',
+}
+# --- end offers ---
+
+__all__ = sorted(_OFFERS)
+__getattr__ = lazy_offers(__name__, _OFFERS)

@@ -83,7 +83,7 @@ def decision(kind: str, state: LoopState, cfg: Config, epoch: int, tr: dict[str,
                   state.stop_reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], epoch)
     elif kind == EARLY_STOP:
         log.info("⏹️  Early stopping: no gain in %s for %d epochs (best %.4f at epoch %d)",
-                 cfg.train.monitor, cfg.train.early_stopping_patience, state.best["score"], state.best["epoch"])
+                 cfg.train.monitor, cfg.train.early_stopping_patience, state.best.score, state.best.epoch)
 
 
 def run_ended(state: LoopState) -> None:

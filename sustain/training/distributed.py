@@ -17,11 +17,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
-from ..data.image_cache import ImageCache
-from ..data.lake import ingest
+from ..data import ImageCache, ingest
 from ..device import DevicePlan
 from ..taxonomy import Taxonomy
-from . import checkpoints as ckpt
+from .rng import capture_rng_state
 
 
 @dataclass
@@ -137,7 +136,7 @@ class Distributed:
 
     def gather_rng(self) -> list[dict[str, Any]]:
         """Every rank's RNG states (rank order), for an exact resume of each."""
-        return self.gather(ckpt.capture_rng_state())
+        return self.gather(capture_rng_state())
 
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():

@@ -14,7 +14,6 @@ rank's predictions so each sample counts exactly once.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -31,10 +30,9 @@ import torch
 import torchvision
 from torch import nn
 
-from ..artifacts import RunRecord
+from ..artifacts import LAST, RunRecord, prepare_output_dir
 from ..config import Config
-from ..data import image_cache
-from ..data.lake import check_sources, record_image_cache
+from ..data import check_sources, image_cache, record_image_cache
 from ..device import (
     apply_backend_flags,
     detect_backends,
@@ -45,9 +43,9 @@ from ..device import (
     plan_precision,
 )
 from ..evaluate import trends
-from ..model import build_model, parameter_summary
+from ..model import build_model, load_checkpoint, parameter_summary
 from ..taxonomy import Taxonomy, build_taxonomy
-from ..tracking.tracker import Tracker
+from ..tracking import Tracker
 from ..transforms import (
     build_eval_transform,
     build_train_transform,
@@ -55,30 +53,22 @@ from ..transforms import (
     validate_transforms,
 )
 from ..utils import cpu_count
-from . import checkpoints as ckpt
 from . import console
-from .components import (
-    build_ema,
-    build_optimizer,
-    build_scheduler,
-    build_train_loss,
-    export_meta,
-    plan_cpu_measured,
-    prepare_output_dir,
-    sanity_check,
-    seed_everything,
-    set_lr,
-)
+from .checkpoints import export_meta
+from .cpu_plan import plan_cpu_measured
 from .distributed import Distributed
 from .guards import Guards
-from .hooks import Hooks
+from .hooks import Hooks, RunStart
 from .interrupts import Interrupted, StopRequests, resume_command, signal_name
 from .loaders import build_loaders
 from .loop import Stopped, run_epochs
 from .loop_state import LoopState
-from .losses import PartialLabelLoss
-from .resume import restore_training_state
-from .run import CheckpointClock, Run
+from .losses import PartialLabelLoss, build_train_loss
+from .optim import build_ema, build_optimizer, build_scheduler, set_lr
+from .resume import check_resume_compatible, resolve_resume, restore_training_state
+from .rng import restore_rng_state, seed_everything
+from .sanity import sanity_check
+from .trainer import CheckpointClock, Trainer
 
 log = logging.getLogger("sustain.training.engine")
 
@@ -131,35 +121,36 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
     check_sources(cfg, taxonomy)  # likewise: a missing dataset must not wait for a model download
 
-    run, setup = _setup(cfg, dist, taxonomy, out_dir, tracker)
+    trainer, setup = _setup(cfg, dist, taxonomy, out_dir, tracker)
     state = LoopState()
-    resume_path, saved = _load_resume(run, state, resume)
-    set_lr(run.optimizer, run.scheduler, state.updates, run.guards.state.lr_factor)
-    run = dataclasses.replace(run, fwd_model=dist.wrap(torch.compile(run.model) if cfg.model.compile else run.model,
-                                                        run.device))
-    tracker.start(cfg, setup.data_config, setup.lake.summary, {  # tracking: a resume reopens the saved MLflow run
-        "device": run.plan.line, "precision": run.precision.label, "workers": setup.workers,
-        "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved and saved.get("tracking"))
+    resume_path, saved = _load_resume(trainer, state, resume)
+    set_lr(trainer.optimizer, trainer.scheduler, state.updates, trainer.guards.state.lr_factor)
+    trainer.fwd_model = dist.wrap(torch.compile(trainer.model) if cfg.model.compile else trainer.model, trainer.device)
+    facts = RunStart(cfg, setup.data_config, setup.lake.summary, {
+        "device": trainer.plan.line, "precision": trainer.precision.label, "workers": setup.workers,
+        "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved or {})
+    for hook in trainer.hooks.run_start:
+        hook(facts)
     if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run
         rng_states = saved["rng"]
-        ckpt.restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
-        state.note_event("resumed", state.epoch + (1 if state.step else 0), state.step, run.loaders.train_batches,
+        restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
+        state.note_event("resumed", state.epoch + (1 if state.step else 0), state.step, trainer.loaders.train_batches,
                          f"from {resume_path.name} saved at {saved.get('saved_at', '?')}")
         del saved
     setup.timings["setup_seconds"] = time.perf_counter() - started
 
     state.start_segment()
     try:
-        with run.stop.installed():
-            run_epochs(run, state)
+        with trainer.stop.installed():
+            run_epochs(trainer, state)
     except Stopped as stop:
         setup.timings["train_seconds"] = state.train_seconds()  # every start's, not only this one's
-        raise _interrupted(run, state, setup, stop) from None
+        raise _interrupted(trainer, state, setup, stop) from None
     setup.timings["train_seconds"] = state.train_seconds()
     if setup.img_cache is not None and dist.is_main:  # its disk use: logged, and in data_summary.json and run.json
         log.info(record_image_cache(out_dir, setup.lake, setup.img_cache))
 
-    result = _finish(run, state, setup, started)
+    result = _finish(trainer, state, setup, started)
     dist.close()
     return result
 
@@ -167,7 +158,7 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
 # =========================================================================== setup
 
 
-def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tracker: Tracker) -> tuple[Run, _Setup]:
+def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tracker: Tracker) -> tuple[Trainer, _Setup]:
     """Seed, device, model, transforms, data, loss, optimizer, the sanity check and the CPU plan."""
     seed_everything(cfg.seed + dist.rank)  # ranks differ in augmentation, DDP syncs the weights
     log.info("✓ Random seed set to %d", cfg.seed)
@@ -192,10 +183,10 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     channels_last = plan_channels_last(cfg.model.channels_last, plan.type,
                                        sum(isinstance(m, nn.Conv2d) for m in model.modules()), backends.cpu_isa)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    loss_fn = build_train_loss(cfg, lake, taxonomy).to(device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, math.ceil(loaders.train_batches / cfg.train.accum_steps))
-    ema = build_ema(cfg, model)
+    loss_fn = build_train_loss(cfg.train, lake, taxonomy).to(device)
+    optimizer = build_optimizer(cfg.train, model)
+    scheduler = build_scheduler(cfg.train, optimizer, math.ceil(loaders.train_batches / cfg.train.accum_steps))
+    ema = build_ema(cfg.train, model)
     filled = img_cache.filled if img_cache is not None else 0
     t = time.perf_counter()
     batch = loaders.sanity_batch()
@@ -207,7 +198,7 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
         load_seconds = time.perf_counter() - t
     sanity_check(model, batch, loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
     if plan.type == "cpu":  # measured CPU plan (docs/performance.md); loaders start no worker until iterated
-        cpu = plan_cpu_measured(cfg, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
+        cpu = plan_cpu_measured(cfg.data.num_workers, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
         if cpu.workers != workers:
             workers = cpu.workers
             loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
@@ -215,17 +206,19 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
              f", CPU threads: {torch.get_num_threads()}" if plan.type == "cpu" else "")
     del batch
 
-    run = Run(cfg=cfg, taxonomy=taxonomy, sources=lake.sources, dist=dist, device=device, plan=plan,
+    hooks = Hooks.for_run(cfg)
+    hooks.attach_tracker(tracker, list(taxonomy.classes))
+    trainer = Trainer(cfg=cfg, taxonomy=taxonomy, sources=lake.sources, dist=dist, device=device, plan=plan,
               precision=precision, channels_last=channels_last, out_dir=out_dir,
-              meta=export_meta(cfg, taxonomy, data_config, lake.manifest_hash), model=model,
+              meta=export_meta(cfg.model, taxonomy, data_config, lake.manifest_hash), model=model,
               fwd_model=model,  # compiled and wrapped for DDP after a resume loaded the weights
               ema=ema, loss_fn=loss_fn,
               val_loss_fn=PartialLabelLoss(),  # validation loss is the plain NLL: no smoothing, no weights
               optimizer=optimizer, scheduler=scheduler,
               guards=Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast), loaders=loaders,
-              hooks=Hooks.for_run(cfg, tracker, list(taxonomy.classes)), tracker=tracker, stop=StopRequests(),
+              hooks=hooks, stop=StopRequests(),
               clock=CheckpointClock(cfg.train.checkpoint_every_minutes))
-    return run, _Setup(lake, data_config, workers, img_cache, timings)
+    return trainer, _Setup(lake, data_config, workers, img_cache, timings)
 
 
 def _model_and_transforms(cfg: Config, taxonomy: Taxonomy, device_type: str) -> tuple[nn.Module, dict[str, Any],
@@ -239,70 +232,70 @@ def _model_and_transforms(cfg: Config, taxonomy: Taxonomy, device_type: str) -> 
     return model, data_config, train_tf, eval_tf
 
 
-def _load_resume(run: Run, state: LoopState, resume: str | None) -> tuple[Path | None, dict[str, Any] | None]:
+def _load_resume(trainer: Trainer, state: LoopState, resume: str | None) -> tuple[Path | None, dict[str, Any] | None]:
     """A fresh start, or everything last.pth holds loaded into `run`'s objects and `state`."""
-    resume_path = ckpt.resolve_resume(resume, run.out_dir)
-    if resume_path is None and (run.out_dir / ckpt.LAST).is_file():
+    resume_path = resolve_resume(resume, trainer.out_dir)
+    if resume_path is None and (trainer.out_dir / LAST).is_file():
         log.warning("⚠️  %s holds an earlier run: its checkpoints will be replaced (--resume auto continues it)",
-                    run.out_dir)
+                    trainer.out_dir)
     if resume_path is None:
         return None, None
-    saved = ckpt.load_checkpoint(resume_path)
-    ckpt.check_resume_compatible(saved, list(run.taxonomy.classes), run.meta["manifest_hash"], resume_path)
-    restore_training_state(saved, run.cfg, run.model, run.optimizer, run.ema, state, run.guards)
-    console.resumed(resume_path, state, run.loaders.train_batches)
+    saved = load_checkpoint(resume_path)
+    check_resume_compatible(saved, list(trainer.taxonomy.classes), trainer.meta["manifest_hash"], resume_path)
+    restore_training_state(saved, trainer.cfg, trainer.model, trainer.optimizer, trainer.ema, state, trainer.guards)
+    console.resumed(resume_path, state, trainer.loaders.train_batches)
     return resume_path, saved
 
 
 # =========================================================================== the end
 
 
-def _interrupted(run: Run, state: LoopState, setup: _Setup, stop: Stopped) -> Interrupted:
+def _interrupted(trainer: Trainer, state: LoopState, setup: _Setup, stop: Stopped) -> Interrupted:
     """run.json says where the run stopped and why; the error's message is the line that continues it."""
     where = f"epoch {stop.epoch}, step {stop.step} of {stop.total}" if stop.step else f"the end of epoch {stop.epoch - 1}"
     reason = f"interrupted by {signal_name(stop.signum)} at {where}"
-    if run.dist.is_main:
-        record = _run_record(run, state, setup, {})
-        record.update(status="interrupted", stop_reason=reason, tracking=run.tracker.record() if run.tracker.cfg else None)  # the run to resume into
-        RunRecord.from_dict(record).write(run.out_dir)
-    for hook in run.hooks.interrupt:
+    if trainer.dist.is_main:
+        record = _run_record(trainer, state, setup, {})
+        record.update(status="interrupted", stop_reason=reason, **{k: f() for k, f in trainer.hooks.stopped.items()})
+        RunRecord.from_dict(record).write(trainer.out_dir)
+    for hook in trainer.hooks.interrupt:
         hook(reason)
-    run.dist.close()
-    command = resume_command(sys.argv, run.dist.world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
-    return Interrupted(f"Training {reason}; saved in {run.out_dir / ckpt.LAST}. Continue with: {command}",
+    trainer.dist.close()
+    command = resume_command(sys.argv, trainer.dist.world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
+    return Interrupted(f"Training {reason}; saved in {trainer.out_dir / LAST}. Continue with: {command}",
                        stop.signum)
 
 
-def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunResult:
+def _finish(trainer: Trainer, state: LoopState, setup: _Setup, started: float) -> RunResult:
     """The best weights on val and test, the checklist, run.json, the report and tracking's last word."""
-    out = run.out_dir
-    best_path = out / state.best["path"] if state.best["path"] else None
-    result = RunResult(ok=not state.failed, output_dir=out, epochs_completed=state.epoch, history=state.history,
-                       best_checkpoint=best_path, best_epoch=state.best["epoch"], best_val_acc=state.best["val_acc"],
-                       best_macro_f1=state.best["macro_f1"], stop_reason=state.stop_reason)
-    if not run.dist.is_main:
+    out = trainer.out_dir
+    best_path = out / state.best.path if state.best.path else None
+    result = RunResult(ok=not state.failed, output_dir=out, epochs_completed=state.epoch, history=state.history.to_dict(),
+                       best_checkpoint=best_path, best_epoch=state.best.epoch, best_val_acc=state.best.val_acc,
+                       best_macro_f1=state.best.macro_f1, stop_reason=state.stop_reason)
+    if not trainer.dist.is_main:
         return result
     t = time.perf_counter()
-    final = _final_evaluation(run, state) if not state.failed and best_path is not None else {}
+    final = _final_evaluation(trainer, state) if not state.failed and best_path is not None else {}
     setup.timings["final_evaluation_seconds"] = time.perf_counter() - t
     setup.timings["total_seconds"] = time.perf_counter() - started
 
     # The checklist needs only the checkpoints and the history, so it is ready before the
     # report, which then shows it.
-    totals = run.guards.state.totals
+    totals = trainer.guards.state.totals
     checklist = trends.success_checklist(
-        state.history,
+        state.history.to_dict(),
         {"completed": not state.failed, "stop_reason": state.stop_reason, "artifacts": trends.artifacts_present(out),
          "skipped_steps": totals["skipped"], "total_steps": totals["steps"]},
-        skipped_max=run.cfg.guards.warn_pct / 100.0,
+        skipped_max=trainer.cfg.guards.warn_pct / 100.0,
     )
     for line in trends.format_checklist(checklist):
         log.info(line)
-    record = _run_record(run, state, setup, final)
+    record = _run_record(trainer, state, setup, final)
     record.update(checklist=checklist, report_error=None)
     RunRecord.from_dict(record).write(out)  # the report reads it
     if not state.failed:
-        from ..report.writer import build_report  # with scikit-learn (see loop.validate)
+        from ..report import build_report
 
         try:
             log.info("✓ Report written: %s", build_report(out))
@@ -310,57 +303,60 @@ def _finish(run: Run, state: LoopState, setup: _Setup, started: float) -> RunRes
             record["report_error"] = f"{type(exc).__name__}: {exc}"
             log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", record["report_error"], out)
             RunRecord.from_dict(record).write(out)
-    tracked = run.tracker.finish(out, record)  # tracking: final metrics and artifacts; its counts go into run.json
-    if tracked is not None:
-        record["tracking"] = tracked
+    extra: dict[str, Any] = {}
+    for hook in trainer.hooks.run_end:  # tracking: final metrics and artifacts; its counts go into run.json
+        extra.update(hook(out, record))
+    if extra:
+        record.update(extra)
         RunRecord.from_dict(record).write(out)
     result.checklist = checklist
     console.run_ended(state)
     return result
 
 
-def _final_evaluation(run: Run, state: LoopState) -> dict[str, Any]:
-    log.info("📊 Final evaluation of the best weights (epoch %s)", state.best["epoch"])
+def _final_evaluation(trainer: Trainer, state: LoopState) -> dict[str, Any]:
+    log.info("📊 Final evaluation of the best weights (epoch %s)", state.best.epoch)
     from ..evaluate import write_final_evaluation  # loaded by loop.validate() already
 
-    reports = write_final_evaluation(run.eval_model(), run.loaders.final, run.taxonomy, run.sources, run.out_dir,
-                                     run.device, run.autocast_factory(), checkpoint=run.out_dir)
+    reports = write_final_evaluation(trainer.eval_model(), trainer.loaders.final, trainer.taxonomy, trainer.sources, trainer.out_dir,
+                                     trainer.device, trainer.autocast_factory(), checkpoint=trainer.out_dir)
     return {split: {k: r.get(k) for k in ("accuracy", "macro_f1", "n_fine", "n_set", "set_accuracy")}
             for split, r in reports.items()}
 
 
-def _run_record(run: Run, state: LoopState, setup: _Setup, final: dict[str, Any]) -> dict[str, Any]:
-    guard = run.guards.state
+def _run_record(trainer: Trainer, state: LoopState, setup: _Setup, final: dict[str, Any]) -> dict[str, Any]:
+    guard = trainer.guards.state
     return {
         "status": "failed" if state.failed else "completed",
         "stop_reason": state.stop_reason,
-        "config": run.cfg.to_dict(),
-        "model_name": run.cfg.model.name,
-        "classes": list(run.taxonomy.classes),
-        "taxonomy": run.taxonomy.to_dict(),
+        "config": trainer.cfg.to_dict(),
+        "model_name": trainer.cfg.model.name,
+        "classes": list(trainer.taxonomy.classes),
+        "taxonomy": trainer.taxonomy.to_dict(),
         "normalisation": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.data_config.items()},
-        "device": {"type": run.plan.type, "name": run.plan.name, "precision": run.precision.label,
-                   "amp_on_at_end": guard.amp_on, "channels_last": run.channels_last,
-                   "world_size": run.dist.world, "num_workers": setup.workers},
-        "seed": run.cfg.seed,
+        "device": {"type": trainer.plan.type, "name": trainer.plan.name, "precision": trainer.precision.label,
+                   "amp_on_at_end": guard.amp_on, "channels_last": trainer.channels_last,
+                   "world_size": trainer.dist.world, "num_workers": setup.workers},
+        "seed": trainer.cfg.seed,
         "timings": {k: round(v, 3) for k, v in setup.timings.items()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "timm": timm.__version__, "numpy": np.__version__},
         "manifest_hash": setup.lake.manifest_hash,
         "data_summary": setup.lake.summary,
         "epochs_completed": state.epoch,
-        "best": {**state.best},
+        "best": state.best.to_dict(),
         "final_evaluation": final,
         "health": {"totals": dict(guard.totals), "escalations": list(guard.escalations),
                    "per_epoch": list(state.health), "trend_warnings": list(state.trend_warnings)},
         "interruptions": list(state.events),
         "segments": state.all_segments(),
-        "local_paths": _local_paths(run),
+        "local_paths": _local_paths(trainer),
     }
 
 
-def _local_paths(run: Run) -> dict[str, Any]:
+def _local_paths(trainer: Trainer) -> dict[str, Any]:
     """run.json's only absolute paths: where this machine keeps the run and its data (to resume here)."""
-    cfg = run.cfg
-    return {"run_dir": str(run.out_dir.resolve()), "data_root": str(Path(cfg.data.root).expanduser().resolve()),
-            "sources": {s.name: str(cfg.source_root(s).resolve()) for s in cfg.data.sources if s.name in run.sources}}
+    cfg = trainer.cfg
+    return {"run_dir": str(trainer.out_dir.resolve()), "data_root": str(Path(cfg.data.root).expanduser().resolve()),
+            "sources": {s.name: str(cfg.source_root(s).resolve()) for s in cfg.data.sources
+                        if s.name in trainer.sources}}

@@ -1,23 +1,26 @@
 """Plain callbacks at the training loop's natural points; no framework.
 
 The debug options (`guards.inject_*`, `guards.debug_kill_after_epoch`) and
-tracking (per step, per epoch, on an interrupt) are hooks: a new per-step or
-per-epoch feature adds one here instead of another branch in the loop.
+tracking are hooks: a new per-step or per-epoch feature adds one here instead
+of another branch in the loop. Tracking reaches the run by this route only
+(`attach_tracker`): the start of the run, each step and epoch, an interrupt,
+the end (its counts go into run.json) and its part of `last.pth`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import Config
-from ..tracking.tracker import Tracker
+from ..tracking import Tracker
 from .loop_state import EpochProgress
 
 
@@ -31,9 +34,14 @@ class Hooks:
     epoch_end: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # the history entry
     checkpoint: list[Callable[[int], None]] = field(default_factory=list)  # after an epoch's checkpoints
     interrupt: list[Callable[[str], None]] = field(default_factory=list)  # a stop signal ended the run (why)
+    run_start: list[Callable[[RunStart], None]] = field(default_factory=list)  # setup done, before the first step
+    run_end: list[Callable[[Path, dict[str, Any]], dict[str, Any]]] = field(default_factory=list)  # -> run.json
+    saved: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)  # more last.pth keys
+    stopped: dict[str, Callable[[], Any]] = field(default_factory=dict)  # more run.json keys when a signal stops it
 
     @classmethod
-    def for_run(cls, cfg: Config, tracker: Tracker, classes: list[str]) -> Hooks:
+    def for_run(cls, cfg: Config) -> Hooks:
+        """The debug options' hooks; tracking attaches with `attach_tracker`."""
         hooks = cls()
         inject_loss, inject_grad = set(cfg.guards.inject_nonfinite_loss), set(cfg.guards.inject_nonfinite_grad)
         if inject_loss:  # debug: watch the loss guard work
@@ -43,11 +51,36 @@ class Hooks:
         kill_after = cfg.guards.debug_kill_after_epoch
         if kill_after is not None:  # debug: a real crash right after a checkpoint
             hooks.checkpoint.append(lambda epoch: _kill_self() if epoch == kill_after else None)
-        hooks.step_end.append(lambda step, images, progress, t_start: tracker.log_step(
-            step, images, progress.loss_sum, progress.seen, t_start))
-        hooks.epoch_end.append(lambda entry: tracker.log_epoch(entry, classes))
-        hooks.interrupt.append(tracker.interrupted)
         return hooks
+
+    def attach_tracker(self, tracker: Tracker, classes: list[str]) -> None:
+        def start(facts: RunStart) -> None:  # a resume reopens the saved MLflow run and TensorBoard step
+            tracker.start(facts.cfg, facts.data_config, facts.summary, facts.system, facts.saved.get("tracking"))
+
+        def end(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:  # final metrics, artifacts, counts
+            tracked = tracker.finish(out_dir, record)
+            return {} if tracked is None else {"tracking": tracked}
+
+        self.run_start.append(start)
+        self.step_end.append(lambda step, images, progress, t_start: tracker.log_step(
+            step, images, progress.loss_sum, progress.seen, t_start))
+        self.epoch_end.append(lambda entry: tracker.log_epoch(entry, classes))
+        self.interrupt.append(tracker.interrupted)
+        self.run_end.append(end)
+        self.saved["tracking"] = tracker.state
+        self.stopped["tracking"] = tracker.record  # an interrupted run.json names the run to resume into
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What the `run_start` hooks learn: the config, the data, the device and, on a resume, what the
+    `saved` hooks put into last.pth."""
+
+    cfg: Config
+    data_config: Mapping[str, Any]
+    summary: Mapping[str, Any]
+    system: Mapping[str, Any]
+    saved: Mapping[str, Any]
 
 
 def _poison_a_gradient(model: nn.Module) -> None:

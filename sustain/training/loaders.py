@@ -131,7 +131,7 @@ class Loaders:
         self.generator.manual_seed(_epoch_seed(self.seed, epoch, self.rank))
 
     def sanity_batch(self):
-        from ..data.dataset import collate_skip_failed
+        from ..data import collate_skip_failed
 
         n = min(self.train.batch_size or 1, len(self.train_items))
         return collate_skip_failed([self.train_items[(0, i)] for i in range(n)])
@@ -139,7 +139,7 @@ class Loaders:
 
 def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf, plan: DevicePlan, workers: int,
                   dist: Distributed, image_cache: Any = None) -> Loaders:
-    from ..data.dataset import ManifestDataset, collate_skip_failed
+    from ..data import ManifestDataset, collate_skip_failed
 
     rows = {split: lake.split(split) for split in ("train", "val", "test")}
     if not rows["train"]:

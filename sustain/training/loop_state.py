@@ -8,6 +8,7 @@ choice after an epoch: go on, finish, stop early or stop for the guards.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -16,9 +17,23 @@ from typing import Any
 
 import torch
 
-from ..artifacts import HISTORY_KEYS
+from ..artifacts import History
 from ..config import Config
 from .guards import COUNTS
+
+
+@dataclass
+class BestScore:
+    """The best epoch so far by the monitored score, and its checkpoint's file name."""
+
+    score: float | None = None
+    epoch: int | None = None
+    val_acc: float | None = None
+    macro_f1: float | None = None
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -28,9 +43,8 @@ class LoopState:
     epoch: int = 0  # completed epochs
     updates: int = 0  # optimizer steps taken
     micro_steps: int = 0  # batches seen; the step index of the guard injections
-    history: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
-    best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": None, "val_acc": None,
-                                                          "macro_f1": None, "path": None})
+    history: History = field(default_factory=History)
+    best: BestScore = field(default_factory=BestScore)
     bad_epochs: int = 0
     early_stopped: bool = False
     stop_reason: str | None = None
@@ -61,9 +75,9 @@ class LoopState:
     def state_dict(self) -> dict[str, Any]:
         """The loop's part of last.pth (plain types); `load_state_dict` reads back exactly these keys."""
         return {"epoch": self.epoch, "updates": self.updates, "micro_steps": self.micro_steps,
-                "early_stopping": {"best": dict(self.best), "bad_epochs": self.bad_epochs, "stopped": self.early_stopped},
+                "early_stopping": {"best": self.best.to_dict(), "bad_epochs": self.bad_epochs, "stopped": self.early_stopped},
                 "failed": self.failed, "stop_reason": self.stop_reason,
-                "history": {k: list(v) for k, v in self.history.items()}, "health": list(self.health),
+                "history": self.history.to_dict(), "health": list(self.health),
                 "trend_warnings": list(self.trend_warnings), "step": self.step, "partial": self.partial,
                 "events": list(self.events), "segments": self.all_segments()}
 
@@ -72,9 +86,9 @@ class LoopState:
         early stop stays stopped. Format-1 files (no position in an epoch) resume at the epoch's end."""
         self.epoch, self.updates, self.micro_steps = saved["epoch"], saved["updates"], saved["micro_steps"]
         es = saved["early_stopping"]
-        self.best, self.bad_epochs, self.early_stopped = dict(es["best"]), es["bad_epochs"], es["stopped"]
+        self.best, self.bad_epochs, self.early_stopped = BestScore(**es["best"]), es["bad_epochs"], es["stopped"]
         self.stop_reason = saved["stop_reason"] if self.early_stopped else None
-        self.history = {k: list(saved["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.history = History.from_dict(saved["history"], source="last.pth")
         self.health, self.trend_warnings = list(saved["health"]), list(saved["trend_warnings"])
         self.step, self.partial = saved.get("step", 0), saved.get("partial")
         self.events = list(saved.get("events", []))

@@ -15,10 +15,14 @@ the batch loss is the weighted mean (as PyTorch's weighted cross-entropy).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..config import TrainConfig
+from ..taxonomy import Taxonomy
 
 
 class PartialLabelLoss(nn.Module):
@@ -77,3 +81,10 @@ def sample_weights(targets: Sequence[Sequence[int]], class_weights: torch.Tensor
     w = class_weights.double().numpy()
     return torch.tensor([float(np.mean([w[c] for c in idx])) for idx in targets], dtype=torch.float64)
 
+
+def build_train_loss(train: TrainConfig, lake: Any, taxonomy: Taxonomy) -> PartialLabelLoss:
+    weights = None
+    if train.balance == "loss_weights":
+        counts = class_counts((r.targets for r in lake.split("train")), taxonomy.num_classes)
+        weights = inverse_frequency_weights(counts)  # on the CPU; float32 is MPS-safe
+    return PartialLabelLoss(label_smoothing=train.label_smoothing, class_weights=weights)

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
-from test_evaluate import (
+from eval_helpers import (
     SMALL,
     loader_for,
     rows_for,
@@ -18,6 +17,7 @@ from test_evaluate import (
     write_corrupt,
     write_images,
 )
+from PIL import Image, ImageOps
 
 from sustain import Predictor
 from sustain.deploy.inference import predict_cli

@@ -87,10 +87,9 @@ def test_balancing_changes_the_classes_seen_and_what_a_mistake_costs(tmp_path: P
     from sustain.data.lake import ingest
     from sustain.device import detect_backends, plan_device
     from sustain.taxonomy import build_taxonomy
-    from sustain.training.components import build_train_loss
     from sustain.training.distributed import Distributed
     from sustain.training.loaders import build_loaders
-    from sustain.training.losses import PartialLabelLoss
+    from sustain.training.losses import PartialLabelLoss, build_train_loss
 
     common, rare = TINY_CLASSES[0], TINY_CLASSES[1:]
     make_tiny_lake(tmp_path / "lake", classes=[common], per_class=30)
@@ -116,7 +115,7 @@ def test_balancing_changes_the_classes_seen_and_what_a_mistake_costs(tmp_path: P
 
     cfg = tiny_config(tmp_path / "lake", tmp_path / "w", train={"balance": "loss_weights"})
     taxonomy = build_taxonomy(**cfg.taxonomy.model_dump())
-    weighted = build_train_loss(cfg, ingest(cfg, taxonomy, log_summary=False), taxonomy)
+    weighted = build_train_loss(cfg.train, ingest(cfg, taxonomy, log_summary=False), taxonomy)
     targets = torch.eye(taxonomy.num_classes)[[0, 1]]  # a batch of two: one common image, one rare
 
     def batch_loss(loss_fn: torch.nn.Module, wrong: int) -> float:  # the model errs on image `wrong`

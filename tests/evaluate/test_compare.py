@@ -15,7 +15,7 @@ from engine_helpers import (
     write_yaml,
 )
 
-from sustain.evaluate.compare import compare, exit_code, format_comparison, reproducibility
+from sustain.evaluate.compare import compare_runs, exit_code, format_comparison, reproducibility
 
 
 def _run(name: str, **history) -> dict:
@@ -49,17 +49,17 @@ def test_tracking_and_the_output_folder_do_not_count_as_differences() -> None:
     a, b = _run("a"), _run("b")
     b["run"]["config"]["tracking"]["mlflow"]["enabled"] = True
     b["run"]["config"]["data"]["num_workers"] = 4  # the data order does not depend on the worker count
-    result = compare([a, b])
+    result = compare_runs([a, b])
     assert result["config_differences"] == {} and result["reproducibility"]["verdict"] == "identical"
     assert set(result["neutral_differences"]) == {"output_dir", "tracking.mlflow.enabled", "data.num_workers"}
     assert exit_code(result) == 0
     b["run"]["versions"]["torch"] = "2.2"  # a library version changes results: no verdict
-    result = compare([a, b])
+    result = compare_runs([a, b])
     assert list(result["config_differences"]) == ["versions.torch"] and result["reproducibility"] is None
     assert "No reproducibility verdict: the runs differ in what changes results (versions.torch)" in \
         format_comparison(result)
     c = _run("c", val_acc=[0.40, 0.50, 0.61])
-    assert exit_code(compare([a, c])) == 1  # not reproduced: distinct for scripts
+    assert exit_code(compare_runs([a, c])) == 1  # not reproduced: distinct for scripts
 
 
 def test_a_folder_that_is_not_a_run_is_exit_2(tmp_path: Path, run_cli) -> None:

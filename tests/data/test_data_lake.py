@@ -456,7 +456,7 @@ def test_demo_lake_duplicates_and_corrupt_files_are_found(demo_lake, tmp_path) -
 def demo_config_raw(root: Path, tmp: Path) -> dict:
     import yaml
 
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").read_text())
     raw["data"]["root"] = str(root)
     raw["data"]["cache_dir"] = str(tmp / "cache")  # keep the shared demo lake untouched
     return {"taxonomy": raw["taxonomy"], "seed": raw["seed"], "data": raw["data"]}

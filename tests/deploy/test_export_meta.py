@@ -14,8 +14,7 @@ from sustain.deploy.inference import Predictor
 from sustain.evaluate import collect_predictions
 from sustain.model import build_model
 from sustain.taxonomy import build_taxonomy
-from sustain.training.checkpoints import save_best, state_dict_copy
-from sustain.training.components import export_meta
+from sustain.training.checkpoints import export_meta, save_best, state_dict_copy
 from sustain.transforms import build_eval_transform, resolve_data_config
 
 SIZE = 32
@@ -34,7 +33,7 @@ def test_predictor_and_final_evaluation_agree_for_a_squash_crop_model(tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg.model, taxonomy.num_classes).eval()
     data_config = resolve_data_config(model, cfg.model)
-    meta = export_meta(cfg, taxonomy, data_config, "hash")
+    meta = export_meta(cfg.model, taxonomy, data_config, "hash")
     for key in ("crop_mode", "crop_pct", "interpolation", "mean", "std", "input_size"):
         assert key in meta
     assert meta["crop_mode"] == "squash"

@@ -25,7 +25,7 @@ from sustain.data.download import ARCHIVES_DIR, download_sources, plan_downloads
 from sustain.data.kaggle_client import find_credentials
 from sustain.errors import ConfigError, UsageError
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _image_bytes(fmt: str, colour: tuple[int, int, int]) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 from engine_helpers import read_json
-from test_evaluate import (
+from eval_helpers import (
     SMALL,
     loader_for,
     rows_for,
@@ -222,7 +222,7 @@ def test_a_broken_export_fails_the_gate_and_no_verify_says_it_skipped(exported, 
 @pytest.mark.slow
 def test_eva02_with_rope_exports_and_passes_the_gate(tmp_path: Path):
     """EVA02 is the product's default family; its rotary position embedding must survive the export."""
-    from test_evaluate import export_meta
+    from eval_helpers import export_meta
 
     from sustain.training.checkpoints import save_best, state_dict_copy
 

@@ -167,9 +167,10 @@ class FakeMlflowServer:
 
 def test_a_server_that_goes_away_mid_run_is_a_warning_then_the_buffer_is_delivered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from sustain.tracking import mlflow_backend
     from sustain.tracking import tracker as tracking
 
-    monkeypatch.setattr(tracking, "RETRY_PAUSES", (0.0,))  # retry at the next call, not after 5 s
+    monkeypatch.setattr(mlflow_backend, "RETRY_PAUSES", (0.0,))  # retry at the next call, not after 5 s
     server = FakeMlflowServer()
     uri = f"http://127.0.0.1:{server.port}"
     cfg = config_from_dict(tiny_config_dict(tmp_path, tmp_path / "out", tracking={

@@ -46,7 +46,7 @@ from sustain.diagnostics.data_checks import (
 from sustain.diagnostics.environment import check_pytorch
 from sustain.diagnostics.model_checks import check_forward, check_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 ENV_CHECKS = ["PyTorch installation", "Accelerator", "Model availability", "Transform pipeline", "Forward pass",
               "Output folder", "DataLoader workers"]

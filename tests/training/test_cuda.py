@@ -3,7 +3,7 @@
 Marked `cuda` and skipped where no CUDA GPU is present (CI, laptops); the
 device plans themselves are tested everywhere with simulated hardware in
 test_device.py. `benchmarks/gpu_check.sh` runs these on a GPU
-(`pytest -m cuda tests/test_cuda.py`). Each test is a real, short training
+(`pytest -m cuda tests/training/test_cuda.py`). Each test is a real, short training
 run on the tiny lake, read back from the files a user would read.
 """
 

@@ -1,4 +1,4 @@
-"""`Run`: the frozen bundle the training loop reads, built once by `engine` at setup."""
+"""`Trainer`: what the training loop reads, built once by `engine` at setup."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ from torch import nn
 from ..config import Config
 from ..device import DevicePlan, PrecisionPlan
 from ..taxonomy import Taxonomy
-from ..tracking.tracker import Tracker
-from .components import autocast_context
 from .distributed import Distributed
 from .guards import Guards
 from .hooks import Hooks
 from .interrupts import StopRequests
 from .loaders import Loaders
+from .precision import autocast_context
 
 
 class CheckpointClock:
@@ -37,10 +36,11 @@ class CheckpointClock:
         self.last = time.monotonic()
 
 
-@dataclass(frozen=True)
-class Run:
-    """What setup builds and the loop reads. Frozen: the loop changes only these objects' own state
-    (weights, optimizer, guards) and the `LoopState` it is given."""
+@dataclass
+class Trainer:
+    """What setup builds and the loop reads. Setup fills it once; then the loop changes only these
+    objects' own state (weights, optimizer, guards, the clock) and the `LoopState` it is given.
+    `fwd_model` is set once more, to the compiled and/or DDP-wrapped model, after a resume."""
 
     cfg: Config
     taxonomy: Taxonomy
@@ -62,7 +62,6 @@ class Run:
     guards: Guards
     loaders: Loaders
     hooks: Hooks = field(default_factory=Hooks)
-    tracker: Tracker = field(default_factory=lambda: Tracker(None, None))
     stop: StopRequests = field(default_factory=StopRequests)  # `engine` installs its handlers around the loop
     clock: CheckpointClock = field(default_factory=lambda: CheckpointClock(0))
 

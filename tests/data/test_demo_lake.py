@@ -18,7 +18,7 @@ from sustain.data.demo_images import BACKGROUNDS, FOREGROUNDS
 from sustain.errors import UsageError
 from sustain.taxonomy import MASTER_30, MASTER_30_SETS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MASTER = "master/images/images"
 SOURCE_DIRS = ("master", "coarse")
 COARSE_SETS = {"plastic": "PLASTIC", "metal": "METAL", "glass": "GLASS", "paper": "PAPER",
