@@ -182,7 +182,9 @@ def render_gallery(stores: Sequence[SamplePredictions], n: int = TOP_MISTAKES,
     parts.append(f"<{h}>Suspect labels</{h}>" + _suspects(stores, suspects, tiles))
     parts.append(f"<{h}>Per-source view</{h}>" + '<p class="sg-muted">A source well below the others on the same '
                  "taxonomy is how a mislabelled dataset shows up.</p>")
-    parts += [f"<{sub}>{escape_html(sp.split)}</{sub}>" + _sources(sp) for sp in stores]
+    first, *rest = stores  # the first split open, the others one click away
+    parts.append(f"<{sub}>{escape_html(first.split)}</{sub}>" + _sources(first))
+    parts += [f"<details><summary>{escape_html(sp.split)}</summary>{_sources(sp)}</details>" for sp in rest]
     if tiles.thumbs.missing:
         parts.append(f'<p class="sg-note">{len(tiles.thumbs.missing)} image(s) could not be read for a thumbnail '
                      f"(moved or deleted since the run?), e.g. {escape_html(show(next(iter(tiles.thumbs.missing))))}</p>")
