@@ -173,7 +173,7 @@ def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishe
     record = read_json(tmp_path / "runs" / "run" / "run.json")
     assert record["tracking"]["mlflow"]["run_id"] == run.info.run_id  # the interrupted run names its MLflow run
     (first,) = record["segments"]
-    assert record["timings"]["train_seconds"] == first["train_seconds"] > 0
+    assert record["timings"]["train_seconds"] == pytest.approx(first["train_seconds"], abs=0.05) and first["train_seconds"] > 0
 
     resumed = run_sustain(["train", "--config", str(config), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
