@@ -18,6 +18,7 @@ from . import (
     bench_ingest,
     bench_loader,
     bench_predict,
+    bench_serve,
     bench_tracking,
     bench_train,
     bench_vs_timm,
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "tracking": lambda: bench_tracking.main([]),
     "export": lambda: bench_export.main([]),
     "gallery": lambda: bench_gallery.main([]),
+    "serve": lambda: bench_serve.main([]),
     "vs_timm": lambda: bench_vs_timm.main([]),  # skipped unless TIMM_TRAIN_PY names timm's train.py
 }
 

@@ -50,13 +50,13 @@ def write_checkpoint(out: Path, model_name: str, size: int) -> None:
     save_best(out, state_dict_copy(model), meta)
 
 
-def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+def write_images(folder: Path, n: int, seed: int = 0, suffix: str = "png") -> list[Path]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         w, h = int(rng.integers(200, 400)), int(rng.integers(200, 400))  # phone-photo-ish, downscaled
-        path = folder / f"img_{i:04d}.png"
+        path = folder / f"img_{i:04d}.{suffix}"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths

@@ -44,8 +44,11 @@ VAL_REPORT = "classification_report.json"
 VAL_CONFUSION = "confusion_matrix.npy"
 TEST_REPORT = "test_classification_report.json"
 TEST_CONFUSION = "test_confusion_matrix.npy"
+OOD_REPORT = "ood_classification_report.json"
+OOD_CONFUSION = "ood_confusion_matrix.npy"
 PREDICTIONS = "predictions_{split}.npz"
 SUSPECTS_CSV = "suspect_labels.csv"
+LABEL_ISSUES_CSV = "label_issues.csv"
 REPORT_HTML = "report.html"
 CURVES_PNG = "training_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -261,12 +264,16 @@ class DataSummary(Record):
     excluded: int = 0
     decode: dict[str, Any] = field(default_factory=dict)
     image_cache: dict[str, Any] | None = None  # size on disk and per image, when the cache is on
+    holdout: dict[str, Any] = field(default_factory=dict)  # data.split.holdout_sources: ood images, removals
 
     def file_dict(self) -> dict[str, Any]:
-        """The file's content: `image_cache` appears once a training run has recorded it."""
+        """The file's content: `image_cache` appears once a training run has recorded it, `holdout`
+        when a source is held out."""
         out = self.to_dict()
         if out["image_cache"] is None:
             del out["image_cache"]
+        if not out["holdout"]:
+            del out["holdout"]
         return out
 
     def write(self, folder: str | Path) -> Path:

@@ -94,6 +94,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .deploy import serve_cli
+
+    return serve_cli(args.model, args.backend, host=args.host, port=args.port, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, topk=args.topk, token_file=args.token_file,
+                     max_images=args.max_images, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -125,6 +133,7 @@ commands:
   sustain evaluate --checkpoint PATH [--split val|test|train] [--data DIR]
   sustain predict --checkpoint PATH [--checkpoint PATH ...] IMAGE_OR_DIR... [--topk K] [--tta] [--json] [--backend torch|onnx]
   sustain export RUN_DIR|CHECKPOINT [--format onnx|coreml] [--quantize int8] [--split test|val] [--out DIR] [--no-verify]
+  sustain serve RUN_DIR|EXPORT_DIR [--backend onnx|torch] [--host 127.0.0.1] [--port 8000] [--max-batch N] [--max-wait-ms M] [--token-file FILE]
   sustain report RUN_DIR                     rebuild the plots and report.html
   sustain compare RUN_DIR RUN_DIR... [--html FILE]   runs side by side; reproducibility of two reruns
   sustain doctor [--config FILE] [--json]    environment diagnostics
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_data(sub)
     _add_model_commands(sub)
+    _add_serve(sub)
     _add_run_commands(sub)
     return parser
 
@@ -189,7 +199,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     """What a trained checkpoint is used for: `sustain evaluate`, `predict`, `export`."""
     p = sub.add_parser("evaluate", help="score a checkpoint on its val/test split or on a labelled folder")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--split", choices=["val", "test", "train", "ood"], default="val",
+                   help="ood: the held-out sources of data.split.holdout_sources")
     p.add_argument("--data", metavar="DIR", help="a folder of labelled images (<class>/<image>) to score instead")
     p.add_argument("--label-map", metavar="YAML", help="with --data: a YAML {folder: class} mapping")
     p.set_defaults(func=cmd_evaluate)
@@ -213,6 +224,23 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/export")
     p.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
     p.set_defaults(func=cmd_export)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the model behind an HTTP API and a page to try photos (docs/deploy.md)")
+    p.add_argument("model", metavar="RUN_DIR|EXPORT_DIR", help="a run folder, its export/ folder or a .onnx file")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
+                   help="onnx: the exported model.onnx (default); torch: the run's checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="any address but loopback needs --token-file")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a first image waits for company")
+    p.add_argument("--token-file", metavar="FILE", help="requests then need 'Authorization: Bearer <token>'")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--max-images", type=int, default=16, help="images in one request at most")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body size limit")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels of one image at most (checked before decoding)")
+    p.set_defaults(func=cmd_serve)
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:

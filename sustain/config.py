@@ -53,6 +53,8 @@ class SplitConfig(_Section):
     train: float = Field(0.8, ge=0, le=1)
     val: float = Field(0.1, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
+    # Sources never trained on: their images form the `ood` split, scored at the end beside test.
+    holdout_sources: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -215,9 +217,31 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise _to_config_error(exc, raw) from None
+    _check_holdout_sources(cfg)
+    return cfg
+
+
+def _check_holdout_sources(cfg: Config) -> None:
+    """`data.split.holdout_sources` names enabled sources, each once, and leaves one to train on."""
+    key, held = "data.split.holdout_sources", cfg.data.split.holdout_sources
+    names = [s.name for s in cfg.data.sources]
+    enabled = [s.name for s in cfg.data.sources if s.enabled]
+    unknown = [n for n in held if n not in names]
+    if unknown:
+        raise ConfigError(key, f"names no source in data.sources: {unknown}", f"source names: {', '.join(names)}")
+    repeated = sorted({n for n in held if held.count(n) > 1})
+    if repeated:
+        raise ConfigError(key, f"repeats {repeated}", "list each held-out source once")
+    disabled = [n for n in held if n not in enabled]
+    if disabled:
+        raise ConfigError(key, f"holds out disabled sources (enabled: false): {disabled}",
+                          "enable them, or drop them from the list")
+    if held and set(enabled) <= set(held):
+        raise ConfigError(key, f"holds out every enabled source ({', '.join(enabled)}): nothing is left to train on",
+                          "keep at least one source out of the list")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -124,9 +124,9 @@ class _Pipe:
             self.proc.stderr.close()
 
 
-def render(html_path: Path, probe: str, *, width: int = 1280, height: int = 900,
+def render(html_path: Path | str, probe: str, *, width: int = 1280, height: int = 900,
            screenshot_clip: str | None = None, binary: str | None = None) -> Rendered:
-    """Load `html_path` at width×height; evaluate `probe` (a JS expression, its value returned as JSON).
+    """Load `html_path` (a file, or an http:// URL) at width×height; evaluate `probe` (a JS expression, its value returned as JSON).
     With `screenshot_clip` (a JS expression giving {x, y, width, height}) a PNG of that region is kept."""
     binary = binary or chromium()
     if binary is None:
@@ -141,7 +141,8 @@ def render(html_path: Path, probe: str, *, width: int = 1280, height: int = 900,
             cdp.send("Emulation.setDeviceMetricsOverride",
                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
             cdp.events.clear()
-            cdp.send("Page.navigate", {"url": Path(html_path).resolve().as_uri()}, session=session)
+            url = html_path if str(html_path).startswith("http") else Path(html_path).resolve().as_uri()
+            cdp.send("Page.navigate", {"url": str(url)}, session=session)
             cdp.wait_for("Page.loadEventFired", timeout=60)
             out = Rendered()
             value = cdp.send("Runtime.evaluate", {"expression": probe, "returnByValue": True, "awaitPromise": True},

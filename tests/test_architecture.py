@@ -42,8 +42,10 @@ INNER: dict[str, dict[str, int]] = {
         "lake": 6,
     },
     "evaluate": {
-        "__init__": 0, "metrics": 0, "trends": 0, "gallery": 0, "predictions": 0, "labelled": 0, "compare": 0,
-        "reports": 1,
+        "__init__": 0, "metrics": 0, "trends": 0, "label_issues": 0, "shift": 0, "predictions": 0, "labelled": 0,
+        "compare": 0,
+        "gallery": 1,
+        "reports": 2,
     },
     "report": {"__init__": 0, "paths": 0, "plots": 0, "glance": 0, "data_tables": 0, "confusion_html": 0,
                "gallery_html": 0, "html": 1, "writer": 2, "compare_page": 2},
@@ -58,7 +60,8 @@ INNER: dict[str, dict[str, int]] = {
         "loop": 5,
         "engine": 6,
     },
-    "deploy": {"__init__": 0, "loading": 0, "inference": 1, "model_card": 1, "scoring": 1, "export": 2},
+    "deploy": {"__init__": 0, "loading": 0, "export_files": 0, "serve_input": 0, "serve_page": 0,
+               "inference": 1, "model_card": 1, "scoring": 1, "export": 2, "serve_model": 2, "serve": 3},
     "diagnostics": {
         "__init__": 0, "core": 0,
         "environment": 1, "accelerator": 1, "data_checks": 1,

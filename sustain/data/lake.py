@@ -43,11 +43,14 @@ from .image_cache import describe as describe_image_cache
 from .manifest import ManifestRow, manifest_hash, manifest_text
 from .scan import SIGNATURE_VERSION
 from .split import (
+    ALL_SPLITS,
     COLOUR_TOLERANCE,
     MIN_CORRELATION,
+    OOD,
     SPLITS,
     VERIFY_DISTANCE,
     assign_splits,
+    hold_out,
     near_duplicate_groups,
 )
 from .summary import IngestFacts, build_summary, check_lake, format_summary, summary_warnings
@@ -70,8 +73,8 @@ class Lake:
         return self.data_summary.file_dict()
 
     def split(self, name: str) -> list[ManifestRow]:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
+        if name not in ALL_SPLITS:
+            raise ValueError(f"unknown split {name!r}; use one of {ALL_SPLITS}")
         return [r for r in self.rows if r.split == name]
 
 
@@ -125,20 +128,10 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
         groups = _near_duplicate_groups(cache, pack_signatures(merged.kept), data.near_duplicate_distance)
     finally:
         cache.close()
-    kept = merged.kept
-    names_of = {t: taxonomy.label_name(t) for t in {im.targets for im in kept}}
-    labels = [names_of[im.targets] for im in kept]
-    split = assign_splits(labels, groups.tolist(), [im.content_hash for im in kept], data.split.model_dump(),
-                          cfg.seed)
-
     names = [s.name for s in enabled]
-    rows = [
-        ManifestRow(path=im.entry.path, source=names[im.source], label=label, targets=im.targets,
-                    split=sp, content_hash=im.content_hash, group=int(g), relpath=im.entry.rel, duplicates=dup)
-        for im, label, sp, g, dup in zip(kept, labels, split.splits, groups, merged.duplicates, strict=True)
-    ]
+    rows, small_labels, removed = _split_rows(cfg, taxonomy, merged, groups, names)
     digest = manifest_hash(rows)
-    summary = build_summary(IngestFacts(scans, decoded, merged, split.small_labels, rows, digest), cfg, taxonomy)
+    summary = build_summary(IngestFacts(scans, decoded, merged, small_labels, rows, digest, removed), cfg, taxonomy)
     if log_summary:
         for line in format_summary(summary, taxonomy):
             log.info(line)
@@ -151,6 +144,29 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
         write_lake_files(out_dir, lake, decoded.corrupt)
         say("✓ Manifest written: %s (hash %s)", Path(out_dir) / MANIFEST, digest[:16])
     return lake
+
+
+def _split_rows(cfg: Config, taxonomy: Taxonomy, merged: Any, groups: np.ndarray,
+                names: list[str]) -> tuple[list[ManifestRow], list[dict], list[ManifestRow]]:
+    """The manifest rows, split by group, and the labels too small to split. The held-out sources'
+    images go to `ood`; another source's near duplicates of them are returned apart, removed."""
+    kept = merged.kept
+    names_of = {t: taxonomy.label_name(t) for t in {im.targets for im in kept}}
+    labels = [names_of[im.targets] for im in kept]
+    held = hold_out([names[im.source] for im in kept], groups.tolist(), cfg.data.split.holdout_sources)
+    inside = np.flatnonzero(~held.ood & ~held.removed)
+    fractions = cfg.data.split.model_dump(include=set(SPLITS))
+    split = assign_splits([labels[i] for i in inside], groups[inside].tolist(),
+                          [kept[i].content_hash for i in inside], fractions, cfg.seed)
+    splits = np.full(len(kept), OOD, dtype=object)
+    splits[inside] = split.splits
+    rows = [
+        ManifestRow(path=im.entry.path, source=names[im.source], label=label, targets=im.targets,
+                    split=str(sp), content_hash=im.content_hash, group=int(g), relpath=im.entry.rel, duplicates=dup)
+        for im, label, sp, g, dup in zip(kept, labels, splits, groups, merged.duplicates, strict=True)
+    ]
+    removed = [r for r, out in zip(rows, held.removed, strict=True) if out]
+    return [r for r, out in zip(rows, held.removed, strict=True) if not out], split.small_labels, removed
 
 
 def _near_duplicate_groups(cache: DecodeCache, signatures: np.ndarray, distance: int) -> np.ndarray:

@@ -27,6 +27,12 @@ hashes sharing a band value, or one bit away from it, are compared
 (multi-index hashing, a sorted join per band). Matches are joined into
 connected components, so grouping is transitive.
 
+Sources listed in `data.split.holdout_sources` are taken out first
+(`hold_out`): their images form the `ood` split, and an image of another
+source that shares a near-duplicate group with one of them is removed (and
+counted), so the model never trains, stops early or is tested on a copy of
+an image it is scored on out of domain.
+
 The split is decided per duplicate group, never per file, so no exact or
 near duplicate can sit in two splits. Groups are stratified by label: each
 label's image count is divided by the largest-remainder method, and its
@@ -48,6 +54,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+OOD = "ood"  # the images of data.split.holdout_sources: never trained on, scored beside test
+ALL_SPLITS: tuple[str, ...] = (*SPLITS, OOD)
 
 # Centred crops whose pHashes are variants: (width fraction, height fraction). Border crops of
 # 3-6% per side keep 88-94% of each side; these five leave at most 3% of scale mismatch.
@@ -304,3 +312,19 @@ def assign_splits(labels: Sequence[str], groups: Sequence[int], keys: Sequence[s
             small.append({"label": label, "images": n_items, "groups": len(entries),
                           "counts": dict(assigned), "empty_splits": empty})
     return SplitResult([group_split[g] for g in groups], small)
+
+
+@dataclass(frozen=True)
+class HoldOut:
+    ood: np.ndarray  # bool per item: its source is held out
+    removed: np.ndarray  # bool per item: another source's near duplicate of an ood image
+
+
+def hold_out(sources: Sequence[str], groups: Sequence[int], held_out: Sequence[str]) -> HoldOut:
+    """Which items form the `ood` split (their source is in `held_out`) and which items of the other
+    sources share a near-duplicate group with one of them and so must leave the lake."""
+    src = np.asarray(sources, dtype=object)
+    grp = np.asarray(groups, dtype=np.int64)
+    ood = np.isin(src, list(held_out)) if len(held_out) else np.zeros(len(src), dtype=bool)
+    removed = ~ood & np.isin(grp, grp[ood])
+    return HoldOut(ood=ood, removed=removed)

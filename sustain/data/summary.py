@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..taxonomy import Taxonomy
 from .collect import Decoded, LakeImage, Merged, SourceScan
 from .manifest import ManifestRow
-from .split import SPLITS
+from .split import ALL_SPLITS, OOD, SPLITS
 
 MAX_LISTED = 50  # conflicts / unmapped folders kept in data_summary.json
 
@@ -33,6 +33,7 @@ class IngestFacts:
     small_labels: list[dict]  # split.SplitResult.small_labels
     rows: Sequence[ManifestRow]
     manifest_hash: str
+    holdout_removed: Sequence[ManifestRow] = ()  # other sources' near duplicates of held-out images
 
 
 def build_summary(facts: IngestFacts, cfg: Config, taxonomy: Taxonomy) -> DataSummary:
@@ -42,16 +43,17 @@ def build_summary(facts: IngestFacts, cfg: Config, taxonomy: Taxonomy) -> DataSu
     per_label: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
         per_label[r.label][r.split] += 1
-    classes = {c: _split_dict(per_label.get(c, Counter())) for c in taxonomy.classes}
-    set_labels = {lab: _split_dict(cnt) for lab, cnt in sorted(per_label.items()) if lab not in classes}
+    names = _splits(rows)
+    classes = {c: _split_dict(per_label.get(c, Counter()), names) for c in taxonomy.classes}
+    set_labels = {lab: _split_dict(cnt, names) for lab, cnt in sorted(per_label.items()) if lab not in classes}
     imbalance = _imbalance(classes, set_labels)
     corrupt = facts.decoded.corrupt
     return DataSummary(
         total_images=len(rows),
         manifest_hash=facts.manifest_hash,
         seed=cfg.seed,
-        split_fractions=cfg.data.split.model_dump(),
-        splits={s: split_counts[s] for s in SPLITS},
+        split_fractions=cfg.data.split.model_dump(include=set(SPLITS)),
+        splits={s: split_counts[s] for s in _splits(rows)},
         sources=_sources(facts),
         disabled_sources=[s.name for s in cfg.data.sources if not s.enabled],
         classes=classes,
@@ -68,7 +70,25 @@ def build_summary(facts: IngestFacts, cfg: Config, taxonomy: Taxonomy) -> DataSu
         other_files=sum(len(s.other_files) for s in scans),
         excluded=sum(s.excluded for s in scans),
         decode=facts.decoded.stats._asdict(),
+        holdout=_holdout(facts, cfg),
     )
+
+
+def _splits(rows: Sequence[ManifestRow]) -> tuple[str, ...]:
+    """train, val, test, and ood when a source is held out."""
+    return ALL_SPLITS if any(r.split == OOD for r in rows) else SPLITS
+
+
+def _holdout(facts: IngestFacts, cfg: Config) -> dict[str, Any]:
+    """The held-out sources, their `ood` images, and the near duplicates removed from the other sources."""
+    held = cfg.data.split.holdout_sources
+    if not held:
+        return {}
+    removed = facts.holdout_removed
+    return {"sources": list(held), "ood_images": sum(r.split == OOD for r in facts.rows),
+            "near_duplicates_removed": len(removed),
+            "removed_by_source": dict(sorted(Counter(r.source for r in removed).items())),
+            "removed_examples": [r.path for r in removed[:MAX_LISTED]]}
 
 
 def _sources(facts: IngestFacts) -> dict[str, dict[str, Any]]:
@@ -82,6 +102,7 @@ def _sources(facts: IngestFacts) -> dict[str, dict[str, Any]]:
     conflict_files = Counter(names[im.source] for group in facts.merged.conflicts for im in group)
     loaded = Counter(names[im.source] for im in facts.decoded.images)
     corrupt = Counter(names[index] for index, _, _ in facts.decoded.corrupt)
+    held_removed = Counter(r.source for r in facts.holdout_removed)  # listed in the summary's `holdout`
     sources: dict[str, dict[str, Any]] = {}
     for scan in facts.scans:
         name = scan.config.name
@@ -94,12 +115,12 @@ def _sources(facts: IngestFacts) -> dict[str, dict[str, Any]]:
             "root": scan.root,
             "images": kept,
             "labels": len(labels[name]),  # distinct labels (classes or sets) among its kept images
-            "splits": {s: per_source[name][s] for s in SPLITS},
+            "splits": {s: per_source[name][s] for s in _splits(facts.rows)},
             "files_found": scan.candidates,
             "unmapped": sum(len(v) for v in scan.unmapped.values()),
             "dropped": sum(scan.dropped.values()),
             "corrupt": corrupt[name],
-            "duplicates_merged": loaded[name] - kept - conflict_files[name],
+            "duplicates_merged": loaded[name] - kept - conflict_files[name] - held_removed[name],
             "conflicts_dropped": conflict_files[name],
             "excluded": scan.excluded,
             "other_files": len(scan.other_files),
@@ -156,8 +177,8 @@ def _duplicates(facts: IngestFacts, near_distance: int, taxonomy: Taxonomy) -> d
     }
 
 
-def _split_dict(counter: Counter) -> dict[str, int]:
-    out = {s: counter.get(s, 0) for s in SPLITS}
+def _split_dict(counter: Counter, names: Sequence[str] = SPLITS) -> dict[str, int]:
+    out = {s: counter.get(s, 0) for s in names}
     out["total"] = sum(out.values())
     return out
 
@@ -165,7 +186,7 @@ def _split_dict(counter: Counter) -> dict[str, int]:
 def format_summary(summary: DataSummary, taxonomy: Taxonomy) -> list[str]:
     """The printed summary: the SPEC §6 lines first, then counts and losses."""
     def splits(d: dict[str, int]) -> str:
-        return ", ".join(f"{s} {d[s]:,}" for s in SPLITS)
+        return ", ".join(f"{s} {d[s]:,}" for s in ALL_SPLITS if s in d)
 
     out = ["📊 Dataset Summary:", f"  ✓ Total images loaded: {summary.total_images}",
            f"  Splits: {splits(summary.splits)}", "  Per source:"]
@@ -175,6 +196,10 @@ def format_summary(summary: DataSummary, taxonomy: Taxonomy) -> list[str]:
     width = max(len(c) for c in taxonomy.classes)
     for c, v in summary.classes.items():
         out.append(f"    {c:<{width}} {v['total']:>7,}  ({splits(v)})")
+    if summary.holdout:
+        h = summary.holdout
+        out.append(f"  Held out (split 'ood', never trained on): {', '.join(h['sources'])}: {h['ood_images']:,} images; "
+                   f"{h['near_duplicates_removed']:,} near duplicates of them removed from the other sources")
     if summary.set_labels:
         out.append("  Set labels (one of several classes):")
         for lab, v in summary.set_labels.items():

@@ -1,6 +1,7 @@
 """Using a trained model: loading it (`load_checkpoint_model`, the one reader of a run's best weights for use),
 `Predictor` and `sustain predict`, `sustain evaluate` (scoring), `sustain export` (ONNX, int8, the
-parity gate) and the timm model folder with its card.
+parity gate) and the timm model folder with its card, and `sustain serve` (the model behind an HTTP API
+and a page).
 
 Other rooms import only the names below (tests/test_architecture.py checks it); each is imported on
 first use, so importing the package costs nothing.
@@ -16,6 +17,7 @@ _OFFERS = {
     'evaluate_checkpoint': 'scoring',
     'export_run': 'export',
     'predict_cli': 'inference',
+    'serve_cli': 'serve',
 }
 # --- end offers ---
 

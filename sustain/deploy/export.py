@@ -39,6 +39,7 @@ from ..errors import RunFailed, UsageError
 from ..evaluate import epoch_metrics, read_manifest_split
 from ..taxonomy import Taxonomy
 from ..utils import atomic_write, atomic_write_json
+from .export_files import clear_previous, mark_rejected
 from .inference import OnnxBackend, Predictor
 from .loading import LoadedCheckpoint, load_checkpoint_model
 from .model_card import write_model_folder
@@ -329,6 +330,7 @@ def export_run(path: str | Path, formats: list[str] | tuple[str, ...] = ("onnx",
     check_taxonomy(loaded, run_dir)
     out_dir = Path(out).expanduser() if out else run_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous(out_dir)
 
     write_model_folder(loaded, run_dir, out_dir / "model")
     log.info("✓ Model folder (timm/Hugging Face): %s", out_dir / "model")
@@ -348,6 +350,7 @@ def export_run(path: str | Path, formats: list[str] | tuple[str, ...] = ("onnx",
                               "thresholds": {k: asdict(g) for k, g in GATES.items()}, "verified": verify}
     if verify and files:
         report.update(parity_gate(loaded, run_dir, files, split, batch_size))
+        mark_rejected(report, out_dir)
     else:
         why = "--no-verify" if not verify else "Core ML is checkable on macOS only"
         log.warning("⚠️  PARITY GATE SKIPPED (%s): nobody checked that the exported model answers "

@@ -166,7 +166,8 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, data_config: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, path: str | Path, data_config: dict[str, Any], device: torch.device,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
@@ -174,7 +175,10 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         else:
             device = torch.device("cpu")  # ONNX Runtime has no MPS provider; CPU it is
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        if threads:  # a server plans its threads; otherwise ONNX Runtime takes every core
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.device = device
         self.resize, _ = split_eval_transform(data_config)
@@ -241,13 +245,13 @@ class Predictor:
         return cls(loaded.model, loaded.taxonomy, loaded.data_config, dev, loaded.meta)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
+    def from_onnx(cls, path: str | Path, device: str | torch.device = "auto", threads: int | None = None) -> Predictor:
         """An exported ``model.onnx`` (or a folder holding one, or a run with ``export/``):
         classes, bins and preprocessing come from its metadata."""
         path = resolve_onnx(path)
         meta = read_onnx_meta(path)
         data_config = LoadedCheckpoint(None, meta, taxonomy_from_meta(meta), path).data_config
-        backend = OnnxBackend(path, data_config, resolve_device(device))
+        backend = OnnxBackend(path, data_config, resolve_device(device), threads)
         return cls(backend, taxonomy_from_meta(meta), data_config, backend.device, meta)
 
     @property

@@ -8,8 +8,9 @@ store:
 
 - `top_mistakes`: the most confident wrong predictions (fastai's ``plot_top_losses``);
 - `confused_pairs`: the largest off-diagonal cells, each with its most confident examples;
-- `suspect_labels`: images whose given label (a class, or the whole of a set)
-  gets little probability while one class outside it gets a lot, ranked;
+- `suspect_labels`: the likely label errors among the held-out images (val and
+  test pooled), found by `label_issues.find_label_issues` (cleanlab) on the
+  fine-labelled ones and by the fixed rule on the set-labelled ones, ranked;
 - `per_source`: accuracy and worst confusions per data source, with a flag on a
   source whose accuracy sits well below the others' (a mislabelled dataset).
 
@@ -27,18 +28,18 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..artifacts import PREDICTIONS, SUSPECTS_CSV  # noqa: F401  (SUSPECTS_CSV re-exported)
 from ..utils import atomic_write, atomic_write_text
+from .label_issues import find_label_issues, fixed_rule
 
 log = logging.getLogger("sustain.evaluate.gallery")
 
 TOP_MISTAKES = 24  # per split
 PAIRS, PER_PAIR = 6, 6
-SUSPECT_GIVEN_MAX = 0.10  # at most this much probability on the given label (or inside its set) ...
-SUSPECT_OTHER_MIN = 0.50  # ... while one class outside it gets at least this much
 SUSPECTS_SHOWN = 24
 SOURCE_GAP = 0.10  # a source this far below the others' accuracy is flagged
 SOURCE_MIN_IMAGES = 10
@@ -177,14 +178,45 @@ def confused_pairs(sp: SamplePredictions, k: int = PAIRS,
     return out
 
 
-def suspect_labels(sp: SamplePredictions, given_max: float = SUSPECT_GIVEN_MAX,
-                   other_min: float = SUSPECT_OTHER_MIN) -> list[Sample]:
-    """Images whose given label gets ≤ `given_max` (summed over a set label's classes) while one
-    class outside it gets ≥ `other_min`; the least probable label first."""
-    outside = np.where(sp.targets, 0.0, sp.probs).max(axis=1)
-    mass = sp.given_mass
-    hits = np.flatnonzero((mass <= given_max) & (outside >= other_min))
-    return [sample(sp, int(i)) for i in _ranked(hits, [-outside, mass])]
+def _flag(stores: Sequence[SamplePredictions], members: list[int], masks: list[np.ndarray],
+          method: str | None) -> None:
+    """Mark in `masks` the suspects of the stores `members`, pooled into one finder call."""
+    probs = np.concatenate([stores[k].probs for k in members])
+    targets = np.concatenate([stores[k].targets for k in members])
+    where = [(k, i) for k in members for i in range(len(stores[k].paths))]
+    n_given = targets.sum(axis=1)
+    fine = np.flatnonzero(n_given == 1)
+    hits = [int(fine[i]) for i, _ in find_label_issues(probs[fine], targets[fine].argmax(axis=1), method=method)]
+    mass, outside = np.where(targets, probs, 0.0).sum(axis=1), np.where(targets, 0.0, probs).max(axis=1)
+    hits += np.flatnonzero((n_given > 1) & fixed_rule(mass, outside)).tolist()
+    for j in hits:
+        k, i = where[j]
+        masks[k][i] = True
+
+
+def suspect_masks(stores: Sequence[SamplePredictions], method: str | None = None) -> list[np.ndarray]:
+    """Per store, a bool mask of its suspect labels. The held-out stores (val, test) go to the finder
+    together, the in-sample ones (eval_train) apart: cleanlab sets its per-class thresholds from all
+    the images it is given, and in-sample scores must not shift the held-out ones. Fine-labelled
+    images: `find_label_issues(method)`; set-labelled ones (no single given class for cleanlab):
+    the fixed rule on the mass inside the set."""
+    masks = [np.zeros(len(sp.paths), dtype=bool) for sp in stores]
+    for in_sample in (False, True):
+        members = [k for k, sp in enumerate(stores) if sp.in_sample == in_sample]
+        if members:
+            _flag(stores, members, masks, method)
+    return masks
+
+
+def suspect_labels(stores: Sequence[SamplePredictions], method: str | None = None,
+                   masks: Sequence[np.ndarray] | None = None) -> list[Sample]:
+    """The suspects of all `stores` (see `suspect_masks`): held-out first, then the least probable
+    given label first."""
+    masks = suspect_masks(stores, method) if masks is None else masks
+    found = [(sample(sp, int(i)), k, int(i)) for k, (sp, m) in enumerate(zip(stores, masks, strict=True))
+             for i in np.flatnonzero(m)]
+    found.sort(key=lambda t: (t[0].in_sample, t[0].p_given, -t[0].p_predicted, t[1], t[2]))
+    return [s for s, _, _ in found]
 
 
 @dataclass(frozen=True)
@@ -204,14 +236,13 @@ class SourceView:
                 and self.others_accuracy - self.accuracy >= SOURCE_GAP)
 
 
-def per_source(sp: SamplePredictions, k: int = 3) -> list[SourceView]:
-    """Accuracy, set accuracy, suspect count and the k worst confusions of each source."""
+def per_source(sp: SamplePredictions, k: int = 3, suspect: np.ndarray | None = None) -> list[SourceView]:
+    """Accuracy, set accuracy, suspect count and the k worst confusions of each source; `suspect` is
+    the store's mask from `suspect_masks` (computed for this store alone when None)."""
     pred = sp.predicted
     hit = sp.targets[np.arange(len(pred)), pred]
     fine, is_set = sp.fine, sp.targets.sum(axis=1) > 1
-    suspect = np.zeros(len(pred), dtype=bool)
-    outside = np.where(sp.targets, 0.0, sp.probs).max(axis=1)
-    suspect[(sp.given_mass <= SUSPECT_GIVEN_MAX) & (outside >= SUSPECT_OTHER_MIN)] = True
+    suspect = suspect_masks([sp])[0] if suspect is None else suspect
     true = sp.targets.argmax(axis=1)
     views = []
     for source in dict.fromkeys(sp.sources.tolist()):
@@ -227,6 +258,13 @@ def per_source(sp: SamplePredictions, k: int = 3) -> list[SourceView]:
             set_accuracy=float(hit[s].mean()) if s.any() else None, n_suspect=int((suspect & mine).sum()),
             confusions=[(sp.classes[t], sp.classes[p], n) for (t, p), n in worst]))
     return views
+
+
+def label_issue_rows(suspects: Iterable[Sample]) -> list[dict[str, Any]]:
+    """`label_issues.csv` rows (`label_issues.write_label_issues`) of ranked suspects, e.g.
+    ``suspect_labels([oof_store])`` for a cross-validation's out-of-fold predictions."""
+    return [{"path": s.path, "source": s.source, "given": s.given, "suggested": s.predicted,
+             "label_quality": s.p_given, "rank": rank} for rank, s in enumerate(suspects, 1)]
 
 
 def write_suspects_csv(path: str | Path, suspects: Iterable[Sample],

@@ -10,7 +10,14 @@ import yaml
 from pydantic import ValidationError
 
 from ..config import SourceConfig
-from ..data import IMAGE_EXTENSIONS, ManifestRow, compile_label_map, read_manifest, walk_labelled
+from ..data import (
+    IMAGE_EXTENSIONS,
+    ManifestRow,
+    compile_label_map,
+    normalize_key,
+    read_manifest,
+    walk_labelled,
+)
 from ..errors import ConfigError, UsageError
 from ..taxonomy import Taxonomy
 
@@ -39,10 +46,10 @@ def labelled_folder_rows(
     walked = walk_labelled(root, _folder_label_map(source, taxonomy, label_map))
     if walked.unmapped:
         folders = sorted(walked.unmapped)
-        problem = (f"Folders in {root} are not in --label-map {label_map}: {folders}" if label_map is not None else
-                   f"Folders in {root} name no class or set of the checkpoint: {folders}")
-        raise UsageError(problem, "use the checkpoint's class or set names, or pass --label-map map.yaml "
-                                  "with {folder: class | [classes] | SET | null} (null skips a folder)")
+        where = f" and are not in --label-map {label_map}" if label_map is not None else ""
+        raise UsageError(f"Folders in {root} name no class or set of the checkpoint{where}: {folders}",
+                         f"rename them to a class or set name, or {'add them to' if label_map else 'pass'} "
+                         "--label-map map.yaml with {folder: class | [classes] | SET | null} (null skips a folder)")
     rows = [ManifestRow(path=entry.path, source=source, label=taxonomy.label_name(targets), targets=targets,
                         split="eval", content_hash="", group=i, relpath=entry.rel)
             for i, (entry, targets) in enumerate(walked.labelled)]
@@ -51,20 +58,29 @@ def labelled_folder_rows(
     return rows, [source]
 
 
-def _folder_label_map(source: str, taxonomy: Taxonomy, label_map: str | Path | None) -> Any:
-    """The LabelMap for `--data`: the --label-map YAML, or every class and set name as itself."""
-    if label_map is None:
-        mapping: Any = {name: name for name in (*taxonomy.classes, *taxonomy.sets)}
-    else:
-        try:
-            mapping = yaml.safe_load(Path(label_map).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(f"Cannot read --label-map {label_map}: {exc}", "give a YAML {folder: class} mapping") from None
-        if not isinstance(mapping, dict):
-            raise UsageError(f"--label-map {label_map} must be a mapping {{folder: class}}")
+def _read_label_map(label_map: str | Path) -> dict[str, Any]:
     try:
-        return compile_label_map(SourceConfig(name=source, root=".", label_map={str(k): v for k, v in mapping.items()}),
-                                 taxonomy)
+        mapping = yaml.safe_load(Path(label_map).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"Cannot read --label-map {label_map}: {exc}", "give a YAML {folder: class} mapping") from None
+    if not isinstance(mapping, dict):
+        raise UsageError(f"--label-map {label_map} must be a mapping {{folder: class}}")
+    return {str(k): v for k, v in mapping.items()}
+
+
+def folder_mapping(taxonomy: Taxonomy, given: dict[str, Any]) -> dict[str, Any]:
+    """Every class and set name as itself, then the --label-map entries: a folder named after a class
+    or set needs no entry, and an entry for such a folder wins (keys compare as ingestion's do)."""
+    mapped = {normalize_key(k) for k in given}
+    own = {name: name for name in (*taxonomy.classes, *taxonomy.sets) if normalize_key(name) not in mapped}
+    return {**own, **given}
+
+
+def _folder_label_map(source: str, taxonomy: Taxonomy, label_map: str | Path | None) -> Any:
+    """The LabelMap for `--data`: class and set names as themselves, plus the --label-map YAML."""
+    mapping = folder_mapping(taxonomy, {} if label_map is None else _read_label_map(label_map))
+    try:
+        return compile_label_map(SourceConfig(name=source, root=".", label_map=mapping), taxonomy)
     except ValidationError as exc:
         raise UsageError(f"--label-map {label_map}: {exc.errors()[0]['msg']}",
                          "each folder maps to a class, a set, a list of classes, or null") from None

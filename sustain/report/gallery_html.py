@@ -12,11 +12,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..evaluate import (
+    DEFAULT_METHOD,
+    FIXED_GIVEN_MAX,
+    FIXED_OTHER_MIN,
     PAIRS,
     PER_PAIR,
-    SUSPECT_GIVEN_MAX,
-    SUSPECT_OTHER_MIN,
     SUSPECTS_CSV,
     SUSPECTS_SHOWN,
     TOP_MISTAKES,
@@ -27,6 +30,7 @@ from ..evaluate import (
     load_run_predictions,
     per_source,
     suspect_labels,
+    suspect_masks,
     top_mistakes,
 )
 from ..utils import escape_html, wrap_html
@@ -127,10 +131,11 @@ def _pairs(sp: SamplePredictions, tiles: _Tiles, shown: set[str]) -> str:
 def _suspects(stores: Sequence[SamplePredictions], suspects: list[Sample], tiles: _Tiles) -> str:
     scored = ", ".join(f"{sp.split} ({'in-sample' if sp.in_sample else 'held-out'}, {len(sp.paths)} images)"
                        for sp in stores)
-    out = (f'<p class="sg-muted">An image is suspect when its given label gets ≤ {_pct(SUSPECT_GIVEN_MAX)} '
-           f"(for a set label: summed over the set's classes) while one class outside it gets ≥ "
-           f"{_pct(SUSPECT_OTHER_MIN)}. Scored: {escape_html(scored)}. Review them in <code>{SUSPECTS_CSV}</code> "
-           f"(docs/evaluation.md says how to feed fixes back).</p>")
+    out = (f'<p class="sg-muted">Fine-labelled images are screened by cleanlab\'s confident learning '
+           f"(<code>filter_by={DEFAULT_METHOD}</code>: per-class thresholds estimated from these predictions); "
+           f"a set-labelled image is suspect when its set gets ≤ {_pct(FIXED_GIVEN_MAX)} of the probability while "
+           f"one class outside it gets ≥ {_pct(FIXED_OTHER_MIN)}. Scored: {escape_html(scored)}. Review them in "
+           f"<code>{SUSPECTS_CSV}</code> (docs/evaluation.md says how to feed fixes back).</p>")
     if any(sp.in_sample for sp in stores):
         out += ('<p class="sg-note">Train scores are <b>in-sample</b>: the model learned those labels, wrong '
                 "ones included, so it flags fewer of them than a held-out score would. Treat train rows as a "
@@ -145,8 +150,8 @@ def _suspects(stores: Sequence[SamplePredictions], suspects: list[Sample], tiles
                   + tiles.grid(suspects[:SUSPECTS_SHOWN]))
 
 
-def _sources(sp: SamplePredictions) -> str:
-    views = per_source(sp)
+def _sources(sp: SamplePredictions, suspect: np.ndarray) -> str:
+    views = per_source(sp, suspect=suspect)
     rows = []
     for v in views:
         confusions = "; ".join(f"{t} → {p} ({n})" for t, p, n in v.confusions) or "none"
@@ -170,7 +175,8 @@ def render_gallery(stores: Sequence[SamplePredictions], n: int = TOP_MISTAKES,
         return Gallery(f"<{h}>Error gallery</{h}>" '<p class="sg-muted">No per-sample predictions '
                        "(predictions_val.npz): this run predates them; rerun the final evaluation to get the "
                        "gallery.</p>")
-    suspects = sorted((s for sp in stores for s in suspect_labels(sp)), key=lambda s: (s.in_sample, s.p_given))
+    masks = suspect_masks(stores)
+    suspects = suspect_labels(stores, masks=masks)
     parts = [f"<style>{CSS}</style>"]
     for i, sp in enumerate(sp for sp in stores if not sp.in_sample):
         mistakes, shown = _mistakes(sp, n, tiles)
@@ -182,9 +188,9 @@ def render_gallery(stores: Sequence[SamplePredictions], n: int = TOP_MISTAKES,
     parts.append(f"<{h}>Suspect labels</{h}>" + _suspects(stores, suspects, tiles))
     parts.append(f"<{h}>Per-source view</{h}>" + '<p class="sg-muted">A source well below the others on the same '
                  "taxonomy is how a mislabelled dataset shows up.</p>")
-    first, *rest = stores  # the first split open, the others one click away
-    parts.append(f"<{sub}>{escape_html(first.split)}</{sub}>" + _sources(first))
-    parts += [f"<details><summary>{escape_html(sp.split)}</summary>{_sources(sp)}</details>" for sp in rest]
+    (first, first_mask), *rest = zip(stores, masks, strict=True)  # the first split open, the others one click away
+    parts.append(f"<{sub}>{escape_html(first.split)}</{sub}>" + _sources(first, first_mask))
+    parts += [f"<details><summary>{escape_html(sp.split)}</summary>{_sources(sp, m)}</details>" for sp, m in rest]
     if tiles.thumbs.missing:
         parts.append(f'<p class="sg-note">{len(tiles.thumbs.missing)} image(s) could not be read for a thumbnail '
                      f"(moved or deleted since the run?), e.g. {escape_html(show(next(iter(tiles.thumbs.missing))))}</p>")

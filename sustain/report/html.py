@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluate import top_confusions
+from ..evaluate import shift_rows, top_confusions
 from ..utils import escape_html
 from ..utils import wrap_html as wrap
 from .confusion_html import confusion_table
@@ -277,6 +277,27 @@ def _evaluation_section(reports: Mapping[str, Any]) -> str:
     return out
 
 
+def _shift_section(test: Any, ood: Any) -> str:
+    """In-domain test beside each held-out source (data.split.holdout_sources)."""
+    rows = shift_rows(test, ood)
+    if not rows:
+        return ""
+
+    def interval(bounds: tuple[float, float] | None) -> str:
+        return "n/a" if bounds is None else f"{_fmt(bounds[0], True)} – {_fmt(bounds[1], True)}"
+
+    table = html_table(
+        ["", "fine images", "accuracy", "95% interval (Wilson)", "gap to in-domain test", "set images", "set accuracy",
+         "95% interval"],
+        [[f"{r.name}{' (held out)' if r.held_out else ''}", r.n_fine, _fmt(r.accuracy, True), interval(r.interval),
+          "" if r.gap is None else f"{100 * r.gap:+.1f} points", r.n_set, _fmt(r.set_accuracy, True),
+          interval(r.set_interval)] for r in rows])
+    return ("<h2>In-domain test and held-out sources</h2>"
+            '<p class="muted">The held-out sources (data.split.holdout_sources) were never trained on, and their '
+            "near duplicates were removed from the other sources: their accuracy is what to expect at a new site "
+            "that looks like them. In-domain test comes from the training sources.</p>" + table)
+
+
 def _glance_section(run: Any, reports: Mapping[str, Any], classes: Sequence[str] | None,
                     confusion: np.ndarray | None, gallery: Gallery | None) -> str:
     pairs = top_confusions(confusion, classes, k=1) if confusion is not None and classes and \
@@ -311,6 +332,7 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
     sections += [f'<p class="note">{escape_html(view.text(n))}</p>' for n in notes]
     sections.append("<h2>Run summary</h2>" + _summary_section(run, history, val, classes, view.text))
     sections.append("<h2>Final evaluation (best weights)</h2>" + _evaluation_section(reports))
+    sections.append(_shift_section(reports.get("test"), reports.get("ood")))
     if isinstance(val, Mapping) and classes:
         sections.append("<h2>Worst classes (val)</h2>" + _worst_section(val, classes))
     sections.append("<h2>Confusions (val)</h2>" + _confusion_section(confusions.get("val"), classes,

@@ -28,6 +28,7 @@ from ..artifacts import (
     DATA_SUMMARY,
     F1_PNG,
     HISTORY,
+    OOD_REPORT,
     REPORT_HTML,
     RUN,
     SUSPECTS_CSV,
@@ -125,6 +126,7 @@ def build_report(run_dir: str | Path) -> Path:
     data_summary = _read_record(DataSummary, run_dir, notes)
     val = _read_json(run_dir / VAL_REPORT, notes)
     test = _read_json(run_dir / TEST_REPORT, notes)
+    ood = _read_json(run_dir / OOD_REPORT, notes) if (run_dir / OOD_REPORT).is_file() else None
     confusion = _read_npy(run_dir / VAL_CONFUSION, notes)
     test_confusion = _read_npy(run_dir / TEST_CONFUSION, notes)
     classes = _classes(val, test, run, _read_record(ModelMeta, run_dir, notes))
@@ -148,7 +150,8 @@ def build_report(run_dir: str | Path) -> Path:
         write_suspects_csv(run_dir / SUSPECTS_CSV, gallery.suspects, lambda s: view.in_source(s.path, s.source))
     notes = [view.text(n) for n in notes]
     page = render_html(run_dir=run_dir, view=view, history=history, run=run, data_summary=data_summary,
-                       reports={"val": val, "test": test}, confusions={"val": confusion, "test": test_confusion},
+                       reports={"val": val, "test": test, **({"ood": ood} if ood is not None else {})},
+                       confusions={"val": confusion, "test": test_confusion},
                        classes=classes, images=images, notes=notes, gallery=gallery)
     out = atomic_write_text(run_dir / REPORT_HTML, page)
     log.debug("report written with %d plot(s), %d suspect label(s), %.1f MB of thumbnails; notes: %s",

@@ -15,7 +15,8 @@ from ..errors import UsageError
 
 CONNECT_TIMEOUT = 3.0  # seconds for the start-up check of a server
 ARTIFACTS = (artifacts.REPORT_HTML, artifacts.CURVES_PNG, artifacts.CONFUSION_PNG, artifacts.F1_PNG,
-             artifacts.EXPORT_META, artifacts.RUN, artifacts.HISTORY, artifacts.VAL_REPORT, artifacts.TEST_REPORT)
+             artifacts.EXPORT_META, artifacts.RUN, artifacts.HISTORY, artifacts.VAL_REPORT, artifacts.TEST_REPORT,
+             artifacts.OOD_REPORT)
 WEIGHTS = artifacts.EXPORT_WEIGHTS
 
 

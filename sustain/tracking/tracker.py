@@ -113,7 +113,8 @@ class Tracker:
             self.close("FINISHED" if run.get("status") == "completed" else "FAILED")
             return None
         reports = {split: json.loads(p.read_text(encoding="utf-8")) for split, p in
-                   (("val", out_dir / artifacts.VAL_REPORT), ("test", out_dir / artifacts.TEST_REPORT)) if p.is_file()}
+                   (("val", out_dir / artifacts.VAL_REPORT), ("test", out_dir / artifacts.TEST_REPORT),
+                    ("ood", out_dir / artifacts.OOD_REPORT)) if p.is_file()}  # ood: data.split.holdout_sources
         metrics = final_metrics(reports)
         metrics.update({f"checklist.{it['id']}": float(it["passed"]) for it in run.get("checklist") or []})
         self._scalars(metrics, int(run.get("epochs_completed") or 0))

@@ -141,7 +141,7 @@ def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf,
                   dist: Distributed, image_cache: Any = None) -> Loaders:
     from ..data import ManifestDataset, collate_skip_failed
 
-    rows = {split: lake.split(split) for split in ("train", "val", "test")}
+    rows = {split: lake.split(split) for split in ("train", "val", "test", "ood")}
     if not rows["train"]:
         raise UsageError("No training images: the train split is empty", "add images or sources (see data_summary.json)")
     if not rows["val"]:
@@ -184,8 +184,9 @@ def build_loaders(cfg: Config, lake: Any, taxonomy: Taxonomy, train_tf, eval_tf,
                      generator=torch.Generator(), **common)
     once = {**common, "persistent_workers": False, "generator": torch.Generator()}  # the final evaluation reads once
     final: dict[str, DataLoader | None] = {"val": DataLoader(val_ds, batch_size=batch_size, shuffle=False, **once)}
-    final["test"] = (DataLoader(dataset("test", eval_tf), batch_size=batch_size, shuffle=False, **once)
-                     if rows["test"] else None)
+    for split in ("test", "ood"):  # ood: the held-out sources (data.split.holdout_sources), scored beside test
+        final[split] = (DataLoader(dataset(split, eval_tf), batch_size=batch_size, shuffle=False, **once)
+                        if rows[split] else None)
     return Loaders(train=train, val=val, train_batches=batches, seed=cfg.seed, rank=dist.rank, generator=generator,
                    final=final, train_items=train_items)
 

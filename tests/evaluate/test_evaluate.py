@@ -177,6 +177,32 @@ def test_evaluate_cli_scores_a_labelled_folder(tmp_path: Path, run_cli):
     assert result.code == 2 and "Jars" in result.output and "--label-map" in result.output
 
 
+def test_evaluate_data_needs_no_map_entry_for_folders_named_after_a_class_or_set(tmp_path: Path, run_cli):
+    """The issue's case: --label-map covers only the folders that need it; the others are class or
+    set names and are labelled as such (case and '_' ignored, as ingestion does)."""
+    model = tiny_model(SMALL.num_classes)
+    run = tmp_path / "run"
+    save_tiny_checkpoint(run, model, SMALL)
+    data = tmp_path / "site_c"
+    tins = write_images(data / "tin_can", 2)
+    write_images(data / "Recyclable", 3, seed=3)
+    write_images(data / "Jars", 1, seed=4)
+    write_images(data / "banana_peel", 2, seed=5)  # mapped away by the YAML: its entry wins
+    label_map = tmp_path / "map.yaml"
+    label_map.write_text(yaml.safe_dump({"Jars": "glass_jar", "banana_peel": None}))
+
+    result = run_cli("evaluate", "--checkpoint", run, "--data", data, "--label-map", label_map)
+
+    assert result.code == 0, result.output
+    report = json.loads((run / "eval_data_site_c_classification_report.json").read_text())
+    assert (report["tin_can"]["support"], report["glass_jar"]["support"], report["n_set"]) == (len(tins), 1, 3)
+    assert report["banana_peel"]["support"] == 0 and report["n_samples"] == 6
+
+    write_images(data / "mystery", 1, seed=6)
+    result = run_cli("evaluate", "--checkpoint", run, "--data", data, "--label-map", label_map)
+    assert result.code == 2 and "['mystery']" in result.output and "add them to --label-map" in result.output
+
+
 @pytest.mark.slow
 def test_a_run_whose_last_epoch_is_worse_reports_the_best_epoch(tmp_path: Path):
     """End to end through the engine: the final evaluation, `sustain evaluate` and the

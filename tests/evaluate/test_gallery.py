@@ -63,13 +63,36 @@ def test_confused_pairs_come_with_their_most_confident_examples():
 
 
 def test_suspect_labels_use_the_probability_mass_inside_a_set():
-    suspects = suspect_labels(SP)
+    suspects = suspect_labels([SP], method="fixed_threshold")
     assert [s.path for s in suspects] == ["sure_wrong.jpg", "set_outside.jpg"]
     assert suspects[1].given == "RECYCLABLE" and suspects[1].p_given == pytest.approx(0.05)
     assert suspects[1].predicted == "peel"
-    # a looser threshold lets the less certain ones in, least probable label first
-    assert [s.path for s in suspect_labels(SP, given_max=0.2, other_min=0.6)][:3] == [
-        "sure_wrong.jpg", "set_outside.jpg", "peel_as_bag.jpg"]
+
+
+def test_suspects_pool_val_and_test_and_list_held_out_before_in_sample():
+    from dataclasses import replace
+
+    rng = np.random.default_rng(0)
+    given = rng.integers(0, 4, 400)
+    probs = np.full((400, 4), 0.02, dtype=np.float32)
+    probs[np.arange(400), given] = 0.94
+    flips = np.arange(0, 400, 25)  # 16 images whose model sees another class
+    probs[flips] = 0.02
+    probs[flips, (given[flips] + 1) % 4] = 0.94
+    targets = np.eye(4, dtype=bool)[given]
+    names = np.array([f"{i}.jpg" for i in range(400)])
+
+    def part(split: str, rows: slice, in_sample: bool = False) -> SamplePredictions:
+        return SamplePredictions(split=split, classes=TAX.classes, paths=names[rows], sources=np.array(["a"] * 200),
+                                 labels=np.array(TAX.classes)[given[rows]], probs=probs[rows], targets=targets[rows],
+                                 in_sample=in_sample)
+
+    val, test = part("val", slice(0, 200)), part("test", slice(200, 400))
+    found = suspect_labels([val, test, replace(val, split="eval_train", in_sample=True)])
+    held_out = [s for s in found if not s.in_sample]
+    assert {s.path for s in held_out} == {f"{i}.jpg" for i in flips}
+    assert {s.split for s in held_out} == {"val", "test"}
+    assert [s.in_sample for s in found] == [False] * 16 + [True] * 8
 
 
 def test_per_source_flags_the_source_that_disagrees():
@@ -101,7 +124,7 @@ def test_suspects_csv_says_which_scores_are_in_sample(tmp_path: Path):
     from sustain.evaluate.gallery import write_suspects_csv
 
     train = replace(SP, split="train", in_sample=True)
-    write_suspects_csv(tmp_path / "s.csv", [*suspect_labels(SP), *suspect_labels(train)])
+    write_suspects_csv(tmp_path / "s.csv", suspect_labels([SP, train], method="fixed_threshold"))
     rows = [r.split(",") for r in (tmp_path / "s.csv").read_text().splitlines()]
     assert rows[0][:7] == ["rank", "split", "scores", "path", "source", "given_label", "predicted_label"]
     assert [(r[1], r[2], r[3], r[5], r[6]) for r in rows[1:3]] == [

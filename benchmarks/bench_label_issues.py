@@ -1,0 +1,157 @@
+"""Precision and recall of the label-issue finder against injected label flips, for every method on the same probabilities.
+
+Lakes from scikit-learn's 1,797 digit images (8×8, 10 classes): an easy one
+(all 64 pixels, an RBF SVM, calibrated, ~98% out-of-fold accuracy), two hard ones (each image
+pooled to 4×4 = 16 features: a regularised logistic regression, calibrated
+but weak, and Gaussian naive Bayes, over-confident as many networks are; both
+~85%, far from perfect) and a very hard one (2×2 = 4 features, ~55%: where no rule can be precise). In each, `--flip` of the labels are moved to a random other class;
+out-of-fold probabilities come from a stratified `--folds`-fold
+cross-validation trained on the *noisy* labels, so every image is scored by a
+model that never saw it. Then `sustain.evaluate.label_issues.find_label_issues`
+runs with each cleanlab ``filter_by`` and with the fixed-threshold rule on the
+same probabilities, and its list is scored against the flips. Repeated over
+`--seeds`; the JSON keeps every seed and the mean.
+
+    python benchmarks/bench_label_issues.py [--seeds 5] [--flip 0.05] [--folds 5] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from benchmarks.common import ROOT, arg_parser, results_file, write_result
+
+GOAL = {"recall": 0.80, "precision": 0.60}
+
+
+def lakes() -> dict[str, tuple[np.ndarray, np.ndarray, object]]:
+    """name -> (features, true labels, classifier factory): easy, hard, and one too hard to use."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    x, y = load_digits(return_X_y=True)
+
+    def pooled(side: int) -> np.ndarray:  # 8×8 → side×side mean pooling: fewer, blurrier features
+        k = 8 // side
+        return x.reshape(-1, side, k, side, k).mean(axis=(2, 4)).reshape(len(x), side * side)
+
+    return {
+        "easy_digits_8x8_svc": (x, y, lambda: CalibratedClassifierCV(SVC(), ensemble=False)),
+        "hard_digits_4x4_logreg": (pooled(4), y, lambda: make_pipeline(StandardScaler(),
+                                                                      LogisticRegression(C=0.1, max_iter=2000))),
+        "hard_digits_4x4_naive_bayes": (pooled(4), y, GaussianNB),
+        "very_hard_digits_2x2_naive_bayes": (pooled(2), y, GaussianNB),
+    }
+
+
+def flip_labels(y: np.ndarray, share: float, n_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy labels, indices flipped): `share` of the rows moved to a uniformly drawn other class."""
+    flipped = np.sort(rng.choice(len(y), size=round(share * len(y)), replace=False))
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + rng.integers(1, n_classes, size=len(flipped))) % n_classes
+    return noisy, flipped
+
+
+def out_of_fold(x: np.ndarray, labels: np.ndarray, make, folds: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedKFold
+
+    probs = np.zeros((len(x), int(labels.max()) + 1))
+    for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
+        model = make().fit(x[train], labels[train])
+        probs[np.ix_(held, model.classes_)] = model.predict_proba(x[held])
+    return probs
+
+
+def score(found: list[tuple[int, float]], flipped: np.ndarray) -> dict:
+    hits = len({i for i, _ in found} & set(flipped.tolist()))
+    return {"listed": len(found), "true_flips": hits,
+            "precision": hits / len(found) if found else None, "recall": hits / len(flipped)}
+
+
+def one_seed(x, y, make, flip: float, folds: int, seed: int) -> dict:
+    from sustain.evaluate.label_issues import METHODS, find_label_issues
+
+    rng = np.random.default_rng(seed)
+    noisy, flipped = flip_labels(y, flip, int(y.max()) + 1, rng)
+    probs = out_of_fold(x, noisy, make, folds, seed)
+    out = {"seed": seed, "n": len(y), "flips": len(flipped),
+           "oof_accuracy_vs_true": float((probs.argmax(1) == y).mean()), "methods": {}}
+    for method in METHODS:
+        t0 = time.perf_counter()
+        found = find_label_issues(probs, noisy, method=method)
+        out["methods"][method] = {**score(found, flipped), "seconds": round(time.perf_counter() - t0, 4)}
+    return out
+
+
+def mean_over(seeds: list[dict]) -> dict:
+    def avg(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return round(float(np.mean(values)), 4) if values else None
+
+    out = {}
+    for method in seeds[0]["methods"]:
+        m = {k: avg([s["methods"][method][k] for s in seeds]) for k in ("precision", "recall", "listed")}
+        p, r = m["precision"] or 0.0, m["recall"] or 0.0
+        m["f1"] = round(2 * p * r / (p + r), 4) if p + r else 0.0
+        m["meets_goal"] = p >= GOAL["precision"] and r >= GOAL["recall"]
+        out[method] = m
+    return {"oof_accuracy_vs_true": avg([s["oof_accuracy_vs_true"] for s in seeds]), "methods": out}
+
+
+def machine() -> dict:
+    import cleanlab
+    import sklearn
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
+            "platform": platform.platform(), "commit": commit, "python": platform.python_version(),
+            "numpy": np.__version__, "cleanlab": cleanlab.__version__, "scikit_learn": sklearn.__version__}
+
+
+def run(argv: list[str]) -> dict:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--flip", type=float, default=0.05)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=results_file("bench_label_issues"))
+    args = parser.parse_args(argv)
+    result = {"command": "python benchmarks/bench_label_issues.py " + " ".join(argv), "goal": GOAL,
+              "flip": args.flip, "folds": args.folds, "machine": machine(), "lakes": {}}
+    for name, (x, y, make) in lakes().items():
+        seeds = [one_seed(x, y, make, args.flip, args.folds, s) for s in range(args.seeds)]
+        result["lakes"][name] = {"mean": mean_over(seeds), "seeds": seeds}
+    result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    write_result(args.out, result)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    result = run(argv)
+    for name, lake in result["lakes"].items():
+        print(f"{name}: out-of-fold accuracy {lake['mean']['oof_accuracy_vs_true']:.1%}")
+        for method, m in lake["mean"]["methods"].items():
+            p = "n/a" if m["precision"] is None else f"{m['precision']:.1%}"
+            print(f"  {method:24s} precision {p:>6s}  recall {m['recall']:.1%}  F1 {m['f1']:.3f}  "
+                  f"listed {m['listed']}{'  meets the goal' if m['meets_goal'] else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
