@@ -144,8 +144,10 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
         with trainer.stop.installed():
             run_epochs(trainer, state)
     except Stopped as stop:
+        state.end_segment()
         setup.timings["train_seconds"] = state.train_seconds()  # every start's, not only this one's
         raise _interrupted(trainer, state, setup, stop) from None
+    state.end_segment()
     setup.timings["train_seconds"] = state.train_seconds()
     if setup.img_cache is not None and dist.is_main:  # its disk use: logged, and in data_summary.json and run.json
         log.info(record_image_cache(out_dir, setup.lake, setup.img_cache))

@@ -62,6 +62,10 @@ class LoopState:
         """This start begins training: run.json counts its seconds beside the earlier starts'."""
         self.segment_clock, self.segment_started = time.perf_counter(), now()
 
+    def end_segment(self) -> None:
+        """Training of this start is over: its seconds stop counting (the final evaluation is not training)."""
+        self.segments, self.segment_clock = self.all_segments(), None
+
     def all_segments(self) -> list[dict[str, Any]]:
         """Every start so far, this one with its seconds until now (a checkpoint keeps them)."""
         if self.segment_clock is None:
