@@ -8,6 +8,7 @@ to the absolute roots its config and data summary name.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 
 from ..artifacts import RUN
 from ..utils import portable_path
+
+# An absolute POSIX path inside text: not after a word, a dot, `~` or a root's name (`<data root>/x`), and not
+# a URL's host (`https://host/...`); an sqlite URI's path (`sqlite:////abs/mlflow.db`) is one.
+_ABSOLUTE = re.compile(r"(?<![\w.:~>])(?<!:/)/(?:[^\s/\"'<>]+/)+[^\s/\"'<>,;)]+")
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class PathView:
         return portable_path(path, [root]) if root else self.show(path)
 
     def text(self, value: str) -> str:
-        """Any text with each root replaced by its name (notes and messages that quote a path)."""
+        """Any text with each root replaced by its name (notes, raw JSON); any other absolute path
+        (a cache or an MLflow store elsewhere) keeps only its last two parts."""
         for root, name in self._named_roots():
             value = value.replace(root, name)
-        return value
+        return _ABSOLUTE.sub(lambda m: portable_path(m.group(0), []), value)
