@@ -243,3 +243,14 @@ def test_weakest_source_and_what_to_look_at_first():
                      "wrong labels cap every metric."]
     assert glance_lines(run, {"test": test}, ["glass", "paper"], 0, ("glass", "paper", 4))[-1] == \
         "Look first at glass predicted as paper (4 image(s), Most-confused pairs)."
+
+
+def test_shared_text_names_files_by_their_root_and_never_the_machines_folders(tmp_path: Path):
+    from sustain.report.paths import PathView
+
+    view = PathView(tmp_path / "run", str(tmp_path / "lake"), {"master": str(tmp_path / "lake" / "m")})
+    assert view.show(tmp_path / "lake" / "m" / "glass" / "a.jpg") == "m/glass/a.jpg"  # relative to the data root
+    assert view.in_source(str(tmp_path / "lake" / "m" / "glass" / "a.jpg"), "master") == "glass/a.jpg"  # as exclude
+    assert view.show(tmp_path / "run" / "best_model.safetensors") == "best_model.safetensors"
+    text = view.text(f"cache {tmp_path}/cache/decode.sqlite; store sqlite:///{tmp_path}/mlflow.db; https://mlflow.example/x")
+    assert str(tmp_path) not in text and "https://mlflow.example/x" in text and "…/cache/decode.sqlite" in text
