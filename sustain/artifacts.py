@@ -57,6 +57,12 @@ F1_PNG = "per_class_f1.png"
 # ---- `sustain export`
 EXPORT_REPORT = "export_report.json"
 
+# ---- `sustain crossval`: OUTPUT/crossval/<scheme>/ (docs/evaluation.md, "Cross-validation")
+CROSSVAL_DIR = "crossval"
+CROSSVAL = "crossval.json"
+FOLDS_CSV = "folds.csv"
+FOLD_ASSIGNMENT = "split_assignment.csv"  # in each fold's run folder: what data.split.assignment names
+
 
 def best_checkpoint_name(epoch: int, val_acc: float) -> str:
     """`best_model_epoch{E}_acc{A:.2f}.pth` with A the val accuracy in percent."""
@@ -315,3 +321,21 @@ class RunRecord(Record):
     local_paths: dict[str, Any] | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)  # one per start (a resume adds one)
 
+
+
+# =========================================================================== crossval.json
+
+@dataclass
+class CrossvalRecord(Record):
+    """One cross-validation scheme's results (`crossval.json`); fractions 0-1."""
+
+    FILE: ClassVar[str] = CROSSVAL
+
+    scheme: str  # "kfold" | "source"
+    folds: list[dict[str, Any]]  # name, held_out, n_train, n_val, n_test, accuracy, macro_f1, ... run_dir
+    summary: dict[str, Any]  # accuracy / macro_f1: mean, std, ci95 (t interval over folds), n_folds
+    oof: dict[str, Any] = field(default_factory=dict)  # the pooled out-of-fold score: n, accuracy, ci95
+    sources: list[dict[str, Any]] = field(default_factory=list)  # source: out-of-source vs in-domain, shift gap
+    skipped_sources: dict[str, Any] = field(default_factory=dict)  # source -> {fine_images, reason}
+    label_issues: dict[str, Any] = field(default_factory=dict)  # how many, by which rule, on how many images
+    settings: dict[str, Any] = field(default_factory=dict)  # folds, seed, val fraction, min images, epochs

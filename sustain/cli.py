@@ -42,6 +42,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_crossval(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)  # config errors first, before heavy imports
+    from .training import CrossvalOptions, run_crossval
+
+    run_crossval(cfg, CrossvalOptions(scheme=args.by, folds=args.folds, resume=args.resume, only_fold=args.fold,
+                                  summarize_only=args.summarize, min_images=args.min_images))
+    return 0
+
+
 def cmd_data_ingest(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # config errors first, before heavy imports
     from .data import ingest
@@ -127,6 +136,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 USAGE_SUMMARY = """\
 commands:
   sustain train --config FILE [--set k=v ...] [--resume auto|PATH] [--output DIR]
+  sustain crossval --config FILE [--folds K | --by source] [--fold I | --summarize] [--resume auto]
+                                             K trainings: accuracy on unseen images or sources, with intervals
   sustain data ingest --config FILE          build and print the data summary and manifest
   sustain data demo --out DIR                generate the procedural demo lake
   sustain data download --config FILE        fetch the Kaggle sources (your own credentials)
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # One function a group, called in the order `sustain --help` lists the commands.
     _add_train(sub)
+    _add_crossval(sub)
     _add_data(sub)
     _add_model_commands(sub)
     _add_serve(sub)
@@ -172,6 +184,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="auto|PATH", help="resume from last.pth in the output folder, or a checkpoint")
     p.add_argument("--output", metavar="DIR", help="output folder (overrides output_dir)")
     p.set_defaults(func=cmd_train)
+
+
+def _add_crossval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("crossval", help="cross-validate: k-fold or leave-one-source-out, one training per fold")
+    _with_config(p)
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="k-fold: the number of folds (default 5)")
+    p.add_argument("--by", choices=["kfold", "source"], default="kfold",
+                   help="kfold (default), or source: hold out each source in turn")
+    p.add_argument("--fold", type=int, metavar="I", help="run fold I only (e.g. one task of a SLURM job array)")
+    p.add_argument("--summarize", action="store_true", help="train nothing: build the summary of the finished folds")
+    p.add_argument("--resume", choices=["auto"], help="skip finished folds, continue an interrupted one at its batch")
+    p.add_argument("--min-images", type=int, default=20, metavar="N",
+                   help="--by source: fine-labelled images a source needs to be held out (default 20)")
+    p.add_argument("--output", metavar="DIR", help="output folder (overrides output_dir); results in DIR/crossval/")
+    p.set_defaults(func=cmd_crossval)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:

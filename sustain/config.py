@@ -53,6 +53,9 @@ class SplitConfig(_Section):
     train: float = Field(0.8, ge=0, le=1)
     val: float = Field(0.1, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
+    # A file of `content_hash,split` rows that fixes every image's split (one crossval fold writes
+    # one); null: the seeded, grouped, stratified split above.
+    assignment: str | None = None
     # Sources never trained on: their images form the `ood` split, scored at the end beside test.
     holdout_sources: list[str] = Field(default_factory=list)
 
@@ -155,6 +158,7 @@ class MlflowConfig(_Section):
     tracking_uri: str | None = None  # null: sqlite:///<output_dir's parent>/mlflow.db; or http(s)://server
     experiment: str = Field("sustain", min_length=1)
     log_weights: bool = False  # also upload best_model.safetensors as an artifact
+    parent_run_id: str | None = None  # set by `sustain crossval` for its folds: each is a child run of it
 
     @field_validator("tracking_uri")
     @classmethod

@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
 INNER: dict[str, dict[str, int]] = {
     "data": {
         "__init__": 0, "labels": 0, "split": 0, "manifest": 0, "demo": 0, "demo_images": 0,
-        "walk": 1, "signature": 1, "archive": 1, "kaggle_client": 1,
+        "walk": 1, "signature": 1, "folds": 1, "archive": 1, "kaggle_client": 1,
         "scan": 2, "download": 2,
         "decode_cache": 3, "image_cache": 3,
         "collect": 4, "dataset": 4,
@@ -45,11 +45,11 @@ INNER: dict[str, dict[str, int]] = {
         "__init__": 0, "metrics": 0, "trends": 0, "label_issues": 0, "shift": 0, "predictions": 0, "labelled": 0,
         "compare": 0,
         "gallery": 1,
-        "reports": 2,
+        "reports": 2, "crossval": 2,
     },
     "report": {"__init__": 0, "paths": 0, "plots": 0, "glance": 0, "data_tables": 0, "confusion_html": 0,
-               "gallery_html": 0, "html": 1, "writer": 2, "compare_page": 2},
-    "tracking": {"__init__": 0, "common": 0, "tensorboard_backend": 1, "mlflow_backend": 1, "tracker": 2},
+               "gallery_html": 0, "html": 1, "writer": 2, "compare_page": 2, "crossval_page": 2},
+    "tracking": {"__init__": 0, "common": 0, "tensorboard_backend": 1, "mlflow_backend": 1, "tracker": 2, "crossval_parent": 2},
     "training": {
         "__init__": 0, "rng": 0, "losses": 0, "optim": 0, "precision": 0, "guards": 0, "interrupts": 0,
         "checkpoints": 0,
@@ -59,6 +59,7 @@ INNER: dict[str, dict[str, int]] = {
         "resume": 4,
         "loop": 5,
         "engine": 6,
+        "crossval": 7,
     },
     "deploy": {"__init__": 0, "loading": 0, "export_files": 0, "serve_input": 0, "serve_page": 0,
                "inference": 1, "model_card": 1, "scoring": 1, "export": 2, "serve_model": 2, "serve": 3},

@@ -30,6 +30,7 @@ SECTIONS = [
     "6. Results",
     "7. Inference",
     "8. Reproducibility check (optional)",
+    "9. Cross-validation (optional)",
 ]
 KERNEL = "sustain-notebook-test"
 
@@ -88,11 +89,12 @@ def test_config_switch_is_one_line_and_parameters_come_from_the_environment(monk
         exec("import json, os\n" + cell, namespace)  # the notebook's own cell; setup imports json and os
         return namespace
 
-    for var in ("SUSTAIN_NB_CONFIG", "SUSTAIN_NB_OVERRIDES", "SUSTAIN_NB_OUTPUT", "SUSTAIN_NB_REPRO"):
+    for var in ("SUSTAIN_NB_CONFIG", "SUSTAIN_NB_OVERRIDES", "SUSTAIN_NB_OUTPUT", "SUSTAIN_NB_REPRO",
+                "SUSTAIN_NB_CROSSVAL"):
         monkeypatch.delenv(var, raising=False)
     default = run(source)
-    assert (default["CONFIG"], default["OVERRIDES"], default["OUTPUT_DIR"], default["RUN_REPRODUCIBILITY_CHECK"]) == (
-        "configs/demo.yaml", [], None, False)
+    assert (default["CONFIG"], default["OVERRIDES"], default["OUTPUT_DIR"], default["RUN_REPRODUCIBILITY_CHECK"],
+            default["RUN_CROSSVAL"]) == ("configs/demo.yaml", [], None, False, False)
 
     switched = re.sub(r"^# (CONFIG = .*)$", r"\1", source, count=1, flags=re.M)
     changed = [a for a, b in zip(source.splitlines(), switched.splitlines(), strict=True) if a != b]
@@ -104,9 +106,10 @@ def test_config_switch_is_one_line_and_parameters_come_from_the_environment(monk
     monkeypatch.setenv("SUSTAIN_NB_OVERRIDES", '["train.epochs=1"]')
     monkeypatch.setenv("SUSTAIN_NB_OUTPUT", "/tmp/out")
     monkeypatch.setenv("SUSTAIN_NB_REPRO", "1")
+    monkeypatch.setenv("SUSTAIN_NB_CROSSVAL", "1")
     env = run(source)
-    assert (env["CONFIG"], env["OVERRIDES"], env["OUTPUT_DIR"], env["RUN_REPRODUCIBILITY_CHECK"]) == (
-        "other.yaml", ["train.epochs=1"], "/tmp/out", True)
+    assert (env["CONFIG"], env["OVERRIDES"], env["OUTPUT_DIR"], env["RUN_REPRODUCIBILITY_CHECK"],
+            env["RUN_CROSSVAL"]) == ("other.yaml", ["train.epochs=1"], "/tmp/out", True, True)
 
 
 def test_guide_names_the_sections_that_exist() -> None:
@@ -171,6 +174,7 @@ def test_notebook_runs_top_to_bottom_on_a_tiny_config(tmp_path: Path, kernel: st
     assert "data:image/jpeg;base64," in gallery  # the photos themselves, inline
     assert text["inference"].count("→ predicted") >= 1 and images["inference"] == 1
     assert "✓ Identical: every metric is bitwise equal" in text["repro"]
+    assert "Skipped: set RUN_CROSSVAL = True" in text["crossval"]  # off by default: the run stays fast
     for artifact in ("manifest.csv", "data_summary.json", "best_model.safetensors", "best_model.json", "last.pth",
                      "metrics_history.json", "confusion_matrix.npy", "classification_report.json", "run.json",
                      "training_curves.png", "confusion_matrix.png", "report.html", "predictions_val.npz",

@@ -13,8 +13,12 @@ from ..utils import lazy_offers
 # --- offers (generated from the imports of other rooms; keep sorted) ---
 _OFFERS = {
     'CorruptImage': 'scan',
+    'Fold': 'folds',
+    'FoldPlan': 'folds',
     'IMAGE_EXTENSIONS': 'walk',
     'ImageCache': 'image_cache',
+    'Lake': 'lake',
+    'MIN_SOURCE_IMAGES': 'folds',
     'ManifestDataset': 'dataset',
     'ManifestRow': 'manifest',
     'OVER_PIXEL_LIMIT': 'scan',
@@ -23,16 +27,21 @@ _OFFERS = {
     'compile_label_map': 'labels',
     'count_images': 'walk',
     'download_sources': 'download',
+    'folds_text': 'folds',
     'image_cache': '',
     'ingest': 'lake',
+    'kfold_plan': 'folds',
     'load_rgb': 'scan',
     'make_demo_lake': 'demo',
     'normalize_key': 'labels',
     'read_manifest': 'manifest',
     'record_image_cache': 'lake',
+    'source_plan': 'folds',
     'to_rgb': 'scan',
+    'val_fraction': 'folds',
     'walk_labelled': 'walk',
     'walk_source': 'walk',
+    'write_assignment': 'folds',
 }
 # --- end offers ---
 

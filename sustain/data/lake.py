@@ -38,6 +38,7 @@ from .collect import (
     scan_source,
 )
 from .decode_cache import DecodeCache
+from .folds import assigned_splits
 from .image_cache import ImageCache, disk_summary
 from .image_cache import describe as describe_image_cache
 from .manifest import ManifestRow, manifest_hash, manifest_text
@@ -149,10 +150,29 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
 def _split_rows(cfg: Config, taxonomy: Taxonomy, merged: Any, groups: np.ndarray,
                 names: list[str]) -> tuple[list[ManifestRow], list[dict], list[ManifestRow]]:
     """The manifest rows, split by group, and the labels too small to split. The held-out sources'
-    images go to `ood`; another source's near duplicates of them are returned apart, removed."""
+    images go to `ood`; another source's near duplicates of them are returned apart, removed.
+    With `data.split.assignment` (a crossval fold) every image's split comes from that file instead."""
     kept = merged.kept
     names_of = {t: taxonomy.label_name(t) for t in {im.targets for im in kept}}
     labels = [names_of[im.targets] for im in kept]
+    if cfg.data.split.assignment:  # decided before, by data.folds
+        splits, small_labels = assigned_splits(cfg.data.split.assignment, [im.content_hash for im in kept]), []
+        out = np.zeros(len(kept), dtype=bool)
+    else:
+        splits, small_labels, out = _drawn_splits(cfg, kept, labels, groups, names)
+    rows = [
+        ManifestRow(path=im.entry.path, source=names[im.source], label=label, targets=im.targets,
+                    split=str(sp), content_hash=im.content_hash, group=int(g), relpath=im.entry.rel, duplicates=dup)
+        for im, label, sp, g, dup in zip(kept, labels, splits, groups, merged.duplicates, strict=True)
+    ]
+    removed = [r for r, o in zip(rows, out, strict=True) if o]
+    return [r for r, o in zip(rows, out, strict=True) if not o], small_labels, removed
+
+
+def _drawn_splits(cfg: Config, kept: Any, labels: list[str], groups: np.ndarray,
+                  names: list[str]) -> tuple[Any, list[dict], np.ndarray]:
+    """The seeded split of the images outside the held-out sources; `ood` for theirs; and which
+    images are removed as near duplicates of a held-out image."""
     held = hold_out([names[im.source] for im in kept], groups.tolist(), cfg.data.split.holdout_sources)
     inside = np.flatnonzero(~held.ood & ~held.removed)
     fractions = cfg.data.split.model_dump(include=set(SPLITS))
@@ -160,13 +180,7 @@ def _split_rows(cfg: Config, taxonomy: Taxonomy, merged: Any, groups: np.ndarray
                           [kept[i].content_hash for i in inside], fractions, cfg.seed)
     splits = np.full(len(kept), OOD, dtype=object)
     splits[inside] = split.splits
-    rows = [
-        ManifestRow(path=im.entry.path, source=names[im.source], label=label, targets=im.targets,
-                    split=str(sp), content_hash=im.content_hash, group=int(g), relpath=im.entry.rel, duplicates=dup)
-        for im, label, sp, g, dup in zip(kept, labels, splits, groups, merged.duplicates, strict=True)
-    ]
-    removed = [r for r, out in zip(rows, held.removed, strict=True) if out]
-    return [r for r, out in zip(rows, held.removed, strict=True) if not out], split.small_labels, removed
+    return splits, split.small_labels, held.removed
 
 
 def _near_duplicate_groups(cache: DecodeCache, signatures: np.ndarray, distance: int) -> np.ndarray:

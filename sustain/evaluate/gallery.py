@@ -92,12 +92,13 @@ class SamplePredictions:
         return np.where(self.targets, self.probs, 0.0).sum(axis=1)
 
 
-def save_predictions(path: str | Path, sp: SamplePredictions) -> Path:
-    """Write the store as one compressed .npz (strings as unicode arrays: loads without pickle)."""
+def save_predictions(path: str | Path, sp: SamplePredictions, extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write the store as one compressed .npz (strings as unicode arrays: loads without pickle);
+    `extra` arrays (one entry per image, e.g. crossval's `fold`) are stored beside its keys."""
     arrays = {"split": np.array(sp.split), "classes": np.array(sp.classes, dtype=str),
               "paths": np.asarray(sp.paths, dtype=str), "sources": np.asarray(sp.sources, dtype=str),
               "labels": np.asarray(sp.labels, dtype=str), "probs": np.asarray(sp.probs, dtype=np.float32),
-              "targets": np.asarray(sp.targets, dtype=bool), "in_sample": np.array(sp.in_sample)}
+              "targets": np.asarray(sp.targets, dtype=bool), "in_sample": np.array(sp.in_sample), **(extra or {})}
     return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 

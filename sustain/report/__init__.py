@@ -11,6 +11,7 @@ from ..utils import lazy_offers
 
 # --- offers (generated from the imports of other rooms; keep sorted) ---
 _OFFERS = {
+    'build_crossval_page': 'crossval_page',
     'build_report': 'writer',
     'compare_cli': 'compare_page',
 }

@@ -1,8 +1,9 @@
 """The report's opening: at most five lines a busy reader takes in before anything else.
 
-The checklist's verdict, the test accuracy (with crossval's interval when it
-ran), the weakest class, the weakest source, and what to look at first. Each
-line is a pure function of the artifacts, so the page and a test agree.
+The checklist's verdict, the test accuracy (with its Wilson 95% interval over
+the test images; `sustain crossval` gives the one over folds), the weakest
+class, the weakest source, and what to look at first. Each line is a pure
+function of the artifacts, so the page and a test agree.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..artifacts import SUSPECTS_CSV
+from ..evaluate import wilson_interval
 
 MAX_LINES = 5
 MIN_SOURCE_IMAGES = 5  # a source scored on fewer images says little about the source
@@ -37,11 +39,11 @@ def accuracy_line(reports: Mapping[str, Any], run: Mapping[str, Any] | None) -> 
     report = reports.get(split)
     if not isinstance(report, Mapping) or report.get("accuracy") is None:
         return None
-    line = f"{split.capitalize()} accuracy {_pct(report['accuracy'])} on {report.get('n_fine', '?')} images"
-    crossval = (run or {}).get("crossval")
-    if isinstance(crossval, Mapping) and isinstance(crossval.get("accuracy_interval"), Sequence):
-        low, high = crossval["accuracy_interval"][:2]
-        line += f"; crossval {_pct(low)} to {_pct(high)}"
+    n = report.get("n_fine")
+    line = f"{split.capitalize()} accuracy {_pct(report['accuracy'])} on {n if n is not None else '?'} images"
+    bounds = wilson_interval(report["accuracy"] * n, n) if isinstance(n, int) else None
+    if bounds is not None:  # `sustain crossval` gives the interval over folds; one run, over its images
+        line += f" (95% interval {_pct(bounds[0])} to {_pct(bounds[1])})"
     return line + f", macro-F1 {report['macro_f1']:.3f}" if isinstance(report.get("macro_f1"), float) else line
 
 

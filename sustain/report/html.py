@@ -102,7 +102,7 @@ def _value_html(value: Any, depth: int = 0) -> str:
     return escape_html(_fmt(value))
 
 
-def _img(title: str, path: Path) -> str:
+def img_html(title: str, path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<h3>{escape_html(title)}</h3><img alt="{escape_html(title)}" src="data:image/png;base64,{data}">'
 
@@ -235,7 +235,7 @@ def _confusion_section(confusion: np.ndarray | None, classes: Sequence[str] | No
         return '<p class="muted">No confusion matrix.</p>'
     out = confusion_table(confusion, classes)
     if image is not None:
-        out += "<details><summary>The full matrix (image)</summary>" + _img("Confusion matrix (val)", image) + "</details>"
+        out += "<details><summary>The full matrix (image)</summary>" + img_html("Confusion matrix (val)", image) + "</details>"
     return out
 
 
@@ -313,7 +313,7 @@ def _plots_section(images: Mapping[str, Path]) -> str:
     if not shown:
         return '<p class="muted">No plots: the artifacts they need are missing.</p>'
     first, *rest = shown.items()
-    return _img(*first) + "".join(f"<details><summary>{escape_html(t)}</summary>{_img(t, p)}</details>" for t, p in rest)
+    return img_html(*first) + "".join(f"<details><summary>{escape_html(t)}</summary>{img_html(t, p)}</details>" for t, p in rest)
 
 
 def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, reports: Mapping[str, Any],
@@ -347,7 +347,11 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
     sections.append("<h2>Data summary</h2>" + (data_summary_html(summary, html_table, view.text)
                                                  if isinstance(summary, Mapping) else
                                                  '<p class="muted">data_summary.json not found.</p>'))
-    body = "\n".join(sections)
+    return page(title, "\n".join(sections))
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page: the report's styles, and a policy that loads nothing from outside."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape_html(title)}</title>'

@@ -11,6 +11,8 @@ from ..utils import lazy_offers
 # --- offers (generated from the imports of other rooms; keep sorted) ---
 _OFFERS = {
     'Tracker': 'tracker',
+    'log_summary': 'crossval_parent',
+    'parent_run': 'crossval_parent',
 }
 # --- end offers ---
 

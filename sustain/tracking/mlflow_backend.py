@@ -58,7 +58,8 @@ class MlflowBackend:
         if self.run_id is None and params is not None:
             self.pending.append(("params", dict(params)))
         step = int(resume.get("tensorboard_step", 0))
-        self.pending.append(("tags", {"sustain.output_dir": str(self.out_dir),
+        parent = {"mlflow.parentRunId": self.cfg.mlflow.parent_run_id} if self.cfg.mlflow.parent_run_id else {}
+        self.pending.append(("tags", {"sustain.output_dir": str(self.out_dir), **parent,
                                       **({"sustain.resumed_at_step": str(step)} if resume else {})}))
         if resume:  # an interrupted run was marked KILLED or FAILED: it runs again
             self.pending.append(("status", "RUNNING"))

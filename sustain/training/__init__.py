@@ -12,6 +12,8 @@ from ..utils import lazy_offers
 
 # --- offers (generated from the imports of other rooms; keep sorted) ---
 _OFFERS = {
+    'CrossvalOptions': 'crossval',
+    'run_crossval': 'crossval',
     'train': 'engine',
 }
 # --- end offers ---

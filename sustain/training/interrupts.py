@@ -89,7 +89,7 @@ def resume_command(argv: Sequence[str], world: int, local_world: int | None = No
     """
     program = Path(argv[0]).name if argv else ""
     args = list(argv[1:])
-    if program not in ("sustain", "__main__.py") or "train" not in args:
+    if program not in ("sustain", "__main__.py") or not {"train", "crossval"} & set(args):
         return 'train(cfg, resume="auto")'
     kept: list[str] = []
     skip = False

@@ -236,7 +236,7 @@ def test_weakest_source_and_what_to_look_at_first():
                                                 {"item": "Loss decreased", "passed": False}]}
     lines = glance_lines(run, {"test": test}, ["glass", "paper"], n_suspects=3, top_pair=("glass", "paper", 4))
     assert lines == ["Checklist: 1 of 2 criteria met; not met: Loss decreased",
-                     "Test accuracy 90.0% on 100 images, macro-F1 0.880",
+                     "Test accuracy 90.0% on 100 images (95% interval 82.6% to 94.5%), macro-F1 0.880",
                      "Weakest class: glass (F1 0.50 on 10 image(s))",
                      "Weakest source: b (70.0% on 20 images)",  # a 2-image source says little: not named
                      "Look first at the 3 suspect label(s) (Suspect labels, suspect_labels.csv): "
