@@ -142,14 +142,16 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
         del saved
     setup.timings["setup_seconds"] = time.perf_counter() - started
 
-    t = time.perf_counter()
+    state.start_segment()
     try:
         with trainer.stop.installed():
             run_epochs(trainer, state)
     except Stopped as stop:
-        setup.timings["train_seconds"] = time.perf_counter() - t
+        state.end_segment()
+        setup.timings["train_seconds"] = state.train_seconds()  # every start's, not only this one's
         raise _interrupted(trainer, state, setup, stop) from None
-    setup.timings["train_seconds"] = time.perf_counter() - t
+    state.end_segment()
+    setup.timings["train_seconds"] = state.train_seconds()
     if setup.img_cache is not None and dist.is_main:  # its disk use: logged, and in data_summary.json and run.json
         log.info(record_image_cache(out_dir, setup.lake, setup.img_cache))
 
@@ -265,7 +267,7 @@ def _interrupted(trainer: Trainer, state: LoopState, setup: _Setup, stop: Stoppe
     reason = f"interrupted by {signal_name(stop.signum)} at {where}"
     if trainer.dist.is_main:
         record = _run_record(trainer, state, setup, {})
-        record.update(status="interrupted", stop_reason=reason)
+        record.update(status="interrupted", stop_reason=reason, **{k: f() for k, f in trainer.hooks.stopped.items()})
         RunRecord.from_dict(record).write(trainer.out_dir)
     for hook in trainer.hooks.interrupt:
         hook(reason)
@@ -359,4 +361,14 @@ def _run_record(trainer: Trainer, state: LoopState, setup: _Setup, final: dict[s
         "health": {"totals": dict(guard.totals), "escalations": list(guard.escalations),
                    "per_epoch": list(state.health), "trend_warnings": list(state.trend_warnings)},
         "interruptions": list(state.events),
+        "segments": state.all_segments(),
+        "local_paths": _local_paths(trainer),
     }
+
+
+def _local_paths(trainer: Trainer) -> dict[str, Any]:
+    """run.json's only absolute paths: where this machine keeps the run and its data (to resume here)."""
+    cfg = trainer.cfg
+    return {"run_dir": str(trainer.out_dir.resolve()), "data_root": str(Path(cfg.data.root).expanduser().resolve()),
+            "sources": {s.name: str(cfg.source_root(s).resolve()) for s in cfg.data.sources
+                        if s.name in trainer.sources}}
