@@ -324,6 +324,10 @@ class RunRecord(Record):
     checklist: list[dict[str, Any]] = field(default_factory=list)
     report_error: str | None = None
     tracking: dict[str, Any] | None = None
+    # Absolute paths on the machine that trained (run_dir, data_root, sources), to resume there; the only
+    # place a run keeps them: the report, the compare page and suspect_labels.csv name files relative to these.
+    local_paths: dict[str, Any] | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # one per start (a resume adds one)
     calibration: dict[str, Any] | None = None  # T, how it was chosen, the thresholds; ECE before/after per split
 
 

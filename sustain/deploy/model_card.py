@@ -303,6 +303,8 @@ def _environment(run: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> str:
         device = run.get("device") or {}
         versions = ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
         lines += [f"- device: {device.get('type', '?')} ({device.get('name', '?')}), precision {device.get('precision', '?')}",
+                  *([f"- precision plan: {device['precision_plan']['reason']}"]
+                    if (device.get("precision_plan") or {}).get("reason") else []),
                   f"- versions: {versions}", f"- epochs completed: {run.get('epochs_completed')}, seed {run.get('seed')}"]
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,7 @@ from ..artifacts import VAL_CONFUSION, VAL_REPORT, checkpoint_record, export_pat
 from ..errors import UsageError
 from ..model import load_weights
 from ..taxonomy import Taxonomy
-from ..utils import atomic_write, atomic_write_json, fmt_metric
+from ..utils import atomic_write, atomic_write_json, fmt_metric, portable_path
 from .calibration import calibrate
 from .gallery import SamplePredictions, predictions_file, save_predictions
 from .metrics import expected_calibration_error, final_metrics
@@ -165,6 +165,7 @@ def write_final_evaluation(
         weights, meta = export_paths(Path(checkpoint))
         load_weights(model, weights)
         record = checkpoint_record(weights, read_meta(meta) if meta.is_file() else {})
+        record["path"] = portable_path(weights.absolute(), [Path(out_dir).absolute()])  # a shared file: relative
     device = torch.device(device)
     model.to(device)
     scored = {split: collect_predictions(model, indexed_loader(loader), device, autocast,
