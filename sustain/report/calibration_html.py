@@ -43,10 +43,12 @@ _STATUS = {"met": ("ok", "target met (95% lower bound)"), "unproven": ("bad", "p
 
 def calibration_section(run_dir: Path) -> str:
     """The section's HTML (with its plot written to ``calibration.png``), or a note why it is empty."""
+    if not (run_dir / ModelMeta.FILE).is_file():  # named relative to the run folder: the page is portable
+        return f'<h2>Calibration</h2><p class="muted">{ModelMeta.FILE} not found: no calibration recorded.</p>'
     try:
         meta = ModelMeta.read(run_dir).to_dict()
     except ArtifactError as exc:
-        return f"<h2>Calibration</h2><p class=\"muted\">{escape_html(exc.message)}</p>"
+        return f'<h2>Calibration</h2><p class="muted">{escape_html(exc.message.replace(str(run_dir), "."))}</p>'
     stores = {s: load_predictions(run_dir / predictions_file(s)) for s in SPLITS
               if (run_dir / predictions_file(s)).is_file()}
     if not stores:
