@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=common.results_file("bench_litserve"))
     args = parser.parse_args(argv)
-    cores = common.machine()["cores"]
+    cores = common.cpu_and_cores()["cores"]
     report = {**common.header("bench_litserve", argv, args), "results": {}}
     with tempfile.TemporaryDirectory(prefix="sustain_bench_litserve_") as tmp_name:
         tmp = Path(tmp_name)

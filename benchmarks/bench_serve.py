@@ -33,12 +33,12 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
 from benchmarks.common import (  # noqa: E402
     ROOT,
     arg_parser,
+    cpu_and_cores,
     export,
     finish,
     free_port,
     header,
     load,
-    machine,
     results_file,
     timed,
     write_images,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.concurrency <= MAX_CONCURRENCY and 0 < args.duration <= MAX_DURATION):
         parser.error(f"--concurrency 1..{MAX_CONCURRENCY}, --duration up to {MAX_DURATION} s")
 
-    cores = machine()["cores"]
+    cores = cpu_and_cores()["cores"]
     report = {**header("bench_serve", argv, args), "results": {}}
     with tempfile.TemporaryDirectory(prefix="sustain_bench_serve_") as tmp_name:
         tmp = Path(tmp_name)

@@ -1,7 +1,7 @@
-"""`sustain train` against timm's own train.py, whole commands side by side, in one run.
+"""`sustain train` against timm's own train.py, whole commands side by side, on the same work.
 
     python benchmarks/bench_vs_timm.py --timm /path/to/pytorch-image-models
-    python benchmarks/bench_vs_timm.py --timm ~/timm-src --only photos --epochs 3
+    python benchmarks/bench_vs_timm.py --timm ~/timm-src --only jpeg256 --epochs 2 --repeats 3
 
 timm's train.py is not part of the timm wheel; get the source tree with
 `git clone https://github.com/huggingface/pytorch-image-models` and pass its
@@ -13,24 +13,37 @@ Two cases, each on one generated ImageFolder (`train/<class>/`, `val/<class>/`):
 - `photos`: 4032x3024 camera-like JPEGs, a tiny model at 224 px (loader-bound).
 Both tools get the same model, input size, batch, epochs and augmentation
 (RandomResizedCrop from 0.08, flip, RandAugment m9 capped at 9: timm's
-RandAugment crashes on Pillow 13 without `mmax9`). timm gets `-j WORKERS`;
-Sustain plans its own threads and workers from measurements (data.num_workers:
-auto) unless --sustain-workers is given. Sustain trains on its 90% train split
-of all the images (val 10%, no test split), timm on `train/` (90%) with `val/`
-for validation, so both see the same number of training images per epoch.
-Each tool starts cold: Sustain's decode and image caches are empty.
+RandAugment crashes on Pillow 13 without `mmax9`). Sustain trains on its 90%
+train split of all the images (val 10%, no test split), timm on `train/` (90%)
+with `val/` for validation: the same number of training images per epoch, and
+each tool's accuracy is on its own held-out 10%.
 
-The time is the wall clock of the whole command, imports and ingestion
-included. Prints a table and the ratio timm time / Sustain time (> 1: Sustain
-finished first). Writes benchmarks/results/bench_vs_timm.json.
+Rows (each says which work it is):
+- `equal_resized_fp32` / `equal_resized_bf16`: timm reads a copy of the folder
+  pre-resized to the shorter side Sustain's image cache stores (the resize is
+  not timed); Sustain reads the originals and fills its cache in the timed run.
+  fp32 against timm fp32; Sustain `train.amp: on` against `timm --amp
+  --amp-dtype bfloat16`. timm gets `-j WORKERS`.
+- `equal_cache_off_fp32`: both decode the original files every epoch
+  (Sustain `data.image_cache: off`), fp32.
+- `defaults`: each tool out of the box on the originals: Sustain with `auto`
+  everything (its CPU plan, its precision plan), timm's train.py with its own
+  default workers (-j 4) and precision (fp32).
+Every row runs each tool `--repeats` times (3), alternating which goes first,
+each run cold (Sustain's caches empty). It reports the median and the range
+of the wall clock of the whole command (imports and ingestion included), the
+ratio of the medians timm / Sustain (> 1: Sustain finished first), the load
+average before and after, and both tools' best val accuracy. Writes
+benchmarks/results/bench_vs_timm.json.
 """
 
 from __future__ import annotations
 
-import io
+import csv
 import json
 import os
-import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,18 +51,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CLASSES,
+    ROOT,
+    arg_parser,
+    machine,
+    make_folder,
+    results_file,
+    write_result,
+)
 
 RESULTS = results_file("bench_vs_timm")
 HOW_TO_GET = ("timm's train.py is needed: `git clone https://github.com/huggingface/pytorch-image-models` "
               "(or the lead's library `fetch` tool) and pass --timm <that folder>")
-CLASSES = ("plastic_water_bottles", "aluminum_soda_cans", "glass_beverage_bottles", "cardboard_boxes")
 RAND_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
 
 CASES: dict[str, dict[str, Any]] = {
@@ -58,39 +77,49 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_folder(root: Path, image: tuple[int, int], count: int, seed: int = 0) -> None:
-    """`count` JPEGs over CLASSES, 90% under train/ and 10% under val/: a shape per class on a textured ground."""
-    rng = np.random.default_rng(seed)
-    width, height = image
-    small = (max(8, width // 8), max(8, height // 8))  # draw small, upsample: photo-like smoothness, fast
-    for i in range(count):
-        cls = i % len(CLASSES)
-        split = "val" if i % 10 == 9 else "train"
-        ground = rng.integers(0, 255, (small[1], small[0], 3), dtype=np.uint8)
-        ground[:] = (ground * 0.3 + rng.integers(60, 200, 3) * 0.7).astype(np.uint8)
-        x0, y0 = rng.integers(0, small[0] // 2), rng.integers(0, small[1] // 2)
-        ground[y0:y0 + small[1] // 3 + cls * 2, x0:x0 + small[0] // 3] = (60 * cls + 30, 200 - 40 * cls, 90)
-        img = Image.fromarray(ground).resize((width, height), Image.Resampling.BICUBIC)
-        folder = root / split / CLASSES[cls]
-        folder.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        (folder / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+ROWS: dict[str, dict[str, Any]] = {
+    "equal_resized_fp32": {"timm_data": "resized", "timm_amp": None, "timm_workers": "set",
+                           "sustain": {"train": {"amp": "off"}}},
+    "equal_resized_bf16": {"timm_data": "resized", "timm_amp": "bfloat16", "timm_workers": "set",
+                           "sustain": {"train": {"amp": "on"}}},
+    "equal_cache_off_fp32": {"timm_data": "original", "timm_amp": None, "timm_workers": "set",
+                             "sustain": {"train": {"amp": "off"}, "data": {"image_cache": "off"}}},
+    "defaults": {"timm_data": "original", "timm_amp": None, "timm_workers": "default", "sustain": {}},
+}
 
 
-def timm_command(train_py: Path, data: Path, out: Path, case: dict[str, Any], epochs: int, workers: int) -> list[str]:
-    return [sys.executable, str(train_py), "--data-dir", str(data), "--train-split", "train", "--val-split", "val",
-            "--model", case["model"], "--num-classes", str(len(CLASSES)), "--img-size", str(case["size"]),
-            "--input-size", "3", str(case["size"]), str(case["size"]), "-b", str(case["batch"]),
-            "-j", str(workers), "--epochs", str(epochs), "--aa", RAND_AUGMENT, "--scale", "0.08", "1.0",
-            "--hflip", "0.5", "--reprob", "0", "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",
-            "--device", "cpu", "--no-prefetcher", "--log-interval", "1000", "--output", str(out),
-            "--checkpoint-hist", "1"]
+def resize_folder(src: Path, dst: Path, side: int) -> None:
+    """A copy of `src` whose images have `side` px on their shorter side, stored as Sustain's image cache
+    stores them (Lanczos, JPEG quality 95, 4:4:4)."""
+    for path in sorted(src.rglob("*.jpg")):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as img:
+            scale = side / min(img.size)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(target, "JPEG", quality=95, subsampling=0)
 
 
-def sustain_command(data: Path, out: Path, case: dict[str, Any], epochs: int, workers: str) -> list[str]:
+def timm_command(train_py: Path, data: Path, out: Path, case: dict[str, Any], epochs: int, workers: int | None,
+                 amp: str | None) -> list[str]:
+    cmd = [sys.executable, str(train_py), "--data-dir", str(data), "--train-split", "train", "--val-split", "val",
+           "--model", case["model"], "--num-classes", str(len(CLASSES)), "--img-size", str(case["size"]),
+           "--input-size", "3", str(case["size"]), str(case["size"]), "-b", str(case["batch"]),
+           "--epochs", str(epochs), "--aa", RAND_AUGMENT, "--scale", "0.08", "1.0",
+           "--hflip", "0.5", "--reprob", "0", "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",
+           "--device", "cpu", "--no-prefetcher", "--log-interval", "1000", "--output", str(out),
+           "--checkpoint-hist", "1"]
+    if workers is not None:  # None: timm's own default (-j 4)
+        cmd += ["-j", str(workers)]
+    if amp:
+        cmd += ["--amp", "--amp-dtype", amp]
+    return cmd
+
+
+def sustain_command(data: Path, out: Path, case: dict[str, Any], epochs: int, workers: str,
+                    extra: dict[str, dict[str, Any]]) -> list[str]:
     config = out / "bench.yaml"
-    config.write_text(json.dumps({  # JSON is YAML
+    raw = {
         "seed": 0, "output_dir": str(out / "run"), "device": "cpu",
         "data": {"root": str(data), "cache_dir": str(out / "cache"),
                  "sources": [{"name": "bench", "root": ".", "label_map": "identity"}],
@@ -99,7 +128,10 @@ def sustain_command(data: Path, out: Path, case: dict[str, Any], epochs: int, wo
         "model": {"name": case["model"], "pretrained": False, "input_size": case["size"], "drop_path_rate": 0.0},
         "train": {"epochs": epochs, "batch_size": case["batch"], "lr": 1e-3, "early_stopping_patience": 0,
                   "layer_decay": None},
-    }))
+    }
+    for section, values in extra.items():
+        raw[section].update(values)
+    config.write_text(json.dumps(raw))  # JSON is YAML
     return [sys.executable, "-m", "sustain", "train", "--config", str(config)]
 
 
@@ -110,30 +142,85 @@ def timed(cmd: list[str], log: Path) -> tuple[float, int]:
     return time.perf_counter() - t, rc
 
 
-def run_case(name: str, train_py: Path, epochs: int, workers: int, sustain_workers: str,
-             images: int | None) -> dict[str, Any]:
-    case = dict(CASES[name])
-    if images:
-        case["images"] = images
-    with tempfile.TemporaryDirectory(prefix=f"bench_vs_timm_{name}_") as tmp:
-        tmp_path = Path(tmp)
-        data = tmp_path / "data"
-        make_folder(data, case["image"], case["images"])
-        row: dict[str, Any] = {"case": name, **case, "epochs": epochs, "timm_workers": workers,
-                               "load_before": os.getloadavg()[0]}
-        for tool, cmd in (("timm", timm_command(train_py, data, tmp_path / "timm", case, epochs, workers)),
-                          ("sustain", sustain_command(data, _mkdir(tmp_path / "sustain"), case, epochs,
-                                                      sustain_workers))):
-            seconds, rc = timed(cmd, tmp_path / f"{tool}.log")
-            row[f"{tool}_seconds"], row[f"{tool}_rc"] = round(seconds, 1), rc
-            if rc != 0:
-                print(f"  {tool} failed (exit {rc}); last lines of its log:\n" +
-                      "\n".join((tmp_path / f"{tool}.log").read_text().splitlines()[-15:]), flush=True)
-        plan = [line for line in (tmp_path / "sustain.log").read_text().splitlines() if "CPU plan" in line]
-        row["sustain_cpu_plan"] = plan[0].split("CPU plan: ", 1)[-1] if plan else None
-        row["load_after"] = os.getloadavg()[0]
-        row["ratio"] = round(row["timm_seconds"] / row["sustain_seconds"], 2)
-    return row
+def timm_val_acc(out: Path) -> float | None:
+    """timm's best eval top-1 (a fraction), from the summary.csv its train.py writes."""
+    best = None
+    for summary in out.rglob("summary.csv"):
+        with summary.open() as fh:
+            for row in csv.DictReader(fh):
+                if row.get("eval_top1"):
+                    best = max(best or 0.0, float(row["eval_top1"]) / 100)
+    return best
+
+
+def sustain_val_acc(out: Path) -> tuple[float | None, str | None, str | None]:
+    """Sustain's best weights on val, its precision and its CPU plan line."""
+    run = json.loads((out / "run" / "run.json").read_text())
+    plan = [line for line in (out / "sustain.log").read_text().splitlines() if "CPU plan" in line]
+    return (run["final_evaluation"].get("val", {}).get("accuracy"), run["device"]["precision"],
+            plan[0].split("CPU plan: ", 1)[-1] if plan else None)
+
+
+def one_run(tool: str, row: dict[str, Any], case: dict[str, Any], folders: dict[str, Path], out: Path,
+            epochs: int, workers: int, sustain_workers: str) -> dict[str, Any]:
+    out.mkdir(parents=True)
+    if tool == "timm":
+        cmd = timm_command(folders["train_py"], folders[row["timm_data"]], out, case, epochs,
+                           workers if row["timm_workers"] == "set" else None, row["timm_amp"])
+    else:
+        cmd = sustain_command(folders["original"], out, case, epochs,
+                              sustain_workers if row["sustain"] else "auto", row["sustain"])
+    load = os.getloadavg()[0]
+    seconds, rc = timed(cmd, out / f"{tool}.log")
+    result: dict[str, Any] = {"seconds": round(seconds, 1), "rc": rc, "load_before": round(load, 2),
+                              "load_after": round(os.getloadavg()[0], 2)}
+    if rc != 0:
+        print(f"  {tool} failed (exit {rc}); last lines of its log:\n" +
+              "\n".join((out / f"{tool}.log").read_text().splitlines()[-15:]), flush=True)
+    elif tool == "timm":
+        result["val_acc"] = timm_val_acc(out)
+    else:
+        result["val_acc"], result["precision"], result["cpu_plan"] = sustain_val_acc(out)
+    shutil.rmtree(out, ignore_errors=True)  # each run starts cold; the next one must not find this one's caches
+    return result
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if r["rc"] == 0]
+    seconds = [r["seconds"] for r in ok]
+    accs = [r["val_acc"] for r in ok if r.get("val_acc") is not None]
+    return {"median_seconds": statistics.median(seconds) if seconds else None,
+            "range_seconds": [min(seconds), max(seconds)] if seconds else None,
+            "median_val_acc": statistics.median(accs) if accs else None, "runs": runs}
+
+
+def run_row(name: str, row_name: str, case: dict[str, Any], folders: dict[str, Path], tmp: Path,
+            args: Any) -> dict[str, Any]:
+    row = ROWS[row_name]
+    runs: dict[str, list[dict[str, Any]]] = {"timm": [], "sustain": []}
+    for rep in range(args.repeats):
+        for tool in (("timm", "sustain") if rep % 2 == 0 else ("sustain", "timm")):
+            print(f"[{name} {row_name}] repeat {rep + 1}/{args.repeats}: {tool}", flush=True)
+            runs[tool].append(one_run(tool, row, case, folders, tmp / f"{row_name}_{tool}_{rep}", args.epochs,
+                                      args.workers, args.sustain_workers))
+    timm, sustain = summarize(runs["timm"]), summarize(runs["sustain"])
+    ratio = (round(timm["median_seconds"] / sustain["median_seconds"], 2)
+             if timm["median_seconds"] and sustain["median_seconds"] else None)
+    acc_gap = (round((sustain["median_val_acc"] - timm["median_val_acc"]) * 100, 1)
+               if sustain["median_val_acc"] is not None and timm["median_val_acc"] is not None else None)
+    return {"case": name, "row": row_name, **{k: v for k, v in case.items() if k != "image"}, "epochs": args.epochs,
+            "work": _work(row_name, case, args.workers), "timm": timm, "sustain": sustain, "ratio": ratio,
+            "acc_gap_points": acc_gap}
+
+
+def _work(row_name: str, case: dict[str, Any], workers: int) -> str:
+    row = ROWS[row_name]
+    timm = (f"timm reads {'a copy resized to ' + str(case['stored_side']) + ' px' if row['timm_data'] == 'resized' else 'the originals'}, "
+            f"{f'-j {workers}' if row['timm_workers'] == 'set' else 'its default workers'}, "
+            f"{'--amp --amp-dtype ' + row['timm_amp'] if row['timm_amp'] else 'fp32'}")
+    sustain = "Sustain " + (", ".join(f"{s}.{k}: {v}" for s, kv in row["sustain"].items() for k, v in kv.items())
+                            or "with auto everything")
+    return f"{timm}; {sustain}"
 
 
 def _mkdir(path: Path) -> Path:
@@ -149,30 +236,63 @@ def find_train_py(arg: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def run_case(name: str, train_py: Path, args: Any) -> list[dict[str, Any]]:
+    import timm
+
+    from sustain.config import ModelConfig
+    from sustain.data.image_cache import stored_side
+    from sustain.transforms import resolve_data_config
+
+    case = dict(CASES[name])
+    if args.images:
+        case["images"] = args.images
+    model = timm.create_model(case["model"], pretrained=False)
+    crop_pct = resolve_data_config(model, ModelConfig(name=case["model"], input_size=case["size"]))["crop_pct"]
+    case["stored_side"] = stored_side(case["size"], crop_pct)  # what Sustain's cache keeps at `auto`
+    with tempfile.TemporaryDirectory(prefix=f"bench_vs_timm_{name}_") as tmp:
+        tmp_path = Path(tmp)
+        folders = {"train_py": train_py, "original": tmp_path / "data", "resized": tmp_path / "resized"}
+        make_folder(folders["original"], case["image"], case["images"])
+        rows = args.rows or list(ROWS)
+        if any(ROWS[r]["timm_data"] == "resized" for r in rows):
+            resize_folder(folders["original"], folders["resized"], case["stored_side"])
+        return [run_row(name, r, case, folders, tmp_path, args) for r in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser(__doc__)
     parser.add_argument("--timm", help="timm source tree (or its train.py)")
     parser.add_argument("--only", choices=sorted(CASES), action="append")
+    parser.add_argument("--rows", choices=list(ROWS), action="append")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="timm's -j")
-    parser.add_argument("--sustain-workers", default="auto", help="data.num_workers for Sustain (default: planned)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="timm's -j in the equal-work rows")
+    parser.add_argument("--sustain-workers", default="auto", help="data.num_workers for Sustain in the equal-work rows")
     parser.add_argument("--images", type=int, default=None, help="override each case's image count")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     train_py = find_train_py(args.timm or os.environ.get("TIMM_TRAIN_PY"))
     if train_py is None:
         print(f"bench_vs_timm skipped: {HOW_TO_GET}")
         return 0
-    rows = []
-    for name in args.only or list(CASES):
-        print(f"[{name}] running timm, then sustain ...", flush=True)
-        rows.append(run_case(name, train_py, args.epochs, args.workers, args.sustain_workers, args.images))
-    print(f"\n{'case':<8} {'images':>6} {'epochs':>6} {'timm s':>8} {'sustain s':>10} {'ratio':>6}  load  sustain plan")
+    rows = [r for name in args.only or list(CASES) for r in run_case(name, train_py, args)]
+    print(f"\n{'case':<8} {'row':<22} {'timm s (range)':>18} {'sustain s (range)':>18} {'ratio':>6} "
+          f"{'timm acc':>8} {'sus acc':>8}")
     for r in rows:
-        print(f"{r['case']:<8} {r['images']:>6} {r['epochs']:>6} {r['timm_seconds']:>8.1f} {r['sustain_seconds']:>10.1f} "
-              f"{r['ratio']:>6.2f}  {r['load_before']:.1f}  {r['sustain_cpu_plan']}")
-    print("ratio = timm seconds / sustain seconds (> 1: Sustain finished first); goals: jpeg256 >= 1.2, photos >= 3")
-    write_result(RESULTS, {"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, end="")
-    return 1 if any(r["timm_rc"] or r["sustain_rc"] for r in rows) else 0
+        t, s = r["timm"], r["sustain"]
+        print(f"{r['case']:<8} {r['row']:<22} {_fmt(t):>18} {_fmt(s):>18} {r['ratio'] or float('nan'):>6.2f} "
+              f"{t['median_val_acc'] or float('nan'):>8.3f} {s['median_val_acc'] or float('nan'):>8.3f}")
+    print("ratio = timm median seconds / Sustain median seconds (> 1: Sustain finished first)")
+    command = "python benchmarks/bench_vs_timm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_result(args.output, {**machine(), "command": command.strip(), "rows": rows}, end="")
+    return 1 if any(run["rc"] for r in rows for tool in ("timm", "sustain") for run in r[tool]["runs"]) else 0
+
+
+def _fmt(summary: dict[str, Any]) -> str:
+    if summary["median_seconds"] is None:
+        return "failed"
+    lo, hi = summary["range_seconds"]
+    return f"{summary['median_seconds']:.1f} ({lo:.0f}-{hi:.0f})"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+CLASSES = ("plastic_water_bottles", "aluminum_soda_cans", "glass_beverage_bottles", "cardboard_boxes")
 
 # The load before the benchmark: taken when the benchmark imports this module.
 LOAD_BEFORE = os.getloadavg()
@@ -192,6 +193,49 @@ def timed(fn: Callable[[], Any]) -> float:
 
 # --------------------------------------------------------------------------- shared inputs
 
+def machine() -> dict[str, Any]:
+    """What a figure needs beside it: the CPU (model, cores, native bf16), the load, the versions, the commit."""
+    import os
+    import platform
+    import subprocess
+
+    import timm
+    import torch
+
+    from sustain.device import cpu_flags, cpu_model_name, cpu_native_bf16
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(), "native_bf16": cpu_native_bf16(cpu_flags()),
+                        "platform": platform.platform(), "load_average": [round(x, 2) for x in os.getloadavg()]},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
+            "commit": commit.stdout.strip() or None}
+
+
+def make_folder(root: Path, image: tuple[int, int], count: int, seed: int = 0) -> None:
+    """`count` JPEGs over CLASSES, 90% under train/ and 10% under val/: a shape per class on a textured ground."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = image
+    small = (max(8, width // 8), max(8, height // 8))  # draw small, upsample: photo-like smoothness, fast
+    for i in range(count):
+        cls = i % len(CLASSES)
+        split = "val" if i % 10 == 9 else "train"
+        ground = rng.integers(0, 255, (small[1], small[0], 3), dtype=np.uint8)
+        ground[:] = (ground * 0.3 + rng.integers(60, 200, 3) * 0.7).astype(np.uint8)
+        x0, y0 = rng.integers(0, small[0] // 2), rng.integers(0, small[1] // 2)
+        ground[y0:y0 + small[1] // 3 + cls * 2, x0:x0 + small[0] // 3] = (60 * cls + 30, 200 - 40 * cls, 90)
+        img = Image.fromarray(ground).resize((width, height), Image.Resampling.BICUBIC)
+        folder = root / split / CLASSES[cls]
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        (folder / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+
+
 
 def write_images(folder: Path, n: int, seed: int = 0, suffix: str = "png") -> list[Path]:
     """`n` random-pixel images of 200-400 px a side (phone photos, downscaled), for inference benchmarks."""
@@ -336,7 +380,7 @@ def export(model_name: str, size: int, int8: bool, tmp: Path) -> Path:
     return run / "export"
 
 
-def machine() -> dict:
+def cpu_and_cores() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
@@ -350,7 +394,7 @@ def header(name: str, argv: list[str] | None, args) -> dict:
     return {"command": f"python benchmarks/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True).stdout.strip(),
-            "machine": machine(), "load_avg_before": [round(v, 2) for v in os.getloadavg()],
+            "machine": cpu_and_cores(), "load_avg_before": [round(v, 2) for v in os.getloadavg()],
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "onnxruntime": onnxruntime.__version__},
             "weights": "randomly initialised (speed does not depend on the weights)",

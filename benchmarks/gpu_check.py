@@ -182,8 +182,8 @@ def loader_throughput(cfg, paths: list[Path], n_images: int, batch: int, workers
     source = cfg.data.sources[0].name
     rows = {split: [ManifestRow(str(paths[i % len(paths)]), source, taxonomy.classes[i % taxonomy.num_classes],
                                 (i % taxonomy.num_classes,), split, f"h{i}", i) for i in range(n)]
-            for split, n in (("train", n_images), ("val", 1), ("test", 0), ("ood", 0))}
-    lake = SimpleNamespace(split=lambda name: rows[name], sources=[source])
+            for split, n in (("train", n_images), ("val", 1), ("test", 0))}
+    lake = SimpleNamespace(split=lambda name: rows.get(name, []), sources=[source])
     with torch.device("meta"):  # only its pretrained config is needed: no weights
         model = timm.create_model(cfg.model.name, pretrained=False, num_classes=taxonomy.num_classes)
     data_config = resolve_data_config(model, cfg.model)

@@ -230,6 +230,14 @@ class ModelMeta(Record):
     epoch: int | None = None  # the epoch-specific three: absent before the first best checkpoint
     val_acc: float | None = None
     val_macro_f1: float | None = None
+    # Set at the end of training (docs/evaluation.md, "Calibration"): probabilities are softmax(logits / T);
+    # with a target, a prediction is accepted when its `accept_on` ("bin"/"class") probability ≥ the threshold
+    # (None: no threshold backs the target, so every prediction goes to review).
+    temperature: float = 1.0
+    accept_accuracy: float | None = None
+    accept_on: str | None = None
+    accept_threshold: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)  # how T and the threshold were chosen
 
     def data_config(self) -> dict[str, Any]:
         """The timm data config the eval transform is built from."""
@@ -316,6 +324,11 @@ class RunRecord(Record):
     checklist: list[dict[str, Any]] = field(default_factory=list)
     report_error: str | None = None
     tracking: dict[str, Any] | None = None
+    # Absolute paths on the machine that trained (run_dir, data_root, sources), to resume there; the only
+    # place a run keeps them: the report, the compare page and suspect_labels.csv name files relative to these.
+    local_paths: dict[str, Any] | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # one per start (a resume adds one)
+    calibration: dict[str, Any] | None = None  # T, how it was chosen, the thresholds; ECE before/after per split
 
 
 

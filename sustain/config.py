@@ -12,11 +12,20 @@ working directory; a source's relative `root` resolves against `data.root`.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, UsageError
 
@@ -26,6 +35,22 @@ DEFAULT_IGNORE_DIRS: tuple[str, ...] = (
 
 # A label_map value: one class, a set name, a list of classes (a set label), or None (drop).
 LabelTarget = str | list[str] | None
+
+
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads unquoted on/off/yes/no/true/false as booleans: give them back their words."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _cache_on_off(value: Any) -> Any:
+    """`data.image_cache`: off, or on (= auto: the size the model needs), or a size in px."""
+    value = _on_off(value)
+    return "auto" if value == "on" else value
+
+
+OnOffAuto = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)]
 
 
 class _Section(BaseModel):
@@ -88,7 +113,8 @@ class DataConfig(_Section):
     near_duplicate_distance: int = Field(4, ge=0, le=64)  # Hamming bits on a 64-bit pHash
     ingest_workers: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     cache_dir: str | None = None  # decode cache; null: <data.root>/.sustain_cache
-    image_cache: Literal["auto", "off"] | Annotated[int, Field(ge=8)] = "auto"  # stored shorter side, px
+    # stored shorter side, px; on (or true) = auto
+    image_cache: Annotated[Literal["auto", "off"] | Annotated[int, Field(ge=8)], BeforeValidator(_cache_on_off)] = "auto"
 
     @field_validator("sources")
     @classmethod
@@ -131,7 +157,7 @@ class TrainConfig(_Section):
     ema: bool = False
     ema_decay: float = Field(0.9998, gt=0, lt=1)
     balance: Literal["none", "sampler", "loss_weights"] = "none"
-    amp: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA, off for MPS and CPU
+    amp: OnOffAuto = "auto"  # auto: CUDA; bf16 on CPUs with AMX / AVX512-BF16 where the probe agrees; off on MPS
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs
     checkpoint_every_minutes: float = Field(10.0, ge=0)  # mid-epoch last.pth; 0 turns it off
 
@@ -177,6 +203,34 @@ class TrackingConfig(_Section):
     log_every_n_steps: int = Field(50, ge=1)  # running loss and throughput
 
 
+class CalibrationConfig(_Section):
+    """Temperature scaling after training (docs/evaluation.md, "Calibration")."""
+
+    # auto: fit T on val (T = 1 when val is too small or the fit does not help); off: T = 1; a number: that T
+    temperature: Literal["auto", "off"] | Annotated[float, Field(gt=0, le=100)] = "auto"
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _bare_off(cls, value: Any) -> Any:
+        if value is False:  # YAML reads a bare `off` as False
+            return "off"
+        if isinstance(value, bool) or (isinstance(value, str) and value not in ("auto", "off")):
+            raise ValueError("must be auto, off or a positive number such as 1.5")
+        return value
+
+
+class EvalConfig(_Section):
+    # The accuracy accepted predictions must keep (lower bound of its 95% interval on val); null: no decision
+    accept_accuracy: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @field_validator("accept_accuracy", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool) or isinstance(value, str):
+            raise ValueError("must be an accuracy between 0 and 1 such as 0.98, or null to turn the decision off")
+        return value
+
+
 class Config(_Section):
     seed: int = 42
     output_dir: str = "checkpoints"
@@ -187,6 +241,8 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     guards: GuardConfig = Field(default_factory=GuardConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -325,7 +381,7 @@ def _one_config_error(errors: list[dict], raw: dict[str, Any]) -> ConfigError:
         loc = loc[:-1]
         key = ".".join(loc)
         value = _lookup(raw, loc)
-        return ConfigError(key, f"expected a different number or type of items (got {value!r})")
+        return ConfigError(key, f"expected a different number or type of items (got {mask_credentials(repr(value))})")
     key = ".".join(loc) or "<root>"
     if kind == "missing":
         return ConfigError(key, "required key is missing", "add it to the config file or pass --set")
@@ -333,8 +389,16 @@ def _one_config_error(errors: list[dict], raw: dict[str, Any]) -> ConfigError:
     same_key = [e for e in errors if [str(p) for p in e["loc"] if not _is_union_tag(p)] == loc]
     messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same_key))
     value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    shown = f" (got {mask_credentials(repr(value))})" if not isinstance(value, (dict, list)) else ""
     return ConfigError(key, f"{' or '.join(messages)}{shown}")
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s'\"]+@", re.IGNORECASE)
+
+
+def mask_credentials(text: str) -> str:
+    """`http://user:secret@host` → `http://***@host`: an error message must not print a password."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
 
 
 def _lookup(raw: Any, loc: list[str]) -> Any:

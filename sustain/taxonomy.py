@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError
 
@@ -165,6 +166,16 @@ class Taxonomy:
             "bins": {k: list(v) for k, v in self.bins.items()} if self.bins is not None else None,
             "sets": {k: list(v) for k, v in self.sets.items()},
         }
+
+
+def taxonomy_from_meta(meta: Mapping[str, Any]) -> Taxonomy:
+    """The taxonomy a checkpoint's metadata (best_model.json, the ONNX metadata) records."""
+    bins = meta.get("bins")
+    return Taxonomy(
+        classes=tuple(meta["classes"]),
+        bins={k: tuple(v) for k, v in bins.items()} if bins else None,
+        sets={k: tuple(v) for k, v in (meta.get("sets") or {}).items()},
+    )
 
 
 def build_taxonomy(

@@ -27,6 +27,11 @@ def escape_html(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def wrap_html(value: Any) -> str:
+    """Escaped text that may break after `_` and `/` (class names, file paths), never inside a word."""
+    return escape_html(value).replace("_", "_<wbr>").replace("/", "/<wbr>")
+
+
 def finite_float(value: Any) -> float | None:
     """A finite float, or None for a missing / non-numeric / NaN / Inf entry (JSON artifacts, plots)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -45,6 +50,18 @@ def finite_or_none(value: Any) -> Any:
 def fmt_metric(value: float | None) -> str:
     """A metric for the console: four decimals, or "n/a"."""
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def portable_path(path: str | Path, roots: Any) -> str:
+    """`path` relative to the first of `roots` that holds it (the run folder, the data root), else
+    `…/` and its last two parts: a file meant to be shared never names the machine's folders."""
+    text = str(path)
+    for root in roots:
+        base = str(root).rstrip("/" + os.sep)
+        if base and (text == base or text.startswith((base + "/", base + os.sep))):
+            return text[len(base):].lstrip("/" + os.sep) or "."
+    parts = Path(text).parts
+    return "…/" + "/".join(parts[-2:]) if Path(text).is_absolute() else text
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:

@@ -69,7 +69,7 @@ def tiny_config_dict(lake_root: Path, output_dir: Path, classes: list[str] = TIN
             "ingest_workers": 1,
         },
         "model": {"name": "test_vit", "pretrained": False, "input_size": 32, "drop_path_rate": 0.0},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 2e-3, "layer_decay": None, "warmup_epochs": 0.5,
+        "train": {"epochs": 2, "batch_size": 8, "lr": 2e-3, "layer_decay": None, "warmup_epochs": 0.5, "amp": "off",
                   "label_smoothing": 0.1, "early_stopping_patience": 0},
         "guards": {},
     }

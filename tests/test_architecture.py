@@ -43,11 +43,12 @@ INNER: dict[str, dict[str, int]] = {
     },
     "evaluate": {
         "__init__": 0, "metrics": 0, "trends": 0, "label_issues": 0, "shift": 0, "predictions": 0, "labelled": 0,
-        "compare": 0,
-        "gallery": 1,
+        "compare": 0, "selective": 0,
+        "gallery": 1, "calibration": 1,
         "reports": 2, "crossval": 2,
     },
-    "report": {"__init__": 0, "plots": 0, "gallery_html": 0, "html": 1, "writer": 2, "compare_page": 2, "crossval_page": 2},
+    "report": {"__init__": 0, "paths": 0, "plots": 0, "glance": 0, "data_tables": 0, "confusion_html": 0,
+               "gallery_html": 0, "html": 1, "calibration_html": 2, "writer": 3, "compare_page": 2, "crossval_page": 2},
     "tracking": {"__init__": 0, "common": 0, "tensorboard_backend": 1, "mlflow_backend": 1, "tracker": 2, "crossval_parent": 2},
     "training": {
         "__init__": 0, "rng": 0, "losses": 0, "optim": 0, "precision": 0, "guards": 0, "interrupts": 0,

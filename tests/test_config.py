@@ -293,3 +293,40 @@ def test_every_config_error_is_reported_at_once(run_cli, write_config):
     for needle in ["'data': required key is missing", "'trian': unknown key", "did you mean 'train'?",
                    "'model.pretrianed': unknown key", "did you mean 'model.pretrained'?", "'seed'", "'abc'"]:
         assert needle in text, needle
+
+
+# --------------------------------------------------------------------------- on/off values, YAML booleans
+
+MINIMAL_YAML = "data:\n  sources:\n    - {name: lake, root: lake, label_map: identity}\n"
+
+
+@pytest.mark.parametrize(("key", "written", "expected"), [
+    ("train.amp", "off", "off"), ("train.amp", "on", "on"), ("train.amp", "auto", "auto"),
+    ("train.amp", "'off'", "off"), ("train.amp", '"on"', "on"), ("train.amp", "false", "off"),
+    ("train.amp", "yes", "on"), ("train.amp", "Off", "off"),
+    ("data.image_cache", "off", "off"), ("data.image_cache", "'off'", "off"), ("data.image_cache", "on", "auto"),
+    ("data.image_cache", "false", "off"), ("data.image_cache", "auto", "auto"), ("data.image_cache", "96", 96),
+])
+def test_on_off_fields_accept_yaml_booleans_in_the_file_and_through_set(write_config, key, written, expected):
+    # YAML 1.1 reads unquoted on/off as True/False: README's `train.amp: off` must still mean off.
+    section, field = key.split(".")
+    text = MINIMAL_YAML if section == "data" else MINIMAL_YAML + f"{section}:\n"
+    text += f"  {field}: {written}\n"
+    cfg = load_config(write_config(text))
+    assert getattr(getattr(cfg, section), field) == expected
+    from_set = load_config(write_config(MINIMAL_YAML, "plain.yaml"), [f"{key}={written}"])
+    assert getattr(getattr(from_set, section), field) == expected
+
+
+def test_stop_message_advice_train_amp_off_works_through_the_cli(run_cli, write_config):
+    # Unquoted, as README and the guards' stop message write it: the run gets past the config.
+    result = run_cli("train", "--config", write_config(MINIMAL_YAML), "--set", "train.amp=off", "--set", "train.amp=bad")
+    assert_usage_error(result, "'train.amp'", "'bad'")  # only the bad value is refused
+    assert "got False" not in result.output
+
+
+def test_rejected_value_with_credentials_is_masked(run_cli, write_config):
+    result = run_cli("train", "--config", write_config(MINIMAL_YAML),
+                     "--set", "tracking.mlflow.tracking_uri=http://user:s3cret@127.0.0.1:5999")
+    assert_usage_error(result, "'tracking.mlflow.tracking_uri'", "http://***@127.0.0.1:5999", "MLFLOW_TRACKING_PASSWORD")
+    assert "s3cret" not in result.output and "user:" not in result.output

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from pathlib import Path
+
 import pytest
 
 from sustain.device import (
     Backends,
+    Bf16Probe,
+    cpu_native_bf16,
     detect_backends,
     plan_channels_last,
     plan_device,
     plan_num_workers,
     plan_precision,
+    wants_bf16_probe,
 )
 from sustain.errors import ConfigError
 
@@ -75,6 +82,71 @@ def test_mps_and_cpu_default_to_fp32(device_type: str) -> None:
     plan = plan_precision(device_type, "auto", bf16_supported=False)
     assert (plan.autocast, plan.dtype, plan.grad_scaler) == (False, "float32", False)
     assert plan.label == "fp32"
+
+
+PASSING = Bf16Probe(loss_fp32=2.30, loss_bf16=2.301, grad_cosine=0.999, fp32_seconds=0.713, bf16_seconds=0.394)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", "AVX512-BF16"),
+    ("avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "AMX"),
+    ("fpu sse sse2 avx avx2 fma", None),
+    ("avx512f avx512bw avx512_vnni", None),  # AVX512 without its bf16 extension
+    ("", None),
+])
+def test_cpu_native_bf16_from_cpuinfo_flags(flags: str, expected: str | None) -> None:
+    assert cpu_native_bf16(flags.split()) == expected
+
+
+def test_this_machines_flags_match_proc_cpuinfo() -> None:
+    # The detected flags include /proc/cpuinfo's: the plan sees what the kernel reports.
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo")
+    reported = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split(":")[1].split()
+    assert detect_backends().cpu_bf16 == cpu_native_bf16(reported)
+
+
+@pytest.mark.parametrize("cpu_bf16", ["AMX", "AVX512-BF16"])
+def test_cpu_auto_is_bf16_only_with_native_bf16_and_a_passing_probe(cpu_bf16: str) -> None:
+    assert wants_bf16_probe("cpu", "auto", cpu_bf16)
+    plan = plan_precision("cpu", "auto", False, cpu_bf16=cpu_bf16, probe=PASSING)
+    assert (plan.autocast, plan.dtype, plan.grad_scaler) == (True, "bfloat16", False)
+    assert cpu_bf16 in plan.line and "1.81×" in plan.line and "cosine 0.9990" in plan.line
+    assert plan.probe["grad_cosine"] == 0.999 and plan.probe["cpu_bf16"] == cpu_bf16
+    unprobed = plan_precision("cpu", "auto", False, cpu_bf16=cpu_bf16)
+    assert not unprobed.autocast
+
+
+def test_cpu_auto_without_native_bf16_stays_fp32_and_does_not_probe() -> None:
+    assert not wants_bf16_probe("cpu", "auto", None)
+    plan = plan_precision("cpu", "auto", False, cpu_bf16=None, probe=PASSING)
+    assert not plan.autocast and "no native bf16" in plan.reason
+
+
+@pytest.mark.parametrize(("probe", "needle"), [
+    (dataclasses.replace(PASSING, loss_bf16=2.50), "changed the loss by 8.7%"),
+    (dataclasses.replace(PASSING, grad_cosine=0.95), "cosine 0.950"),
+    (dataclasses.replace(PASSING, loss_bf16=float("nan")), "non-finite"),
+    (dataclasses.replace(PASSING, bf16_seconds=0.70), "not faster"),
+    (dataclasses.replace(PASSING, bf16_seconds=0.90), "not faster"),
+])
+def test_a_failed_probe_keeps_fp32_and_says_why_in_one_line(probe: Bf16Probe, needle: str) -> None:
+    plan = plan_precision("cpu", "auto", False, cpu_bf16="AVX512-BF16", probe=probe)
+    assert not plan.autocast and plan.label == "fp32"
+    assert needle in plan.line and "\n" not in plan.line
+    assert plan.probe["loss_bf16"] == probe.loss_bf16 or math.isnan(plan.probe["loss_bf16"])
+
+
+@pytest.mark.parametrize("cpu_bf16", [None, "AMX"])
+def test_mps_auto_stays_fp32_and_on_off_keep_their_meaning(cpu_bf16: str | None) -> None:
+    assert not wants_bf16_probe("mps", "auto", cpu_bf16)
+    assert not plan_precision("mps", "auto", True, cpu_bf16=cpu_bf16, probe=PASSING).autocast
+    # on: bf16 on any CPU, probe or not; off: fp32 even where the probe passed
+    assert plan_precision("cpu", "on", False, cpu_bf16=cpu_bf16).dtype == "bfloat16"
+    assert not wants_bf16_probe("cpu", "on", cpu_bf16) and not wants_bf16_probe("cpu", "off", cpu_bf16)
+    off = plan_precision("cpu", "off", False, cpu_bf16=cpu_bf16, probe=PASSING)
+    assert not off.autocast and off.reason == "train.amp: off"
 
 
 def test_amp_only_when_asked_for_on_mps_and_cpu() -> None:
@@ -170,9 +242,23 @@ def test_cpu_plan_never_oversubscribes_and_respects_the_users_settings():
     # OMP_NUM_THREADS=1 on 8 cores: one thread, and the other cores load.
     capped = plan_cpu(cores=8, step_seconds=1.0, step_threads=1, load_seconds=1.0, max_threads=1)
     assert capped.threads == 1 and capped.workers >= 1 and "capped at 1" in capped.reason
-    # data.num_workers set by the user is kept; only the threads are planned around it.
+    # data.num_workers set by the user is kept; the threads are planned around its measured load.
     fixed = plan_cpu(cores=2, step_seconds=1.7, step_threads=1, load_seconds=0.05, max_threads=2, workers=1)
-    assert (fixed.threads, fixed.workers) == (1, 1)
+    assert (fixed.threads, fixed.workers) == (2, 1)
+
+
+def test_user_set_workers_idle_most_of_the_time_do_not_take_the_compute_cores():
+    from sustain.device import plan_cpu
+
+    # issue #25: num_workers 2 on 2 cores, a 57 ms load against a 1,056 ms step on one thread. The old
+    # plan gave compute 1 thread (0.64x timm); the workers are busy ~5% of the time: 2 threads.
+    plan = plan_cpu(cores=2, step_seconds=1.056, step_threads=1, load_seconds=0.057, max_threads=2, workers=2)
+    assert (plan.threads, plan.workers) == (2, 2)
+    assert "they share the cores" in plan.reason and "costs speed" not in plan.reason
+    # Loading-bound workers the user set: too few for the load, and the line says what auto would do.
+    slow = plan_cpu(cores=4, step_seconds=0.02, step_threads=1, load_seconds=0.6, max_threads=4, workers=1)
+    assert slow.workers == 1
+    assert "data.num_workers: 1 costs speed: auto would plan 1 thread(s) and 3 worker(s)" in slow.line
 
 
 def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_were() -> None:

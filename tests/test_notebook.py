@@ -173,7 +173,7 @@ def test_notebook_runs_top_to_bottom_on_a_tiny_config(tmp_path: Path, kernel: st
     assert "Suspect labels:" in text["results-gallery"] and "Top mistakes (val)" in gallery
     assert "data:image/jpeg;base64," in gallery  # the photos themselves, inline
     assert text["inference"].count("→ predicted") >= 1 and images["inference"] == 1
-    assert "✓ Reproducible: identical" in text["repro"]
+    assert "✓ Identical: every metric is bitwise equal" in text["repro"]
     assert "Skipped: set RUN_CROSSVAL = True" in text["crossval"]  # off by default: the run stays fast
     for artifact in ("manifest.csv", "data_summary.json", "best_model.safetensors", "best_model.json", "last.pth",
                      "metrics_history.json", "confusion_matrix.npy", "classification_report.json", "run.json",

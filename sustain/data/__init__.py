@@ -22,6 +22,7 @@ _OFFERS = {
     'ManifestDataset': 'dataset',
     'ManifestRow': 'manifest',
     'OVER_PIXEL_LIMIT': 'scan',
+    'cache_root': 'image_cache',
     'check_sources': 'lake',
     'collate_skip_failed': 'dataset',
     'compile_label_map': 'labels',

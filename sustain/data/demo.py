@@ -9,6 +9,11 @@ tests exercise every ingestion path without downloading anything:
   PLASTIC, METAL, ... Each coarse image is drawn from a fine class of that set,
   so the set label is true. `trash` maps to null (dropped) and `misc_unsorted`
   maps to nothing (it shows up in the unmapped report);
+- a small, known set of wrong labels: `PLANTED_FRACTION` of the master images
+  show another class than their folder names (listed with both labels in
+  `planted_label_noise.csv` at the lake's root, outside every source, so
+  ingestion never reads it), so the report's suspect-labels section has
+  something real to find;
 - a few corrupt files inside class folders (zero bytes, truncated JPEG and
   PNG, an HTML page named .png), exact duplicates across and within sources,
   near duplicates (the same pixels re-encoded), and a mix of JPEG and PNG in
@@ -30,6 +35,7 @@ byte-identical files.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -51,6 +57,8 @@ log = logging.getLogger("sustain.data.demo")
 
 DEFAULT_PER_CLASS = 40  # master images per class, half default / half real_world
 MARKER = "demo_lake.json"  # written last; identifies a finished demo lake
+PLANTED_CSV = "planted_label_noise.csv"  # at the lake's root: the wrong labels planted on purpose
+PLANTED_FRACTION = 0.02  # of the master source's images
 
 MASTER_ROOT = "master/images/images"
 COARSE_ROOT = "coarse"
@@ -79,7 +87,7 @@ ENCODINGS: tuple[tuple[str, str, float], ...] = (
 JPEG_SUFFIXES = (".jpg", ".jpg", ".jpg", ".jpg", ".jpeg", ".JPG")  # real lakes mix them
 
 # Random streams, one per role, so adding images of one kind never shifts another.
-_STREAM_MASTER, _STREAM_COARSE, _STREAM_PLAN, _STREAM_EXTRA = range(4)
+_STREAM_MASTER, _STREAM_COARSE, _STREAM_PLAN, _STREAM_EXTRA, _STREAM_NOISE = range(5)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,18 @@ def _plan_items(per_class: int, per_coarse: int, per_unmapped: int, seed: int) -
             items.append(_Item(f"{COARSE_ROOT}/{folder}/{folder}_{i:04d}", ci, bool(pick.random() < 0.5),
                                (seed, _STREAM_COARSE, fi, i)))
     return items
+
+
+def _plant_noise(items: list[_Item], seed: int, fraction: float = PLANTED_FRACTION) -> list[_Item]:
+    """The master items whose picture shows another class than their folder: their `class_index`
+    is the class drawn, the folder in `relpath` the (wrong) label. Always at least one."""
+    master = [i for i, item in enumerate(items) if item.relpath.startswith(MASTER_ROOT + "/")]
+    rng = np.random.default_rng((seed, _STREAM_NOISE))
+    chosen = sorted(rng.choice(master, size=max(1, round(fraction * len(master))), replace=False).tolist())
+    for i in chosen:
+        shift = 1 + int(rng.integers(len(MASTER_30) - 1))  # any other class
+        items[i] = dataclasses.replace(items[i], class_index=(items[i].class_index + shift) % len(MASTER_30))
+    return [items[i] for i in chosen]
 
 
 def _plan_encodings(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -165,13 +185,13 @@ def make_demo_lake(out_dir: str | Path, seed: int = 0, per_class: int | None = N
 
 def _replace_lake(staging: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for name in (MASTER_ROOT.split("/")[0], COARSE_ROOT, MARKER):
+    for name in (MASTER_ROOT.split("/")[0], COARSE_ROOT, PLANTED_CSV, MARKER):
         old = out / name
         if old.is_dir():
             shutil.rmtree(old)
         elif old.exists():
             old.unlink()
-    for name in (MASTER_ROOT.split("/")[0], COARSE_ROOT, MARKER):  # the marker last
+    for name in (MASTER_ROOT.split("/")[0], COARSE_ROOT, PLANTED_CSV, MARKER):  # the marker last
         os.replace(staging / name, out / name)
 
 
@@ -179,6 +199,7 @@ def _write_lake(root: Path, seed: int, per_class: int) -> dict[str, Any]:
     per_coarse = max(4, per_class * 3 // 8)
     per_unmapped = max(2, per_class // 8)
     items = _plan_items(per_class, per_coarse, per_unmapped, seed)
+    planted = {item.relpath for item in _plant_noise(items, seed)}
     plan_rng = np.random.default_rng((seed, _STREAM_PLAN, 1))
     encodings = _plan_encodings(len(items), plan_rng)
 
@@ -194,7 +215,8 @@ def _write_lake(root: Path, seed: int, per_class: int) -> dict[str, Any]:
         formats[f"{fmt}/{mode}"] = formats.get(f"{fmt}/{mode}", 0) + 1
 
     extra_rng = np.random.default_rng((seed, _STREAM_EXTRA))
-    duplicates, near_duplicates = _add_duplicates(written, labels, extra_rng)
+    noisy = {p for p in written if p.rsplit(".", 1)[0] in planted}
+    duplicates, near_duplicates = _add_duplicates(written, labels, extra_rng, avoid=noisy)
     corrupt = _add_corrupt(written, extra_rng)
 
     for relpath in sorted(written):
@@ -229,8 +251,17 @@ def _write_lake(root: Path, seed: int, per_class: int) -> dict[str, Any]:
         "formats": dict(sorted(formats.items())),
         "styles": {name: style_dict(class_style(i)) for i, name in enumerate(MASTER_30)},
     }
+    stats["planted_label_noise"] = _write_planted(root, sorted(noisy), labels)
     (root / MARKER).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats
+
+
+def _write_planted(root: Path, noisy: list[str], labels: dict[str, int]) -> int:
+    """`planted_label_noise.csv`: each planted file (relative to the lake root), its folder's label and
+    the class its picture shows."""
+    rows = ["path,given_label,true_label"] + [f"{p},{p.split('/')[3]},{MASTER_30[labels[p]]}" for p in noisy]
+    (root / PLANTED_CSV).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return len(noisy)
 
 
 def _next_path(written: dict[str, bytes], directory: str, stem: str, suffix: str) -> str:
@@ -242,11 +273,12 @@ def _next_path(written: dict[str, bytes], directory: str, stem: str, suffix: str
     return f"{directory}/{stem}_{i:04d}{suffix}"
 
 
-def _add_duplicates(written: dict[str, bytes], labels: dict[str, int],
-                    rng: np.random.Generator) -> tuple[list[list[str]], list[list[str]]]:
+def _add_duplicates(written: dict[str, bytes], labels: dict[str, int], rng: np.random.Generator,
+                    avoid: set[str]) -> tuple[list[list[str]], list[list[str]]]:
     """Exact copies of master images in the coarse folder of their set (same true label),
-    one exact copy within the master source, and two near duplicates (re-encoded pixels)."""
-    master = sorted(p for p in written if p.startswith(MASTER_ROOT + "/"))
+    one exact copy within the master source, and two near duplicates (re-encoded pixels).
+    A planted wrong label (`avoid`) is never copied: its copy would conflict, not merge."""
+    master = sorted(p for p in written if p.startswith(MASTER_ROOT + "/") and p not in avoid)
 
     def pick_master(set_name: str | None) -> str:
         pool = [p for p in master if set_name is None or MASTER_30[labels[p]] in MASTER_30_SETS[set_name]]

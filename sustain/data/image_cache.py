@@ -189,8 +189,12 @@ def for_config(data_cfg, input_size: int, crop_pct: float) -> ImageCache | None:
     side = stored_side(input_size, crop_pct, data_cfg.image_cache)
     if side is None:
         return None
-    root = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else Path(data_cfg.root).expanduser() / ".sustain_cache"
-    return ImageCache(str(root.absolute() / FOLDER), side, data_cfg.max_image_pixels)
+    return ImageCache(str(cache_root(data_cfg).absolute() / FOLDER), side, data_cfg.max_image_pixels)
+
+
+def cache_root(data_cfg) -> Path:
+    """Where Sustain keeps its caches: `data.cache_dir`, else `<data.root>/.sustain_cache`."""
+    return Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else Path(data_cfg.root).expanduser() / ".sustain_cache"
 
 
 def disk_summary(cache: ImageCache) -> dict[str, int | str]:

@@ -39,7 +39,7 @@ from .collect import (
 )
 from .decode_cache import DecodeCache
 from .folds import assigned_splits
-from .image_cache import ImageCache, disk_summary
+from .image_cache import ImageCache, cache_root, disk_summary
 from .image_cache import describe as describe_image_cache
 from .manifest import ManifestRow, manifest_hash, manifest_text
 from .scan import SIGNATURE_VERSION
@@ -115,7 +115,7 @@ def _ingest(cfg: Config, taxonomy: Taxonomy, out_dir: str | Path | None, log_sum
         if not source.enabled:
             say("⏭️  Skipping %s (enabled: false)", source.name)
 
-    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else Path(data.root).expanduser() / ".sustain_cache"
+    cache_dir = cache_root(data)
     scans = []
     for source, root, label_map in zip(enabled, roots, label_maps, strict=True):
         say("📂 Ingesting %s from %s...", source.name, cfg.source_root(source))

@@ -95,8 +95,10 @@ def _sources(facts: IngestFacts) -> dict[str, dict[str, Any]]:
     """Per source: where it is, what it gave per split, and what it lost, by reason."""
     names = [s.config.name for s in facts.scans]
     per_source: dict[str, Counter] = defaultdict(Counter)
+    labels: dict[str, set[str]] = defaultdict(set)
     for r in facts.rows:
         per_source[r.source][r.split] += 1
+        labels[r.source].add(r.label)
     conflict_files = Counter(names[im.source] for group in facts.merged.conflicts for im in group)
     loaded = Counter(names[im.source] for im in facts.decoded.images)
     corrupt = Counter(names[index] for index, _, _ in facts.decoded.corrupt)
@@ -112,6 +114,7 @@ def _sources(facts: IngestFacts) -> dict[str, dict[str, Any]]:
         sources[name] = {
             "root": scan.root,
             "images": kept,
+            "labels": len(labels[name]),  # distinct labels (classes or sets) among its kept images
             "splits": {s: per_source[name][s] for s in _splits(facts.rows)},
             "files_found": scan.candidates,
             "unmapped": sum(len(v) for v in scan.unmapped.values()),

@@ -42,7 +42,7 @@ from ..utils import atomic_write, atomic_write_json
 from .export_files import clear_previous, mark_rejected
 from .inference import OnnxBackend, Predictor
 from .loading import LoadedCheckpoint, load_checkpoint_model
-from .model_card import write_model_folder
+from .model_card import calibration_config, write_model_folder
 
 log = logging.getLogger("sustain.deploy.export")
 
@@ -99,8 +99,9 @@ def onnx_metadata(meta: dict[str, Any], precision: str, opset: int) -> dict[str,
     keep = ("model_name", "classes", "bins", "sets", "input_size", "mean", "std", "interpolation",
             "crop_pct", "crop_mode", "manifest_hash", "epoch", "val_acc")
     return {**{k: meta.get(k) for k in keep}, "crop_mode": meta.get("crop_mode", "center"),
+            **calibration_config(meta),
             "input": "image: uint8 RGB [N, 3, S, S], resized and center-cropped; normalised inside",
-            "output": "logits [N, num_classes]; softmax gives probabilities",
+            "output": "logits [N, num_classes]; softmax(logits / temperature) gives calibrated probabilities",
             "precision": precision, "opset": opset, "sustain_version": sustain_version()}
 
 

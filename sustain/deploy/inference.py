@@ -7,7 +7,10 @@
 
 The checkpoint carries everything preprocessing needs (input size, mean/std,
 interpolation, crop_pct) and the taxonomy (classes, bins), so inference uses
-exactly the eval transform and image decoding of training. Images are decoded
+exactly the eval transform and image decoding of training. It also carries the
+calibration temperature T (probabilities are ``softmax(logits / T)``, on both
+backends) and, when trained with ``eval.accept_accuracy``, the accept threshold:
+each prediction then says ``decision: "accept"`` or ``"review"``. Images are decoded
 one by one and scored in batches. A file that cannot be read gets a result
 with ``error`` set and no classes; the others are still scored.
 
@@ -36,6 +39,7 @@ from torchvision import transforms as T
 from ..data import CorruptImage, load_rgb, to_rgb, walk_source
 from ..device import resolve_device
 from ..errors import UsageError
+from ..evaluate import AcceptPolicy, apply_temperature
 from ..taxonomy import Taxonomy
 from ..transforms import build_eval_transform
 from .loading import LoadedCheckpoint, load_checkpoint_model, taxonomy_from_meta
@@ -55,13 +59,15 @@ def default_batch_size(device: torch.device) -> int:
 
 @dataclass
 class Prediction:
-    """The result for one image: top-k (class, probability) pairs and the bin of the top class,
-    or ``error`` (and nothing else) when the image could not be read."""
+    """The result for one image: top-k (class, probability) pairs, the bin of the top class and,
+    when the model carries an accept threshold, ``decision`` ("accept" or "review"); or
+    ``error`` (and nothing else) when the image could not be read."""
 
     input: str
     topk: list[tuple[str, float]] = field(default_factory=list)
     bin: str | None = None
     error: str | None = None
+    decision: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,6 +82,7 @@ class Prediction:
             "input": self.input,
             "topk": [{"class": c, "probability": p} for c, p in self.topk],
             "bin": self.bin,
+            "decision": self.decision,
             "error": self.error,
         }
 
@@ -155,10 +162,10 @@ class TorchBackend:
         self.device = device
         self.transform = build_eval_transform(dict(data_config))
 
-    def probs(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         x = torch.stack([self.transform(im) for im in images]).to(self.device)
         with torch.inference_mode():
-            return self.model(x).float().softmax(dim=1).cpu().numpy()
+            return self.model(x).float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -183,9 +190,9 @@ class OnnxBackend:
         self.device = device
         self.resize, _ = split_eval_transform(data_config)
 
-    def probs(self, images: Sequence[Image.Image]) -> np.ndarray:
-        logits = self.session.run(None, {self.input_name: to_pixels(images, self.resize)})[0]
-        return torch.from_numpy(logits).float().softmax(dim=1).numpy()
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: to_pixels(images, self.resize)})[0],
+                          dtype=np.float32)
 
 
 def read_onnx_meta(path: str | Path) -> dict[str, Any]:
@@ -230,6 +237,8 @@ class Predictor:
         self.data_config = data_config
         self.device = self.backend.device
         self.meta = meta or {}
+        self.temperature = float(self.meta.get("temperature") or 1.0)  # 1: a model trained before calibration
+        self.policy = AcceptPolicy.from_meta(self.meta)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto",
@@ -266,11 +275,14 @@ class Predictor:
         out = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            probs = self.backend.probs(batch)
+            probs = self._probs(batch)
             if tta:
-                probs = (probs + self.backend.probs([ImageOps.mirror(im) for im in batch])) / 2
+                probs = (probs + self._probs([ImageOps.mirror(im) for im in batch])) / 2
             out.append(probs)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def _probs(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return apply_temperature(self.backend.logits(images), self.temperature)
 
     def predict(self, images_or_paths: ImageInput | Iterable[ImageInput], topk: int = 3, tta: bool = False,
                 batch_size: int | None = None) -> list[Prediction]:
@@ -291,19 +303,24 @@ def _score_chunk(predictors: Sequence[Predictor], chunk: list[_Loaded], topk: in
     images = [item.image for item in good]
     probs = np.mean([p.predict_proba(images, tta, batch_size) for p in predictors], axis=0) if good else None
     taxonomy = predictors[0].taxonomy
-    scored = dict(zip((id(item) for item in good), probs if probs is not None else [], strict=True))
+    # The threshold was chosen on one model's calibrated probabilities: an ensemble's mean has none.
+    policy = predictors[0].policy if len(predictors) == 1 else None
+    decisions = policy.decisions(probs, taxonomy) if policy is not None and probs is not None else [None] * len(good)
+    rows = zip(probs if probs is not None else [], decisions, strict=True)
+    scored = dict(zip((id(item) for item in good), rows, strict=True))
     return [
         Prediction(item.name, error=item.error) if item.error is not None
-        else top_predictions(item.name, scored[id(item)], taxonomy, topk)
+        else top_predictions(item.name, scored[id(item)][0], taxonomy, topk, scored[id(item)][1])
         for item in chunk
     ]
 
 
-def top_predictions(name: str, probs: np.ndarray, taxonomy: Taxonomy, topk: int) -> Prediction:
+def top_predictions(name: str, probs: np.ndarray, taxonomy: Taxonomy, topk: int,
+                    decision: str | None = None) -> Prediction:
     """The k most probable classes (k capped at C) and the bin of the first."""
     order = np.argsort(-probs, kind="stable")[: max(1, min(topk, len(probs)))]
     pairs = [(taxonomy.classes[i], float(probs[i])) for i in order]
-    return Prediction(name, pairs, taxonomy.bin_of(pairs[0][0]))
+    return Prediction(name, pairs, taxonomy.bin_of(pairs[0][0]), decision=decision)
 
 
 # --------------------------------------------------------------------------- sustain predict
@@ -356,16 +373,18 @@ def predict_cli(checkpoints: Sequence[str | Path], inputs: Sequence[str | Path],
 
 def format_table(results: Sequence[Prediction]) -> str:
     """An aligned table: image, top class, its probability, bin, the runners-up."""
-    rows = [("IMAGE", "CLASS", "PROB", "BIN", "NEXT")]
+    decided = any(r.decision for r in results)  # the DECISION column, when the model carries a threshold
+    rows = [("IMAGE", "CLASS", "PROB", "BIN", *(("DECISION",) if decided else ()), "NEXT")]
     for r in results:
         if r.ok:
             rest = ", ".join(f"{c} {p:.1%}" for c, p in r.topk[1:])
-            rows.append((r.input, r.topk[0][0], f"{r.topk[0][1]:.1%}", r.bin or "-", rest))
+            rows.append((r.input, r.topk[0][0], f"{r.topk[0][1]:.1%}", r.bin or "-",
+                         *((r.decision or "-",) if decided else ()), rest))
         else:
-            rows.append((r.input, "ERROR", "", "", r.error or ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            rows.append((r.input, "ERROR", "", "", *(("",) if decided else ()), r.error or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]), row[3].ljust(widths[3]), row[4]]
-        lines.append("  ".join(cells).rstrip())
+        cells = [cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row[:-1], widths, strict=True))]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import torch
 from ..artifacts import EXPORT_META, export_paths, read_meta
 from ..errors import UsageError
 from ..model import create_for_inference, load_checkpoint, load_weights
-from ..taxonomy import Taxonomy
+from ..taxonomy import Taxonomy, taxonomy_from_meta  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -55,15 +55,6 @@ def _check_meta(meta: Mapping[str, Any], where: Path) -> None:
                          f"but num_classes is {meta['num_classes']}")
 
 
-def taxonomy_from_meta(meta: Mapping[str, Any]) -> Taxonomy:
-    bins = meta.get("bins")
-    return Taxonomy(
-        classes=tuple(meta["classes"]),
-        bins={k: tuple(v) for k, v in bins.items()} if bins else None,
-        sets={k: tuple(v) for k, v in (meta.get("sets") or {}).items()},
-    )
-
-
 def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict and metadata of a training checkpoint (``model`` and ``meta``, see
     `sustain.training.checkpoints.save_best`). A checkpoint without ``meta`` (``last.pth``)
@@ -74,8 +65,12 @@ def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise UsageError(f"Checkpoint {path} holds no model weights (keys: {sorted(ckpt)[:10]})",
                          "pass a best_model_*.pth, last.pth or best_model.safetensors written by `sustain train`")
     meta = dict(ckpt.get("meta") or {})
-    if any(k not in meta for k in _REQUIRED_META) and (path.parent / EXPORT_META).is_file():
-        meta = {**read_meta(path.parent / EXPORT_META), **meta}
+    beside = path.parent / EXPORT_META
+    if beside.is_file() and (any(k not in meta for k in _REQUIRED_META) or "temperature" not in meta):
+        exported = read_meta(beside)
+        if all(k in meta for k in _REQUIRED_META) and exported.get("epoch") != meta.get("epoch"):
+            exported = {}  # another epoch's calibration does not fit these weights
+        meta = {**exported, **meta}
     return dict(state), meta
 
 

@@ -27,13 +27,20 @@ WORST_SHOWN = 5
 HUB_KEYS = ("tag", "license", "hf_hub_id", "hf_hub_filename", "url", "origin_url", "paper_ids", "paper_name", "notes")
 
 
+def calibration_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """T and the accept threshold, as the export's configs (config.json, the ONNX metadata) carry them."""
+    return {"temperature": float(meta.get("temperature") or 1.0),
+            **{k: meta.get(k) for k in ("accept_accuracy", "accept_on", "accept_threshold")}}
+
+
 def write_model_folder(loaded: LoadedCheckpoint, run_dir: Path, out: Path) -> Path:
     """``model.safetensors`` + ``config.json`` (timm's `save_for_hf`) + ``README.md`` (the model card)."""
     from timm.models import save_for_hf
 
     out.mkdir(parents=True, exist_ok=True)
     artifacts = _artifacts(run_dir)
-    save_for_hf(loaded.model, str(out), model_config={"label_names": list(loaded.taxonomy.classes)},
+    save_for_hf(loaded.model, str(out), model_config={"label_names": list(loaded.taxonomy.classes),
+                                                      **calibration_config(loaded.meta)},
                 model_args=accepted_args(loaded.model, loaded.meta.get("model_kwargs") or {}),
                 safe_serialization=True, data_config=dict(loaded.data_config))
     origin = weights_origin(_pretrained_setting(artifacts.get("run")), loaded.model.pretrained_cfg)
@@ -106,6 +113,7 @@ def build_model_card(meta: Mapping[str, Any], artifacts: Mapping[str, Any]) -> s
         _classes(meta),
         _data(artifacts.get("data_summary")),
         _metrics(report),
+        _calibration(meta, report),
         _held_out(artifacts.get("test_report"), artifacts.get("ood_report")),
         _failure_modes(report),
         _environment(artifacts.get("run"), meta),
@@ -227,6 +235,31 @@ def _metrics(report: Mapping[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _calibration(meta: Mapping[str, Any], report: Mapping[str, Any] | None) -> str:
+    t = float(meta.get("temperature") or 1.0)
+    how = (meta.get("calibration") or {}).get("reason") or "fitted on the validation split"
+    lines = ["## Confidence and accept-or-review\n",
+             f"- temperature T = {t:.4g} ({how}): probabilities are softmax(logits / T); "
+             f"ECE {_num((report or {}).get('expected_calibration_error_uncalibrated'))} before, "
+             f"{_num((report or {}).get('expected_calibration_error'))} after"]
+    if meta.get("accept_accuracy") is None:
+        lines.append("- no accept threshold (train with `eval.accept_accuracy` to get one)")
+        return "\n".join(lines) + "\n"
+    threshold, on = meta.get("accept_threshold"), meta.get("accept_on")
+    lines.append(f"- accept when the {on} probability ≥ {threshold:.4f}, chosen on validation so that the lower "
+                 f"95% bound of the accepted accuracy is ≥ {_pct(meta['accept_accuracy'])}; the rest go to review"
+                 if threshold is not None else
+                 f"- no threshold backs {_pct(meta['accept_accuracy'])} on the validation split: every prediction "
+                 "says review")
+    a = ((report or {}).get("accept_or_review") or {}).get(on or "")
+    if a and a.get("accepted_accuracy") is not None:
+        lo, hi = a["interval"]
+        lines.append(f"- on the {report.get('split')} split: {_pct(a['coverage'])} accepted at "
+                     f"{_pct(a['accepted_accuracy'])} (95% interval {_pct(lo)}–{_pct(hi)}), {a['review']} of "
+                     f"{a['n']} to review: {a['status']}")
+    return "\n".join(lines) + "\n"
+
+
 def _counts(report: Mapping[str, Any]) -> str:
     """How many images the metrics below cover, so the card's counts match them."""
     n_fine, n_set = report.get("n_fine"), report.get("n_set") or 0
@@ -270,6 +303,8 @@ def _environment(run: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> str:
         device = run.get("device") or {}
         versions = ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
         lines += [f"- device: {device.get('type', '?')} ({device.get('name', '?')}), precision {device.get('precision', '?')}",
+                  *([f"- precision plan: {device['precision_plan']['reason']}"]
+                    if (device.get("precision_plan") or {}).get("reason") else []),
                   f"- versions: {versions}", f"- epochs completed: {run.get('epochs_completed')}, seed {run.get('seed')}"]
     return "\n".join(lines) + "\n"
 

@@ -14,6 +14,7 @@ from ..artifacts import MANIFEST, checkpoint_record
 from ..data import ManifestDataset, collate_skip_failed
 from ..device import resolve_device
 from ..evaluate import (
+    calibration_from_meta,
     collect_predictions,
     format_per_class,
     indexed_loader,
@@ -63,9 +64,12 @@ def evaluate_checkpoint(
     dataset = ManifestDataset(rows, taxonomy.num_classes, sources, build_eval_transform(dict(loaded.data_config)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_failed)
     preds = collect_predictions(loaded.model, indexed_loader(loader), dev)
+    calibration = calibration_from_meta(loaded.meta)  # the run's T and accept threshold, as predict applies them
+    preds.temperature = calibration["temperature"]
     record = checkpoint_record(loaded.path, loaded.meta)
     out = Path(out_dir or run_dir)
-    report = write_split_report(preds, taxonomy, sources, out, name, stem=f"eval_{name}_", checkpoint=record)
+    report = write_split_report(preds, taxonomy, sources, out, name, stem=f"eval_{name}_", checkpoint=record,
+                                calibration=calibration)
     # The train split's store is in-sample: the model learned those labels (the report says so).
     write_prediction_store(preds, dataset, taxonomy, sources, out / predictions_file(f"eval_{name}"), name,
                            in_sample=name == "train")

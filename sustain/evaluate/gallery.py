@@ -25,7 +25,7 @@ import csv
 import io
 import logging
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,14 +268,16 @@ def label_issue_rows(suspects: Iterable[Sample]) -> list[dict[str, Any]]:
              "label_quality": s.p_given, "rank": rank} for rank, s in enumerate(suspects, 1)]
 
 
-def write_suspects_csv(path: str | Path, suspects: Iterable[Sample]) -> Path:
-    """`suspect_labels.csv`: one reviewed row per image (see docs/evaluation.md for the workflow)."""
+def write_suspects_csv(path: str | Path, suspects: Iterable[Sample],
+                       name: Callable[[Sample], str] = lambda s: s.path) -> Path:
+    """`suspect_labels.csv`: one reviewed row per image (see docs/evaluation.md for the workflow);
+    `name` gives the `path` column (the report: relative to the image's source root, as `exclude` takes it)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["rank", "split", "scores", "path", "source", "given_label", "predicted_label",
                      "given_label_probability", "predicted_probability", "top3"])
     for rank, s in enumerate(suspects, 1):
-        writer.writerow([rank, s.split, "in-sample" if s.in_sample else "held-out", s.path, s.source, s.given,
+        writer.writerow([rank, s.split, "in-sample" if s.in_sample else "held-out", name(s), s.source, s.given,
                          s.predicted, f"{s.p_given:.4f}", f"{s.p_predicted:.4f}",
                          "; ".join(f"{c}={p:.3f}" for c, p in s.top3)])
     return atomic_write_text(path, buf.getvalue())

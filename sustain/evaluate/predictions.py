@@ -25,9 +25,15 @@ class Predictions:
     source_ids: torch.Tensor  # int64 [N]
     failed: int  # samples the loader dropped because they could not be read
     indices: torch.Tensor | None = None  # int64 [N]: dataset index of each row, from an `indexed_loader`
+    temperature: float = 1.0  # calibration (`sustain.evaluate.calibration`): probs are softmax(logits / T)
 
     @property
     def probs(self) -> torch.Tensor:
+        return (self.logits / self.temperature).softmax(dim=1)
+
+    @property
+    def raw_probs(self) -> torch.Tensor:
+        """The uncalibrated softmax, for ECE before calibration."""
         return self.logits.softmax(dim=1)
 
 

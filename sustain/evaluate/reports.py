@@ -22,16 +22,19 @@ from ..artifacts import VAL_CONFUSION, VAL_REPORT, checkpoint_record, export_pat
 from ..errors import UsageError
 from ..model import load_weights
 from ..taxonomy import Taxonomy
-from ..utils import atomic_write, atomic_write_json, fmt_metric
+from ..utils import atomic_write, atomic_write_json, fmt_metric, portable_path
+from .calibration import calibrate
 from .gallery import SamplePredictions, predictions_file, save_predictions
-from .metrics import final_metrics
+from .metrics import expected_calibration_error, final_metrics
 from .predictions import Predictions, collect_predictions, indexed_loader
+from .selective import accept_report
 
 log = logging.getLogger("sustain.evaluate")
 
 
 def build_classification_report(
-    preds: Predictions, taxonomy: Taxonomy, sources: Sequence[str] | None, split: str
+    preds: Predictions, taxonomy: Taxonomy, sources: Sequence[str] | None, split: str,
+    calibration: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The JSON report of one split and its C×C confusion matrix.
 
@@ -59,11 +62,21 @@ def build_classification_report(
             "set_accuracy": m["set_acc"],
             "top5_accuracy": m["top5_acc"],
             "expected_calibration_error": m["ece"],
+            "expected_calibration_error_uncalibrated": expected_calibration_error(preds.raw_probs.numpy(), targets),
+            "temperature": float(preds.temperature),
             "bin_accuracy": m["bin"],
             "per_source_accuracy": m["per_source"],
             "worst_classes": [{"class": c, "f1": f, "support": s} for c, f, s in m["worst"]],
         }
     )
+    if calibration is not None:
+        report["calibration"] = dict(calibration)
+        if calibration.get("accept_accuracy") is not None:
+            report["accept_or_review"] = {
+                "decided_on": calibration["accept_on"],
+                **accept_report(probs, targets, taxonomy, calibration["accept_accuracy"],
+                                calibration.get("accept_thresholds")
+                                or {calibration["accept_on"]: calibration.get("accept_threshold")})}
     return report, m["confusion"]
 
 
@@ -71,7 +84,8 @@ _EXTRA_KEYS = frozenset(
     {
         "split", "classes", "n_samples", "n_fine", "n_set", "failed", "macro_f1", "set_accuracy",
         "top5_accuracy", "expected_calibration_error", "bin_accuracy", "per_source_accuracy",
-        "worst_classes", "checkpoint",
+        "worst_classes", "checkpoint", "expected_calibration_error_uncalibrated", "temperature", "calibration",
+        "accept_or_review",
     }
 )
 
@@ -110,9 +124,10 @@ def write_split_report(
     *,
     stem: str | None = None,
     checkpoint: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write one split's confusion matrix and report atomically; return the report."""
-    report, confusion = build_classification_report(preds, taxonomy, sources, split)
+    report, confusion = build_classification_report(preds, taxonomy, sources, split, calibration)
     if checkpoint is not None:
         report["checkpoint"] = dict(checkpoint)
     cm_path, json_path = report_paths(Path(out_dir), split, stem)
@@ -131,33 +146,66 @@ def write_final_evaluation(
     autocast: Any = None,
     *,
     checkpoint: str | Path | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score the best weights on each split and write the SPEC §7 reports.
 
     With ``checkpoint`` (a ``best_model.safetensors`` path, or the run folder
     holding it) those weights are loaded into `model` first, and the report
     records their epoch; the engine passes it so the final numbers can never
-    come from the last epoch's live weights. Returns ``{split: report}``; a
-    split whose loader is None is skipped.
+    come from the last epoch's live weights. With ``calibration`` (the config's
+    ``{"temperature": "auto"|"off"|T, "accept_accuracy": target|None}``) the
+    temperature and thresholds are chosen on val (`calibration.calibrate`) and
+    every split's reports and store hold calibrated probabilities; each report's
+    ``calibration`` holds the choice. Returns ``{split: report}``; a split whose
+    loader is None is skipped.
     """
     record = None
     if checkpoint is not None:
         weights, meta = export_paths(Path(checkpoint))
         load_weights(model, weights)
         record = checkpoint_record(weights, read_meta(meta) if meta.is_file() else {})
+        record["path"] = portable_path(weights.absolute(), [Path(out_dir).absolute()])  # a shared file: relative
     device = torch.device(device)
     model.to(device)
+    scored = {split: collect_predictions(model, indexed_loader(loader), device, autocast,
+                                         desc=f"Final evaluation ({split})")
+              for split, loader in loaders.items() if loader is not None}
+    chosen = _calibrate(scored.get("val"), taxonomy, calibration)
     results: dict[str, dict[str, Any]] = {}
-    for split, loader in loaders.items():
-        if loader is None:
-            continue
-        preds = collect_predictions(model, indexed_loader(loader), device, autocast,
-                                    desc=f"Final evaluation ({split})")
-        results[split] = write_split_report(preds, taxonomy, sources, out_dir, split, checkpoint=record)
-        write_prediction_store(preds, getattr(loader, "dataset", None), taxonomy, sources,
+    for split, preds in scored.items():
+        preds.temperature = chosen["temperature"] if chosen else 1.0
+        results[split] = write_split_report(preds, taxonomy, sources, out_dir, split, checkpoint=record,
+                                            calibration=chosen)
+        write_prediction_store(preds, getattr(loaders[split], "dataset", None), taxonomy, sources,
                                Path(out_dir) / predictions_file(split), split)
         log.info("%s", summary_line(results[split]))
     return results
+
+
+def _calibrate(val: Predictions | None, taxonomy: Taxonomy,
+               settings: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if settings is None:
+        return None
+    if val is None:  # nothing to fit on: T = 1 and no threshold, said so
+        val = Predictions(torch.zeros(0, taxonomy.num_classes), torch.zeros(0, taxonomy.num_classes),
+                          torch.zeros(0, dtype=torch.long), 0)
+    chosen = calibrate(val.logits, val.targets.numpy(), taxonomy, settings["temperature"],
+                       settings.get("accept_accuracy"))
+    log.info("%s", calibration_line(chosen))
+    return chosen
+
+
+def calibration_line(c: Mapping[str, Any]) -> str:
+    """The end-of-training line on T and the threshold."""
+    how = f"fitted on {c['n_images']} val images" if c["method"] == "fitted" else c["reason"]
+    line = f"🌡️  Temperature {c['temperature']:.3g} ({how})"
+    if c.get("accept_accuracy") is not None:
+        t = c["accept_threshold"]
+        line += (f"; accept when the {c['accept_on']} probability ≥ {t:.4f} (target {c['accept_accuracy']:.2%})"
+                 if t is not None else f"; ⚠️  no threshold backs {c['accept_accuracy']:.2%} on val: every "
+                 "prediction goes to review")
+    return line
 
 
 def write_prediction_store(preds: Predictions, dataset: Any, taxonomy: Taxonomy, sources: Sequence[str] | None,
@@ -190,4 +238,18 @@ def summary_line(report: Mapping[str, Any]) -> str:
         f"Macro F1 {report['macro_f1']:.4f}, Top-5 {pct(report['top5_accuracy'])}, "
         f"Bin {pct(report['bin_accuracy']['acc'])}, Set {pct(report['set_accuracy'])} "
         f"({report['n_set']} set-labelled), ECE {fmt_metric(report['expected_calibration_error'])}"
+        + _calibration_suffix(report)
     )
+
+
+def _calibration_suffix(report: Mapping[str, Any]) -> str:
+    text = ""
+    if report.get("temperature", 1.0) != 1.0:
+        text += f" (before T = {report['temperature']:.3g}: {fmt_metric(report['expected_calibration_error_uncalibrated'])})"
+    accept = report.get("accept_or_review")
+    if accept:
+        a = accept[accept["decided_on"]]
+        acc = "n/a" if a["accepted_accuracy"] is None else f"{a['accepted_accuracy']:.2%}"
+        text += (f"; accepted {a['accepted']}/{a['n']} at {acc} ({accept['decided_on']}, "
+                 f"target {a['target']:.2%}: {a['status']}), {a['review']} to review")
+    return text

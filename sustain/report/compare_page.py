@@ -1,7 +1,9 @@
-"""`sustain compare RUN_DIR RUN_DIR… [--html FILE]`: the comparison printed, and as a page.
+"""`sustain compare RUN_DIR RUN_DIR… [--html FILE]`: the comparison printed, and as a page, the verdict first.
 
 The comparison itself is `sustain.evaluate.compare` (pure); this module draws
-the curves, writes the HTML and runs the command.
+the curves, writes the HTML and runs the command. The page names runs by their
+folder's name only: it can be sent to a colleague without the sender's
+directory layout.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..evaluate import VERDICTS, compare_runs, format_comparison, load_run, table_rows
+from ..evaluate import (
+    VERDICTS,
+    compare_runs,
+    exit_code,
+    format_comparison,
+    load_run,
+    table_rows,
+    verdict_lines,
+)
 from ..utils import atomic_write_text, escape_html
-from .html import CSS, html_table
+from .html import CSP, CSS, html_table
 from .plots import history_series, new_figure
 
 log = logging.getLogger("sustain.report.compare_page")
@@ -40,22 +50,50 @@ def curves_png(runs: Sequence[Mapping[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def _verdict_html(result: Mapping[str, Any]) -> str:
+    repro = result["reproducibility"]
+    lines = verdict_lines(result)
+    if repro is None:
+        return "".join(f'<p class="muted">{escape_html(x)}</p>' for x in lines)
+    ok = repro["verdict"] != "not"
+    head = f'<p class="verdict {"ok" if ok else "bad"}"><b>{escape_html(VERDICTS[repro["verdict"]])}</b></p>'
+    return head + "".join(f"<p>{escape_html(x)}</p>" for x in [repro["detail"], *lines[1:]])
+
+
+def _differences_html(result: Mapping[str, Any]) -> str:
+    names = [r["name"] for r in result["runs"]]
+    parts = []
+    for title, diffs in (("Settings that change results", result["config_differences"]),
+                         ("Settings without effect on results", result["neutral_differences"])):
+        body = html_table(["key", *names], [[k, *map(str, v)] for k, v in diffs.items()]) if diffs else \
+            '<p class="muted">None differ.</p>'
+        parts.append(f"<h3>{escape_html(title)}</h3>{body}")
+    return "".join(parts)
+
+
 def render_html(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str:
     rows = table_rows(result)
-    repro = result["reproducibility"]
-    verdict = f"<p><b>{escape_html(VERDICTS[repro['verdict']])}</b> ({escape_html(repro['detail'])})</p>" if repro else ""
+    rows = [rows[0]] + [r for r in rows[1:] if not r[0].startswith("config: ")]  # settings have their own section
     png = base64.b64encode(curves_png(runs)).decode("ascii")
-    paths = "".join(f"<li>{escape_html(r['name'])}: {escape_html(r['path'])}</li>" for r in result["runs"])
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Sustain run comparison</title>'
-            f"<style>{CSS}</style></head><body>\n<h1>Sustain run comparison</h1><ul>{paths}</ul>{verdict}"
-            f"{html_table(rows[0], rows[1:])}<h2>Training curves</h2>"
+    names = ", ".join(r["name"] for r in result["runs"])
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>Sustain run comparison</title>'
+            f"<style>{CSS}</style></head><body>\n<h1>Sustain run comparison</h1>{_verdict_html(result)}"
+            f'<p class="muted">Runs (folder names): {escape_html(names)}</p>'
+            f"<h2>What differs</h2>{_differences_html(result)}"
+            f"<h2>Outcomes</h2>{html_table(rows[0], rows[1:])}<h2>Training curves</h2>"
             f'<img alt="training curves" src="data:image/png;base64,{png}">\n</body></html>\n')
 
 
-def compare_cli(run_dirs: Sequence[str], html_path: str | None = None) -> int:
-    """`sustain compare`: print the table (and verdict); with `html_path`, write the page too.
+def write_compare_page(path: Path, result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> Path:
+    return atomic_write_text(path, render_html(result, runs))
 
-    Exit code 1 when two runs of the same config and seed are not reproducible (a failed check)."""
+
+def compare_cli(run_dirs: Sequence[str], html_path: str | None = None) -> int:
+    """`sustain compare`: print the table and the verdict; with `html_path`, write the page too.
+
+    Exit code 1 when two runs of the same settings are not reproduced (`evaluate.compare.exit_code`)."""
     if len(run_dirs) < 2:
         raise UsageError("compare needs at least two run folders", "sustain compare RUN_DIR RUN_DIR [...]")
     runs = [load_run(p) for p in run_dirs]
@@ -63,6 +101,5 @@ def compare_cli(run_dirs: Sequence[str], html_path: str | None = None) -> int:
     for line in format_comparison(result):
         log.info(line)
     if html_path:
-        log.info("✓ Comparison written: %s", atomic_write_text(Path(html_path), render_html(result, runs)))
-    repro = result["reproducibility"]
-    return 1 if repro is not None and repro["verdict"] == "not" else 0
+        log.info("✓ Comparison written: %s", write_compare_page(Path(html_path), result, runs))
+    return exit_code(result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,13 @@ import numpy as np
 
 from ..evaluate import shift_rows, top_confusions
 from ..utils import escape_html
+from ..utils import wrap_html as wrap
+from .confusion_html import confusion_table
+from .data_tables import data_summary_html
 from .gallery_html import Gallery
-from .plots import history_series, normalise_rows
+from .glance import glance_lines
+from .paths import PathView
+from .plots import history_series
 
 TOP_CONFUSIONS = 10
 WORST_SHOWN = 5
@@ -33,10 +38,17 @@ th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums
 .note{background:#fff8e1;border-left:4px solid #f0ad4e;padding:.4rem .8rem;margin:.3rem 0}
 .ok{color:#2e7d32} .bad{color:#c62828} img{max-width:100%;border:1px solid #eee} .muted{color:#777}
 details{margin:.5rem 0} pre{background:#f7f7f7;padding:.5rem;white-space:pre-wrap;overflow-wrap:anywhere}
-table{display:block;max-width:100%;overflow-x:auto} td{overflow-wrap:anywhere}
+table{display:block;max-width:100%;overflow-x:auto} td,th{overflow-wrap:normal;word-break:normal}
+.glance{background:#f4f8fb;border-left:4px solid #1f77b4;padding:.5rem 1rem;margin:1rem 0}
+.glance li{margin:.15rem 0} .cm-table td.cm,.cm-table th.cm{padding:.15rem .25rem;min-width:1.6rem;text-align:center;
+font-size:.8rem} .cm-table th.cm-row{font-weight:normal;font-size:.8rem;max-width:12rem}
+@media (max-width:500px){body{margin:1rem auto;padding:0 .5rem} td,th{padding:.2rem .3rem}
+ .wide,.wide tbody,.wide tr,.wide td{display:block} .wide tr:first-child{display:none} .wide tr{border-top:2px solid #ddd}
+ .wide td{border:0;text-align:left} .wide td::before{content:attr(data-label) ": ";font-weight:600}
+ .cm-table td.cm,.cm-table th.cm{min-width:1.1rem;padding:.1rem;font-size:.65rem} .cm-table th.cm-row{font-size:.7rem}}
 """
 # The page may load nothing but its own inline styles and data: images; a browser enforces it.
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -51,15 +63,21 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return str(value)
 
 
+def _td(value: Any, label: str) -> str:
+    attr = f' data-label="{escape_html(label)}"' if label else ""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.endswith("%")):
+        return f'<td class="num"{attr}>{escape_html(value)}</td>'
+    return f"<td{attr}>{wrap(value)}</td>"
+
+
 def html_table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
-    head = "<tr>" + "".join(f"<th>{escape_html(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join(
-        "<tr>" + "".join(
-            f'<td class="num">{escape_html(c)}</td>' if isinstance(c, (int, float)) or (isinstance(c, str) and c.endswith("%"))
-            else f"<td>{escape_html(c)}</td>" for c in row) + "</tr>"
-        for row in rows
-    )
-    return f"<table>{head}{body}</table>"
+    """A table; one of more than three columns stacks its cells, each labelled, on a phone (`.wide`)."""
+    head = "<tr>" + "".join(f"<th>{wrap(h)}</th>" for h in header) + "</tr>" if header else ""
+    labels = list(header or [])
+    body = "".join("<tr>" + "".join(_td(c, labels[i] if i < len(labels) else "") for i, c in enumerate(row)) + "</tr>"
+                   for row in rows)
+    wide = ' class="wide"' if len(labels) > 3 else ""
+    return f"<table{wide}>{head}{body}</table>"
 
 
 def _value_html(value: Any, depth: int = 0) -> str:
@@ -101,7 +119,7 @@ def _best_epoch(history: Mapping[str, Any], report: Mapping[str, Any] | None) ->
     return int(epochs[int(np.nanargmax(f1))])
 
 
-def _summary_section(run: Any, history: Any, val: Any, classes: Sequence[str] | None) -> str:
+def _summary_rows(run: Any, classes: Sequence[str] | None) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     if isinstance(run, Mapping):
         cfg = run.get("config") or {}
@@ -109,42 +127,53 @@ def _summary_section(run: Any, history: Any, val: Any, classes: Sequence[str] | 
         device = run.get("device")
         if isinstance(device, Mapping):  # {"type", "name", "precision", ...}
             device = ", ".join(str(device[k]) for k in ("type", "name", "precision") if device.get(k))
+        manifest = run.get("manifest_hash")
         for label, value in (("status", run.get("status")), ("stop reason", run.get("stop_reason")),
                              ("model", run.get("model_name") or model), ("device", device),
-                             ("seed", run.get("seed")), ("manifest hash", run.get("manifest_hash"))):
+                             ("seed", run.get("seed")), ("manifest hash", f"{manifest[:12]}…" if manifest else None),
+                             ("train time (s)", (run.get("timings") or {}).get("train_seconds"))):
             if value is not None:
                 rows.append((label, value))
     if classes:
         rows.append(("classes", f"{len(classes)}"))
-    if isinstance(history, Mapping) and history:
-        epochs = len(history.get("val_acc") or history.get("epoch") or [])
-        rows.append(("epochs run", epochs))
-        best = _best_epoch(history, val if isinstance(val, Mapping) else None)
-        if best is not None:
-            rows.append(("best epoch", best))
-            eps = [int(e) for e in history_series(history, "epoch") if not np.isnan(e)] or list(range(1, epochs + 1))
-            if best in eps:
-                i = eps.index(best)
-                for key in ("val_acc", "val_macro_f1", "val_loss"):
-                    col = history_series(history, key)
-                    if i < len(col):
-                        rows.append((f"{key} at best epoch", _fmt(col[i], pct=key == "val_acc")))
-                if isinstance(val, Mapping) and i < len(history_series(history, "val_acc")):
-                    hist_acc, final_acc = history_series(history, "val_acc")[i], val.get("accuracy")
-                    if isinstance(final_acc, (int, float)) and not np.isnan(hist_acc):
-                        same = abs(hist_acc - final_acc) < 1e-4
-                        rows.append(("final val accuracy (best weights)",
-                                     f"{_fmt(float(final_acc), pct=True)} "
-                                     + ("✓ matches the best epoch" if same else "≠ history (EMA or a different val set?)")))
+    return rows
+
+
+def _best_rows(history: Any, val: Any) -> list[tuple[str, Any]]:
+    if not isinstance(history, Mapping) or not history:
+        return []
+    epochs = len(history.get("val_acc") or history.get("epoch") or [])
+    rows: list[tuple[str, Any]] = [("epochs run", epochs)]
+    best = _best_epoch(history, val if isinstance(val, Mapping) else None)
+    eps = [int(e) for e in history_series(history, "epoch") if not np.isnan(e)] or list(range(1, epochs + 1))
+    if best is None or best not in eps:
+        return rows
+    rows.append(("best epoch", best))
+    i = eps.index(best)
+    for key in ("val_acc", "val_macro_f1", "val_loss"):
+        col = history_series(history, key)
+        if i < len(col):
+            rows.append((f"{key} at best epoch", _fmt(col[i], pct=key == "val_acc")))
+    if isinstance(val, Mapping) and i < len(history_series(history, "val_acc")):
+        hist_acc, final_acc = history_series(history, "val_acc")[i], val.get("accuracy")
+        if isinstance(final_acc, (int, float)) and not np.isnan(hist_acc):
+            same = abs(hist_acc - final_acc) < 1e-4
+            rows.append(("final val accuracy (best weights)",
+                         f"{_fmt(float(final_acc), pct=True)} "
+                         + ("✓ matches the best epoch" if same else "≠ history (EMA or a different val set?)")))
+    return rows
+
+
+def _summary_section(run: Any, history: Any, val: Any, classes: Sequence[str] | None,
+                     text: Callable[[str], str] = str) -> str:
+    rows = _summary_rows(run, classes) + _best_rows(history, val)
     body = html_table(None, rows) if rows else '<p class="muted">No summary available.</p>'
     if isinstance(run, Mapping):
-        for key in ("timings", "versions"):
-            if key in run:
-                body += f"<h3>{escape_html(key.capitalize())}</h3>" + _value_html(run[key])
         if run["checklist"]:
             body += "<h3>Success criteria checklist</h3>" + _checklist_html(run["checklist"])
-        rest = {k: v for k, v in run.items() if k not in ("timings", "versions", "checklist", "health", "data_summary")}
-        body += f"<details><summary>Everything in run.json</summary>{_value_html(rest)}</details>"
+        rest = {k: v for k, v in run.items() if k not in ("checklist", "health", "data_summary")}
+        raw = text(json.dumps(rest, indent=1, default=str))  # the run's own paths, named by their root
+        body += f"<details><summary>Everything in run.json</summary><pre>{escape_html(raw)}</pre></details>"
     return body
 
 
@@ -162,15 +191,18 @@ def _checklist_html(items: Any) -> str:
     return "<ul>" + "".join(lines) + "</ul>"
 
 
-def _health_section(run: Any, history: Any) -> str:
+def _health_section(run: Any, history: Any, text: Callable[[str], str] = str) -> str:
     parts = []
     if isinstance(run, Mapping):
-        warnings = run["health"].get("trend_warnings")
-        health = {k: v for k, v in run["health"].items() if k != "trend_warnings"}
-        if health:
-            parts.append("<h3>Summary</h3>" + _value_html(health))
-        if warnings:
-            parts.append("<h3>Trend warnings</h3>" + _value_html(warnings))
+        health = run["health"]
+        totals = health.get("totals") or {}
+        if totals:
+            parts.append("<h3>Totals</h3>" + html_table(list(totals), [list(totals.values())]))
+        if health.get("escalations"):
+            parts.append("<h3>Escalations</h3>" + html_table(None, [[json.dumps(e, default=str)]
+                                                                     for e in health["escalations"]]))
+        if health.get("trend_warnings"):
+            parts.append("<h3>Trend warnings</h3>" + _value_html(health["trend_warnings"]))
     if isinstance(history, Mapping) and history:
         n = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
         epochs = history.get("epoch") or list(range(1, n + 1))
@@ -179,7 +211,8 @@ def _health_section(run: Any, history: Any) -> str:
         cols = [(name, col) for name, col in cols if col]
         rows = [[_fmt(col[i], pct=name == "skipped") if i < len(col) and not isinstance(col[i], (Mapping, list))
                  else json.dumps(col[i], default=str) if i < len(col) else "" for name, col in cols] for i in range(n)]
-        parts.append("<h3>Per epoch</h3>" + html_table([c[0] for c in cols], rows))
+        parts.append(f"<details><summary>Per epoch ({n} epochs)</summary>" + html_table([c[0] for c in cols], rows)
+                     + "</details>")
     return "".join(parts) or '<p class="muted">No health record (run.json and metrics_history.json are missing).</p>'
 
 
@@ -195,15 +228,15 @@ def _worst_section(val: Mapping[str, Any], classes: Sequence[str]) -> str:
     return out
 
 
-def _confusion_section(confusion: np.ndarray | None, classes: Sequence[str] | None) -> str:
+def _confusion_section(confusion: np.ndarray | None, classes: Sequence[str] | None,
+                       image: Path | None = None) -> str:
+    """The most-confused classes as a readable table; the full matrix as an image one click away."""
     if confusion is None or not classes or confusion.shape != (len(classes), len(classes)):
         return '<p class="muted">No confusion matrix.</p>'
-    norm = normalise_rows(confusion)
-    pairs = top_confusions(confusion, classes, k=TOP_CONFUSIONS)
-    rows = [[t, p, n, f"{100 * norm[classes.index(t), classes.index(p)]:.1f}%"] for t, p, n in pairs]
-    if not rows:
-        return "<p>No confusions: every val image landed on its true class.</p>"
-    return html_table(["true class", "predicted as", "images", "share of true class"], rows)
+    out = confusion_table(confusion, classes)
+    if image is not None:
+        out += "<details><summary>The full matrix (image)</summary>" + img_html("Confusion matrix (val)", image) + "</details>"
+    return out
 
 
 def _evaluation_section(reports: Mapping[str, Any]) -> str:
@@ -226,11 +259,11 @@ def _evaluation_section(reports: Mapping[str, Any]) -> str:
 
     bins = sorted({b for r in present.values() for b in ((r.get("bin_accuracy") or {}).get("per_bin") or {})})
     if bins:
-        out += "<h3>Bin accuracy (SPEC §3)</h3>" + html_table(
+        out += "<details><summary>Bin accuracy (SPEC §3)</summary>" + html_table(
             ["bin", *(f"{s} acc (n)" for s in present)],
             [[b, *(f"{_fmt(pb.get('acc'), True)} ({pb.get('n', 0)})" for pb in
                    (((r.get("bin_accuracy") or {}).get("per_bin") or {}).get(b, {}) for r in present.values()))]
-             for b in bins])
+             for b in bins]) + "</details>"
     sources = list(dict.fromkeys(s for r in present.values() for s in (r.get("per_source_accuracy") or {})))
     if sources:
         def cell(r: Mapping[str, Any], s: str) -> str:
@@ -265,32 +298,55 @@ def _shift_section(test: Any, ood: Any) -> str:
             "that looks like them. In-domain test comes from the training sources.</p>" + table)
 
 
+def _glance_section(run: Any, reports: Mapping[str, Any], classes: Sequence[str] | None,
+                    confusion: np.ndarray | None, gallery: Gallery | None) -> str:
+    pairs = top_confusions(confusion, classes, k=1) if confusion is not None and classes and \
+        confusion.shape == (len(classes), len(classes)) else []
+    n_suspects = len(gallery.suspects) if gallery is not None else 0
+    lines = glance_lines(run if isinstance(run, Mapping) else None, reports, classes, n_suspects,
+                         pairs[0] if pairs else None)
+    return '<ul class="glance">' + "".join(f"<li>{wrap(x)}</li>" for x in lines) + "</ul>"
+
+
+def _plots_section(images: Mapping[str, Path]) -> str:
+    shown = {t: p for t, p in images.items() if not t.startswith("Confusion")}  # the matrix has its own section
+    if not shown:
+        return '<p class="muted">No plots: the artifacts they need are missing.</p>'
+    first, *rest = shown.items()
+    return img_html(*first) + "".join(f"<details><summary>{escape_html(t)}</summary>{img_html(t, p)}</details>" for t, p in rest)
+
+
 def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, reports: Mapping[str, Any],
                 confusions: Mapping[str, np.ndarray | None], classes: Sequence[str] | None,
-                images: Mapping[str, Path], notes: Sequence[str], gallery: Gallery | None = None) -> str:
-    """The whole report page as one string (pure apart from reading the PNGs it inlines)."""
+                images: Mapping[str, Path], notes: Sequence[str], gallery: Gallery | None = None,
+                view: PathView | None = None, extra_sections: Sequence[str] = ()) -> str:
+    """The whole report page as one string (pure apart from reading the PNGs it inlines). Files are
+    named relative to the data root or the run folder (`view`): the page can be moved or sent."""
+    view = view or PathView.of(run_dir, run if isinstance(run, Mapping) else {})
     val = reports.get("val")
     title = f"Sustain run report — {run_dir.resolve().name}"
     sections = [f"<h1>{escape_html(title)}</h1>",
-                f'<p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from the artifacts in {escape_html(run_dir.resolve())}</p>']
-    sections += [f'<p class="note">{escape_html(n)}</p>' for n in notes]
-    sections.append("<h2>Run summary</h2>" + _summary_section(run, history, val, classes))
+                _glance_section(run, reports, classes, confusions.get("val"), gallery),
+                f'<p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from the artifacts in '
+                "this run folder; files are named relative to the data root or the run folder.</p>"]
+    sections += [f'<p class="note">{escape_html(view.text(n))}</p>' for n in notes]
+    sections.append("<h2>Run summary</h2>" + _summary_section(run, history, val, classes, view.text))
     sections.append("<h2>Final evaluation (best weights)</h2>" + _evaluation_section(reports))
     sections.append(_shift_section(reports.get("test"), reports.get("ood")))
     if isinstance(val, Mapping) and classes:
         sections.append("<h2>Worst classes (val)</h2>" + _worst_section(val, classes))
-    sections.append("<h2>Top confusions (val)</h2>" + _confusion_section(confusions.get("val"), classes))
-    if confusions.get("test") is not None:
-        sections.append("<h3>Top confusions (test)</h3>" + _confusion_section(confusions["test"], classes))
+    sections.append("<h2>Confusions (val)</h2>" + _confusion_section(confusions.get("val"), classes,
+                                                                     images.get("Confusion matrix (val)")))
+    sections.extend(extra_sections)  # self-contained sections (calibration): each brings its own heading
     if gallery is not None:
         sections.append(gallery.html)
-    sections.append("<h2>Plots</h2>" + ("".join(img_html(t, p) for t, p in images.items()) or
-                                         '<p class="muted">No plots: the artifacts they need are missing.</p>'))
-    sections.append("<h2>Health record</h2>" + _health_section(run, history))
+    sections.append("<h2>Plots</h2>" + _plots_section(images))
+    sections.append("<h2>Health record</h2>" + _health_section(run, history, view.text))
     summary = data_summary
     if summary is None and isinstance(run, Mapping):
         summary = run.get("data_summary")
-    sections.append("<h2>Data summary</h2>" + (_value_html(summary) if summary is not None else
+    sections.append("<h2>Data summary</h2>" + (data_summary_html(summary, html_table, view.text)
+                                                 if isinstance(summary, Mapping) else
                                                  '<p class="muted">data_summary.json not found.</p>'))
     return page(title, "\n".join(sections))
 
@@ -298,7 +354,7 @@ def render_html(*, run_dir: Path, history: Any, run: Any, data_summary: Any, rep
 def page(title: str, body: str) -> str:
     """A self-contained HTML page: the report's styles, and a policy that loads nothing from outside."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape_html(title)}</title>'
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
 

@@ -51,6 +51,39 @@ HEALTH_COLOURS = {"healthy": "tab:green", "warning": "tab:orange", "critical": "
 
 def plot_training_curves(history: Mapping[str, Any], path: str | Path, warn_pct: float | None = None) -> Path:
     """Loss, accuracy, macro-F1, LR and skipped steps per epoch (fractions shown as %)."""
+    return _save(training_curves_figure(history, warn_pct), Path(path))
+
+
+def _lr_panel(ax: Any, epochs: list[float], lr: list[float]) -> None:
+    """A linear axis, so an LR of 0 (a schedule's last epoch) is drawn and marked, not dropped."""
+    ax.plot(epochs[: len(lr)], lr, marker="o", label="lr")
+    for x, y in zip(epochs, lr, strict=False):
+        if y == 0:
+            ax.annotate("0", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.set(title="Learning rate (end of epoch)", xlabel="epoch")
+
+
+def _skipped_panel(ax: Any, history: Mapping[str, Any], epochs: list[float], warn_pct: float | None) -> None:
+    skipped = [0.0 if np.isnan(v) else 100 * v for v in history_series(history, "skipped")]
+    if not any(skipped):  # an empty frame reads as a broken plot: say it in one line instead
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No steps skipped\n(all {len(skipped)} epoch(s))", ha="center", va="center",
+                transform=ax.transAxes, fontsize=12)
+        ax.set_title("Skipped steps")
+        return
+    # Each bar wears the verdict the engine gave that epoch under the run's own guard thresholds.
+    verdicts = list(history.get("health") or [])
+    colours = [HEALTH_COLOURS.get(verdicts[i] if i < len(verdicts) else "", "tab:gray") for i in range(len(skipped))]
+    ax.bar(epochs[: len(skipped)], skipped, color=colours)
+    if warn_pct is not None:
+        ax.axhline(warn_pct, color="tab:orange", linestyle="--", linewidth=1)
+    ax.set(title="Skipped steps (%)", xlabel="epoch", ylim=(0, max([25.0, *skipped])))
+
+
+def training_curves_figure(history: Mapping[str, Any], warn_pct: float | None = None) -> Any:
+    """The training curves' figure (a matplotlib Figure, not yet saved)."""
     n = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
     epochs = history_series(history, "epoch") or [float(i + 1) for i in range(n)]
     fig = new_figure(CURVES_FIGSIZE)
@@ -72,20 +105,8 @@ def plot_training_curves(history: Mapping[str, Any], path: str | Path, warn_pct:
     ax = axes[0, 2]
     line(ax, "val_macro_f1", "val")
     ax.set(title="Val macro-F1", xlabel="epoch", ylim=(0, 1))
-    ax = axes[1, 0]
-    line(ax, "lr", "lr")
-    if any(v > 0 for v in history_series(history, "lr") if not np.isnan(v)):
-        ax.set_yscale("log")
-    ax.set(title="Learning rate (end of epoch)", xlabel="epoch")
-    ax = axes[1, 1]
-    skipped = [0.0 if np.isnan(v) else 100 * v for v in history_series(history, "skipped")]
-    # Each bar wears the verdict the engine gave that epoch under the run's own guard thresholds.
-    verdicts = list(history.get("health") or [])
-    colours = [HEALTH_COLOURS.get(verdicts[i] if i < len(verdicts) else "", "tab:gray") for i in range(len(skipped))]
-    ax.bar(epochs[: len(skipped)], skipped, color=colours)
-    if warn_pct is not None:
-        ax.axhline(warn_pct, color="tab:orange", linestyle="--", linewidth=1)
-    ax.set(title="Skipped steps (%)", xlabel="epoch", ylim=(0, max([25.0, *skipped])))
+    _lr_panel(axes[1, 0], epochs, history_series(history, "lr"))
+    _skipped_panel(axes[1, 1], history, epochs, warn_pct)
     ax = axes[1, 2]
     line(ax, "images_per_second", "images/s")
     ax.set(title="Throughput (images/s)", xlabel="epoch")
@@ -97,11 +118,11 @@ def plot_training_curves(history: Mapping[str, Any], path: str | Path, warn_pct:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0] and ax is not axes[1, 0] and ax is not axes[1, 2]:
             ax.legend()
-        if not ax.has_data():
+        if not ax.has_data() and ax.axison:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     fig.suptitle("Training curves")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig
 
 
 def normalise_rows(confusion: np.ndarray) -> np.ndarray:
@@ -150,5 +171,47 @@ def plot_per_class_f1(f1: Sequence[float], support: Sequence[int | None], classe
         ax.text(min(f1[i], 1.0) + 0.01, y, text, va="center", fontsize=7)
     ax.set(xlim=(0, 1.12), xlabel="F1 (val, best weights)", title="Per-class F1")
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+CALIBRATION_FIGSIZE = (12.0, 5.0)
+
+
+def plot_calibration(reliability: Mapping[str, Mapping[str, Any]], curves: Mapping[str, Mapping[str, Any]],
+                     threshold: float | None, path: str | Path, split: str = "test",
+                     target: float | None = None) -> Path:
+    """Left: the reliability diagram of `split` before and after temperature scaling (accuracy
+    against mean confidence per bin; the diagonal is perfect calibration). Right: accepted
+    accuracy against coverage for each split in `curves` (in-domain and held-out side by side),
+    with the point where the chosen threshold lands marked and the target as a dashed line."""
+    fig = new_figure(CALIBRATION_FIGSIZE)
+    left, right = fig.subplots(1, 2)
+    left.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for label, rel in reliability.items():
+        pts = [(c, a) for c, a in zip(rel["confidence"], rel["accuracy"], strict=True) if c is not None]
+        if pts:
+            left.plot(*zip(*pts, strict=True), marker="o", label=label)
+    left.set(title=f"Reliability ({split})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    for name, curve in curves.items():
+        if not curve["coverage"]:
+            continue
+        line = right.plot(curve["coverage"], curve["accuracy"], label=name)[0]
+        if threshold is not None:
+            accepted = [i for i, c in enumerate(curve["confidence"]) if c >= threshold]
+            if accepted:
+                i = accepted[-1]
+                right.plot(curve["coverage"][i], curve["accuracy"][i], marker="D", color=line.get_color(),
+                           markersize=8)
+    if threshold is not None:
+        right.plot([], [], marker="D", color="black", linestyle="", label=f"threshold {threshold:.3f}")
+    if target is not None:
+        right.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    right.set(title="Risk–coverage (accept the most confident first)", xlabel="coverage (share accepted)",
+              ylabel="accuracy of the accepted", xlim=(0, 1.02))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     return _save(fig, Path(path))

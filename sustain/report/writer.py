@@ -46,8 +46,10 @@ from ..artifacts import (
 from ..errors import UsageError
 from ..evaluate import predictions_file, write_suspects_csv
 from ..utils import atomic_write_text, finite_float
+from .calibration_html import calibration_section
 from .gallery_html import build_gallery
 from .html import per_class, render_html
+from .paths import PathView
 from .plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
 
 log = logging.getLogger("sustain.report.writer")
@@ -143,13 +145,16 @@ def build_report(run_dir: str | Path) -> Path:
         f1, support = per_class(val, classes)
         images["Per-class F1 (val)"] = plot_per_class_f1(f1, support, classes, run_dir / F1_PNG)
 
-    gallery = build_gallery(run_dir, notes=notes)
+    view = PathView.of(run_dir, run)  # every file the page and the CSV name, relative to a root
+    gallery = build_gallery(run_dir, notes=notes, view=view)
     if (run_dir / predictions_file("val")).is_file():
-        write_suspects_csv(run_dir / SUSPECTS_CSV, gallery.suspects)
-    page = render_html(run_dir=run_dir, history=history, run=run, data_summary=data_summary,
+        write_suspects_csv(run_dir / SUSPECTS_CSV, gallery.suspects, lambda s: view.in_source(s.path, s.source))
+    notes = [view.text(n) for n in notes]
+    page = render_html(run_dir=run_dir, view=view, history=history, run=run, data_summary=data_summary,
                        reports={"val": val, "test": test, **({"ood": ood} if ood is not None else {})},
                        confusions={"val": confusion, "test": test_confusion},
-                       classes=classes, images=images, notes=notes, gallery=gallery)
+                       classes=classes, images=images, notes=notes, gallery=gallery,
+                       extra_sections=[calibration_section(run_dir)])
     out = atomic_write_text(run_dir / REPORT_HTML, page)
     log.debug("report written with %d plot(s), %d suspect label(s), %.1f MB of thumbnails; notes: %s",
               len(images), len(gallery.suspects), gallery.thumbnails_bytes / 1e6, notes)

@@ -76,9 +76,10 @@ class MlflowBackend:
         if send:
             self._flush()
 
-    def finish(self, out_dir: Path, status: str) -> None:
+    def finish(self, out_dir: Path, status: str, stop_reason: str | None = None) -> None:
         names = ARTIFACTS + ((WEIGHTS,) if self.cfg.mlflow.log_weights else ())
-        self.pending.append(("tags", {"sustain.status": status}))
+        # Overwrites an interruption's tags when a resumed run finishes: the tags say how it ended.
+        self.pending.append(("tags", {"sustain.status": status, "sustain.stop_reason": stop_reason or "none"}))
         self.pending.extend(("artifact", out_dir / n) for n in names if (out_dir / n).is_file())
 
     def interrupted(self, reason: str) -> None:

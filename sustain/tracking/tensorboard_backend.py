@@ -50,7 +50,7 @@ class TensorBoardBackend:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
 
-    def finish(self, out_dir: Path, status: str) -> None:
+    def finish(self, out_dir: Path, status: str, stop_reason: str | None = None) -> None:
         if self.writer is not None and (out_dir / artifacts.CONFUSION_PNG).is_file():  # the report's plot
             from PIL import Image
 

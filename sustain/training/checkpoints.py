@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import BEST_GLOB, EXPORT_META, EXPORT_WEIGHTS, best_checkpoint_name
+from ..artifacts import BEST_GLOB, EXPORT_META, EXPORT_WEIGHTS, best_checkpoint_name, read_meta
 from ..config import ModelConfig
+from ..evaluate import calibration_meta_fields
 from ..model import model_kwargs, save_checkpoint
 from ..taxonomy import Taxonomy
 from ..utils import atomic_write, atomic_write_text
@@ -59,6 +60,13 @@ def export_weights(out_dir: str | Path, weights: Mapping[str, torch.Tensor], met
     path = atomic_write(out_dir / EXPORT_WEIGHTS, lambda fh: fh.write(blob))
     atomic_write_text(out_dir / EXPORT_META, json.dumps(_json_safe(meta), indent=2) + "\n")
     return path
+
+
+def record_calibration(out_dir: str | Path, calibration: Mapping[str, Any]) -> Path:
+    """Add the end of training's temperature and accept threshold to `best_model.json`."""
+    path = Path(out_dir) / EXPORT_META
+    meta = {**read_meta(path), **calibration_meta_fields(dict(calibration))}
+    return atomic_write_text(path, json.dumps(_json_safe(meta), indent=2) + "\n")
 
 
 def _json_safe(obj: Any) -> Any:

@@ -41,6 +41,7 @@ from ..device import (
     plan_device,
     plan_num_workers,
     plan_precision,
+    wants_bf16_probe,
 )
 from ..evaluate import trends
 from ..model import build_model, load_checkpoint, parameter_summary
@@ -54,7 +55,7 @@ from ..transforms import (
 )
 from ..utils import cpu_count
 from . import console
-from .checkpoints import export_meta
+from .checkpoints import export_meta, record_calibration
 from .cpu_plan import plan_cpu_measured
 from .distributed import Distributed
 from .guards import Guards
@@ -65,6 +66,7 @@ from .loop import Stopped, run_epochs
 from .loop_state import LoopState
 from .losses import PartialLabelLoss, build_train_loss
 from .optim import build_ema, build_optimizer, build_scheduler, set_lr
+from .precision import images_on_device, probe_precision, probe_record
 from .resume import check_resume_compatible, resolve_resume, restore_training_state
 from .rng import restore_rng_state, seed_everything
 from .sanity import sanity_check
@@ -127,7 +129,8 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     set_lr(trainer.optimizer, trainer.scheduler, state.updates, trainer.guards.state.lr_factor)
     trainer.fwd_model = dist.wrap(torch.compile(trainer.model) if cfg.model.compile else trainer.model, trainer.device)
     facts = RunStart(cfg, setup.data_config, setup.lake.summary, {
-        "device": trainer.plan.line, "precision": trainer.precision.label, "workers": setup.workers,
+        "device": trainer.plan.line, "precision": trainer.precision.label, **probe_record(trainer.precision),
+        "workers": setup.workers,
         "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved or {})
     for hook in trainer.hooks.run_start:
         hook(facts)
@@ -139,14 +142,16 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
         del saved
     setup.timings["setup_seconds"] = time.perf_counter() - started
 
-    t = time.perf_counter()
+    state.start_segment()
     try:
         with trainer.stop.installed():
             run_epochs(trainer, state)
     except Stopped as stop:
-        setup.timings["train_seconds"] = time.perf_counter() - t
+        state.end_segment()
+        setup.timings["train_seconds"] = state.train_seconds()  # every start's, not only this one's
         raise _interrupted(trainer, state, setup, stop) from None
-    setup.timings["train_seconds"] = time.perf_counter() - t
+    state.end_segment()
+    setup.timings["train_seconds"] = state.train_seconds()
     if setup.img_cache is not None and dist.is_main:  # its disk use: logged, and in data_summary.json and run.json
         log.info(record_image_cache(out_dir, setup.lake, setup.img_cache))
 
@@ -165,9 +170,12 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
     backends = detect_backends()
     plan = plan_device(cfg.device, backends)
     apply_backend_flags(plan)
-    precision = plan_precision(plan.type, cfg.train.amp, backends.cuda_bf16)
+    precision = plan_precision(plan.type, cfg.train.amp, backends.cuda_bf16, cpu_bf16=backends.cpu_bf16)
     device = dist.init(plan)
-    log.info("%s, %s%s", plan.line, precision.label, f", DDP world size {dist.world}" if dist.enabled else "")
+    log.info("%s%s", plan.line, f", DDP world size {dist.world}" if dist.enabled else "")
+    probing = wants_bf16_probe(plan.type, cfg.train.amp, backends.cpu_bf16)
+    if not probing:
+        log.info(precision.line)
 
     model, data_config, train_tf, eval_tf = _model_and_transforms(cfg, taxonomy, plan.type)
     size = data_config["input_size"][-1]
@@ -197,6 +205,9 @@ def _setup(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path, tr
         batch = loaders.sanity_batch()
         load_seconds = time.perf_counter() - t
     sanity_check(model, batch, loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
+    if probing:  # amp: auto on a CPU with native bf16: bf16 only where the probe finds it as accurate and faster
+        precision = probe_precision(cfg, backends, model, images_on_device(batch, device, channels_last),
+                                    batch.targets.to(device), loss_fn, size)
     if plan.type == "cpu":  # measured CPU plan (docs/performance.md); loaders start no worker until iterated
         cpu = plan_cpu_measured(cfg.data.num_workers, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
         if cpu.workers != workers:
@@ -256,7 +267,7 @@ def _interrupted(trainer: Trainer, state: LoopState, setup: _Setup, stop: Stoppe
     reason = f"interrupted by {signal_name(stop.signum)} at {where}"
     if trainer.dist.is_main:
         record = _run_record(trainer, state, setup, {})
-        record.update(status="interrupted", stop_reason=reason)
+        record.update(status="interrupted", stop_reason=reason, **{k: f() for k, f in trainer.hooks.stopped.items()})
         RunRecord.from_dict(record).write(trainer.out_dir)
     for hook in trainer.hooks.interrupt:
         hook(reason)
@@ -291,8 +302,9 @@ def _finish(trainer: Trainer, state: LoopState, setup: _Setup, started: float) -
     )
     for line in trends.format_checklist(checklist):
         log.info(line)
+    calibration = final.pop("calibration", None)  # its own key in run.json
     record = _run_record(trainer, state, setup, final)
-    record.update(checklist=checklist, report_error=None)
+    record.update(checklist=checklist, report_error=None, calibration=calibration)
     RunRecord.from_dict(record).write(out)  # the report reads it
     if not state.failed:
         from ..report import build_report
@@ -318,10 +330,19 @@ def _final_evaluation(trainer: Trainer, state: LoopState) -> dict[str, Any]:
     log.info("📊 Final evaluation of the best weights (epoch %s)", state.best.epoch)
     from ..evaluate import write_final_evaluation  # loaded by loop.validate() already
 
-    reports = write_final_evaluation(trainer.eval_model(), trainer.loaders.final, trainer.taxonomy, trainer.sources, trainer.out_dir,
-                                     trainer.device, trainer.autocast_factory(), checkpoint=trainer.out_dir)
-    return {split: {k: r.get(k) for k in ("accuracy", "macro_f1", "n_fine", "n_set", "set_accuracy")}
-            for split, r in reports.items()}
+    settings = {"temperature": trainer.cfg.calibration.temperature,
+                "accept_accuracy": trainer.cfg.eval.accept_accuracy}
+    reports = write_final_evaluation(trainer.eval_model(), trainer.loaders.final, trainer.taxonomy, trainer.sources,
+                                     trainer.out_dir, trainer.device, trainer.autocast_factory(),
+                                     checkpoint=trainer.out_dir, calibration=settings)
+    final = {split: {k: r.get(k) for k in ("accuracy", "macro_f1", "n_fine", "n_set", "set_accuracy",
+                                            "expected_calibration_error", "expected_calibration_error_uncalibrated")}
+             for split, r in reports.items()}
+    chosen = next((r["calibration"] for r in reports.values() if "calibration" in r), None)
+    if chosen is not None:  # predict, evaluate and export read T and the threshold from best_model.json
+        record_calibration(trainer.out_dir, chosen)
+        final["calibration"] = {**chosen, "accept_or_review": {s: r.get("accept_or_review") for s, r in reports.items()}}
+    return final
 
 
 def _run_record(trainer: Trainer, state: LoopState, setup: _Setup, final: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +356,7 @@ def _run_record(trainer: Trainer, state: LoopState, setup: _Setup, final: dict[s
         "taxonomy": trainer.taxonomy.to_dict(),
         "normalisation": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.data_config.items()},
         "device": {"type": trainer.plan.type, "name": trainer.plan.name, "precision": trainer.precision.label,
+                   "precision_plan": trainer.precision.record(),
                    "amp_on_at_end": guard.amp_on, "channels_last": trainer.channels_last,
                    "world_size": trainer.dist.world, "num_workers": setup.workers},
         "seed": trainer.cfg.seed,
@@ -349,4 +371,14 @@ def _run_record(trainer: Trainer, state: LoopState, setup: _Setup, final: dict[s
         "health": {"totals": dict(guard.totals), "escalations": list(guard.escalations),
                    "per_epoch": list(state.health), "trend_warnings": list(state.trend_warnings)},
         "interruptions": list(state.events),
+        "segments": state.all_segments(),
+        "local_paths": _local_paths(trainer),
     }
+
+
+def _local_paths(trainer: Trainer) -> dict[str, Any]:
+    """run.json's only absolute paths: where this machine keeps the run and its data (to resume here)."""
+    cfg = trainer.cfg
+    return {"run_dir": str(trainer.out_dir.resolve()), "data_root": str(Path(cfg.data.root).expanduser().resolve()),
+            "sources": {s.name: str(cfg.source_root(s).resolve()) for s in cfg.data.sources
+                        if s.name in trainer.sources}}

@@ -37,6 +37,7 @@ class Hooks:
     run_start: list[Callable[[RunStart], None]] = field(default_factory=list)  # setup done, before the first step
     run_end: list[Callable[[Path, dict[str, Any]], dict[str, Any]]] = field(default_factory=list)  # -> run.json
     saved: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)  # more last.pth keys
+    stopped: dict[str, Callable[[], Any]] = field(default_factory=dict)  # more run.json keys when a signal stops it
 
     @classmethod
     def for_run(cls, cfg: Config) -> Hooks:
@@ -67,6 +68,7 @@ class Hooks:
         self.interrupt.append(tracker.interrupted)
         self.run_end.append(end)
         self.saved["tracking"] = tracker.state
+        self.stopped["tracking"] = tracker.record  # an interrupted run.json names the run to resume into
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,27 @@ class LoopState:
     step: int = 0  # batches of epoch `epoch + 1` already trained (a mid-epoch checkpoint)
     partial: list[dict[str, Any]] | None = None  # each rank's EpochProgress at that step
     events: list[dict[str, Any]] = field(default_factory=list)  # interruptions and resumes, for run.json
+    segments: list[dict[str, Any]] = field(default_factory=list)  # earlier starts: {"started", "train_seconds"}
+    segment_clock: float | None = None  # perf_counter when this start began training (not saved)
+    segment_started: str | None = None
+
+    def start_segment(self) -> None:
+        """This start begins training: run.json counts its seconds beside the earlier starts'."""
+        self.segment_clock, self.segment_started = time.perf_counter(), now()
+
+    def end_segment(self) -> None:
+        """Training of this start is over: its seconds stop counting (the final evaluation is not training)."""
+        self.segments, self.segment_clock = self.all_segments(), None
+
+    def all_segments(self) -> list[dict[str, Any]]:
+        """Every start so far, this one with its seconds until now (a checkpoint keeps them)."""
+        if self.segment_clock is None:
+            return list(self.segments)
+        current = {"started": self.segment_started, "train_seconds": round(time.perf_counter() - self.segment_clock, 3)}
+        return [*self.segments, current]
+
+    def train_seconds(self) -> float:
+        return sum(float(s["train_seconds"]) for s in self.all_segments())
 
     def state_dict(self) -> dict[str, Any]:
         """The loop's part of last.pth (plain types); `load_state_dict` reads back exactly these keys."""
@@ -62,7 +83,7 @@ class LoopState:
                 "failed": self.failed, "stop_reason": self.stop_reason,
                 "history": self.history.to_dict(), "health": list(self.health),
                 "trend_warnings": list(self.trend_warnings), "step": self.step, "partial": self.partial,
-                "events": list(self.events)}
+                "events": list(self.events), "segments": self.all_segments()}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Continue a saved run. A run its guards stopped trains on (`failed` is not restored); an
@@ -75,6 +96,7 @@ class LoopState:
         self.health, self.trend_warnings = list(saved["health"]), list(saved["trend_warnings"])
         self.step, self.partial = saved.get("step", 0), saved.get("partial")
         self.events = list(saved.get("events", []))
+        self.segments = list(saved.get("segments", []))  # a crash loses the time after its last checkpoint
 
     def note_event(self, event: str, epoch: int, step: int, of: int, reason: str | None) -> None:
         """An interruption or a resume, for run.json: when, where (epoch, step of `of`) and why."""

@@ -161,11 +161,11 @@ def test_exact_counts_per_source_class_and_split(built) -> None:
     assert s.total_images == 71
     assert s.splits == {"train": 57, "val": 7, "test": 7}
     assert s.sources["master"] | {"root": None} == {
-        "root": None, "images": 50, "splits": {"train": 40, "val": 5, "test": 5}, "files_found": 58,
+        "root": None, "images": 50, "labels": 4, "splits": {"train": 40, "val": 5, "test": 5}, "files_found": 58,
         "unmapped": 3, "dropped": 0, "corrupt": 4, "duplicates_merged": 0, "conflicts_dropped": 1,
         "excluded": 0, "other_files": 1, "unused_label_map_keys": [], "unreadable_folders": []}
     assert s.sources["coarse"] | {"root": None} == {
-        "root": None, "images": 21, "splits": {"train": 17, "val": 2, "test": 2}, "files_found": 29,
+        "root": None, "images": 21, "labels": 2, "splits": {"train": 17, "val": 2, "test": 2}, "files_found": 29,
         "unmapped": 2, "dropped": 4, "corrupt": 0, "duplicates_merged": 1, "conflicts_dropped": 1,
         "excluded": 1, "other_files": 0, "unused_label_map_keys": [], "unreadable_folders": []}
     assert s.classes["clothing"] == {"train": 15, "val": 2, "test": 2, "total": 19}

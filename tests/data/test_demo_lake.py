@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from sustain.config import config_from_dict
-from sustain.data.demo import MARKER, make_demo_lake
+from sustain.data.demo import MARKER, PLANTED_CSV, PLANTED_FRACTION, make_demo_lake
 from sustain.data.demo_images import BACKGROUNDS, FOREGROUNDS
 from sustain.errors import UsageError
 from sustain.taxonomy import MASTER_30, MASTER_30_SETS
@@ -61,7 +61,7 @@ def decoded(demo_lake):
     """Every file of the session lake: relpath -> decoded image, or the decode error."""
     out: dict[str, Image.Image | Exception] = {}
     for rel in lake_files(demo_lake.root):
-        if rel != MARKER:
+        if rel not in (MARKER, PLANTED_CSV):
             try:
                 out[rel] = decode(demo_lake.root / rel)
             except Exception as exc:  # noqa: BLE001 - recording which files fail is the point
@@ -138,11 +138,17 @@ def test_coarse_folders_match_demo_config(demo_lake):
         assert demo_lake.stats["per_folder"][folder] >= 5
 
 
-def test_each_image_shows_its_class(decoded):
-    # The pixels carry the label: colour pair -> class, for every non-greyscale master image.
+def planted(root: Path) -> list[list[str]]:
+    """The rows of planted_label_noise.csv: [path, given_label, true_label]."""
+    return [line.split(",") for line in (root / PLANTED_CSV).read_text(encoding="utf-8").splitlines()[1:]]
+
+
+def test_each_image_shows_its_class(demo_lake, decoded):
+    # The pixels carry the label: colour pair -> class, for every non-greyscale master image but the planted.
     checked = wrong = 0
+    wrong_on_purpose = {row[0] for row in planted(demo_lake.root)}
     for rel, img in decoded.items():
-        if rel.startswith(MASTER) and isinstance(img, Image.Image) and img.mode != "L":
+        if rel.startswith(MASTER) and isinstance(img, Image.Image) and img.mode != "L" and rel not in wrong_on_purpose:
             checked += 1
             wrong += class_of(img) != MASTER_30.index(rel.split("/")[3])
     assert checked > 1000 and wrong / checked < 0.02
@@ -244,11 +250,30 @@ def test_format_and_mode_mix(demo_lake, decoded):
 def test_stats_match_the_files(demo_lake):
     stats = demo_lake.stats
     assert json.loads((demo_lake.root / MARKER).read_text()) == stats
-    files = [rel for rel in lake_files(demo_lake.root) if rel != MARKER]
+    files = [rel for rel in lake_files(demo_lake.root) if rel not in (MARKER, PLANTED_CSV)]
     assert stats["files"] == len(files)
     assert stats["images"] == len(files) - len(stats["corrupt"])
     assert sum(stats["formats"].values()) + len(stats["near_duplicates"]) + len(stats["duplicates"]) \
         == stats["images"]
+
+
+def test_planted_wrong_labels_are_listed_at_the_root_and_never_ingested(demo_lake, decoded):
+    """2% of the master images sit in another class's folder; the CSV says which; no source reads it."""
+    from sustain.data.walk import walk_source
+
+    assert (demo_lake.root / PLANTED_CSV).read_text(encoding="utf-8").startswith("path,given_label,true_label\n")
+    rows = planted(demo_lake.root)
+    master = sum(demo_lake.stats["per_class"].values())
+    assert len(rows) == demo_lake.stats["planted_label_noise"] == round(PLANTED_FRACTION * master) > 0
+    shown = []
+    for path, given, true in rows:
+        assert path.startswith(f"{MASTER}/{given}/") and given != true and true in MASTER_30
+        if decoded[path].mode != "L":
+            shown.append(MASTER_30[class_of(decoded[path])] == true)  # the picture shows the true class
+    assert len(shown) >= len(rows) // 2 and sum(shown) >= len(shown) - 1
+    # Outside every source of configs/demo.yaml; and even a source at the lake's root passes it over.
+    walked = walk_source(demo_lake.root)
+    assert PLANTED_CSV not in {f.rel for f in walked.files} and PLANTED_CSV in walked.ignored
 
 
 # --------------------------------------------------------------------------- CLI

@@ -294,6 +294,6 @@ def test_evaluate_train_split_adds_in_sample_scores_to_the_report(tmp_path: Path
 
     assert run_cli("report", run).code == 0
     page = (run / "report.html").read_text(encoding="utf-8")
-    assert "Train scores are <b>in-sample</b>" in page and "<h3>train</h3>" in page  # its per-source table
+    assert "Train scores are <b>in-sample</b>" in page and "<summary>train</summary>" in page  # its per-source table, one click away
     csv_rows = [r.split(",") for r in (run / "suspect_labels.csv").read_text().splitlines()[1:]]
     assert all(r[2] == ("in-sample" if r[1] == "train" else "held-out") for r in csv_rows)

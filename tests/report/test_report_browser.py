@@ -56,6 +56,37 @@ def test_report_renders_in_chromium_decoded_narrow_and_offline(tmp_path: Path):
     assert outside == []
 
 
+LAYOUT = """(() => {
+  const w = document.documentElement.clientWidth;
+  const els = [...document.querySelectorAll('body *')].filter(e => e.getClientRects().length);
+  return {
+    height: document.documentElement.scrollHeight,
+    page_scrolls: document.documentElement.scrollWidth > w,
+    scrolling: els.filter(e => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible')
+                  .map(e => e.tagName + '.' + e.className).slice(0, 5),
+    past_edge: els.filter(e => e.getBoundingClientRect().right > w + 0.5).map(e => e.tagName + '.' + e.className).slice(0, 5),
+    first_heading: document.querySelector('h2').textContent,
+    glance: [...document.querySelectorAll('.glance li')].map(li => li.textContent),
+  };
+})()"""
+MAX_HEIGHT_1300 = 6000  # px: the whole report of a 30-class run at a laptop's width
+
+
+@pytest.mark.parametrize("width", [360, 800, 1300])
+def test_report_fits_phone_tablet_and_laptop_without_sideways_scrolling(tmp_path: Path, width: int):
+    """30 classes, the gallery of both held-out splits: nothing scrolls sideways, and the page stays short."""
+    run = tmp_path / "run"
+    make_run(run)
+    add_gallery(run)
+    from sustain.report.writer import build_report
+
+    p = render(build_report(run), LAYOUT, width=width, height=900).probe
+    assert not p["page_scrolls"] and p["scrolling"] == [] and p["past_edge"] == [], p
+    assert 1 <= len(p["glance"]) <= 5 and p["first_heading"] == "Run summary"  # the summary opens the page
+    if width == 1300:
+        assert p["height"] <= MAX_HEIGHT_1300, p["height"]
+
+
 def test_gallery_fragment_alone_blocks_nothing_and_fits(tmp_path: Path):
     """The notebook shows the same fragment; a page holding only it also fits 1280 px."""
     run = tmp_path / "run"

@@ -27,16 +27,20 @@ def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_lake(tmp_path_factory.mktemp("tiny_lake"))
 
 
-def test_killed_after_epoch_1_and_resumed_ends_like_an_uninterrupted_run(tiny_lake: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("amp", ["off", "on"], ids=["fp32", "bf16-cpu"])
+def test_killed_after_epoch_1_and_resumed_ends_like_an_uninterrupted_run(tiny_lake: Path, tmp_path: Path,
+                                                                         amp: str) -> None:
     # In-process loading and drop-path: augmentation and stochastic depth draw from the global RNG streams,
-    # which the resume must restore (the data order follows the epoch seed).
-    common = {"train": {"epochs": 3}, "model": {"drop_path_rate": 0.1}}
+    # which the resume must restore (the data order follows the epoch seed). With train.amp: on the CPU
+    # trains in bf16 autocast: the resume must be as exact.
+    common = {"train": {"epochs": 3, "amp": amp}, "model": {"drop_path_rate": 0.1}}
     full_cfg = write_yaml(tmp_path / "full.yaml", tiny_config_dict(tiny_lake, tmp_path / "full", **common))
     crash_raw = tiny_config_dict(tiny_lake, tmp_path / "crash", **common)
     crash_cfg = write_yaml(tmp_path / "crash.yaml", {**crash_raw, "guards": {"debug_kill_after_epoch": 1}})
 
     full = run_sustain(["train", "--config", str(full_cfg)])
     assert full.returncode == 0, full.stdout + full.stderr
+    assert ("Precision: bf16 autocast (train.amp: on)" if amp == "on" else "Precision: fp32") in full.stdout
 
     crashed = run_sustain(["train", "--config", str(crash_cfg)])
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr

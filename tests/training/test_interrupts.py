@@ -170,11 +170,21 @@ def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishe
     assert run.info.status == "KILLED"
     assert run.data.tags["sustain.status"] == "interrupted"
     assert "interrupted by SIGINT at epoch 1, step" in run.data.tags["sustain.stop_reason"]
+    record = read_json(tmp_path / "runs" / "run" / "run.json")
+    assert record["tracking"]["mlflow"]["run_id"] == run.info.run_id  # the interrupted run names its MLflow run
+    (first,) = record["segments"]
+    assert record["timings"]["train_seconds"] == pytest.approx(first["train_seconds"], abs=0.05) and first["train_seconds"] > 0
 
     resumed = run_sustain(["train", "--config", str(config), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     run = client.get_run(run.info.run_id)
     assert (run.info.status, run.data.tags["sustain.status"]) == ("FINISHED", "completed")
+    assert run.data.tags["sustain.stop_reason"] == "none"  # the interruption's reason is not left behind
+    record = read_json(tmp_path / "runs" / "run" / "run.json")
+    segments = record["segments"]  # both starts, the first as its checkpoint recorded it
+    assert len(segments) == 2 and segments[0]["train_seconds"] == pytest.approx(first["train_seconds"], abs=0.5)
+    assert record["timings"]["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in segments), abs=2e-3)
+    assert record["timings"]["train_seconds"] > segments[1]["train_seconds"]
 
 
 def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, tmp_path: Path) -> None:

@@ -1,0 +1,110 @@
+"""The bf16 probe of `train.amp: auto` on CPUs with native bf16: what it catches, what it leaves, its cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import (
+    make_tiny_lake,
+    one_thread,  # noqa: F401  (autouse fixture)
+    read_json,
+    run_sustain,
+    tiny_config_dict,
+    write_yaml,
+)
+from torch import nn
+
+from sustain.deploy.model_card import build_model_card
+from sustain.device import Bf16Probe, detect_backends, plan_precision
+from sustain.training.losses import PartialLabelLoss
+from sustain.training.precision import CACHE_FILE, probe_figures, probe_key, run_probe
+
+
+class RoundedAway(nn.Module):
+    """Logits that share a large offset: bf16's 8-bit mantissa (steps of 8 near 1000) rounds their differences away."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(features, classes)
+        with torch.no_grad():
+            self.head.weight.mul_(5.0)
+            self.head.bias.fill_(1000.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
+
+
+def batch(classes: int = 5, n: int = 16, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 3, size, size, generator=g)
+    return images, nn.functional.one_hot(torch.randint(0, classes, (n,), generator=g), classes).float()
+
+
+def test_probe_catches_a_layer_that_bf16_breaks_and_auto_keeps_fp32() -> None:
+    torch.manual_seed(0)
+    images, targets = batch()
+    probe = run_probe(RoundedAway(3 * 8 * 8, 5), images, targets, PartialLabelLoss())
+    plan = plan_precision("cpu", "auto", False, cpu_bf16="AVX512-BF16", probe=probe)
+    assert probe.loss_rel_diff > 0.05
+    assert not plan.autocast and "bf16 changed the loss" in plan.line
+
+
+def test_probe_leaves_the_model_as_it_was_and_agrees_on_a_healthy_net() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2),
+                          nn.Linear(8 * 6 * 6, 5)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, targets = batch()
+    probe = run_probe(model, images, targets, PartialLabelLoss(label_smoothing=0.1))
+    assert probe.loss_rel_diff < 0.02 and probe.grad_cosine > 0.98  # same weights and dropout masks in both passes
+    assert not model.training  # its mode, BatchNorm statistics, weights and gradients as before
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_verdict_is_cached_per_model_size_and_cpu(tmp_path: Path) -> None:
+    images, targets = batch()
+    model = RoundedAway(3 * 8 * 8, 5)
+    key = probe_key("rounded", 8, 16, "Some CPU")
+    first, cached = probe_figures(model, images, targets, PartialLabelLoss(), cache_dir=tmp_path, key=key)
+    assert not cached and (tmp_path / CACHE_FILE).is_file()
+    again, cached = probe_figures(model, images, targets, PartialLabelLoss(), cache_dir=tmp_path, key=key)
+    assert cached and again == first  # the same figures, not measured again
+    other = probe_key("rounded", 8, 16, "Another CPU")
+    assert not probe_figures(model, images, targets, PartialLabelLoss(), cache_dir=tmp_path, key=other)[1]
+
+
+# --------------------------------------------------------------------------- training runs
+
+NATIVE_BF16 = detect_backends().cpu_bf16
+
+
+@pytest.fixture(scope="module")
+def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_lake(tmp_path_factory.mktemp("tiny_lake"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NATIVE_BF16 is None, reason="this CPU has no native bf16: auto never probes")
+def test_auto_chooses_bf16_from_a_passing_verdict_and_the_guards_turn_it_off(tiny_lake: Path, tmp_path: Path) -> None:
+    from sustain.device import cpu_model_name
+    from sustain.training.precision import store_probe
+
+    cache = tmp_path / "cache"
+    passing = Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.999, fp32_seconds=0.2, bf16_seconds=0.1)
+    store_probe(cache, probe_key("test_vit", 32, 8, cpu_model_name()), passing)
+    raw = tiny_config_dict(tiny_lake, tmp_path / "run", train={"epochs": 1, "amp": "auto"},
+                           data={"cache_dir": str(cache)},
+                           guards={"escalate_after": 2, "inject_nonfinite_loss": [0, 1], "warn_pct": 100, "critical_pct": 100})
+    result = run_sustain(["train", "--config", str(write_yaml(tmp_path / "c.yaml", raw))])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Precision: bf16 autocast ({NATIVE_BF16} CPU, probe (cached): loss Δ 0.00%" in result.stdout
+    device = read_json(tmp_path / "run" / "run.json")["device"]
+    assert device["precision"] == "bf16 autocast" and device["precision_plan"]["probe"]["cached"] is True
+    assert device["amp_on_at_end"] is False  # the first escalation: mixed precision off, on the CPU
+    assert "mixed precision turned off; training continues in fp32" in result.stdout
+    run_json = read_json(tmp_path / "run" / "run.json")  # the model card says which precision and why
+    card = build_model_card(read_json(tmp_path / "run" / "best_model.json"), {"run": run_json})
+    assert f"- precision plan: {NATIVE_BF16} CPU, probe (cached)" in card
