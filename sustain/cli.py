@@ -92,7 +92,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy import predict_cli
 
     return predict_cli(args.checkpoint, args.inputs, topk=args.topk, tta=args.tta, as_json=args.json,
-                       backend=args.backend)
+                       as_csv=args.csv, backend=args.backend)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -237,7 +237,10 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per line")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header: input, class, probability, bin, "
+                     "decision, topk, error")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="onnx: run the exported model.onnx (see `sustain export`) in ONNX Runtime")
     p.set_defaults(func=cmd_predict)

@@ -22,6 +22,7 @@ and normalises inside, so its metadata is all it needs.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -85,6 +86,15 @@ class Prediction:
             "decision": self.decision,
             "error": self.error,
         }
+
+    def csv_row(self) -> list[str]:
+        """`CSV_COLUMNS`: the top class with its probability, bin and decision; all top-k as `class:prob;…`."""
+        top = self.topk[0] if self.topk else ("", None)
+        return [self.input, top[0], "" if top[1] is None else f"{top[1]:.6f}", self.bin or "", self.decision or "",
+                ";".join(f"{c}:{p:.6f}" for c, p in self.topk), self.error or ""]
+
+
+CSV_COLUMNS = ("input", "class", "probability", "bin", "decision", "topk", "error")
 
 
 @dataclass
@@ -338,9 +348,9 @@ def load_ensemble(checkpoints: Sequence[str | Path], device: str = "auto", backe
 
 
 def predict_cli(checkpoints: Sequence[str | Path], inputs: Sequence[str | Path], topk: int = 3,
-                tta: bool = False, as_json: bool = False, *, batch_size: int | None = None,
+                tta: bool = False, as_json: bool = False, *, as_csv: bool = False, batch_size: int | None = None,
                 device: str = "auto", backend: str = "torch", out: IO[str] | None = None) -> int:
-    """`sustain predict`: print a table (or JSON lines) and return the exit code:
+    """`sustain predict`: print a table (or JSON lines, or CSV) and return the exit code:
     0 when every image was scored, 1 when any input could not be read (its row says why).
     With several checkpoints their probabilities are averaged. ``backend="onnx"`` runs each
     run's exported ``export/model.onnx`` (or the given ``.onnx`` files) in ONNX Runtime."""
@@ -351,7 +361,10 @@ def predict_cli(checkpoints: Sequence[str | Path], inputs: Sequence[str | Path],
     items = expand_inputs(inputs)
     batch_size = batch_size or default_batch_size(predictors[0].device)
     results: list[Prediction] = []
+    writer = csv.writer(out, lineterminator="\n") if as_csv else None
     try:
+        if writer is not None:
+            writer.writerow(CSV_COLUMNS)
         for chunk in _chunks(items, batch_size):
             scored = _score_chunk(predictors, chunk, topk, tta, batch_size)
             results.extend(scored)
@@ -359,7 +372,10 @@ def predict_cli(checkpoints: Sequence[str | Path], inputs: Sequence[str | Path],
                 for r in scored:
                     out.write(json.dumps(r.to_dict()) + "\n")
                 out.flush()
-        if not as_json:
+            if writer is not None:
+                writer.writerows(r.csv_row() for r in scored)
+                out.flush()
+        if not as_json and writer is None:
             out.write(format_table(results) + "\n")
             failed = sum(not r.ok for r in results)
             out.write(f"{len(results) - failed} image(s) classified, {failed} failed\n")

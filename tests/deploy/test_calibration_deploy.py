@@ -3,6 +3,8 @@ predict (torch and ONNX), `sustain evaluate` and the export apply and carry them
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -67,6 +69,10 @@ def test_no_threshold_sends_everything_to_review(tmp_path: Path, run_cli):
     assert [d["decision"] for d in lines] == ["review"] * 3
     table = run_cli("predict", "--checkpoint", run, *images)
     assert "DECISION" in table.out and table.out.count("review") == 3
+    rows = list(csv.DictReader(io.StringIO(run_cli("predict", "--checkpoint", run, *images, "--csv").out)))
+    assert [r["decision"] for r in rows] == ["review"] * 3  # the CSV carries the decision too
+    assert [r["input"] for r in rows] == [str(p) for p in images] and all(r["class"] for r in rows)
+    assert abs(float(rows[0]["probability"]) - lines[0]["topk"][0]["probability"]) < 1e-6
 
 
 def test_a_model_without_calibration_has_no_decision(tmp_path: Path):
