@@ -76,7 +76,7 @@ def test_kfold_writes_the_summary_and_predicts_every_image_once(lake_root: Path,
     assert record["oof"]["n_fine"] == 84
     header = (folder / "label_issues.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header == "path,source,given,suggested,label_quality,rank"
-    page = (folder / "report.html").read_text(encoding="utf-8")
+    page = (folder / "report.html").read_text(encoding="utf-8").replace("<wbr>", "")  # names may break at "_"
     assert "fold_0" in page and "Accuracy per fold" in page and "Label issues" in page
 
     # tracking: one parent run, each fold a child run in the same store
