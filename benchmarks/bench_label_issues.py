@@ -13,6 +13,14 @@ same probabilities, and its list is scored against the flips. Repeated over
 `--seeds`; the JSON keeps every seed and the mean.
 
     python benchmarks/bench_label_issues.py [--seeds 5] [--flip 0.05] [--folds 5] [--out FILE]
+
+With `--crossval`, the probabilities come from Sustain itself: the 1,797 digits
+become a lake of 32 px PNGs (one folder per class, `--flip` of them filed under
+a wrong class), `sustain crossval --folds K` trains a tiny ViT (`test_vit`,
+`--epochs`) on every fold, and the finder runs on its `predictions_oof.npz`;
+the `label_issues.csv` it shipped is scored too.
+
+    python benchmarks/bench_label_issues.py --crossval [--folds 5] [--epochs 20] [--out FILE]
 """
 
 from __future__ import annotations
@@ -125,13 +133,81 @@ def machine() -> dict:
             "numpy": np.__version__, "cleanlab": cleanlab.__version__, "scikit_learn": sklearn.__version__}
 
 
+def digits_lake(root: Path, flip: float, seed: int) -> tuple[dict[str, int], set[str]]:
+    """The digits as 32 px PNGs under root/digits/d<class>/; (true class per file name, flipped names)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    noisy, flipped = flip_labels(digits.target, flip, 10, np.random.default_rng(seed))
+    truth = {}
+    for i, (pixels, label) in enumerate(zip(digits.images, noisy, strict=True)):
+        name = f"digit_{i:04d}.png"
+        folder = root / "digits" / f"d{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BICUBIC).save(folder / name)
+        truth[name] = int(digits.target[i])
+    return truth, {f"digit_{i:04d}.png" for i in flipped}
+
+
+def crossval_run(args) -> dict:
+    """`sustain crossval` on the digits lake; every finder method on its out-of-fold probabilities."""
+    import csv
+    import tempfile
+
+    from sustain.config import config_from_dict
+    from sustain.evaluate.gallery import load_predictions
+    from sustain.evaluate.label_issues import METHODS, find_label_issues
+    from sustain.training import CrossvalOptions, run_crossval
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root, out = Path(tmp) / "lake", Path(tmp) / "out"
+        truth, flipped = digits_lake(root, args.flip, seed=0)
+        classes = [f"d{c}" for c in range(10)]
+        cfg = config_from_dict({
+            "seed": 0, "output_dir": str(out), "device": "cpu",
+            "taxonomy": {"classes": classes, "bins": None, "sets": {}},
+            "data": {"root": str(root), "sources": [{"name": "digits", "root": "digits", "label_map": "identity"}],
+                     "augment": "light", "num_workers": 0},
+            "model": {"name": "test_vit", "pretrained": False, "input_size": 32, "drop_path_rate": 0.0},
+            "train": {"epochs": args.epochs, "batch_size": 32, "lr": 2e-3, "layer_decay": None, "warmup_epochs": 1,
+                      "early_stopping_patience": 0},
+            "tracking": {"tensorboard": False}})
+        t0 = time.perf_counter()
+        run_crossval(cfg, CrossvalOptions(folds=args.folds))
+        seconds = time.perf_counter() - t0
+        folder = out / "crossval" / "kfold"
+        oof = load_predictions(folder / "predictions_oof.npz")
+        names = [Path(str(p)).name for p in oof.paths]
+        given = np.array([classes.index(str(g)) for g in oof.labels])
+        flips = np.array([i for i, n in enumerate(names) if n in flipped])
+        with open(folder / "label_issues.csv", encoding="utf-8") as fh:
+            shipped = [Path(row["path"]).name for row in csv.DictReader(fh)]
+    result = {"seconds": round(seconds, 1), "images": len(names), "flips_in_lake": len(flipped),
+              "flips_scored": len(flips), "epochs": args.epochs, "folds": args.folds,
+              "oof_accuracy_vs_true": float(np.mean([oof.probs[i].argmax() == truth[n] for i, n in enumerate(names)])),
+              "label_issues_csv": score([(names.index(n), 0.0) for n in shipped], flips), "methods": {}}
+    for method in METHODS:
+        result["methods"][method] = score(find_label_issues(oof.probs, given, method=method), flips)
+    return result
+
+
 def run(argv: list[str]) -> dict:
     parser = arg_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--flip", type=float, default=0.05)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=results_file("bench_label_issues"))
+    parser.add_argument("--crossval", action="store_true", help="probabilities from `sustain crossval` on the digits")
+    parser.add_argument("--epochs", type=int, default=20, help="with --crossval: epochs per fold")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.crossval:
+        result = {"command": "python benchmarks/bench_label_issues.py " + " ".join(argv), "goal": GOAL,
+                  "flip": args.flip, "machine": machine(), "crossval": crossval_run(args)}
+        result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        write_result(args.out or results_file("bench_label_issues_crossval"), result)
+        return result
+    args.out = args.out or results_file("bench_label_issues")
     result = {"command": "python benchmarks/bench_label_issues.py " + " ".join(argv), "goal": GOAL,
               "flip": args.flip, "folds": args.folds, "machine": machine(), "lakes": {}}
     for name, (x, y, make) in lakes().items():
@@ -144,6 +220,14 @@ def run(argv: list[str]) -> dict:
 
 def main(argv: list[str]) -> int:
     result = run(argv)
+    if "crossval" in result:
+        cv = result["crossval"]
+        print(f"crossval: {cv['images']} images, {cv['flips_scored']} flips, out-of-fold accuracy "
+              f"{cv['oof_accuracy_vs_true']:.1%}, {cv['seconds']:.0f} s")
+        for method, m in {"label_issues.csv": cv["label_issues_csv"], **cv["methods"]}.items():
+            p = "n/a" if m["precision"] is None else f"{m['precision']:.1%}"
+            print(f"  {method:24s} precision {p:>6s}  recall {m['recall']:.1%}  listed {m['listed']}")
+        return 0
     for name, lake in result["lakes"].items():
         print(f"{name}: out-of-fold accuracy {lake['mean']['oof_accuracy_vs_true']:.1%}")
         for method, m in lake["mean"]["methods"].items():
