@@ -45,6 +45,7 @@ from ..data import (
     val_fraction,
     write_assignment,
 )
+from ..device import detect_backends, plan_device
 from ..errors import ConfigError, RunFailed, UsageError
 from ..evaluate import (
     DEFAULT_METHOD,
@@ -59,6 +60,7 @@ from ..taxonomy import build_taxonomy
 from ..tracking import log_summary, parent_run
 from ..utils import atomic_write_text
 from . import console
+from .distributed import Distributed
 
 log = logging.getLogger("sustain.training.crossval")
 
@@ -97,8 +99,16 @@ def run_crossval(cfg: Config, opts: CrossvalOptions) -> CrossvalRecord | None:
         todo = [plan.folds[opts.only_fold]] if opts.only_fold is not None else list(plan.folds)
         log.info("🔁 %s", estimate(cfg, plan, todo, folder, opts.resume))
         parent = parent_run(cfg, folder, plan.scheme)
-        for fold in tqdm(todo, desc=f"Crossval ({plan.scheme})", unit="fold", position=0):
-            run_fold(cfg, lake, plan, fold.index, folder, opts.resume, parent)
+        # Under torchrun one process group serves every fold: tearing it down and making a new one
+        # per fold left the next fold's gloo ranks unable to connect, at random.
+        dist = Distributed.from_env()
+        if dist.enabled:
+            dist.init(plan_device(cfg.device, detect_backends()))
+        try:
+            for fold in tqdm(todo, desc=f"Crossval ({plan.scheme})", unit="fold", position=0):
+                run_fold(cfg, lake, plan, fold.index, folder, opts.resume, parent)
+        finally:
+            dist.close()
     missing = [f.name for f in plan.folds if not fold_finished(folder / f.name)]
     if missing:
         message = f"{len(plan.folds) - len(missing)} of {len(plan.folds)} folds finished; not yet: {missing}"

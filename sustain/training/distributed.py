@@ -31,6 +31,7 @@ class Distributed:
     world: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # set by init()
+    owns_group: bool = False  # init() made the process group, so close() ends it (crossval keeps one for all folds)
 
     @classmethod
     def from_env(cls) -> Distributed:
@@ -56,6 +57,7 @@ class Distributed:
             device = torch.device(plan.type)
         if self.enabled and not torch_dist.is_initialized():
             torch_dist.init_process_group(backend="nccl" if plan.type == "cuda" else "gloo")
+            self.owns_group = True
         self.device = device
         return device
 
@@ -141,4 +143,5 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():
             torch_dist.barrier()
-            torch_dist.destroy_process_group()
+            if self.owns_group:
+                torch_dist.destroy_process_group()

@@ -141,3 +141,23 @@ def test_folds_run_as_separate_processes_give_the_same_summary(lake_root: Path, 
     summary = run_cli("crossval", "--config", config, "--folds", "2", "--summarize")
     assert summary.code == 0 and "Epoch" not in summary.output
     _same_results(folder, reference)
+
+
+@pytest.mark.slow  # two torchrun processes, two folds of one epoch
+def test_under_torchrun_each_fold_trains_with_ddp_and_every_image_is_predicted_once(lake_root: Path,
+                                                                                    tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from engine_helpers import PYTHON, REPO_ROOT
+
+    raw = two_source_config(lake_root, tmp_path / "out", train={"epochs": 1})
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "sustain", "crossval", "--config", str(write_yaml(tmp_path / "cv.yaml", raw)), "--folds", "2"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = tmp_path / "out" / KFOLD
+    for fold in read_json(folder / "crossval.json")["folds"]:
+        assert read_json(folder / fold["run_dir"] / "run.json")["device"]["world_size"] == 2  # DDP, as usual
+    assert len(oof_by_path(folder / "predictions_oof.npz")) == 84  # every image once, not once per rank
