@@ -15,12 +15,16 @@ demo: venv
 train: demo
 	$(PY) -m sustain train --config configs/demo.yaml --set device=cpu
 
+# Two pytest-xdist workers, each file on one worker (its module fixtures train once): on 2 cores
+# most tests run one torch thread (tests/conftest.py), so two at a time use both cores.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 test: venv
 	$(PY) -m ruff check --quiet sustain tests benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 test-fast: venv
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 bench: venv
 	$(PY) -m benchmarks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,35 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
+
+
+# --------------------------------------------------------------------------- parallel workers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the files with slow tests are handed out first and the quick files last:
+    they fill the gaps at the end, so both workers finish at about the same time."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.path not in slow_files)  # stable: each file keeps its order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def share_the_cores_between_workers():
+    """Under pytest-xdist (`make test` runs `-n 2`), each worker's torch gets its share of the cores:
+    two workers of two threads each on two cores spin against each other in OpenMP."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        yield
+        return
+    import torch
+
+    from sustain.utils import cpu_count
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(max(1, cpu_count() // workers))
+    yield
+    torch.set_num_threads(saved)
 
 
 # --------------------------------------------------------------------------- demo lake
