@@ -202,6 +202,20 @@ def _plan_cpu_auto(cpu_bf16: str | None, probe: Bf16Probe | None, cached: bool) 
     return PrecisionPlan(True, "bfloat16", False, f"{cpu_bf16} CPU, {seen}", figures)
 
 
+def resumed_precision(current: PrecisionPlan, saved: dict[str, Any] | None) -> PrecisionPlan:
+    """The precision a resumed run trains in. Where this start's plan came from the bf16 probe
+    (`amp: auto` on a CPU with native bf16) and the run being resumed trained on the CPU too, the
+    saved precision stands: a new probe (its cache deleted, a noisier timing) must not switch the
+    rest of a run to the other precision, which would also break the exact resume. Any other plan
+    (`on`, `off`, another device) is this start's own."""
+    if current.probe is None or not saved or saved.get("device") != "cpu":
+        return current
+    kept = PrecisionPlan(**saved["plan"])
+    if kept == current:
+        return current
+    return dataclasses.replace(kept, reason=f"as the run being resumed, whose plan was: {kept.reason}")
+
+
 CHANNELS_LAST_CPU_ISAS = ("AVX2", "AVX512")  # oneDNN's NHWC convolutions, measured (docs/performance.md)
 
 

@@ -41,6 +41,7 @@ from ..device import (
     plan_device,
     plan_num_workers,
     plan_precision,
+    resumed_precision,
     wants_bf16_probe,
 )
 from ..evaluate import trends
@@ -253,6 +254,10 @@ def _load_resume(trainer: Trainer, state: LoopState, resume: str | None) -> tupl
         return None, None
     saved = load_checkpoint(resume_path)
     check_resume_compatible(saved, list(trainer.taxonomy.classes), trainer.meta["manifest_hash"], resume_path)
+    kept = resumed_precision(trainer.precision, saved.get("precision"))
+    if kept is not trainer.precision:  # before the guards' state: their scaler follows the plan
+        trainer.precision = trainer.guards.precision = kept
+        log.info(kept.line)
     restore_training_state(saved, trainer.cfg, trainer.model, trainer.optimizer, trainer.ema, state, trainer.guards)
     console.resumed(resume_path, state, trainer.loaders.train_batches)
     return resume_path, saved
@@ -309,12 +314,14 @@ def _finish(trainer: Trainer, state: LoopState, setup: _Setup, started: float) -
     if not state.failed:
         from ..report import build_report
 
+        t = time.perf_counter()
         try:
             log.info("✓ Report written: %s", build_report(out))
         except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
             record["report_error"] = f"{type(exc).__name__}: {exc}"
             log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", record["report_error"], out)
-            RunRecord.from_dict(record).write(out)
+        record["timings"]["report_seconds"] = round(time.perf_counter() - t, 3)  # after total_seconds: its own line
+        RunRecord.from_dict(record).write(out)
     extra: dict[str, Any] = {}
     for hook in trainer.hooks.run_end:  # tracking: final metrics and artifacts; its counts go into run.json
         extra.update(hook(out, record))

@@ -10,6 +10,7 @@ best weights are saved here too (`save_best_checkpoint`), through
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -127,6 +128,7 @@ def training_state(trainer: Trainer, state: LoopState, rng: list[dict[str, Any]]
         "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
         "guard": trainer.guards.state_dict(),
         "scaler": trainer.guards.scaler.state_dict(),
+        "precision": {"device": trainer.plan.type, "plan": dataclasses.asdict(trainer.precision)},
         "rng": rng,
         "saved_at": now(),
         **{key: provide() for key, provide in trainer.hooks.saved.items()},  # tracking: the same MLflow run and step
