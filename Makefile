@@ -16,8 +16,9 @@ train: demo
 	$(PY) -m sustain train --config configs/demo.yaml --set device=cpu
 
 # Two pytest-xdist workers, each file on one worker (its module fixtures train once): on 2 cores
-# most tests run one torch thread (tests/conftest.py), so two at a time use both cores.
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# most tests run one torch thread (tests/conftest.py), so two at a time use both cores. Files go out
+# in tests/conftest.py's order (slow files first), not xdist's (most tests first: the slow files last).
+PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: venv
 	$(PY) -m ruff check --quiet sustain tests benchmarks

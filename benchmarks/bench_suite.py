@@ -1,6 +1,6 @@
 """The test suite's wall clock: what `make test` runs (ruff, then pytest), timed, with the slowest files.
 
-    python -m benchmarks.bench_suite [--pytest-args "-n 2 --dist loadfile"] [--baseline PATH]
+    python -m benchmarks.bench_suite [--pytest-args "-n 2 --dist loadfile --no-loadscope-reorder"] [--baseline PATH]
         [--baseline-pytest-args ""] [--json PATH] [--top 12]
 
 Runs `ruff check` and `python -m pytest --durations=0 ARGS` in this checkout,
@@ -75,7 +75,7 @@ def measure(repo: Path, pytest_args: str, top: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser(__doc__)
-    parser.add_argument("--pytest-args", default="-n 2 --dist loadfile", help="what `make test` adds to pytest")
+    parser.add_argument("--pytest-args", default="-n 2 --dist loadfile --no-loadscope-reorder", help="what `make test` adds to pytest")
     parser.add_argument("--baseline", type=Path, help="another checkout whose suite runs first, for comparison")
     parser.add_argument("--baseline-pytest-args", default="", help="what the baseline's `make test` adds to pytest")
     parser.add_argument("--top", type=int, default=12, help="how many of the slowest files to record")
