@@ -39,7 +39,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from benchmarks.common import arg_parser, camera_photos, sample_photos, write_result
+from benchmarks.common import arg_parser, write_result
+from benchmarks.inputs import camera_photos, sample_photos
 
 MARKER = "bench_lake.json"
 

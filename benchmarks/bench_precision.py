@@ -31,7 +31,8 @@ from typing import Any
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, machine, make_folder, results_file, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import make_folder  # noqa: E402
 
 RESULTS = results_file("bench_precision")
 FOLDER_CASE = {"split": {"train": 0.7, "val": 0.3, "test": 0.0}, "augment": "light", "lr": 1e-3}
@@ -149,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['case']:<14} {f['val_acc']:>8.3f} {b['val_acc']:>8.3f} {r['acc_delta_points']:>6.1f} "
               f"{r['macro_f1_delta']:>7.3f} {f['images_per_second']:>10.1f} {b['images_per_second']:>10.1f} "
               f"{r['speedup']:>5.2f}  {f['load_before']}-{b['load_after']}")
-    command = "python benchmarks/bench_precision.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_result(args.output, {**machine(), "command": command.strip(), "rows": rows}, end="")
+    write_result(args.output, {"rows": rows}, end="")
     return 0
 
 

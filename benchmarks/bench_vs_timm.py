@@ -56,15 +56,8 @@ from PIL import Image
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    CLASSES,
-    ROOT,
-    arg_parser,
-    machine,
-    make_folder,
-    results_file,
-    write_result,
-)
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import CLASSES, make_folder  # noqa: E402
 
 RESULTS = results_file("bench_vs_timm")
 HOW_TO_GET = ("timm's train.py is needed: `git clone https://github.com/huggingface/pytorch-image-models` "
@@ -283,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['case']:<8} {r['row']:<22} {_fmt(t):>18} {_fmt(s):>18} {r['ratio'] or float('nan'):>6.2f} "
               f"{t['median_val_acc'] or float('nan'):>8.3f} {s['median_val_acc'] or float('nan'):>8.3f}")
     print("ratio = timm median seconds / Sustain median seconds (> 1: Sustain finished first)")
-    command = "python benchmarks/bench_vs_timm.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_result(args.output, {**machine(), "command": command.strip(), "rows": rows}, end="")
+    write_result(args.output, {"rows": rows}, end="")
     return 1 if any(run["rc"] for r in rows for tool in ("timm", "sustain") for run in r[tool]["runs"]) else 0
 
 
