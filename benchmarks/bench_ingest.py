@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         cold = _run_phase(lake, work, args.workers)
         warm = _run_phase(lake, work, args.workers)
-    result = {"n": args.n, "cpus": os.cpu_count(), "workers": args.workers, "generate_seconds": round(generate, 1),
+    result = {"n": args.n, "workers": args.workers, "generate_seconds": round(generate, 1),
               "cold": cold, "warm": warm}
     print(f"ingest of {args.n:,} images on {os.cpu_count()} CPUs (workers={args.workers}):")
     for phase in ("cold", "warm"):
