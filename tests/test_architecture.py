@@ -186,6 +186,14 @@ def test_no_benchmark_imports_another_and_the_harness_has_no_circle() -> None:
                                      f"imports only the harness {HARNESS}, a harness module only those before it")
 
 
+def test_benchmark_import_check_sees_every_import_form(tmp_path: Path) -> None:
+    for stem in ("common", "inputs", "bench_a", "bench_b", "bench_c"):
+        (tmp_path / f"{stem}.py").write_text("")
+    (tmp_path / "bench_a.py").write_text("from benchmarks.bench_b import x\nfrom benchmarks import bench_c, HARNESS\n"
+                                         "import benchmarks.inputs\nfrom .common import ROOT\n")
+    assert _benchmark_imports(tmp_path / "bench_a.py") == {"bench_b", "bench_c", "inputs", "common"}
+
+
 def test_layering_check_catches_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_pkg = tmp_path / "sustain"
     fake_pkg.mkdir()

@@ -98,3 +98,18 @@ def test_check_names_the_table_that_drifted_and_tables_rewrites_it(tmp_path: Pat
     assert tables.main([], root=tmp_path) == 0
     assert good in doc.read_text(encoding="utf-8")
     assert tables.main(["--check"], root=tmp_path) == 0
+
+
+def test_a_table_from_a_result_without_provenance_names_the_file(tmp_path: Path, capsys) -> None:
+    name = sorted(tables.TABLES)[0]
+    source = tables.TABLES[name].source
+    results = tmp_path / "results"
+    results.mkdir()
+    doc = json.loads((tables.RESULTS_DIR / source).read_text(encoding="utf-8"))
+    doc.pop("provenance")
+    (results / source).write_text(json.dumps(doc), encoding="utf-8")
+    (tmp_path / "README.md").write_text(f"<!-- table:{name} -->\n<!-- /table:{name} -->\n", encoding="utf-8")
+
+    assert tables.main(["--check"], root=tmp_path, results_dir=results) == 1
+    assert f"benchmarks/results/{source} has no provenance block" in capsys.readouterr().err
+
