@@ -95,7 +95,7 @@ def measure(run: Path) -> dict[str, Any]:
     from sustain.evaluate.calibration import uncalibrate
     from sustain.evaluate.gallery import load_predictions
     from sustain.evaluate.selective import accept_report, choose_thresholds
-    from sustain.training.checkpoints import taxonomy_from_meta
+    from sustain.taxonomy import taxonomy_from_meta
 
     meta = ModelMeta.read(run)
     taxonomy = taxonomy_from_meta(meta.to_dict())

@@ -163,8 +163,7 @@ def camera_decode(n: int) -> dict:
     ms = {mode: round(1000 * float(np.mean(t)), 1) for mode, t in times.items()}
     return {"photos": len(times["full"]), "size": "4032x3024", "draft_side": draft_side, "ms_per_photo": ms,
             "speedup": round(ms["full"] / ms["draft"], 2), "max_hash_bits": {k: v[0] for k, v in worst.items()},
-            "max_colour": {k: v[1] for k, v in worst.items()},
-            "load_average": round(os.getloadavg()[0], 2)}
+            "max_colour": {k: v[1] for k, v in worst.items()}}
 
 
 def _run_phase(lake: Path, work: Path, workers: str) -> dict:
