@@ -22,6 +22,8 @@ BENCHMARKS = sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in {*HA
 # Machine facts a result once wrote beside its figures; now only its provenance names them.
 MACHINE_KEYS = {"machine", "machine_start", "command", "commit", "versions", "cpus", "cores", "processor", "platform",
                 "gpu", "load_average", "load_average_end", "load_avg_before", "load_avg_after"}
+# Rewritten by the timing run that ended with issue #27's work; remove it from here once the new file is committed.
+BEING_REMEASURED = {"bench_precision.json"}
 
 
 def _documented_flags(doc: str) -> set[str]:
@@ -65,6 +67,23 @@ def test_a_result_records_command_commit_machine_and_versions(tmp_path: Path) ->
 
     assert p["versions"]["torch"] == torch.__version__.split("+")[0] or p["versions"]["torch"] == torch.__version__
     assert p["versions"]["timm"] == timm.__version__ and p["versions"]["numpy"] == numpy.__version__
+
+
+def test_every_committed_result_names_its_machine_only_in_its_provenance() -> None:
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "benchmarks/results/*.json"], capture_output=True,
+                             text=True).stdout.split()
+    assert tracked
+    for name in tracked:
+        if Path(name).name in BEING_REMEASURED:
+            continue
+        doc = json.loads((ROOT / name).read_text(encoding="utf-8"))
+        p = doc.get("provenance") or {}
+        machine = p.get("machine") or {}
+        assert p.get("command") and {"cpu_model", "usable_cores", "load_average_after"} <= set(machine), (
+            f"{name}: no provenance block with command and machine; rerun the benchmark that writes it")
+        extra = sorted(set(doc) & MACHINE_KEYS)
+        assert not extra, (f"{name}: {extra} beside the figures; the provenance block alone names the machine: "
+                           "rerun the benchmark, or drop those keys where provenance holds the same facts")
 
 
 def test_every_marked_table_matches_its_committed_result() -> None:
