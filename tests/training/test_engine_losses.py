@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sustain.training.guards import guarded_optimizer_step, health_verdict, next_escalation
-from sustain.training.loop_state import is_improvement
+from sustain.training.guards import guarded_optimizer_step, next_escalation
+from sustain.training.loop_state import health_verdict, is_improvement
 from sustain.training.losses import (
     PartialLabelLoss,
     class_counts,
@@ -144,14 +144,14 @@ def test_after_an_epoch_the_loop_decides_in_a_fixed_order() -> None:
 
     cfg = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 2})
 
-    def state(epoch: int, bad: int = 0, verdict: str = "healthy", failed: bool = False) -> LoopState:
-        return LoopState(epoch=epoch, bad_epochs=bad, failed=failed, health=[{"verdict": verdict}])
+    def decision(epoch: int, bad: int = 0, verdict: str = "healthy", failed: bool = False) -> str:
+        return decide(LoopState(epoch=epoch, bad_epochs=bad, failed=failed), cfg, verdict)
 
-    assert decide(state(2), cfg) == CONTINUE
-    assert decide(state(2, bad=2), cfg) == EARLY_STOP
-    assert decide(state(5, bad=2), cfg) == DONE  # the last epoch is no early stop
-    assert decide(state(5, verdict="critical"), cfg) == CRITICAL
-    assert decide(state(2, bad=2, verdict="critical"), cfg) == CRITICAL
-    assert decide(state(3, bad=2, verdict="critical", failed=True), cfg) == FAILED
+    assert decision(2) == CONTINUE
+    assert decision(2, bad=2) == EARLY_STOP
+    assert decision(5, bad=2) == DONE  # the last epoch is no early stop
+    assert decision(5, verdict="critical") == CRITICAL
+    assert decision(2, bad=2, verdict="critical") == CRITICAL
+    assert decision(3, bad=2, verdict="critical", failed=True) == FAILED
     no_patience = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 0})
-    assert decide(state(2, bad=4), no_patience) == CONTINUE
+    assert decide(LoopState(epoch=2, bad_epochs=4), no_patience, "healthy") == CONTINUE
