@@ -23,6 +23,8 @@ from torch import nn
 from ..config import Config
 from ..data import image_cache
 from ..device import (
+    DevicePlan,
+    PrecisionPlan,
     apply_backend_flags,
     detect_backends,
     in_jupyter,
@@ -71,21 +73,22 @@ class Setup:
     system: dict[str, Any]  # the device, precision (and its probe), workers and threads: tracking's run start
 
 
+@dataclass(frozen=True)
+class _Device:
+    """The device and precision plans (before the probe) and the device this rank trains on."""
+
+    backends: Any
+    plan: DevicePlan
+    precision: PrecisionPlan
+    device: torch.device
+    probing: bool  # amp: auto on a CPU with native bf16: the probe decides after the sanity check
+
+
 def build_trainer(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: Path,
                   tracker: Tracker) -> tuple[Trainer, Setup]:
     """Seed, device, model, transforms, data, loss, optimizer, the sanity check and the CPU plan."""
-    seed_everything(cfg.seed + dist.rank)  # ranks differ in augmentation, DDP syncs the weights
-    log.info("✓ Random seed set to %d", cfg.seed)
-    backends = detect_backends()
-    plan = plan_device(cfg.device, backends)
-    apply_backend_flags(plan)
-    precision = plan_precision(plan.type, cfg.train.amp, backends.cuda_bf16, cpu_bf16=backends.cpu_bf16)
-    device = dist.init(plan)
-    log.info("%s%s", plan.line, f", DDP world size {dist.world}" if dist.enabled else "")
-    probing = wants_bf16_probe(plan.type, cfg.train.amp, backends.cpu_bf16)
-    if not probing:
-        log.info(precision.line)
-
+    dev = _device(cfg, dist)
+    plan, device = dev.plan, dev.device
     model, data_config, train_tf, eval_tf = _model_and_transforms(cfg, taxonomy, plan.type)
     size = data_config["input_size"][-1]
 
@@ -98,34 +101,20 @@ def build_trainer(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: P
     loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
 
     channels_last = plan_channels_last(cfg.model.channels_last, plan.type,
-                                       sum(isinstance(m, nn.Conv2d) for m in model.modules()), backends.cpu_isa)
+                                       sum(isinstance(m, nn.Conv2d) for m in model.modules()), dev.backends.cpu_isa)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     loss_fn = build_train_loss(cfg.train, lake, taxonomy).to(device)
     optimizer = build_optimizer(cfg.train, model)
     scheduler = build_scheduler(cfg.train, optimizer, math.ceil(loaders.train_batches / cfg.train.accum_steps))
     ema = build_ema(cfg.train, model)
-    filled = img_cache.filled if img_cache is not None else 0
-    t = time.perf_counter()
-    batch = loaders.sanity_batch()
-    load_seconds = time.perf_counter() - t
-    if plan.type == "cpu" and img_cache is not None and img_cache.filled > filled:  # that load filled entries
-        # (files ingestion did not decode): the plan times a load from them, as the epochs will read
-        t = time.perf_counter()
-        batch = loaders.sanity_batch()
-        load_seconds = time.perf_counter() - t
-    sanity_check(model, batch, loss_fn, device, precision, taxonomy.num_classes, size, channels_last)
-    if probing:  # amp: auto on a CPU with native bf16: bf16 only where the probe finds it as accurate and faster
-        precision = probe_precision(cfg, backends, model, images_on_device(batch, device, channels_last),
-                                    batch.targets.to(device), loss_fn, size)
-    probe = probe_record(precision)
-    if plan.type == "cpu":  # measured CPU plan (docs/performance.md); loaders start no worker until iterated
-        cpu = plan_cpu_measured(cfg.data.num_workers, model, batch, loss_fn, device, precision, load_seconds, channels_last, dist.world)
-        if cpu.workers != workers:
-            workers = cpu.workers
-            loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
+    precision, cpu_workers = _checked_and_measured(cfg, dev, model, loss_fn, loaders, img_cache, size, channels_last,
+                                                   taxonomy.num_classes, dist.world)
+    probe = probe_record(precision)  # for tracking
+    if cpu_workers is not None and cpu_workers != workers:
+        workers = cpu_workers
+        loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
     log.info("  DataLoader workers: %d%s", workers,
              f", CPU threads: {torch.get_num_threads()}" if plan.type == "cpu" else "")
-    del batch
 
     hooks = Hooks.for_run(cfg)
     hooks.attach_tracker(tracker, list(taxonomy.classes))
@@ -143,6 +132,48 @@ def build_trainer(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: P
     system = {"device": plan.line, "precision": precision.label, **probe, "workers": workers,
               "cpu_threads": torch.get_num_threads(), "world_size": dist.world}
     return trainer, Setup(lake, data_config, workers, img_cache, timings, system)
+
+
+def _device(cfg: Config, dist: Distributed) -> _Device:
+    """The seed, then the device and precision plans (printed), and this rank's device."""
+    seed_everything(cfg.seed + dist.rank)  # ranks differ in augmentation, DDP syncs the weights
+    log.info("✓ Random seed set to %d", cfg.seed)
+    backends = detect_backends()
+    plan = plan_device(cfg.device, backends)
+    apply_backend_flags(plan)
+    precision = plan_precision(plan.type, cfg.train.amp, backends.cuda_bf16, cpu_bf16=backends.cpu_bf16)
+    device = dist.init(plan)
+    log.info("%s%s", plan.line, f", DDP world size {dist.world}" if dist.enabled else "")
+    probing = wants_bf16_probe(plan.type, cfg.train.amp, backends.cpu_bf16)
+    if not probing:
+        log.info(precision.line)
+    return _Device(backends, plan, precision, device, probing)
+
+
+def _checked_and_measured(cfg: Config, dev: _Device, model: nn.Module, loss_fn: nn.Module, loaders: Any,
+                          img_cache: Any, size: int, channels_last: bool, num_classes: int,
+                          world: int) -> tuple[PrecisionPlan, int | None]:
+    """The sanity check on one batch, the bf16 probe (amp: auto on a bf16 CPU) and the measured CPU plan's
+    loader workers (None off the CPU); loaders start no worker until iterated."""
+    device, precision = dev.device, dev.precision
+    filled = img_cache.filled if img_cache is not None else 0
+    t = time.perf_counter()
+    batch = loaders.sanity_batch()
+    load_seconds = time.perf_counter() - t
+    if dev.plan.type == "cpu" and img_cache is not None and img_cache.filled > filled:  # that load filled entries
+        # (files ingestion did not decode): the plan times a load from them, as the epochs will read
+        t = time.perf_counter()
+        batch = loaders.sanity_batch()
+        load_seconds = time.perf_counter() - t
+    sanity_check(model, batch, loss_fn, device, precision, num_classes, size, channels_last)
+    if dev.probing:  # bf16 only where the probe finds it as accurate and faster
+        precision = probe_precision(cfg, dev.backends, model, images_on_device(batch, device, channels_last),
+                                    batch.targets.to(device), loss_fn, size)
+    if dev.plan.type != "cpu":
+        return precision, None
+    cpu = plan_cpu_measured(cfg.data.num_workers, model, batch, loss_fn, device, precision, load_seconds,  # docs/performance.md
+                            channels_last, world)
+    return precision, cpu.workers
 
 
 def _model_and_transforms(cfg: Config, taxonomy: Taxonomy, device_type: str) -> tuple[nn.Module, dict[str, Any],

@@ -3,7 +3,7 @@
 `train_step` holds guards 1 and 2 of `loop`'s list: an empty batch is skipped,
 and the loss must be finite *before* backward. `update`, after the last
 micro-step of an update group, holds guard 3: the LR for this update (a pure
-function of the update count, `optim.set_lr`), then the gradient norm, after
+function of the update count, `optim.lr_at`), then the gradient norm, after
 unscaling, must be finite, else the optimizer step is skipped. Each non-finite
 step is an event (`hooks.nonfinite`) and counts towards the escalation
 (`Guards.on_nonfinite`), which the step hands up (`StepOutcome.escalation`):
