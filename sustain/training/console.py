@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..taxonomy import Taxonomy
 from ..utils import setup_logging
 from .loop_state import CRITICAL, EARLY_STOP, FAILED, EpochEnd, LoopState, Stopping
-
-if TYPE_CHECKING:
-    from ..taxonomy import Taxonomy
 
 log = logging.getLogger("sustain.training.engine")
 
@@ -75,7 +72,7 @@ def epoch_summary(end: EpochEnd, epochs: int, taxonomy: Taxonomy) -> None:
 
 
 def stopping(stop: Stopping, monitor: str, patience: int) -> None:
-    """Why the run stops (a `hooks.Stopping`): inside an epoch (its position saved) or after one."""
+    """Why the run stops: inside an epoch (its position saved) or after one."""
     if stop.decision == FAILED and stop.step:
         log.error("❌ Training stopped: %s. The position (epoch %d, step %d) is saved in last.pth. %s",
                   stop.reason, stop.epoch, stop.step, RETRY_HINT)
