@@ -67,7 +67,9 @@ def _train(cfg: Config, resume: str | None, tracker: Tracker) -> RunResult:
     state = LoopState()
     resume_path, saved = load_resume(trainer, state, resume)
     trainer.fwd_model = dist.wrap(torch.compile(trainer.model) if cfg.model.compile else trainer.model, trainer.device)
-    facts = RunStart(cfg, setup.data_config, setup.lake.summary, setup.system, saved or {})
+    facts = RunStart(cfg, setup.data_config, setup.lake.summary, {  # the precision a resume kept
+        "device": trainer.plan.line, "precision": trainer.precision.label, **trainer.precision.params(),
+        "workers": setup.workers, "cpu_threads": torch.get_num_threads(), "world_size": dist.world}, saved or {})
     for hook in trainer.hooks.run_start:
         hook(facts)
     if saved is not None:  # last, so the epochs draw the same random numbers as the uninterrupted run

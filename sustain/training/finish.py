@@ -84,12 +84,14 @@ def finish(trainer: Trainer, state: LoopState, setup: Setup, started: float) -> 
     if not state.failed:
         from ..report import build_report
 
+        t = time.perf_counter()
         try:
             log.info("✓ Report written: %s", build_report(out))
         except Exception as exc:  # a plotting problem must not hide a finished training; it is reported
             record["report_error"] = f"{type(exc).__name__}: {exc}"
             log.warning("⚠️  Report not built: %s (rebuild it with `sustain report %s`)", record["report_error"], out)
-            RunRecord.from_dict(record).write(out)
+        record["timings"]["report_seconds"] = round(time.perf_counter() - t, 3)  # after total_seconds: its own line
+        RunRecord.from_dict(record).write(out)
     extra: dict[str, Any] = {}
     for hook in trainer.hooks.run_end:  # tracking: final metrics and artifacts; its counts go into run.json
         extra.update(hook(out, record))

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..artifacts import LAST
 from ..config import Config
+from ..device import resumed_precision
 from ..errors import UsageError
 from ..model import load_checkpoint
 from . import console
@@ -40,6 +41,10 @@ def load_resume(trainer: Trainer, state: LoopState, resume: str | None) -> tuple
         return None, None
     saved = load_checkpoint(resume_path)
     check_resume_compatible(saved, list(trainer.taxonomy.classes), trainer.meta["manifest_hash"], resume_path)
+    kept = resumed_precision(trainer.precision, saved.get("precision"))
+    if kept is not trainer.precision:  # before the guards' state: their scaler follows the plan
+        trainer.precision = trainer.guards.precision = kept
+        log.info(kept.line)
     restore_training_state(saved, trainer.cfg, trainer.model, trainer.optimizer, trainer.ema, state, trainer.guards)
     console.resumed(resume_path, state, trainer.loaders.train_batches)
     return resume_path, saved

@@ -9,6 +9,7 @@ weights so far, through `training.checkpoints`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -61,6 +62,7 @@ def training_state(trainer: Trainer, state: LoopState, rng: list[dict[str, Any]]
         "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
         "guard": trainer.guards.state_dict(),
         "scaler": trainer.guards.scaler.state_dict(),
+        "precision": {"device": trainer.plan.type, "plan": dataclasses.asdict(trainer.precision)},
         "rng": rng,
         "saved_at": now(),
         **{key: provide() for key, provide in trainer.hooks.saved.items()},  # tracking: the same MLflow run and step

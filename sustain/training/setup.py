@@ -53,7 +53,7 @@ from .interrupts import StopRequests
 from .loaders import build_loaders
 from .losses import PartialLabelLoss, build_train_loss
 from .optim import build_ema, build_optimizer, build_scheduler
-from .precision import images_on_device, probe_precision, probe_record
+from .precision import images_on_device, probe_precision
 from .rng import seed_everything
 from .sanity import sanity_check
 from .trainer import CheckpointClock, Trainer
@@ -70,7 +70,6 @@ class Setup:
     workers: int
     img_cache: Any
     timings: dict[str, float]
-    system: dict[str, Any]  # the device, precision (and its probe), workers and threads: tracking's run start
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,6 @@ def build_trainer(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: P
     ema = build_ema(cfg.train, model)
     precision, cpu_workers = _checked_and_measured(cfg, dev, model, loss_fn, loaders, img_cache, size, channels_last,
                                                    taxonomy.num_classes, dist.world)
-    probe = probe_record(precision)  # for tracking
     if cpu_workers is not None and cpu_workers != workers:
         workers = cpu_workers
         loaders = build_loaders(cfg, lake, taxonomy, train_tf, eval_tf, plan, workers, dist, img_cache)
@@ -129,9 +127,7 @@ def build_trainer(cfg: Config, dist: Distributed, taxonomy: Taxonomy, out_dir: P
               guards=Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast), loaders=loaders,
               hooks=hooks, stop=StopRequests(),
               clock=CheckpointClock(cfg.train.checkpoint_every_minutes))
-    system = {"device": plan.line, "precision": precision.label, **probe, "workers": workers,
-              "cpu_threads": torch.get_num_threads(), "world_size": dist.world}
-    return trainer, Setup(lake, data_config, workers, img_cache, timings, system)
+    return trainer, Setup(lake, data_config, workers, img_cache, timings)
 
 
 def _device(cfg: Config, dist: Distributed) -> _Device:
