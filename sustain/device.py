@@ -81,8 +81,15 @@ class PrecisionPlan:
         return f"🧮 Precision: {self.label}" + (f" ({self.reason})" if self.reason else "")
 
     def record(self) -> dict[str, Any]:
-        """The plan for run.json and the tracking params."""
+        """The plan for run.json (`device.precision_plan`)."""
         return {"label": self.label, "reason": self.reason, "probe": self.probe}
+
+    def params(self) -> dict[str, Any]:
+        """The plan as tracking params: flat scalars."""
+        out: dict[str, Any] = {"precision_reason": self.reason}
+        for k, v in (self.probe or {}).items():
+            out[f"bf16_probe_{k}"] = round(v, 6) if isinstance(v, float) else v
+        return out
 
 
 # The bf16 probe's gates (training/precision.py). On a batch of 32, bf16 against fp32 of
