@@ -223,6 +223,17 @@ def resumed_precision(current: PrecisionPlan, saved: dict[str, Any] | None) -> P
     return dataclasses.replace(kept, reason=f"as the run being resumed, whose plan was: {kept.reason}")
 
 
+def probed_step_seconds(plan: PrecisionPlan) -> float | None:
+    """The bf16 probe's own timing of a training step (forward, loss, backward of the sanity batch, after
+    a warm-up) in the precision it chose, where it ran in this process; None where it did not run or its
+    verdict came from the cache (timed on another day's load). The CPU plan needs no timing of its own
+    then: on camera photos the probe and the plan's three passes cost as much as a third of a short run."""
+    figures = plan.probe
+    if not figures or figures.get("cached"):
+        return None
+    return figures["bf16_seconds" if plan.autocast else "fp32_seconds"]
+
+
 CHANNELS_LAST_CPU_ISAS = ("AVX2", "AVX512")  # oneDNN's NHWC convolutions, measured (docs/performance.md)
 
 

@@ -32,6 +32,7 @@ from ..device import (
     plan_device,
     plan_num_workers,
     plan_precision,
+    probed_step_seconds,
     wants_bf16_probe,
 )
 from ..model import build_model, parameter_summary
@@ -168,7 +169,7 @@ def _checked_and_measured(cfg: Config, dev: _Device, model: nn.Module, loss_fn: 
     if dev.plan.type != "cpu":
         return precision, None
     cpu = plan_cpu_measured(cfg.data.num_workers, model, batch, loss_fn, device, precision, load_seconds,  # docs/performance.md
-                            channels_last, world)
+                            channels_last, world, step_seconds=probed_step_seconds(precision))
     return precision, cpu.workers
 
 
