@@ -2,6 +2,7 @@
 
     python benchmarks/bench_precision.py
     python benchmarks/bench_precision.py --only jpeg_resnet18 --epochs 3 --images 480
+    python benchmarks/bench_precision.py --seeds 3 --only demo    # parity read against fp32's seed-to-seed spread
 
 Three cases, each trained twice by `sustain train` (train.amp=off, then =on, or
 the other way round: the order alternates from case to case):
@@ -10,8 +11,12 @@ the other way round: the order alternates from case to case):
 - `eva02_tiny`: eva02_tiny_patch14_224 at 112 px on the same folder.
 Each row reports the final evaluation of the best weights on val (accuracy,
 macro-F1), the train and val loss curves and the training images/s (median over
-the epochs after the first), with the load average before and after. Goals
-(issue #25): accuracy within 1 point and macro-F1 within 0.01 of fp32;
+the epochs after the first), with the load average before and after. With
+`--seeds N` each case trains with seeds 0..N-1 and `parity` gives, per case,
+the mean accuracy and macro-F1 of each precision, bf16's difference of the
+means and fp32's own range from seed to seed. With `--auto` each case also
+trains with `train.amp=auto`: which precision the probe chose, and its
+images/s. Goals (issue #25): accuracy within 1 point and macro-F1 within 0.01 of fp32;
 bf16 images/s >= 1.2x fp32 on an AVX512-BF16 CPU without AMX, >= 1.5x with AMX.
 Writes benchmarks/results/bench_precision.json.
 """
@@ -43,19 +48,19 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_config(lake: Path, out: Path, epochs: int) -> Path:
+def demo_config(lake: Path, out: Path, epochs: int, seed: int) -> Path:
     import yaml
 
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     raw["data"].update(root=str(lake), num_workers="auto")
     raw["train"].update(epochs=epochs, early_stopping_patience=0)
-    raw.update(output_dir=str(out), device="cpu")
+    raw.update(output_dir=str(out), device="cpu", seed=seed)
     return _write(out.parent / f"{out.name}.yaml", raw)
 
 
-def folder_config(data: Path, out: Path, case: dict[str, Any], epochs: int) -> Path:
+def folder_config(data: Path, out: Path, case: dict[str, Any], epochs: int, seed: int) -> Path:
     return _write(out.parent / f"{out.name}.yaml", {
-        "seed": 0, "output_dir": str(out), "device": "cpu",
+        "seed": seed, "output_dir": str(out), "device": "cpu",
         "taxonomy": {"classes": sorted(p.name for p in (data / "train").iterdir()), "bins": None, "sets": {}},
         "data": {"root": str(data), "sources": [{"name": "bench", "root": ".", "label_map": "identity"}],
                  "split": FOLDER_CASE["split"], "augment": FOLDER_CASE["augment"]},
@@ -100,32 +105,50 @@ def read_run(out: Path, amp: str, seconds: float, load_before: float) -> dict[st
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
-def run_case(name: str, tmp: Path, epochs: int, images: int, bf16_first: bool) -> dict[str, Any]:
-    out = tmp / name
+def run_case(name: str, tmp: Path, epochs: int, images: int, bf16_first: bool, seed: int,
+             auto: bool = False) -> dict[str, Any]:
+    out = tmp / f"{name}_seed{seed}"
     if name == "demo":
         lake = tmp / "demo_lake"
         if not lake.exists():
             subprocess.check_call([sys.executable, "-m", "sustain", "data", "demo", "--out", str(lake)], cwd=ROOT,
                                   stdout=subprocess.DEVNULL)
-        configs = {amp: demo_config(lake, out / amp, epochs) for amp in ("off", "on")}
+        configs = {amp: demo_config(lake, out / amp, epochs, seed) for amp in ("off", "on", "auto")}
     else:
         data = tmp / "jpeg256"
         if not data.exists():
             make_folder(data, (256, 256), images)
-        configs = {amp: folder_config(data, out / amp, CASES[name], epochs) for amp in ("off", "on")}
+        configs = {amp: folder_config(data, out / amp, CASES[name], epochs, seed) for amp in ("off", "on", "auto")}
     runs = {}
-    for amp in (("on", "off") if bf16_first else ("off", "on")):
-        print(f"[{name}] train.amp={amp} ...", flush=True)
+    for amp in (("on", "off") if bf16_first else ("off", "on")) + (("auto",) if auto else ()):
+        print(f"[{name} seed {seed}] train.amp={amp} ...", flush=True)
         runs[amp] = train_once(configs[amp], amp, out / f"{amp}.log")
-    return pair_row(name, epochs, "bf16 first" if bf16_first else "fp32 first", runs["off"], runs["on"])
+    row = pair_row(name, epochs, seed, "bf16 first" if bf16_first else "fp32 first", runs["off"], runs["on"])
+    if auto:  # what `train.amp: auto` chose for this case (the probe's verdict), and how fast it then trained
+        row["auto"] = {k: runs["auto"][k] for k in ("precision", "images_per_second", "val_acc", "wall_seconds")}
+    return row
 
 
-def pair_row(name: str, epochs: int, order: str, fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
-    """One case: both runs and what bf16 changed."""
-    return {"case": name, **CASES[name], "epochs": epochs, "order": order, "fp32": fp32, "bf16": bf16,
+def pair_row(name: str, epochs: int, seed: int, order: str, fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
+    """One case and seed: both runs and what bf16 changed."""
+    return {"case": name, **CASES[name], "epochs": epochs, "seed": seed, "order": order, "fp32": fp32, "bf16": bf16,
             "acc_delta_points": _delta(bf16["val_acc"], fp32["val_acc"], 100),
             "macro_f1_delta": _delta(bf16["val_macro_f1"], fp32["val_macro_f1"], 1),
-            "speedup": round(bf16["images_per_second"] / fp32["images_per_second"], 2)}
+            "speedup": round(bf16["images_per_second"] / fp32["images_per_second"], 2),
+            "load": [min(fp32["load_before"], bf16["load_before"]), max(fp32["load_after"], bf16["load_after"])]}
+
+
+def parity_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A case over its seeds: the mean accuracy and macro-F1 of each precision, bf16's difference of the
+    means, and fp32's own spread from seed to seed (what a difference has to exceed to mean anything)."""
+    out: dict[str, Any] = {"seeds": len(rows)}
+    for key, scale in (("val_acc", 100), ("val_macro_f1", 1)):
+        fp32 = [r["fp32"][key] for r in rows]
+        bf16 = [r["bf16"][key] for r in rows]
+        out[key] = {"fp32": [round(v, 4) for v in fp32], "bf16": [round(v, 4) for v in bf16],
+                    "mean_delta": round((statistics.mean(bf16) - statistics.mean(fp32)) * scale, 3),
+                    "fp32_seed_range": round((max(fp32) - min(fp32)) * scale, 3)}
+    return out
 
 
 def _delta(a: float | None, b: float | None, scale: float) -> float | None:
@@ -137,12 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(CASES), action="append")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=480, help="JPEGs in the generated folder (70%% train)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train each case with seeds 0..N-1: the seed-to-seed spread of fp32 is the noise "
+                             "against which bf16's difference is read")
+    parser.add_argument("--auto", action="store_true", help="also train with train.amp=auto: what the probe chose")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_precision_") as tmp:
         for i, name in enumerate(args.only or list(CASES)):
-            rows.append(run_case(name, Path(tmp), args.epochs, args.images, bf16_first=i % 2 == 1))
+            for seed in range(args.seeds):
+                rows.append(run_case(name, Path(tmp), args.epochs, args.images, bf16_first=(i + seed) % 2 == 1,
+                                     seed=seed, auto=args.auto))
     print(f"\n{'case':<14} {'fp32 acc':>8} {'bf16 acc':>8} {'Δ pts':>6} {'ΔF1':>7} {'fp32 img/s':>10} "
           f"{'bf16 img/s':>10} {'×':>5}  load")
     for r in rows:
@@ -150,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['case']:<14} {f['val_acc']:>8.3f} {b['val_acc']:>8.3f} {r['acc_delta_points']:>6.1f} "
               f"{r['macro_f1_delta']:>7.3f} {f['images_per_second']:>10.1f} {b['images_per_second']:>10.1f} "
               f"{r['speedup']:>5.2f}  {f['load_before']}-{b['load_after']}")
-    write_result(args.output, {"rows": rows}, end="")
+    parity = {name: parity_summary([r for r in rows if r["case"] == name]) for name in dict.fromkeys(r["case"] for r in rows)}
+    write_result(args.output, {"rows": rows, "parity": parity}, end="")
     return 0
 
 

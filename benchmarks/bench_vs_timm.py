@@ -33,8 +33,11 @@ Every row runs each tool `--repeats` times (3), alternating which goes first,
 each run cold (Sustain's caches empty). It reports the median and the range
 of the wall clock of the whole command (imports and ingestion included), the
 ratio of the medians timm / Sustain (> 1: Sustain finished first), the load
-average before and after, and both tools' best val accuracy. Writes
-benchmarks/results/bench_vs_timm.json.
+average before and after, and both tools' best val accuracy. For each Sustain
+run it keeps run.json's `timings` (ingest, setup, epochs, final evaluation,
+report), and per case the import time of a fresh interpreter (`pass`, `import
+torch, timm`, Sustain's train path): together the breakdown of Sustain's wall
+clock in docs/performance.md. Writes benchmarks/results/bench_vs_timm.json.
 """
 
 from __future__ import annotations
@@ -146,12 +149,22 @@ def timm_val_acc(out: Path) -> float | None:
     return best
 
 
-def sustain_val_acc(out: Path) -> tuple[float | None, str | None, str | None]:
-    """Sustain's best weights on val, its precision and its CPU plan line."""
+def sustain_facts(out: Path) -> dict[str, Any]:
+    """Sustain's best weights on val, its precision, its CPU plan line and run.json's timings (the breakdown)."""
     run = json.loads((out / "run" / "run.json").read_text())
     plan = [line for line in (out / "sustain.log").read_text().splitlines() if "CPU plan" in line]
-    return (run["final_evaluation"].get("val", {}).get("accuracy"), run["device"]["precision"],
-            plan[0].split("CPU plan: ", 1)[-1] if plan else None)
+    return {"val_acc": run["final_evaluation"].get("val", {}).get("accuracy"), "precision": run["device"]["precision"],
+            "cpu_plan": plan[0].split("CPU plan: ", 1)[-1] if plan else None, "timings": run["timings"]}
+
+
+def import_seconds(code: str, repeats: int = 3) -> float:
+    """The median wall clock of a fresh interpreter that runs `code` (imports): what a command pays before work."""
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+        runs.append(time.perf_counter() - t)
+    return round(statistics.median(runs), 2)
 
 
 def one_run(tool: str, row: dict[str, Any], case: dict[str, Any], folders: dict[str, Path], out: Path,
@@ -173,7 +186,7 @@ def one_run(tool: str, row: dict[str, Any], case: dict[str, Any], folders: dict[
     elif tool == "timm":
         result["val_acc"] = timm_val_acc(out)
     else:
-        result["val_acc"], result["precision"], result["cpu_plan"] = sustain_val_acc(out)
+        result.update(sustain_facts(out))
     shutil.rmtree(out, ignore_errors=True)  # each run starts cold; the next one must not find this one's caches
     return result
 
@@ -203,7 +216,13 @@ def run_row(name: str, row_name: str, case: dict[str, Any], folders: dict[str, P
                if sustain["median_val_acc"] is not None and timm["median_val_acc"] is not None else None)
     return {"case": name, "row": row_name, **{k: v for k, v in case.items() if k != "image"}, "epochs": args.epochs,
             "work": _work(row_name, case, args.workers), "timm": timm, "sustain": sustain, "ratio": ratio,
-            "acc_gap_points": acc_gap}
+            "acc_gap_points": acc_gap, "load_range": _load_range(runs["timm"] + runs["sustain"])}
+
+
+def _load_range(runs: list[dict[str, Any]]) -> list[float]:
+    """The lowest and highest 1-minute load average seen before or after a run of the row."""
+    loads = [r[k] for r in runs for k in ("load_before", "load_after")]
+    return [min(loads), max(loads)]
 
 
 def _work(row_name: str, case: dict[str, Any], workers: int) -> str:
@@ -249,7 +268,33 @@ def run_case(name: str, train_py: Path, args: Any) -> list[dict[str, Any]]:
         rows = args.rows or list(ROWS)
         if any(ROWS[r]["timm_data"] == "resized" for r in rows):
             resize_folder(folders["original"], folders["resized"], case["stored_side"])
-        return [run_row(name, r, case, folders, tmp_path, args) for r in rows]
+        imports = {"python": import_seconds("pass"), "torch_timm": import_seconds("import torch, timm"),
+                   "sustain_train": import_seconds("import sustain.cli, sustain.training.engine")}
+        out = []
+        for r in rows:
+            row = run_row(name, r, case, folders, tmp_path, args)
+            out.append({**row, "import_seconds": imports, "sustain_breakdown": breakdown(row["sustain"]["runs"],
+                                                                                          imports)})
+        return out
+
+
+def breakdown(runs: list[dict[str, Any]], imports: dict[str, float]) -> dict[str, float] | None:
+    """Where the median Sustain run's wall clock went: imports (a fresh interpreter's), ingest, the rest of
+    the set-up before the first step, the epochs, the final evaluation, the report, and what is left
+    (reading the config, closing, the interpreter's exit)."""
+    ok = [r for r in runs if r["rc"] == 0 and r.get("timings")]
+    if not ok:
+        return None
+    median = sorted(ok, key=lambda r: r["seconds"])[len(ok) // 2]
+    t = median["timings"]
+    parts = {"imports": imports["sustain_train"], "ingest": t["ingest_seconds"],
+             "setup_after_ingest": t["setup_seconds"] - t["ingest_seconds"], "epochs": t["train_seconds"],
+             "final_evaluation": t["final_evaluation_seconds"], "report": t.get("report_seconds", 0.0)}
+    # total_seconds runs from train()'s start to the final evaluation's end; the epochs and set-up inside it
+    parts["between_epochs_and_setup"] = t["total_seconds"] - t["setup_seconds"] - t["train_seconds"] - \
+        t["final_evaluation_seconds"]
+    parts["rest"] = median["seconds"] - imports["sustain_train"] - t["total_seconds"] - parts["report"]
+    return {"wall": median["seconds"], **{k: round(v, 2) for k, v in parts.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,10 +54,10 @@ INNER: dict[str, dict[str, int]] = {
     "training": {
         "__init__": 0, "rng": 0, "losses": 0, "optim": 0, "precision": 0, "guards": 0, "interrupts": 0,
         "checkpoints": 0,
-        "sanity": 1, "cpu_plan": 1, "loop_state": 1, "distributed": 1,
+        "sanity": 1, "cpu_plan": 1, "loop_state": 1, "progress": 1, "distributed": 1,
         "console": 2, "hooks": 2, "loaders": 2,
         "trainer": 3,
-        "resume": 4,
+        "resume": 4, "saving": 4, "step": 4, "setup": 4, "finish": 4,
         "loop": 5,
         "engine": 6,
         "crossval": 7,

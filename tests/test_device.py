@@ -17,6 +17,8 @@ from sustain.device import (
     plan_device,
     plan_num_workers,
     plan_precision,
+    probed_step_seconds,
+    resumed_precision,
     wants_bf16_probe,
 )
 from sustain.errors import ConfigError
@@ -136,6 +138,32 @@ def test_a_failed_probe_keeps_fp32_and_says_why_in_one_line(probe: Bf16Probe, ne
     assert not plan.autocast and plan.label == "fp32"
     assert needle in plan.line and "\n" not in plan.line
     assert plan.probe["loss_bf16"] == probe.loss_bf16 or math.isnan(plan.probe["loss_bf16"])
+
+
+def test_the_cpu_plan_reuses_the_probes_timing_of_the_chosen_precision_only_when_measured_now() -> None:
+    bf16 = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=PASSING)
+    assert probed_step_seconds(bf16) == PASSING.bf16_seconds
+    slow = dataclasses.replace(PASSING, bf16_seconds=PASSING.fp32_seconds)
+    assert probed_step_seconds(plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=slow)) == slow.fp32_seconds
+    cached = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=PASSING, probe_cached=True)
+    assert probed_step_seconds(cached) is None  # timed on another day's load: the plan times a step itself
+    assert probed_step_seconds(plan_precision("cpu", "off", False, cpu_bf16="AMX")) is None
+
+
+def test_a_resume_keeps_the_precision_the_run_trained_in_where_the_probe_chose() -> None:
+    bf16 = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=PASSING)
+    slow = dataclasses.replace(PASSING, bf16_seconds=PASSING.fp32_seconds)  # a noisier timing: the gate fails
+    fp32_now = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=slow)
+    saved = {"device": "cpu", "plan": dataclasses.asdict(bf16)}
+    kept = resumed_precision(fp32_now, saved)
+    assert (kept.autocast, kept.dtype) == (True, "bfloat16")
+    assert kept.reason.startswith("as the run being resumed") and kept.probe == bf16.probe
+    assert resumed_precision(bf16, saved) is bf16  # the same plan: nothing to say
+    # This start's own plan stands: no probe (amp on/off, no native bf16), a run trained elsewhere, an old file.
+    off = plan_precision("cpu", "off", False, cpu_bf16="AMX")
+    assert resumed_precision(off, saved) is off
+    assert resumed_precision(fp32_now, {"device": "cuda", "plan": dataclasses.asdict(bf16)}) is fp32_now
+    assert resumed_precision(fp32_now, None) is fp32_now
 
 
 @pytest.mark.parametrize("cpu_bf16", [None, "AMX"])

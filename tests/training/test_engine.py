@@ -102,6 +102,9 @@ def test_demo_run_writes_every_artifact_and_prints_the_spec_messages_in_order(de
                 "data_summary", "health", "checklist"):
         assert key in run, key
     assert set(run["versions"]) >= {"python", "torch", "torchvision", "timm", "numpy"}
+    timings = run["timings"]  # where the wall clock went (docs/training.md), the report's own time included
+    assert 0 < timings["ingest_seconds"] < timings["setup_seconds"] < timings["total_seconds"]
+    assert timings["report_seconds"] > 0 and timings["train_seconds"] > 0
     assert run["manifest_hash"] == meta["manifest_hash"] == torch.load(out / "last.pth", weights_only=True)["manifest_hash"]
     assert [item["passed"] for item in run["checklist"] if item["id"] == "completed"] == [True]
     assert "Success criteria checklist" in (out / "report.html").read_text(encoding="utf-8")

@@ -108,3 +108,30 @@ def test_auto_chooses_bf16_from_a_passing_verdict_and_the_guards_turn_it_off(tin
     run_json = read_json(tmp_path / "run" / "run.json")  # the model card says which precision and why
     card = build_model_card(read_json(tmp_path / "run" / "best_model.json"), {"run": run_json})
     assert f"- precision plan: {NATIVE_BF16} CPU, probe (cached)" in card
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NATIVE_BF16 is None, reason="this CPU has no native bf16: auto never probes")
+def test_a_resume_trains_on_in_the_precision_the_run_chose_whatever_a_new_probe_finds(tiny_lake: Path,
+                                                                                      tmp_path: Path) -> None:
+    import signal
+
+    from sustain.device import cpu_model_name
+    from sustain.training.precision import store_probe
+
+    cache, key = tmp_path / "cache", probe_key("test_vit", 32, 8, cpu_model_name())
+    store_probe(cache, key, Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.999, fp32_seconds=0.2,
+                                      bf16_seconds=0.1))
+    raw = tiny_config_dict(tiny_lake, tmp_path / "run", train={"epochs": 2, "amp": "auto"},
+                           data={"cache_dir": str(cache)})
+    crash = write_yaml(tmp_path / "crash.yaml", {**raw, "guards": {"debug_kill_after_epoch": 1}})
+    crashed = run_sustain(["train", "--config", str(crash)])
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    assert "Precision: bf16 autocast" in crashed.stdout
+    # The next probe finds bf16 no faster (a busier machine, or the cache deleted and a noisier timing).
+    store_probe(cache, key, Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.999, fp32_seconds=0.2,
+                                      bf16_seconds=0.2))
+    resumed = run_sustain(["train", "--config", str(write_yaml(tmp_path / "c.yaml", raw)), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Precision: bf16 autocast (as the run being resumed, whose plan was: {NATIVE_BF16} CPU" in resumed.stdout
+    assert read_json(tmp_path / "run" / "run.json")["device"]["precision"] == "bf16 autocast"
