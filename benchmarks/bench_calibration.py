@@ -12,16 +12,13 @@ val threshold, test coverage and accepted accuracy with its 95% Clopper–Pearso
 the bin (where the taxonomy has bins) and for the class. The digits lake is scikit-learn's 1,797
 scanned 8×8 digits upscaled to 32×32 PNGs, split 0.6/0.2/0.2; it runs with label smoothing 0.1
 (the default) and 0, to measure how much of the underconfidence smoothing causes.
-Writes benchmarks/results/bench_calibration.json with the machine, commit and load average.
+Writes benchmarks/results/bench_calibration.json (its provenance: the machine, commit and load average).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -98,7 +95,7 @@ def measure(run: Path) -> dict[str, Any]:
     from sustain.evaluate.calibration import uncalibrate
     from sustain.evaluate.gallery import load_predictions
     from sustain.evaluate.selective import accept_report, choose_thresholds
-    from sustain.training.checkpoints import taxonomy_from_meta
+    from sustain.taxonomy import taxonomy_from_meta
 
     meta = ModelMeta.read(run)
     taxonomy = taxonomy_from_meta(meta.to_dict())
@@ -128,17 +125,6 @@ def measure(run: Path) -> dict[str, Any]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"cpu": model, "cores": os.cpu_count(), "load_average": list(os.getloadavg()), "commit": commit,
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser(__doc__)
     parser.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
@@ -147,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.getLogger("sustain").setLevel(logging.WARNING)
-    start = machine()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_calibration_") as tmp:
         lakes = {"demo": args.demo_lake or _demo_lake(Path(tmp) / "demo"),
@@ -160,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14s} T {row['temperature']:.3f}  test ECE {row['test_ece_before']:.3f} → "
                   f"{row['test_ece_after']:.3f}  NLL {row['test_nll_before']:.3f} → {row['test_nll_after']:.3f}  "
                   f"acc {row['test_accuracy_after']:.3f}")
-    command = "python benchmarks/bench_calibration.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_result(args.json, {"command": command.strip(), "machine_start": start,
-                             "load_average_end": list(os.getloadavg()), "results": rows})
+    write_result(args.json, {"results": rows})
     print(f"written: {args.json}")
     return 0
 

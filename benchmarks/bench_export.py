@@ -15,8 +15,6 @@ average before and after. Writes benchmarks/results/bench_export.json.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,7 +27,8 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import arg_parser, results_file, write_checkpoint, write_result  # noqa: E402
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import write_checkpoint  # noqa: E402
 from sustain.deploy.export import PixelModel, export_onnx, quantize_int8  # noqa: E402
 from sustain.deploy.loading import load_checkpoint_model  # noqa: E402
 
@@ -91,15 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for both backends")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
     results = []
     with tempfile.TemporaryDirectory(prefix="sustain_bench_export_") as tmp:
         for spec in args.models:
             name, size = spec.split(":")
             results.append(bench_model(name, int(size), args.batches, args.iters, args.threads, Path(tmp)))
-    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "threads": args.threads, "iters": args.iters, "load_avg_before": [round(v, 2) for v in load_before],
-              "load_avg_after": [round(v, 2) for v in os.getloadavg()], "results": results}
+    report = {"threads": args.threads, "iters": args.iters, "results": results}
     for r in results:
         print(f"{r['model']} @ {r['input_size']}px: ONNX fp32 {r['fp32_bytes'] / 1e6:.1f} MB, "
               f"int8 {r['int8_bytes'] / 1e6:.1f} MB")
@@ -109,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({b['speedup_vs_torch']['onnx_fp32']}x), onnx int8 {ms['onnx_int8']:.2f} ms "
                   f"({b['speedup_vs_torch']['onnx_int8']}x); top-1 agreement fp32 {b['top1_agree']['onnx_fp32']:.0%}, "
                   f"int8 {b['top1_agree']['onnx_int8']:.0%}")
-    print(f"load average before {report['load_avg_before']}, after {report['load_avg_after']} "
-          f"on {report['cpus']} CPUs, {args.threads} thread(s) per backend")
-    write_result(RESULTS, report)
+    print(f"{args.threads} thread(s) per backend; written: {write_result(RESULTS, report)}")
     return 0
 
 

@@ -21,9 +21,6 @@ Writes benchmarks/results/bench_gallery.json.
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +33,7 @@ from PIL import Image
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
 from sustain.data.dataset import ManifestDataset, collate_skip_failed  # noqa: E402
 from sustain.data.manifest import ManifestRow  # noqa: E402
 from sustain.evaluate import write_final_evaluation  # noqa: E402
@@ -119,13 +116,10 @@ def run(argv: list[str]) -> dict:
     ratio = (store_s + gallery_s) / (final - store_s)
     result = {
         "images": args.images, "model": args.model, "size": args.size, "workers": args.workers,
-        "threads": torch.get_num_threads(), "machine": platform.platform(), "processor": platform.processor(),
+        "threads": torch.get_num_threads(),
         "final_evaluation_s": round(final, 3), "store_write_s": round(store_s, 3), "gallery_s": round(gallery_s, 3),
         "store_mb": round(store_bytes / 1e6, 2), "thumbnails_mb": round(gallery.thumbnails_bytes / 1e6, 2),
         "suspects": len(gallery.suspects), "ratio": round(ratio, 4), "target": TARGET,
-        "command": "python benchmarks/bench_gallery.py " + " ".join(argv), "cores": os.cpu_count(),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
     }
     print(f"final evaluation {final:.1f}s ({args.images / final:.0f} images/s); store {store_s:.2f}s "
           f"({result['store_mb']} MB); gallery + CSV {gallery_s:.2f}s ({result['thumbnails_mb']} MB of thumbnails, "

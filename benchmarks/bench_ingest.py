@@ -39,7 +39,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from benchmarks.common import arg_parser, camera_photos, sample_photos, write_result
+from benchmarks.common import arg_parser, write_result
+from benchmarks.inputs import camera_photos, sample_photos
 
 MARKER = "bench_lake.json"
 
@@ -162,8 +163,7 @@ def camera_decode(n: int) -> dict:
     ms = {mode: round(1000 * float(np.mean(t)), 1) for mode, t in times.items()}
     return {"photos": len(times["full"]), "size": "4032x3024", "draft_side": draft_side, "ms_per_photo": ms,
             "speedup": round(ms["full"] / ms["draft"], 2), "max_hash_bits": {k: v[0] for k, v in worst.items()},
-            "max_colour": {k: v[1] for k, v in worst.items()},
-            "load_average": round(os.getloadavg()[0], 2)}
+            "max_colour": {k: v[1] for k, v in worst.items()}}
 
 
 def _run_phase(lake: Path, work: Path, workers: str) -> dict:
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         cold = _run_phase(lake, work, args.workers)
         warm = _run_phase(lake, work, args.workers)
-    result = {"n": args.n, "cpus": os.cpu_count(), "workers": args.workers, "generate_seconds": round(generate, 1),
+    result = {"n": args.n, "workers": args.workers, "generate_seconds": round(generate, 1),
               "cold": cold, "warm": warm}
     print(f"ingest of {args.n:,} images on {os.cpu_count()} CPUs (workers={args.workers}):")
     for phase in ("cold", "warm"):

@@ -25,9 +25,6 @@ the `label_issues.csv` it shipped is scored too.
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +34,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import ROOT, arg_parser, results_file, write_result
+from benchmarks.common import arg_parser, results_file, write_result
 
 GOAL = {"recall": 0.80, "precision": 0.60}
 
@@ -121,18 +118,6 @@ def mean_over(seeds: list[dict]) -> dict:
     return {"oof_accuracy_vs_true": avg([s["oof_accuracy_vs_true"] for s in seeds]), "methods": out}
 
 
-def machine() -> dict:
-    import cleanlab
-    import sklearn
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
-            "platform": platform.platform(), "commit": commit, "python": platform.python_version(),
-            "numpy": np.__version__, "cleanlab": cleanlab.__version__, "scikit_learn": sklearn.__version__}
-
-
 def digits_lake(root: Path, flip: float, seed: int) -> tuple[dict[str, int], set[str]]:
     """The digits as 32 px PNGs under root/digits/d<class>/; (true class per file name, flipped names)."""
     from PIL import Image
@@ -202,18 +187,14 @@ def run(argv: list[str]) -> dict:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.crossval:
-        result = {"command": "python benchmarks/bench_label_issues.py " + " ".join(argv), "goal": GOAL,
-                  "flip": args.flip, "machine": machine(), "crossval": crossval_run(args)}
-        result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        result = {"goal": GOAL, "flip": args.flip, "crossval": crossval_run(args)}
         write_result(args.out or results_file("bench_label_issues_crossval"), result)
         return result
     args.out = args.out or results_file("bench_label_issues")
-    result = {"command": "python benchmarks/bench_label_issues.py " + " ".join(argv), "goal": GOAL,
-              "flip": args.flip, "folds": args.folds, "machine": machine(), "lakes": {}}
+    result = {"goal": GOAL, "flip": args.flip, "folds": args.folds, "lakes": {}}
     for name, (x, y, make) in lakes().items():
         seeds = [one_seed(x, y, make, args.flip, args.folds, s) for s in range(args.seeds)]
         result["lakes"][name] = {"mean": mean_over(seeds), "seeds": seeds}
-    result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     write_result(args.out, result)
     return result
 

@@ -23,7 +23,10 @@ from pathlib import Path
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import write_images  # noqa: E402
+from benchmarks.serving import export, free_port, load, settings  # noqa: E402
+from sustain.utils import cpu_count  # noqa: E402
 
 APP = '''
 import sys
@@ -72,15 +75,15 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
 
 
 def measure(cmd: list[str], env: dict, bodies: list[bytes], args, log: Path) -> dict:
-    port = common.free_port()
+    port = free_port()
     proc = subprocess.Popen([*cmd[:1], *[c.replace("PORT", str(port)) for c in cmd[1:]]],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, log)
-        asyncio.run(common.load(url, bodies, args.concurrency, 1.0, 2.0, multipart=True))  # warm both alike
-        served = asyncio.run(common.load(url, bodies, args.concurrency, args.warmup, args.duration, multipart=True))
-        ceiling = asyncio.run(common.load(url, None, args.concurrency, 1.0, min(args.duration, 10.0)))
+        asyncio.run(load(url, bodies, args.concurrency, 1.0, 2.0, multipart=True))  # warm both alike
+        served = asyncio.run(load(url, bodies, args.concurrency, args.warmup, args.duration, multipart=True))
+        ceiling = asyncio.run(load(url, None, args.concurrency, 1.0, min(args.duration, 10.0)))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -91,23 +94,23 @@ def measure(cmd: list[str], env: dict, bodies: list[bytes], args, log: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.arg_parser(__doc__)
+    parser = arg_parser(__doc__)
     parser.add_argument("--litserve-path", required=True, help="where litserve is installed (pip --target)")
     parser.add_argument("--model", default="test_vit")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--out", type=Path, default=common.results_file("bench_litserve"))
+    parser.add_argument("--out", type=Path, default=results_file("bench_litserve"))
     args = parser.parse_args(argv)
-    cores = common.cpu_and_cores()["cores"]
-    report = {**common.header("bench_litserve", argv, args), "results": {}}
+    cores = cpu_count()
+    report = {**settings(args), "results": {}}
     with tempfile.TemporaryDirectory(prefix="sustain_bench_litserve_") as tmp_name:
         tmp = Path(tmp_name)
-        onnx = common.export(args.model, args.size, False, tmp) / "model.onnx"
-        bodies = [p.read_bytes() for p in common.write_images(tmp / "photos", 64, suffix="jpg")]
+        onnx = export(args.model, args.size, False, tmp) / "model.onnx"
+        bodies = [p.read_bytes() for p in write_images(tmp / "photos", 64, suffix="jpg")]
         (tmp / "lit_app.py").write_text(APP)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(common.ROOT), args.litserve_path])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), args.litserve_path])}
         commands = {
             "sustain_serve": [sys.executable, "-m", "sustain", "serve", str(onnx), "--port", "PORT",
                               "--max-batch", "16", "--max-wait-ms", "5"],
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             s = row["serving"]
             print(f"{name}: {s['requests_per_s']} img/s, p50 {s['latency_ms']['p50']} ms, p99 {s['latency_ms']['p99']} ms, "
                   f"errors {s['errors']}; /health {row['http_ceiling_health']['requests_per_s']} req/s")
-    return common.finish(report, args.out)
+    print(f"written: {write_result(args.out, report)}")
+    return 0
 
 
 if __name__ == "__main__":

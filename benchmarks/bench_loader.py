@@ -28,7 +28,8 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import arg_parser, camera_photos, results_file, write_result  # noqa: E402
+from benchmarks.common import arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import camera_photos  # noqa: E402
 from sustain.config import DataConfig  # noqa: E402
 from sustain.data.image_cache import ImageCache, disk_usage  # noqa: E402
 from sustain.data.scan import load_rgb  # noqa: E402

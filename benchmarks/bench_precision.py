@@ -14,8 +14,9 @@ macro-F1), the train and val loss curves and the training images/s (median over
 the epochs after the first), with the load average before and after. With
 `--seeds N` each case trains with seeds 0..N-1 and `parity` gives, per case,
 the mean accuracy and macro-F1 of each precision, bf16's difference of the
-means and fp32's own range from seed to seed. Goals
-(issue #25): accuracy within 1 point and macro-F1 within 0.01 of fp32;
+means and fp32's own range from seed to seed. With `--auto` each case also
+trains with `train.amp=auto`: which precision the probe chose, and its
+images/s. Goals (issue #25): accuracy within 1 point and macro-F1 within 0.01 of fp32;
 bf16 images/s >= 1.2x fp32 on an AVX512-BF16 CPU without AMX, >= 1.5x with AMX.
 Writes benchmarks/results/bench_precision.json.
 """
@@ -35,7 +36,8 @@ from typing import Any
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, machine, make_folder, results_file, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import make_folder  # noqa: E402
 
 RESULTS = results_file("bench_precision")
 FOLDER_CASE = {"split": {"train": 0.7, "val": 0.3, "test": 0.0}, "augment": "light", "lr": 1e-3}
@@ -103,24 +105,28 @@ def read_run(out: Path, amp: str, seconds: float, load_before: float) -> dict[st
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
-def run_case(name: str, tmp: Path, epochs: int, images: int, bf16_first: bool, seed: int) -> dict[str, Any]:
+def run_case(name: str, tmp: Path, epochs: int, images: int, bf16_first: bool, seed: int,
+             auto: bool = False) -> dict[str, Any]:
     out = tmp / f"{name}_seed{seed}"
     if name == "demo":
         lake = tmp / "demo_lake"
         if not lake.exists():
             subprocess.check_call([sys.executable, "-m", "sustain", "data", "demo", "--out", str(lake)], cwd=ROOT,
                                   stdout=subprocess.DEVNULL)
-        configs = {amp: demo_config(lake, out / amp, epochs, seed) for amp in ("off", "on")}
+        configs = {amp: demo_config(lake, out / amp, epochs, seed) for amp in ("off", "on", "auto")}
     else:
         data = tmp / "jpeg256"
         if not data.exists():
             make_folder(data, (256, 256), images)
-        configs = {amp: folder_config(data, out / amp, CASES[name], epochs, seed) for amp in ("off", "on")}
+        configs = {amp: folder_config(data, out / amp, CASES[name], epochs, seed) for amp in ("off", "on", "auto")}
     runs = {}
-    for amp in (("on", "off") if bf16_first else ("off", "on")):
+    for amp in (("on", "off") if bf16_first else ("off", "on")) + (("auto",) if auto else ()):
         print(f"[{name} seed {seed}] train.amp={amp} ...", flush=True)
         runs[amp] = train_once(configs[amp], amp, out / f"{amp}.log")
-    return pair_row(name, epochs, seed, "bf16 first" if bf16_first else "fp32 first", runs["off"], runs["on"])
+    row = pair_row(name, epochs, seed, "bf16 first" if bf16_first else "fp32 first", runs["off"], runs["on"])
+    if auto:  # what `train.amp: auto` chose for this case (the probe's verdict), and how fast it then trained
+        row["auto"] = {k: runs["auto"][k] for k in ("precision", "images_per_second", "val_acc", "wall_seconds")}
+    return row
 
 
 def pair_row(name: str, epochs: int, seed: int, order: str, fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +134,8 @@ def pair_row(name: str, epochs: int, seed: int, order: str, fp32: dict[str, Any]
     return {"case": name, **CASES[name], "epochs": epochs, "seed": seed, "order": order, "fp32": fp32, "bf16": bf16,
             "acc_delta_points": _delta(bf16["val_acc"], fp32["val_acc"], 100),
             "macro_f1_delta": _delta(bf16["val_macro_f1"], fp32["val_macro_f1"], 1),
-            "speedup": round(bf16["images_per_second"] / fp32["images_per_second"], 2)}
+            "speedup": round(bf16["images_per_second"] / fp32["images_per_second"], 2),
+            "load": [min(fp32["load_before"], bf16["load_before"]), max(fp32["load_after"], bf16["load_after"])]}
 
 
 def parity_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1,
                         help="train each case with seeds 0..N-1: the seed-to-seed spread of fp32 is the noise "
                              "against which bf16's difference is read")
+    parser.add_argument("--auto", action="store_true", help="also train with train.amp=auto: what the probe chose")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rows = []
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(args.only or list(CASES)):
             for seed in range(args.seeds):
                 rows.append(run_case(name, Path(tmp), args.epochs, args.images, bf16_first=(i + seed) % 2 == 1,
-                                     seed=seed))
+                                     seed=seed, auto=args.auto))
     print(f"\n{'case':<14} {'fp32 acc':>8} {'bf16 acc':>8} {'Δ pts':>6} {'ΔF1':>7} {'fp32 img/s':>10} "
           f"{'bf16 img/s':>10} {'×':>5}  load")
     for r in rows:
@@ -171,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['case']:<14} {f['val_acc']:>8.3f} {b['val_acc']:>8.3f} {r['acc_delta_points']:>6.1f} "
               f"{r['macro_f1_delta']:>7.3f} {f['images_per_second']:>10.1f} {b['images_per_second']:>10.1f} "
               f"{r['speedup']:>5.2f}  {f['load_before']}-{b['load_after']}")
-    command = "python benchmarks/bench_precision.py " + " ".join(argv if argv is not None else sys.argv[1:])
     parity = {name: parity_summary([r for r in rows if r["case"] == name]) for name in dict.fromkeys(r["case"] for r in rows)}
-    write_result(args.output, {**machine(), "command": command.strip(), "rows": rows, "parity": parity}, end="")
+    write_result(args.output, {"rows": rows, "parity": parity}, end="")
     return 0
 
 

@@ -14,7 +14,6 @@ times, images/s and the ratio, and writes benchmarks/results/bench_predict.json.
 
 from __future__ import annotations
 
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -24,14 +23,8 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    arg_parser,
-    results_file,
-    timed,
-    write_checkpoint,
-    write_images,
-    write_result,
-)
+from benchmarks.common import arg_parser, results_file, timed, write_result  # noqa: E402
+from benchmarks.inputs import write_checkpoint, write_images  # noqa: E402
 from sustain.deploy.inference import Predictor, default_batch_size  # noqa: E402
 
 RESULTS = results_file("bench_predict")
@@ -71,14 +64,11 @@ def run(argv: list[str] | None = None) -> dict:
     result = {
         "model": args.model, "input_size": args.size, "images": args.images, "batch_size": args.batch_size,
         "device": str(predictor.device), "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if predictor.device.type == "cuda" else None,
-        "machine": platform.processor() or platform.machine(),
         "repeats": args.repeats, "batched_s": round(batched, 3), "loop_s": round(loop, 3),
         "batched_images_per_s": round(args.images / batched, 1), "loop_images_per_s": round(args.images / loop, 1),
         "speedup": round(loop / batched, 2),
     }
-    print(f"Inference, {args.model} @ {args.size}px, {args.images} images on {result['device']}"
-          f"{' (' + result['gpu'] + ')' if result['gpu'] else ''}:")
+    print(f"Inference, {args.model} @ {args.size}px, {args.images} images on {result['device']}:")
     print(f"  batched (batch {args.batch_size}): {batched:.2f} s  ({result['batched_images_per_s']} images/s)")
     print(f"  per-image loop:      {loop:.2f} s  ({result['loop_images_per_s']} images/s)")
     print(f"  batched is {result['speedup']}x faster")

@@ -5,7 +5,7 @@
 
 Exports a randomly initialised model of the given architecture (the weights do not change the
 speed; ``sustain export --no-verify``, plus ``--quantize int8`` for int8), writes ``--images``
-JPEG photos (200-400 px, `common.write_images`), then for each precision:
+JPEG photos (200-400 px, `inputs.write_images`), then for each precision:
 - offline: ``Predictor.predict(paths, batch_size=--max-batch)`` on the same files, decode included;
 - serving: ``sustain serve`` on 127.0.0.1 and ``--concurrency`` clients (httpx, asyncio, one
   process) posting the same JPEGs as raw bodies for ``--duration`` s after ``--warmup`` s:
@@ -30,19 +30,10 @@ from pathlib import Path
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    ROOT,
-    arg_parser,
-    cpu_and_cores,
-    export,
-    finish,
-    free_port,
-    header,
-    load,
-    results_file,
-    timed,
-    write_images,
-)
+from benchmarks.common import ROOT, arg_parser, results_file, timed, write_result  # noqa: E402
+from benchmarks.inputs import write_images  # noqa: E402
+from benchmarks.serving import export, free_port, load, settings  # noqa: E402
+from sustain.utils import cpu_count  # noqa: E402
 
 MAX_CONCURRENCY, MAX_DURATION = 256, 600
 
@@ -138,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.concurrency <= MAX_CONCURRENCY and 0 < args.duration <= MAX_DURATION):
         parser.error(f"--concurrency 1..{MAX_CONCURRENCY}, --duration up to {MAX_DURATION} s")
 
-    cores = cpu_and_cores()["cores"]
-    report = {**header("bench_serve", argv, args), "results": {}}
+    cores = cpu_count()
+    report = {**settings(args), "results": {}}
     with tempfile.TemporaryDirectory(prefix="sustain_bench_serve_") as tmp_name:
         tmp = Path(tmp_name)
         folder = export(args.model, args.size, "int8" in args.precision, tmp)
@@ -157,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['images_per_s']} img/s (p50 {s['latency_ms']['p50']} ms, p99 {s['latency_ms']['p99']} ms, "
                   f"errors {s['errors']}, RSS {s['rss_mb']}); HTTP ceiling {ceil['requests_per_s']} req/s; "
                   f"{row['ratios']}")
-    return finish(report, args.out)
+    print(f"written: {write_result(args.out, report)}")
+    return 0
 
 
 

@@ -32,7 +32,8 @@ from typing import Any
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, ensure_lake, results_file, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import ensure_lake  # noqa: E402
 from sustain.config import load_config  # noqa: E402
 
 RESULTS = results_file("bench_tracking")

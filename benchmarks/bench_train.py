@@ -11,9 +11,10 @@ For each case, in one process:
   its validation pass), median over epochs 2..N (epoch 1 warms up);
 - **train phase**: the engine's own `images_per_second`, the training loop alone
   (validation left out), median over epochs 2..N;
-- **ceiling**: the same model, optimizer, loss, batch size, precision and CPU
-  thread count, stepping on one batch of tensors already in memory
-  (forward, loss, backward, clip, optimizer step). The thread count is the
+- **ceiling**: the same model, optimizer, loss, batch size, precision (the one
+  the run trained in: `train.amp: auto` may have chosen bf16) and CPU thread
+  count, stepping on one batch of tensors already in memory (forward, loss,
+  backward, clip, optimizer step). The thread count is the
   one the engine's measured CPU plan (`device.plan_cpu`) ran the epochs with,
   read off torch while the epochs run, so the ceiling is measured after the
   end-to-end run, twice, the faster counts;
@@ -41,7 +42,8 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, ensure_lake, results_file, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import ensure_lake  # noqa: E402
 from sustain.artifacts import RunRecord  # noqa: E402
 from sustain.config import Config, load_config  # noqa: E402
 
@@ -67,15 +69,19 @@ class EpochProbe(logging.Handler):
         self.process = psutil.Process()
         self.rss_mb: list[float] = []
         self.threads: list[int] = []
+        self.cpu_plan: str | None = None  # the plan's line: the measured step and batch load it chose from
 
     def emit(self, record: logging.LogRecord) -> None:
+        if "CPU plan:" in record.getMessage():
+            self.cpu_plan = record.getMessage().split("CPU plan: ", 1)[1]
         if record.getMessage().startswith("Epoch ") and "Train Acc" in record.getMessage():
             self.rss_mb.append(self.process.memory_info().rss / 2**20)
             self.threads.append(torch.get_num_threads())
 
 
-def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
-    """Images/s of the bare training step on one in-memory batch, with the engine's own building blocks."""
+def compute_ceiling(cfg: Config, steps: int, bf16: bool, warmup: int = 3) -> float:
+    """Images/s of the bare training step on one in-memory batch, with the engine's own building blocks,
+    in the precision the engine's run trained in (`bf16`: what `train.amp: auto` and its probe chose)."""
     from sustain.device import plan_precision
     from sustain.model import build_model
     from sustain.taxonomy import build_taxonomy
@@ -88,7 +94,7 @@ def compute_ceiling(cfg: Config, steps: int, warmup: int = 3) -> float:
     size = cfg.model.input_size or model.pretrained_cfg["input_size"][-1]
     optimizer = build_optimizer(cfg.train, model)
     loss_fn = PartialLabelLoss(cfg.train.label_smoothing)
-    precision = plan_precision("cpu", cfg.train.amp, False)
+    precision = plan_precision("cpu", "on" if bf16 else "off", False)
     scaler = make_scaler("cpu", precision, precision.autocast)
     batch = cfg.train.batch_size
     images = torch.randn(batch, 3, size, size)
@@ -135,7 +141,8 @@ def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: 
         saved_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         steps = min(cfg.train.max_steps_per_epoch or 30, 30)
-        ceilings = [compute_ceiling(cfg, steps) for _ in range(2)]
+        bf16 = record.device["precision"].startswith("bf16")
+        ceilings = [compute_ceiling(cfg, steps, bf16) for _ in range(2)]
         torch.set_num_threads(saved_threads)
 
     per_epoch = result.history["images_per_second"]
@@ -148,7 +155,8 @@ def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: 
     growth = (probe.rss_mb[-1] - probe.rss_mb[1]) if len(probe.rss_mb) > 2 else None
     return {
         "case": name, "model": cfg.model.name, "input_size": cfg.model.input_size, "batch_size": cfg.train.batch_size,
-        "epochs": epochs, "num_workers": n_workers, "cpu_threads": threads,
+        "epochs": epochs, "num_workers": n_workers, "cpu_threads": threads, "precision": record.device["precision"],
+        "cpu_plan": probe.cpu_plan,
         "train_images_per_epoch": per_epoch_images,
         "end_to_end_images_per_s": round(e2e, 1), "per_epoch_end_to_end_images_per_s": [round(v, 1) for v in whole],
         "train_phase_images_per_s": round(phase, 1), "per_epoch_images_per_s": [round(v, 1) for v in per_epoch],

@@ -59,15 +59,8 @@ from PIL import Image
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    CLASSES,
-    ROOT,
-    arg_parser,
-    machine,
-    make_folder,
-    results_file,
-    write_result,
-)
+from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
+from benchmarks.inputs import CLASSES, make_folder  # noqa: E402
 
 RESULTS = results_file("bench_vs_timm")
 HOW_TO_GET = ("timm's train.py is needed: `git clone https://github.com/huggingface/pytorch-image-models` "
@@ -223,7 +216,13 @@ def run_row(name: str, row_name: str, case: dict[str, Any], folders: dict[str, P
                if sustain["median_val_acc"] is not None and timm["median_val_acc"] is not None else None)
     return {"case": name, "row": row_name, **{k: v for k, v in case.items() if k != "image"}, "epochs": args.epochs,
             "work": _work(row_name, case, args.workers), "timm": timm, "sustain": sustain, "ratio": ratio,
-            "acc_gap_points": acc_gap}
+            "acc_gap_points": acc_gap, "load_range": _load_range(runs["timm"] + runs["sustain"])}
+
+
+def _load_range(runs: list[dict[str, Any]]) -> list[float]:
+    """The lowest and highest 1-minute load average seen before or after a run of the row."""
+    loads = [r[k] for r in runs for k in ("load_before", "load_after")]
+    return [min(loads), max(loads)]
 
 
 def _work(row_name: str, case: dict[str, Any], workers: int) -> str:
@@ -271,7 +270,31 @@ def run_case(name: str, train_py: Path, args: Any) -> list[dict[str, Any]]:
             resize_folder(folders["original"], folders["resized"], case["stored_side"])
         imports = {"python": import_seconds("pass"), "torch_timm": import_seconds("import torch, timm"),
                    "sustain_train": import_seconds("import sustain.cli, sustain.training.engine")}
-        return [{**run_row(name, r, case, folders, tmp_path, args), "import_seconds": imports} for r in rows]
+        out = []
+        for r in rows:
+            row = run_row(name, r, case, folders, tmp_path, args)
+            out.append({**row, "import_seconds": imports, "sustain_breakdown": breakdown(row["sustain"]["runs"],
+                                                                                          imports)})
+        return out
+
+
+def breakdown(runs: list[dict[str, Any]], imports: dict[str, float]) -> dict[str, float] | None:
+    """Where the median Sustain run's wall clock went: imports (a fresh interpreter's), ingest, the rest of
+    the set-up before the first step, the epochs, the final evaluation, the report, and what is left
+    (reading the config, closing, the interpreter's exit)."""
+    ok = [r for r in runs if r["rc"] == 0 and r.get("timings")]
+    if not ok:
+        return None
+    median = sorted(ok, key=lambda r: r["seconds"])[len(ok) // 2]
+    t = median["timings"]
+    parts = {"imports": imports["sustain_train"], "ingest": t["ingest_seconds"],
+             "setup_after_ingest": t["setup_seconds"] - t["ingest_seconds"], "epochs": t["train_seconds"],
+             "final_evaluation": t["final_evaluation_seconds"], "report": t.get("report_seconds", 0.0)}
+    # total_seconds runs from train()'s start to the final evaluation's end; the epochs and set-up inside it
+    parts["between_epochs_and_setup"] = t["total_seconds"] - t["setup_seconds"] - t["train_seconds"] - \
+        t["final_evaluation_seconds"]
+    parts["rest"] = median["seconds"] - imports["sustain_train"] - t["total_seconds"] - parts["report"]
+    return {"wall": median["seconds"], **{k: round(v, 2) for k, v in parts.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['case']:<8} {r['row']:<22} {_fmt(t):>18} {_fmt(s):>18} {r['ratio'] or float('nan'):>6.2f} "
               f"{t['median_val_acc'] or float('nan'):>8.3f} {s['median_val_acc'] or float('nan'):>8.3f}")
     print("ratio = timm median seconds / Sustain median seconds (> 1: Sustain finished first)")
-    command = "python benchmarks/bench_vs_timm.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_result(args.output, {**machine(), "command": command.strip(), "rows": rows}, end="")
+    write_result(args.output, {"rows": rows}, end="")
     return 1 if any(run["rc"] for r in rows for tool in ("timm", "sustain") for run in r[tool]["runs"]) else 0
 
 

@@ -31,7 +31,8 @@ import torch
 if not __package__:  # run as a script: the project root on sys.path, for `benchmarks` and `sustain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, arg_parser, sample_photos, write_result  # noqa: E402
+from benchmarks.common import ROOT, arg_parser, write_result  # noqa: E402
+from benchmarks.inputs import sample_photos  # noqa: E402
 from sustain.utils import cpu_count  # noqa: E402
 
 

@@ -119,7 +119,7 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
                    precision: PrecisionPlan, device: torch.device, batch) -> Callable[[int], dict[str, Any]]:
     """run(steps): one epoch of the engine's own training loop over `steps` copies of `batch`.
 
-    The only coupling to the training loop's internals (sustain.training.loop, sustain.training.run): when the engine is
+    The only coupling to the training loop's internals (sustain.training.loop, sustain.training.step): when the engine is
     restructured, this is the one function to update. Everything the loop does
     per step runs unchanged; only the DataLoader is replaced by the in-memory batch.
     """
@@ -129,14 +129,13 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
     from sustain.training.guards import Guards
     from sustain.training.loop_state import LoopState
     from sustain.training.losses import PartialLabelLoss
-    from sustain.training.optim import build_optimizer, build_scheduler, set_lr
+    from sustain.training.optim import build_optimizer, build_scheduler
     from sustain.training.trainer import Trainer
 
     optimizer = build_optimizer(cfg.train, model)
     scheduler = build_scheduler(cfg.train, optimizer, updates_per_epoch=1000)
     state = LoopState()
-    guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)
-    set_lr(optimizer, scheduler, state.updates, guards.state.lr_factor)
+    guards = Guards(cfg.guards, plan.type, precision, amp_on=precision.autocast)  # the loop sets each update's LR
     loaders = SimpleNamespace(train=itertools.repeat(batch), train_batches=0, set_epoch=lambda epoch, start=0: None)
     bundle = Trainer(
         cfg=cfg, taxonomy=build_taxonomy(**cfg.taxonomy.model_dump()), sources=["synthetic"],
@@ -148,9 +147,9 @@ def sustain_runner(cfg: Config, model: nn.Module, fwd_model: nn.Module, plan: De
 
     def run(steps: int) -> dict[str, Any]:
         loaders.train_batches = steps
-        stats = loop.train_one_epoch(bundle, state, state.epoch + 1)
+        progress = loop.train_one_epoch(bundle, state, state.epoch + 1)
         state.epoch += 1
-        return stats
+        return progress.epoch_stats(bundle.dist.sum)
 
     return run
 

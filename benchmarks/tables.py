@@ -122,19 +122,17 @@ def cell(value: Any, fmt: str) -> str:
 
 
 def provenance_line(source: str, doc: dict[str, Any], up: str = "../") -> str:
-    """Which file, command, commit, date, machine and load a table's figures come from."""
-    p = doc.get("provenance") or {}
+    """Which file, command, commit, date, machine and load a table's figures come from (its provenance block)."""
+    p = doc.get("provenance")
+    if not p:
+        raise KeyError(f"benchmarks/results/{source} has no provenance block; rerun the benchmark that writes it")
     machine = p.get("machine") or {}
-    commit = (p.get("commit") or {}).get("sha", "?")[:10]
-    before, after = machine.get("load_average_before") or ["?"], machine.get("load_average_after") or ["?"]
-    if not p:  # a result written before write_result recorded provenance: its own fields
-        p = {"command": doc.get("command", "?").strip(), "date_utc": "undated"}
-        commit = str(doc.get("commit", "?"))[:10]
-        machine = {"cpu_model": doc.get("processor") or doc.get("machine", "?"), "usable_cores": doc.get("cores", "?")}
-        before, after = doc.get("load_average") or ["?"], ["not recorded"]
+    commit = (p.get("commit") or {}).get("sha") or "?"
+    unknown = ["not recorded"]  # a result converted from before provenance may lack a fact
+    before, after = machine.get("load_average_before") or unknown, machine.get("load_average_after") or unknown
     return (f"From [`benchmarks/results/{source}`]({up}benchmarks/results/{source}): "
-            f"`{p.get('command', '?')}` at `{commit}`, {str(p.get('date_utc', '?'))[:10]}, "
-            f"{machine.get('cpu_model', '?')} ({machine.get('usable_cores', '?')} cores), "
+            f"`{p.get('command', '?')}` at `{commit[:10]}`, {str(p.get('date_utc', '?'))[:10]}, "
+            f"{machine.get('cpu_model') or 'CPU not recorded'} ({machine.get('usable_cores', '?')} cores), "
             f"load average {before[0]} → {after[0]}.")
 
 

@@ -81,8 +81,15 @@ class PrecisionPlan:
         return f"🧮 Precision: {self.label}" + (f" ({self.reason})" if self.reason else "")
 
     def record(self) -> dict[str, Any]:
-        """The plan for run.json and the tracking params."""
+        """The plan for run.json (`device.precision_plan`)."""
         return {"label": self.label, "reason": self.reason, "probe": self.probe}
+
+    def params(self) -> dict[str, Any]:
+        """The plan as tracking params: flat scalars."""
+        out: dict[str, Any] = {"precision_reason": self.reason}
+        for k, v in (self.probe or {}).items():
+            out[f"bf16_probe_{k}"] = round(v, 6) if isinstance(v, float) else v
+        return out
 
 
 # The bf16 probe's gates (training/precision.py). On a batch of 32, bf16 against fp32 of
@@ -214,6 +221,17 @@ def resumed_precision(current: PrecisionPlan, saved: dict[str, Any] | None) -> P
     if kept == current:
         return current
     return dataclasses.replace(kept, reason=f"as the run being resumed, whose plan was: {kept.reason}")
+
+
+def probed_step_seconds(plan: PrecisionPlan) -> float | None:
+    """The bf16 probe's own timing of a training step (forward, loss, backward of the sanity batch, after
+    a warm-up) in the precision it chose, where it ran in this process; None where it did not run or its
+    verdict came from the cache (timed on another day's load). The CPU plan needs no timing of its own
+    then: on camera photos the probe and the plan's three passes cost as much as a third of a short run."""
+    figures = plan.probe
+    if not figures or figures.get("cached"):
+        return None
+    return figures["bf16_seconds" if plan.autocast else "fp32_seconds"]
 
 
 CHANNELS_LAST_CPU_ISAS = ("AVX2", "AVX512")  # oneDNN's NHWC convolutions, measured (docs/performance.md)

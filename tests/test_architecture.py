@@ -3,7 +3,8 @@
 - The rooms (subpackages) and the base modules have an order; nothing imports a room above its own.
 - Inside each room, its modules have an order too.
 - A module outside a room imports only what the room's `__init__` offers (`_OFFERS`).
-- No circles, benchmarks included: no benchmark imports another (only `benchmarks.common`).
+- No circles, benchmarks included: no benchmark imports another, only the harness (`benchmarks.HARNESS`,
+  whose modules import only those before them).
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ INNER: dict[str, dict[str, int]] = {
     "training": {
         "__init__": 0, "rng": 0, "losses": 0, "optim": 0, "precision": 0, "guards": 0, "interrupts": 0,
         "checkpoints": 0,
-        "sanity": 1, "cpu_plan": 1, "loop_state": 1, "distributed": 1,
+        "sanity": 1, "cpu_plan": 1, "loop_state": 1, "progress": 1, "distributed": 1,
         "console": 2, "hooks": 2, "loaders": 2,
         "trainer": 3,
-        "resume": 4,
+        "resume": 4, "saving": 4, "step": 4, "setup": 4, "finish": 4,
         "loop": 5,
         "engine": 6,
         "crossval": 7,
@@ -159,16 +160,38 @@ def test_every_offered_name_exists(room: str) -> None:
         assert getattr(package, name) is not None
 
 
-def test_no_benchmark_imports_another() -> None:
+def _benchmark_imports(path: Path) -> set[str]:
+    """The modules of benchmarks/ (by stem) that the file at `path` imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            module = "benchmarks." + (node.module or "") if node.level else node.module or ""
+            names |= {module} | {f"{module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    stems = {n.split(".")[1] for n in names if n.startswith("benchmarks.")}
+    return {s for s in stems if (path.parent / f"{s}.py").is_file()}
+
+
+def test_no_benchmark_imports_another_and_the_harness_has_no_circle() -> None:
+    from benchmarks import HARNESS
+
     bench = ROOT / "benchmarks"
-    own = {p.stem for p in bench.glob("*.py")} - {"__init__", "__main__", "common"}
     for path in sorted(bench.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([node.module or ""] + [a.name for a in node.names] if isinstance(node, ast.ImportFrom)
-                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-            hits = [n for n in names if n.removeprefix("benchmarks.").split(".")[0] in own and n != path.stem]
-            if path.stem != "__main__":
-                assert not hits, f"benchmarks/{path.name} imports {hits}: share code through benchmarks/common.py"
+        if path.stem in {"__init__", "__main__"}:  # __main__ runs the benchmarks: it names them all
+            continue
+        imported = _benchmark_imports(path) - {path.stem}
+        allowed = set(HARNESS[:HARNESS.index(path.stem)]) if path.stem in HARNESS else set(HARNESS)
+        assert imported <= allowed, (f"benchmarks/{path.name} imports {sorted(imported - allowed)}: a benchmark "
+                                     f"imports only the harness {HARNESS}, a harness module only those before it")
+
+
+def test_benchmark_import_check_sees_every_import_form(tmp_path: Path) -> None:
+    for stem in ("common", "inputs", "bench_a", "bench_b", "bench_c"):
+        (tmp_path / f"{stem}.py").write_text("")
+    (tmp_path / "bench_a.py").write_text("from benchmarks.bench_b import x\nfrom benchmarks import bench_c, HARNESS\n"
+                                         "import benchmarks.inputs\nfrom .common import ROOT\n")
+    assert _benchmark_imports(tmp_path / "bench_a.py") == {"bench_b", "bench_c", "inputs", "common"}
 
 
 def test_layering_check_catches_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from sustain.device import (
     plan_device,
     plan_num_workers,
     plan_precision,
+    probed_step_seconds,
     resumed_precision,
     wants_bf16_probe,
 )
@@ -137,6 +138,16 @@ def test_a_failed_probe_keeps_fp32_and_says_why_in_one_line(probe: Bf16Probe, ne
     assert not plan.autocast and plan.label == "fp32"
     assert needle in plan.line and "\n" not in plan.line
     assert plan.probe["loss_bf16"] == probe.loss_bf16 or math.isnan(plan.probe["loss_bf16"])
+
+
+def test_the_cpu_plan_reuses_the_probes_timing_of_the_chosen_precision_only_when_measured_now() -> None:
+    bf16 = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=PASSING)
+    assert probed_step_seconds(bf16) == PASSING.bf16_seconds
+    slow = dataclasses.replace(PASSING, bf16_seconds=PASSING.fp32_seconds)
+    assert probed_step_seconds(plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=slow)) == slow.fp32_seconds
+    cached = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=PASSING, probe_cached=True)
+    assert probed_step_seconds(cached) is None  # timed on another day's load: the plan times a step itself
+    assert probed_step_seconds(plan_precision("cpu", "off", False, cpu_bf16="AMX")) is None
 
 
 def test_a_resume_keeps_the_precision_the_run_trained_in_where_the_probe_chose() -> None:

@@ -1,6 +1,7 @@
-"""A training run: `train(cfg)` (engine: setup, resume, the end), the loop and its state, the guards, hooks
-and stop signals, checkpoints (best and `last.pth`), the optimizer and schedule, precision and autocast,
-the sanity check, the measured CPU plan, the loaders and DDP.
+"""A training run: `train(cfg)` (engine: setup, resume, the loop, the end), the loop's state and decisions,
+the epoch in progress and one training step, the guards, hooks (the console and tracking subscribe) and
+stop signals, checkpoints (best and `last.pth`), the optimizer and schedule, precision and autocast, the
+sanity check, the measured CPU plan, the loaders and DDP.
 
 Other rooms import only the names below (tests/test_architecture.py checks it); each is imported on
 first use, so importing the package costs nothing.

@@ -41,25 +41,23 @@ def save_best(out_dir: str | Path, weights: Mapping[str, torch.Tensor], meta: Ma
     `weights` must already be a copy (`state_dict_copy`). `meta` holds the
     `best_model.json` fields, including `epoch` and `val_acc` (a fraction).
     """
+    blob, meta_text = export_files(weights, meta)  # ready before the first write
     out_dir = Path(out_dir)
     path = out_dir / best_checkpoint_name(int(meta["epoch"]), float(meta["val_acc"]))
     previous = [p for p in out_dir.glob(BEST_GLOB) if p != path]
     save_checkpoint(path, {"format": FORMAT_VERSION, "kind": "best", "model": dict(weights), "meta": dict(meta)})
-    export_weights(out_dir, weights, meta)
+    atomic_write(out_dir / EXPORT_WEIGHTS, lambda fh: fh.write(blob))
+    atomic_write_text(out_dir / EXPORT_META, meta_text)
     for old in previous:  # only after the new files are complete
         old.unlink(missing_ok=True)
     return path
 
 
-def export_weights(out_dir: str | Path, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """`best_model.safetensors` + `best_model.json` (the files inference uses)."""
+def export_files(weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> tuple[bytes, str]:
+    """The contents of `best_model.safetensors` and `best_model.json` (the files inference uses)."""
     from safetensors.torch import save as to_safetensors
 
-    out_dir = Path(out_dir)
-    blob = to_safetensors(dict(weights), metadata={"format": "pt"})
-    path = atomic_write(out_dir / EXPORT_WEIGHTS, lambda fh: fh.write(blob))
-    atomic_write_text(out_dir / EXPORT_META, json.dumps(_json_safe(meta), indent=2) + "\n")
-    return path
+    return to_safetensors(dict(weights), metadata={"format": "pt"}), json.dumps(_json_safe(meta), indent=2) + "\n"
 
 
 def record_calibration(out_dir: str | Path, calibration: Mapping[str, Any]) -> Path:

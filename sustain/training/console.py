@@ -1,18 +1,19 @@
 """What the training loop says on the console, in one place.
 
-Each function takes plain values and logs; none decides anything. Only rank 0
-calls them (the others log warnings only, see `engine._train`).
+Each function takes plain values and logs; none decides anything. The loop
+never calls them: it emits events, and `hooks.Hooks.attach_console` subscribes
+these printers (the engine calls the few that open and close the run). Only
+rank 0 shows info lines (the others log warnings only, see `engine._train`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-from ..config import Config
+from ..taxonomy import Taxonomy
 from ..utils import setup_logging
-from .loop_state import CRITICAL, EARLY_STOP, FAILED, LoopState
+from .loop_state import CRITICAL, EARLY_STOP, FAILED, EpochEnd, LoopState, Stopping
 
 log = logging.getLogger("sustain.training.engine")
 
@@ -39,11 +40,6 @@ def nothing_left(state: LoopState, epochs: int) -> None:
         log.info("All %d epochs were already trained: nothing left to train", epochs)
 
 
-def stopped_inside_epoch(reason: str | None, epoch: int, step: int) -> None:
-    log.error("❌ Training stopped: %s. The position (epoch %d, step %d) is saved in last.pth. %s",
-              reason, epoch, step, RETRY_HINT)
-
-
 def position_saved(epoch: int, step: int, total: int, path: Path) -> None:
     log.info("✓ Saved the position: epoch %d, step %d of %d (%s)", epoch, step, total, path)
 
@@ -55,12 +51,14 @@ def nonfinite_step(kind: str, step: int, epoch: int) -> None:
         log.warning("⚠️  Non-finite gradient norm at step %d (epoch %d): optimizer step skipped", step, epoch)
 
 
-def epoch_summary(epoch: int, epochs: int, tr: dict[str, Any], val: dict[str, Any], verdict: str,
-                  skipped_pct: float, per_class_lines: list[str]) -> None:
-    """The per-class table, the epoch's line and its health line."""
-    for line in per_class_lines:
+def epoch_summary(end: EpochEnd, epochs: int, taxonomy: Taxonomy) -> None:
+    """The per-class table, the epoch's line, its health line and the trend warnings it raised."""
+    from ..evaluate import format_per_class, trends  # loaded by the validation already
+
+    tr, val, verdict, skipped_pct = end.train, end.val, end.verdict, end.skipped_pct
+    for line in format_per_class(val, taxonomy):
         log.info(line)
-    log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", epoch,
+    log.info("Epoch %d/%d: Train Acc %.2f%%, Val Loss %.4f, Val Acc %.2f%%, Macro F1 %.4f", end.epoch,
              epochs, 100 * tr["acc"], val["loss"], 100 * val["acc"], val["macro_f1"])
     health = (f"Health: {verdict} ({skipped_pct:.1f}% of {tr['steps']} steps skipped: "
               f"{tr['nonfinite_loss']} non-finite loss, {tr['nonfinite_grad']} non-finite grad, "
@@ -69,21 +67,27 @@ def epoch_summary(epoch: int, epochs: int, tr: dict[str, Any], val: dict[str, An
         log.info("  %s", health)
     else:
         log.warning("⚠️  %s", health)
+    for warning in end.warnings:
+        log.warning(trends.format_trend_warning(warning))
 
 
-def decision(kind: str, state: LoopState, cfg: Config, epoch: int, tr: dict[str, Any]) -> None:
-    """Why the run stops after epoch `epoch` (nothing for continue or done)."""
-    if kind == FAILED:
+def stopping(stop: Stopping, monitor: str, patience: int) -> None:
+    """Why the run stops: inside an epoch (its position saved) or after one."""
+    if stop.decision == FAILED and stop.step:
+        log.error("❌ Training stopped: %s. The position (epoch %d, step %d) is saved in last.pth. %s",
+                  stop.reason, stop.epoch, stop.step, RETRY_HINT)
+    elif stop.decision == FAILED:
         log.error("❌ Training stopped: %s. The checkpoint of epoch %d is saved (last.pth). %s",
-                  state.stop_reason, epoch, RETRY_HINT)
-    elif kind == CRITICAL:
+                  stop.reason, stop.epoch, RETRY_HINT)
+    elif stop.decision == CRITICAL:
+        tr = stop.train
         log.error("❌ Training stopped: %s (%d non-finite loss, %d non-finite grad, %d empty batches). "
                   "The checkpoint of epoch %d is saved (last.pth). Frequent NaN/Inf usually means the learning "
                   "rate is too high or fp16 overflows: lower train.lr or set train.amp=off, then --resume auto.",
-                  state.stop_reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], epoch)
-    elif kind == EARLY_STOP:
+                  stop.reason, tr["nonfinite_loss"], tr["nonfinite_grad"], tr["empty_batches"], stop.epoch)
+    elif stop.decision == EARLY_STOP:
         log.info("⏹️  Early stopping: no gain in %s for %d epochs (best %.4f at epoch %d)",
-                 cfg.train.monitor, cfg.train.early_stopping_patience, state.best.score, state.best.epoch)
+                 monitor, patience, stop.best_score, stop.best_epoch)
 
 
 def run_ended(state: LoopState) -> None:

@@ -17,10 +17,24 @@ log = logging.getLogger("sustain.training.engine")  # the start-up sequence the 
 
 
 def plan_cpu_measured(num_workers: int | str, model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device,
-                      precision: PrecisionPlan, load_seconds: float, channels_last: bool, world: int) -> CpuPlan:
-    """Time one training forward and backward of the sanity batch, plan threads and workers from it,
-    apply the threads."""
+                      precision: PrecisionPlan, load_seconds: float, channels_last: bool, world: int,
+                      step_seconds: float | None = None) -> CpuPlan:
+    """Time one training forward and backward of the sanity batch (unless `step_seconds` says how long
+    it took: the bf16 probe timed it just now), plan threads and workers from it, apply the threads."""
     threads = torch.get_num_threads()  # the user's cap: train() starts from their setting
+    if step_seconds is None:
+        step_seconds = time_step(model, batch, loss_fn, device, precision, channels_last)
+    setting = num_workers
+    cpu = plan_cpu(cores=cpu_count(), step_seconds=step_seconds, step_threads=threads, load_seconds=load_seconds,
+                   max_threads=threads, workers=None if setting == "auto" else int(setting), world_size=world)
+    torch.set_num_threads(cpu.threads)
+    log.info(cpu.line)
+    return cpu
+
+
+def time_step(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.device, precision: PrecisionPlan,
+              channels_last: bool) -> float:
+    """The fastest of two timed training forward and backward passes of `batch`, after a warm-up."""
     images = images_on_device(batch, device, channels_last)
     # Train mode, as the steps will run: in eval mode a BatchNorm network's backward measured 3.8x
     # faster on the CPU (resnet18: 0.52 s against 1.99 s) and the plan misjudged the bottleneck. The
@@ -40,10 +54,4 @@ def plan_cpu_measured(num_workers: int | str, model: nn.Module, batch: Any, loss
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
-    step_seconds = min(timings[1:])
-    setting = num_workers
-    cpu = plan_cpu(cores=cpu_count(), step_seconds=step_seconds, step_threads=threads, load_seconds=load_seconds,
-                   max_threads=threads, workers=None if setting == "auto" else int(setting), world_size=world)
-    torch.set_num_threads(cpu.threads)
-    log.info(cpu.line)
-    return cpu
+    return min(timings[1:])

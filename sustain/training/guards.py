@@ -3,9 +3,9 @@
 `Guards` owns the GradScaler and the guard state, as timm's `NativeScaler`
 owns its scaler: the loop asks it to run backward and the optimizer step, and
 tells it about every non-finite step; it answers with the next rung of the
-escalation ladder (AMP off, then the LR halved, then stop). The verdict on an
-epoch's skipped share (`health_verdict`) and the ladder (`next_escalation`)
-are pure functions.
+escalation ladder (AMP off, then the LR halved, then stop). The ladder
+(`next_escalation`) is a pure function; the verdict on an epoch's skipped
+share is the loop's (`loop_state.health_verdict`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,6 @@ from ..device import PrecisionPlan
 log = logging.getLogger("sustain.training.guards")
 
 COUNTS = ("steps", "skipped", "nonfinite_loss", "nonfinite_grad", "data_errors", "empty_batches")
-
-
-def health_verdict(skipped_pct: float, warn_pct: float, critical_pct: float) -> str:
-    """healthy below warn_pct, warning from warn_pct to critical_pct, critical above."""
-    if skipped_pct > critical_pct:
-        return "critical"
-    if skipped_pct >= warn_pct:
-        return "warning"
-    return "healthy"
 
 
 def next_escalation(amp_on: bool, lr_halved: bool) -> str:
@@ -101,9 +92,6 @@ class Guards:
             self.state.streak = 0
             return True
         return False
-
-    def verdict(self, skipped_pct: float) -> str:
-        return health_verdict(skipped_pct, self.cfg.warn_pct, self.cfg.critical_pct)
 
     def on_nonfinite(self, epoch: int, step: int, kind: str) -> dict[str, Any] | None:
         """Count a non-finite step; after `escalate_after` in a row, climb one rung and return the event.

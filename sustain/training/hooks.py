@@ -1,10 +1,13 @@
 """Plain callbacks at the training loop's natural points; no framework.
 
-The debug options (`guards.inject_*`, `guards.debug_kill_after_epoch`) and
-tracking are hooks: a new per-step or per-epoch feature adds one here instead
-of another branch in the loop. Tracking reaches the run by this route only
-(`attach_tracker`): the start of the run, each step and epoch, an interrupt,
-the end (its counts go into run.json) and its part of `last.pth`.
+The loop emits one event per thing that happened (a step skipped, an epoch
+ended, a position saved, the run stopping, ...) and its subscribers react:
+the debug options (`guards.inject_*`, `guards.debug_kill_after_epoch`),
+tracking and the console. A new per-step or per-epoch feature adds a hook here
+instead of another branch in the loop. Tracking reaches the run by this route
+only (`attach_tracker`): the start of the run, each step and epoch, an
+interrupt, the end (its counts go into run.json) and its part of `last.pth`;
+so does the console (`attach_console`): what the loop says happened.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, TrainConfig
+from ..taxonomy import Taxonomy
 from ..tracking import Tracker
-from .loop_state import EpochProgress
+from . import console
+from .loop_state import EpochEnd, Stopping
+from .progress import EpochProgress
 
 
 @dataclass
@@ -30,8 +36,11 @@ class Hooks:
 
     loss: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)  # (micro-step, loss)
     grads: list[Callable[[int, nn.Module], None]] = field(default_factory=list)  # before each guarded update
+    nonfinite: list[Callable[[str, int, int], None]] = field(default_factory=list)  # (kind, step, epoch): skipped
     step_end: list[Callable[[int, Any, EpochProgress, float], None]] = field(default_factory=list)
-    epoch_end: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # the history entry
+    position: list[Callable[[int, int, int, Path], None]] = field(default_factory=list)  # a mid-epoch last.pth
+    epoch_end: list[Callable[[EpochEnd], None]] = field(default_factory=list)  # rank 0, after the history is written
+    stopping: list[Callable[[Stopping], None]] = field(default_factory=list)  # the guards or early stopping end it
     checkpoint: list[Callable[[int], None]] = field(default_factory=list)  # after an epoch's checkpoints
     interrupt: list[Callable[[str], None]] = field(default_factory=list)  # a stop signal ended the run (why)
     run_start: list[Callable[[RunStart], None]] = field(default_factory=list)  # setup done, before the first step
@@ -64,11 +73,18 @@ class Hooks:
         self.run_start.append(start)
         self.step_end.append(lambda step, images, progress, t_start: tracker.log_step(
             step, images, progress.loss_sum, progress.seen, t_start))
-        self.epoch_end.append(lambda entry: tracker.log_epoch(entry, classes))
+        self.epoch_end.append(lambda end: tracker.log_epoch(end.entry, classes))
         self.interrupt.append(tracker.interrupted)
         self.run_end.append(end)
         self.saved["tracking"] = tracker.state
         self.stopped["tracking"] = tracker.record  # an interrupted run.json names the run to resume into
+
+    def attach_console(self, train: TrainConfig, taxonomy: Taxonomy) -> None:
+        """What the loop says: a skipped step, a saved position, each epoch's summary, why the run stops."""
+        self.nonfinite.append(console.nonfinite_step)
+        self.position.append(console.position_saved)
+        self.epoch_end.append(lambda end: console.epoch_summary(end, train.epochs, taxonomy))
+        self.stopping.append(lambda stop: console.stopping(stop, train.monitor, train.early_stopping_patience))
 
 
 @dataclass(frozen=True)

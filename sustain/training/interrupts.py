@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,11 +28,17 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 class Interrupted(SustainError):
-    """Training stopped on a signal after saving its position; exit code 128 + the signal number."""
+    """Training stopped on a signal after saving its position: the loop raises it where a resume continues,
+    `epoch`, `step` of `total` (step 0: the start of that epoch); the engine records it in run.json and lets
+    it go on. Its message is the one line that says how to continue; exit code 128 + the signal number."""
 
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
+    def __init__(self, signum: int, epoch: int, step: int, total: int, saved_in: Path, world: int) -> None:
+        self.signum, self.epoch, self.step, self.total = signum, epoch, step, total
+        self.name = signal_name(signum)
+        where = f"epoch {epoch}, step {step} of {total}" if step else f"the end of epoch {epoch - 1}"
+        self.reason = f"interrupted by {self.name} at {where}"  # run.json's stop_reason
+        command = resume_command(sys.argv, world, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
+        super().__init__(f"Training {self.reason}; saved in {saved_in}. Continue with: {command}")
         self.exit_code = 128 + signum  # 130 SIGINT, 143 SIGTERM, 138 SIGUSR1 (Linux)
 
 

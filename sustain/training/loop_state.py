@@ -1,25 +1,25 @@
-"""What the training loop carries from step to step and epoch to epoch, and its one decision.
+"""What the training loop carries from step to step and epoch to epoch, and what it decides.
 
 `LoopState` is everything `last.pth` holds about the loop (with the model,
-optimizer, EMA and guard state beside it); `EpochProgress` is the running sums
-of the epoch in progress (saved in a mid-epoch checkpoint); `decide` is the pure
-choice after an epoch: go on, finish, stop early or stop for the guards.
+optimizer, EMA and guard state beside it; the epoch in progress is
+`training.progress`'s). The decisions are computed here, on the state alone,
+and handed to the loop as values: `close_epoch` records an epoch (health and
+its verdict, best score, history, trend warnings), asks `decide` what comes
+next (go on, finish, stop early or stop for the guards) and returns the
+`EpochEnd` the loop's hooks receive.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..artifacts import History
 from ..config import Config
-from .guards import COUNTS
+from ..evaluate import trends
 
 
 @dataclass
@@ -102,55 +102,45 @@ class LoopState:
         """An interruption or a resume, for run.json: when, where (epoch, step of `of`) and why."""
         self.events.append({"event": event, "time": now(), "epoch": epoch, "step": step, "of": of, "reason": reason})
 
-
-POSTFIX_EVERY = 25  # the bar's loss/acc are read back from the device every this many steps
-
-
-class EpochProgress:
-    """The running sums of the epoch in progress. Loss and hits stay on the device until read."""
-
-    def __init__(self, device: torch.device, saved: dict[str, Any] | None = None) -> None:
-        saved = saved or {}
-        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        self.loss_sum = torch.tensor(saved.get("loss_sum", 0.0), dtype=dtype, device=device)
-        self.correct = torch.tensor(saved.get("correct", 0), dtype=torch.int64, device=device)
-        self.seen: int = saved.get("seen", 0)
-        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0) | saved.get("counts", {})
-
-    @classmethod
-    def resume(cls, device: torch.device, partial: list[dict[str, Any]] | None, rank: int) -> EpochProgress:
-        return cls(device, partial[rank] if partial and rank < len(partial) else None)
-
-    def add(self, loss: torch.Tensor, hits: torch.Tensor) -> None:
-        self.loss_sum += loss.to(self.loss_sum.dtype) * len(hits)
-        self.correct += hits.sum()
-        self.seen += len(hits)
-
-    def postfix(self) -> dict[str, str]:
-        return {"loss": f"{float(self.loss_sum) / self.seen:.4f}", "acc": f"{100.0 * int(self.correct) / self.seen:.2f}%"}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
-                "counts": dict(self.counts)}
+    def note_position(self, epoch: int, step: int, of: int, partial: list[dict[str, Any]],
+                      reason: str | None) -> None:
+        """A mid-epoch last.pth comes next: `step` batches of `epoch` are trained, `partial` holds every rank's
+        sums; a `reason` (a signal, the guards) is an interruption for run.json."""
+        self.step, self.partial = step, partial
+        if reason is not None:
+            self.note_event("interrupted", epoch, step, of, reason)
 
 
-@dataclass
-class StepOutcome:
-    index: int  # the global micro-step
-    trained: int = 0  # 1 when the loss went through backward
-    guard_stop: bool = False
-    signum: int = 0  # a stop signal, agreed over the ranks
-    save_due: bool = False  # a mid-epoch checkpoint is due (rank 0's clock decides)
+@dataclass(frozen=True)
+class EpochEnd:
+    """What the `epoch_end` hooks learn: the history entry, the train and validation figures behind it,
+    and the trend warnings this epoch raised."""
+
+    epoch: int
+    entry: dict[str, Any]
+    train: dict[str, Any]
+    val: dict[str, Any]
+    verdict: str
+    skipped_pct: float
+    warnings: list[dict[str, Any]]
+    improved: bool  # the monitored score improved: the best weights are saved
+    decision: str  # `decide`'s
+    stopping: Stopping | None  # why the run stops after this epoch (None: it goes on, or is done)
 
 
-def update_groups(start: int, total: int, accum_steps: int) -> list[tuple[int, int]]:
-    """The batch ranges [lo, hi) of the epoch's optimizer updates from batch `start` on: each ends at a
-    multiple of `accum_steps` or at the epoch's end (a run resumed inside a group finishes it first)."""
-    if start >= total:
-        return []
-    first = min(total, (start // accum_steps + 1) * accum_steps)
-    edges = [start, *range(first, total, accum_steps), total]
-    return list(itertools.pairwise(edges))
+@dataclass(frozen=True)
+class Stopping:
+    """Why the run stops: `decision` is `decide`'s (failed, critical, early_stop); `step` > 0
+    when the guards stopped it inside epoch `epoch` (the position saved); `train` holds the epoch's counts."""
+
+    decision: str
+    reason: str | None
+    epoch: int
+    step: int = 0
+    train: dict[str, Any] = field(default_factory=dict)
+    best_score: float | None = None
+    best_epoch: int | None = None
+
 
 
 def is_improvement(score: float | None, best: float | None, monitor: str) -> bool:
@@ -164,12 +154,12 @@ def is_improvement(score: float | None, best: float | None, monitor: str) -> boo
 CONTINUE, DONE, EARLY_STOP, FAILED, CRITICAL = "continue", "done", "early_stop", "failed", "critical"
 
 
-def decide(state: LoopState, cfg: Config) -> str:
-    """What the loop does after an epoch (pure; `loop.apply_decision` carries it out): stop for the
-    guards (an escalation ran out of rungs, or the epoch was critical), finish, stop early, or go on."""
+def decide(state: LoopState, cfg: Config, verdict: str) -> str:
+    """What the loop does after an epoch whose health is `verdict` (pure; `close_epoch` records it): stop for
+    the guards (an escalation ran out of rungs, or the epoch was critical), finish, stop early, or go on."""
     if state.failed:
         return FAILED
-    if state.health and state.health[-1]["verdict"] == "critical":
+    if verdict == "critical":
         return CRITICAL
     if state.epoch >= cfg.train.epochs:
         return DONE
@@ -181,3 +171,72 @@ def decide(state: LoopState, cfg: Config) -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def close_epoch(state: LoopState, cfg: Config, epoch: int, tr: dict[str, Any], val: dict[str, Any], lr: float,
+                seconds: float) -> EpochEnd:
+    """Record epoch `epoch` in the state and decide what comes next: its health verdict, the best score,
+    `decide` and the stop it records (before the epoch's checkpoints, so last.pth holds it), its health and
+    history entries, and the trend warnings it raised."""
+    state.epoch = epoch
+    skipped_pct = 100.0 * tr["skipped"] / max(1, tr["steps"])
+    verdict = health_verdict(skipped_pct, cfg.guards.warn_pct, cfg.guards.critical_pct)
+    improved = _update_best(state, cfg.train.monitor, epoch, val)
+    decision = decide(state, cfg, verdict)
+    stopping = _record_stop(state, cfg, decision, epoch, round(skipped_pct, 3), tr)
+    state.health.append({"epoch": epoch, "verdict": verdict, "skipped_pct": round(skipped_pct, 3),
+                         **{k: tr[k] for k in ("steps", "skipped", "nonfinite_loss", "nonfinite_grad", "data_errors",
+                                               "empty_batches")},
+                         "val_data_errors": int(val["failed"])})
+    entry = {
+        "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
+        "val_acc": val["acc"], "val_macro_f1": val["macro_f1"], "val_set_acc": val.get("set_acc"),
+        "val_samples": val["samples"], "lr": lr, "skipped": skipped_pct / 100.0,
+        "health": verdict, "epoch_seconds": seconds, "images_per_second": tr["images_per_second"],
+        "per_class_f1": [float(f) for f in val["per_class_f1"]],
+    }
+    state.history.append(entry)
+    printed = {w["id"] for w in state.trend_warnings}
+    warnings = [w for w in trends.trend_warnings(state.history.to_dict()) if w["id"] not in printed]
+    state.trend_warnings.extend(warnings)
+    return EpochEnd(epoch, entry, tr, val, verdict, skipped_pct, warnings, improved, decision, stopping)
+
+
+def health_verdict(skipped_pct: float, warn_pct: float, critical_pct: float) -> str:
+    """An epoch's health from its share of skipped steps: healthy below warn_pct, warning from warn_pct to
+    critical_pct, critical above (`decide` stops the run on a critical epoch)."""
+    if skipped_pct > critical_pct:
+        return "critical"
+    if skipped_pct >= warn_pct:
+        return "warning"
+    return "healthy"
+
+
+def _update_best(state: LoopState, monitor: str, epoch: int, val: dict[str, Any]) -> bool:
+    """Did the monitored score improve? Keeps the best score and counts the epochs without gain."""
+    score = {"val_macro_f1": val["macro_f1"], "val_acc": val["acc"], "val_loss": val["loss"]}[monitor]
+    improved = is_improvement(score, state.best.score, monitor)
+    if improved:
+        state.best = BestScore(score=score, epoch=epoch, val_acc=val["acc"], macro_f1=val["macro_f1"],
+                               path=state.best.path)
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+    return improved
+
+
+def _record_stop(state: LoopState, cfg: Config, decision: str, epoch: int, skipped_pct: float,
+                 tr: dict[str, Any]) -> Stopping | None:
+    """Record `decision`'s stop in the state (last.pth, run.json) and say why; None when the run goes on or is done."""
+    if decision == CRITICAL:
+        state.failed = True
+        state.stop_reason = (f"{skipped_pct:.1f}% of the steps of epoch {epoch} were skipped "
+                             f"(critical above {cfg.guards.critical_pct:g}%)")
+    elif decision == EARLY_STOP:
+        state.early_stopped = True
+        state.stop_reason = (f"early stopping: no gain in {cfg.train.monitor} for "
+                             f"{cfg.train.early_stopping_patience} epochs (best at epoch {state.best.epoch})")
+    if decision not in (FAILED, CRITICAL, EARLY_STOP):
+        return None
+    return Stopping(decision, state.stop_reason, epoch, train=tr, best_score=state.best.score,
+                    best_epoch=state.best.epoch)

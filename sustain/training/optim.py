@@ -30,16 +30,23 @@ def build_scheduler(train: TrainConfig, optimizer: torch.optim.Optimizer, update
                              warmup_lr_init=t.lr * 0.01, warmup_prefix=True, t_in_epochs=False)
 
 
+def lr_at(optimizer: torch.optim.Optimizer, scheduler: Any, updates: int, lr_factor: float) -> list[float]:
+    """Each param group's LR for the update after `updates` updates (pure): the warmup + cosine value, times the
+    group's `lr_scale` (layer-wise decay) as timm's `step_update` applies it, times the guards' factor."""
+    values = scheduler._get_lr(updates)  # timm's schedule as a function of the update count
+    return [v * g["lr_scale"] * lr_factor if "lr_scale" in g else v * lr_factor
+            for v, g in zip(values, optimizer.param_groups, strict=True)]
+
+
 def set_lr(optimizer: torch.optim.Optimizer, scheduler: Any, updates: int, lr_factor: float) -> None:
-    scheduler.step_update(updates)
-    if lr_factor != 1.0:
-        for group in optimizer.param_groups:
-            group["lr"] *= lr_factor
+    """Set the LR just before an update: a resume's new `train.lr` and a halving take effect at once."""
+    for group, lr in zip(optimizer.param_groups, lr_at(optimizer, scheduler, updates, lr_factor), strict=True):
+        group["lr"] = lr
 
 
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The largest group LR: the head's, which layer-wise decay leaves unscaled."""
-    return max(float(g["lr"]) for g in optimizer.param_groups)
+def head_lr(optimizer: torch.optim.Optimizer, scheduler: Any, updates: int, lr_factor: float) -> float:
+    """The largest group LR for the next update: the head's, which layer-wise decay leaves unscaled."""
+    return max(float(lr) for lr in lr_at(optimizer, scheduler, updates, lr_factor))
 
 
 def build_ema(train: TrainConfig, model: nn.Module):

@@ -139,14 +139,6 @@ def probe_figures(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     return probe, False
 
 
-def probe_record(plan: PrecisionPlan) -> dict[str, Any]:
-    """The tracking params of the plan: flat scalars."""
-    out: dict[str, Any] = {"precision_reason": plan.reason}
-    for k, v in (plan.probe or {}).items():
-        out[f"bf16_probe_{k}"] = round(v, 6) if isinstance(v, float) else v
-    return out
-
-
 def probe_precision(cfg: Config, backends: Backends, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                     loss_fn: nn.Module, size: int) -> PrecisionPlan:
     """The CPU's `amp: auto` plan: bf16 where the probe (cached or run now) passed; the line says why."""

@@ -1,16 +1,14 @@
-"""Resuming: `last.pth` with everything an exact resume needs, where to find it, and whether it fits.
+"""Resuming: where `last.pth` is, whether it fits, and reading it back.
 
-`training_state` writes the payload and `restore_training_state` reads it
-back into freshly built objects; `LoopState.state_dict` is the loop's part.
-`resolve_resume` finds the file `--resume` names and `check_resume_compatible`
-refuses one from another class list, data manifest or a newer format. The
-best weights are saved here too (`save_best_checkpoint`), through
-`training.checkpoints`.
+`load_resume` is the one call: `resolve_resume` finds the file `--resume`
+names, `check_resume_compatible` refuses one from another class list, data
+manifest or a newer format, and `restore_training_state` reads the payload
+that `training.saving.training_state` wrote back into freshly built objects;
+`LoopState.load_state_dict` is the loop's part.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,17 +19,35 @@ from torch import nn
 
 from ..artifacts import LAST
 from ..config import Config
+from ..device import resumed_precision
 from ..errors import UsageError
-from ..model import save_checkpoint
-from . import checkpoints as ckpt
+from ..model import load_checkpoint
 from . import console
 from .checkpoints import FORMAT_VERSION
 from .guards import Guards
-from .loop_state import EpochProgress, LoopState, now
+from .loop_state import LoopState
 from .trainer import Trainer
 
 log = logging.getLogger("sustain.training.engine")
 
+
+def load_resume(trainer: Trainer, state: LoopState, resume: str | None) -> tuple[Path | None, dict[str, Any] | None]:
+    """A fresh start, or everything last.pth holds loaded into the trainer's objects and `state`."""
+    resume_path = resolve_resume(resume, trainer.out_dir)
+    if resume_path is None and (trainer.out_dir / LAST).is_file():
+        log.warning("⚠️  %s holds an earlier run: its checkpoints will be replaced (--resume auto continues it)",
+                    trainer.out_dir)
+    if resume_path is None:
+        return None, None
+    saved = load_checkpoint(resume_path)
+    check_resume_compatible(saved, list(trainer.taxonomy.classes), trainer.meta["manifest_hash"], resume_path)
+    kept = resumed_precision(trainer.precision, saved.get("precision"))
+    if kept is not trainer.precision:  # before the guards' state: their scaler follows the plan
+        trainer.precision = trainer.guards.precision = kept
+        log.info(kept.line)
+    restore_training_state(saved, trainer.cfg, trainer.model, trainer.optimizer, trainer.ema, state, trainer.guards)
+    console.resumed(resume_path, state, trainer.loaders.train_batches)
+    return resume_path, saved
 
 
 def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
@@ -76,63 +92,6 @@ def check_resume_compatible(state: Mapping[str, Any], classes: list[str], manife
             f"(hash {state.get('manifest_hash')} in the checkpoint, {manifest_hash} now)",
             "resume with the same data and split, or start a new run in another output folder",
         )
-
-
-
-def save_position(trainer: Trainer, state: LoopState, epoch: int, step: int, progress: EpochProgress,
-                  reason: str | None) -> None:
-    """A mid-epoch last.pth: `step` batches of `epoch` are trained; every rank's sums and RNG go in."""
-    state.step = step
-    state.partial = trainer.dist.gather(progress.state_dict())
-    if reason is not None:
-        state.note_event("interrupted", epoch, step, trainer.loaders.train_batches, reason)
-    save_last(trainer, state, trainer.dist.gather_rng())
-    if trainer.dist.is_main:
-        console.position_saved(epoch, step, trainer.loaders.train_batches, trainer.out_dir / LAST)
-
-
-def save_last(trainer: Trainer, state: LoopState, rng: list[dict[str, Any]]) -> None:
-    """Rank 0 writes last.pth; a signal that arrives meanwhile waits for the write to finish."""
-    if trainer.dist.is_main:
-        with trainer.stop.saving_block():
-            save_checkpoint(trainer.out_dir / LAST, training_state(trainer, state, rng))
-    trainer.clock.reset()
-
-
-def save_epoch_checkpoints(trainer: Trainer, state: LoopState, epoch: int, val: dict[str, Any], improved: bool) -> None:
-    """The best weights when they improved, then last.pth; every rank takes part."""
-    rng = trainer.dist.gather_rng()  # a collective: every rank takes part
-    if trainer.dist.is_main and improved:
-        meta = {**trainer.meta, "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"]}
-        path = ckpt.save_best(trainer.out_dir, ckpt.state_dict_copy(trainer.eval_model()), meta)
-        state.best.path = path.name
-        log.info("✓ Saved best model checkpoint: %s", path)
-    save_last(trainer, state, rng)
-    trainer.dist.barrier()
-
-
-def training_state(trainer: Trainer, state: LoopState, rng: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `last.pth` payload: everything an exact resume needs (tensors and plain types);
-    `restore_training_state` reads it back."""
-    # No scheduler state: the LR is a pure function of the config and `updates` (set_lr).
-    return {
-        "format": FORMAT_VERSION,
-        "kind": "last",
-        "classes": list(trainer.taxonomy.classes),
-        "manifest_hash": trainer.meta["manifest_hash"],
-        "meta": dict(trainer.meta),
-        "config": trainer.cfg.to_dict(),
-        **state.state_dict(),
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
-        "guard": trainer.guards.state_dict(),
-        "scaler": trainer.guards.scaler.state_dict(),
-        "precision": {"device": trainer.plan.type, "plan": dataclasses.asdict(trainer.precision)},
-        "rng": rng,
-        "saved_at": now(),
-        **{key: provide() for key, provide in trainer.hooks.saved.items()},  # tracking: the same MLflow run and step
-    }
 
 
 def restore_training_state(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,

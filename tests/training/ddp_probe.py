@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 def train(config: str, out: Path, overrides: list[str]) -> None:
     from sustain.config import load_config
-    from sustain.training import distributed, engine, loop
+    from sustain.training import distributed, engine, loop, setup
 
     rank = int(os.environ["RANK"])
     held: dict = {}
-    wrap, build_ema = distributed.Distributed.wrap, engine.build_ema
+    wrap, build_ema = distributed.Distributed.wrap, setup.build_ema
 
     def recording_wrap(self, model, device):
         held["model"] = model
@@ -45,13 +45,13 @@ def train(config: str, out: Path, overrides: list[str]) -> None:
     def recording_epoch(*args, **kwargs):  # what each rank holds at the end of every epoch
         epochs.append({"model": copy.deepcopy(held["model"].state_dict()),
                        "ema": copy.deepcopy(held["ema"].module.state_dict()) if held.get("ema") else None})
-        return record_epoch(*args, **kwargs)
+        return close_epoch(*args, **kwargs)
 
     epochs: list[dict] = []
-    record_epoch = loop.record_epoch
+    close_epoch = loop.close_epoch
     distributed.Distributed.wrap = recording_wrap
-    engine.build_ema = recording_ema
-    loop.record_epoch = recording_epoch
+    setup.build_ema = recording_ema
+    loop.close_epoch = recording_epoch
     mine = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == str(rank)]
     result = engine.train(load_config(config, mine))
     torch.save({"epochs": epochs}, out / f"rank{rank}.pt")

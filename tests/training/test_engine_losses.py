@@ -1,4 +1,4 @@
-"""The partial-label loss, class weights and the guarded optimizer step."""
+"""The partial-label loss, class weights, the guarded optimizer step, the LR of each update and the loop's decisions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sustain.training.guards import guarded_optimizer_step, health_verdict, next_escalation
-from sustain.training.loop_state import is_improvement
+from sustain.training.guards import guarded_optimizer_step, next_escalation
+from sustain.training.loop_state import health_verdict, is_improvement
 from sustain.training.losses import (
     PartialLabelLoss,
     class_counts,
@@ -144,14 +144,65 @@ def test_after_an_epoch_the_loop_decides_in_a_fixed_order() -> None:
 
     cfg = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 2})
 
-    def state(epoch: int, bad: int = 0, verdict: str = "healthy", failed: bool = False) -> LoopState:
-        return LoopState(epoch=epoch, bad_epochs=bad, failed=failed, health=[{"verdict": verdict}])
+    def decision(epoch: int, bad: int = 0, verdict: str = "healthy", failed: bool = False) -> str:
+        return decide(LoopState(epoch=epoch, bad_epochs=bad, failed=failed), cfg, verdict)
 
-    assert decide(state(2), cfg) == CONTINUE
-    assert decide(state(2, bad=2), cfg) == EARLY_STOP
-    assert decide(state(5, bad=2), cfg) == DONE  # the last epoch is no early stop
-    assert decide(state(5, verdict="critical"), cfg) == CRITICAL
-    assert decide(state(2, bad=2, verdict="critical"), cfg) == CRITICAL
-    assert decide(state(3, bad=2, verdict="critical", failed=True), cfg) == FAILED
+    assert decision(2) == CONTINUE
+    assert decision(2, bad=2) == EARLY_STOP
+    assert decision(5, bad=2) == DONE  # the last epoch is no early stop
+    assert decision(5, verdict="critical") == CRITICAL
+    assert decision(2, bad=2, verdict="critical") == CRITICAL
+    assert decision(3, bad=2, verdict="critical", failed=True) == FAILED
     no_patience = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 0})
-    assert decide(state(2, bad=4), no_patience) == CONTINUE
+    assert decide(LoopState(epoch=2, bad_epochs=4), no_patience, "healthy") == CONTINUE
+
+
+def test_the_lr_of_each_update_is_what_timms_schedule_sets_then() -> None:
+    """The loop sets each update's LR from a pure function of the update count (`optim.lr_at`): every param
+    group gets exactly what timm's scheduler sets at that update (layer-wise decay included), times the guards'
+    factor; the history's `lr` is the head's, the largest."""
+    import timm
+
+    from sustain.config import TrainConfig
+    from sustain.training.optim import build_optimizer, build_scheduler, head_lr, lr_at, set_lr
+
+    train = TrainConfig(epochs=3, lr=1e-3, warmup_epochs=1, min_lr=1e-6, layer_decay=0.75)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=3)
+    optimizer = build_optimizer(train, model)
+    scheduler = build_scheduler(train, optimizer, updates_per_epoch=4)
+    assert len({g.get("lr_scale") for g in optimizer.param_groups}) > 2  # layer-wise decay: scaled groups
+    for updates in range(14):  # warmup, cosine and past the end
+        for factor in (1.0, 0.5, 0.25):
+            scheduler.step_update(updates)  # what timm sets ...
+            expected = [g["lr"] * factor for g in optimizer.param_groups]  # ... times the guards' halvings
+            assert lr_at(optimizer, scheduler, updates, factor) == expected
+            set_lr(optimizer, scheduler, updates, factor)
+            assert [g["lr"] for g in optimizer.param_groups] == expected
+            assert head_lr(optimizer, scheduler, updates, factor) == max(expected)
+
+
+def test_closing_an_epoch_records_an_early_stop_and_the_console_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    """`close_epoch` decides on the state alone and hands the stop down as a value; the console, a
+    subscriber of the loop's hooks, prints it."""
+    from engine_helpers import tiny_config
+
+    from sustain.taxonomy import build_taxonomy
+    from sustain.training.hooks import Hooks
+    from sustain.training.loop_state import EARLY_STOP, BestScore, LoopState, close_epoch
+
+    cfg = tiny_config(Path("lake"), Path("run"), train={"epochs": 5, "early_stopping_patience": 2})
+    state = LoopState(epoch=2, bad_epochs=1, best=BestScore(score=0.5, epoch=1, val_acc=0.6, macro_f1=0.5))
+    tr = {"loss": 1.0, "acc": 0.5, "images_per_second": 10.0, "steps": 6, "skipped": 0, "nonfinite_loss": 0,
+          "nonfinite_grad": 0, "data_errors": 0, "empty_batches": 0}
+    val = {"loss": 1.2, "acc": 0.55, "macro_f1": 0.4, "samples": 12, "failed": 0, "per_class_f1": [0.4, 0.4, 0.4]}
+    end = close_epoch(state, cfg, 3, tr, val, lr=1e-3, seconds=2.0)
+
+    assert (end.decision, end.improved, end.verdict) == (EARLY_STOP, False, "healthy")
+    assert state.early_stopped and state.epoch == 3 and state.history.epoch == [3]
+    assert state.stop_reason == "early stopping: no gain in val_macro_f1 for 2 epochs (best at epoch 1)"
+    hooks = Hooks()
+    hooks.attach_console(cfg.train, build_taxonomy(**cfg.taxonomy.model_dump()))
+    with caplog.at_level("INFO", logger="sustain"):
+        for hook in hooks.stopping:
+            hook(end.stopping)
+    assert "⏹️  Early stopping: no gain in val_macro_f1 for 2 epochs (best 0.5000 at epoch 1)" in caplog.text
