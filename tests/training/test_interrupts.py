@@ -31,9 +31,106 @@ from engine_helpers import (
     write_yaml,
 )
 
-pytestmark = pytest.mark.slow
-
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+# --------------------------------------------------------------------------- the stop requests, in-process (fast)
+
+
+@pytest.mark.parametrize(("argv", "world", "local", "expected"), [
+    (["/usr/bin/sustain", "train", "--config", "my run.yaml"], 1, None,
+     "sustain train --config 'my run.yaml' --resume auto"),
+    (["/x/sustain/__main__.py", "train", "--resume", "runs/a/last.pth", "--config", "c.yaml"], 1, None,
+     "python -m sustain train --config c.yaml --resume auto"),
+    (["sustain", "crossval", "--resume=auto", "--folds", "3"], 1, None, "sustain crossval --folds 3 --resume auto"),
+    (["sustain", "train", "--config", "c.yaml"], 2, None, "torchrun --nproc_per_node=2 -m sustain train --config c.yaml --resume auto"),
+    (["sustain", "train", "--config", "c.yaml"], 8, 4, "torchrun --nproc_per_node=4 -m sustain train --config c.yaml --resume auto"),
+    (["ipykernel_launcher.py", "-f", "kernel.json"], 1, None, 'train(cfg, resume="auto")'),
+    (["sustain", "evaluate", "runs/a"], 1, None, 'train(cfg, resume="auto")'),
+    ([], 1, None, 'train(cfg, resume="auto")'),
+])
+def test_the_resume_command_repeats_the_users_command_with_resume_auto(argv, world, local, expected) -> None:
+    from sustain.training.interrupts import resume_command
+
+    assert resume_command(argv, world, local) == expected
+
+
+def test_a_signal_only_raises_the_flag_the_first_one_wins_and_a_second_ctrl_c_stops_at_once(caplog) -> None:
+    from sustain.training.interrupts import StopRequests
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    stop = StopRequests()
+    with stop.installed() as same:
+        assert same is stop and stop.signum == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.signum == signal.SIGUSR1
+        assert "SIGUSR1 received: stopping after the current step and saving the position" in caplog.text
+        os.kill(os.getpid(), signal.SIGTERM)  # a second request keeps the first reason
+        assert stop.signum == signal.SIGUSR1
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in before} == before  # the old handlers are back
+
+
+def test_signals_during_a_checkpoint_write_wait_for_it() -> None:
+    from sustain.training.interrupts import StopRequests
+
+    stop = StopRequests()
+    stop.signum = signal.SIGTERM  # already stopping: a Ctrl-C now would stop at once, except while saving
+    with stop.installed():
+        with pytest.raises(RuntimeError), stop.saving_block():
+            assert stop.saving
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt, the save completes
+            raise RuntimeError("the write failed")
+        assert not stop.saving  # reset even when the write raised
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    fresh = StopRequests()
+    with fresh.installed(), fresh.saving_block():
+        os.kill(os.getpid(), signal.SIGUSR1)
+    assert fresh.signum == 0  # a signal during the save is not taken for a stop request
+
+
+def test_outside_the_main_thread_no_handler_is_installed() -> None:
+    import threading
+
+    from sustain.training.interrupts import StopRequests
+
+    seen = {}
+
+    def worker() -> None:
+        with StopRequests().installed() as stop:
+            seen["stop"], seen["handler"] = stop, signal.getsignal(signal.SIGUSR1)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert isinstance(seen["stop"].signum, int) and seen["handler"] is before
+
+
+def test_interrupted_exits_with_128_plus_the_signal_and_names_it() -> None:
+    from sustain.training.interrupts import Interrupted, signal_name
+
+    err = Interrupted("stopped", signal.SIGTERM)
+    assert (err.signum, err.exit_code, str(err)) == (signal.SIGTERM, 128 + signal.SIGTERM, "stopped")
+    assert signal_name(signal.SIGINT) == "SIGINT" and signal_name(999) == "signal 999"
+
+
+def test_a_loader_worker_ignores_ctrl_c_and_sigusr1_but_not_sigterm() -> None:
+    from sustain.training.interrupts import ignore_stop_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        ignore_stop_signals(0)
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------- real runs (slow)
 # Drop path and in-process augmentation draw from the global RNG streams; a save after every step.
 SECTIONS = {"train": {"epochs": 3, "checkpoint_every_minutes": 1e-6}, "model": {"drop_path_rate": 0.1}}
 
@@ -91,6 +188,7 @@ def finish(proc: subprocess.Popen, before: str = "") -> tuple[int, str]:
     return proc.returncode, before + out
 
 
+@pytest.mark.slow
 def test_kill_9_at_five_random_moments_then_resume_ends_like_an_uninterrupted_run(tiny_lake: Path, tmp_path: Path,
                                                                                   reference: dict) -> None:
     config = write_yaml(tmp_path / "c.yaml", tiny_config_dict(tiny_lake, tmp_path / "run", **SECTIONS))
@@ -118,6 +216,7 @@ def test_kill_9_at_five_random_moments_then_resume_ends_like_an_uninterrupted_ru
     assert [e["event"] for e in events].count("resumed") >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1])
 def test_sigint_sigterm_sigusr1_mid_epoch_save_the_position_and_resume_exactly(tiny_lake: Path, tmp_path: Path,
                                                                                reference: dict, workers: int) -> None:
@@ -153,6 +252,7 @@ def test_sigint_sigterm_sigusr1_mid_epoch_save_the_position_and_resume_exactly(t
     assert [e["event"] for e in events].count("resumed") == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishes_it(tiny_lake: Path,
                                                                                     tmp_path: Path) -> None:
     from mlflow import MlflowClient
@@ -187,6 +287,7 @@ def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishe
     assert record["timings"]["train_seconds"] > segments[1]["train_seconds"]
 
 
+@pytest.mark.slow
 def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, tmp_path: Path) -> None:
     from sustain.training.engine import train
 
@@ -207,6 +308,7 @@ def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, 
     assert resumed.history["skipped"][0] == pytest.approx(2 / 6)
 
 
+@pytest.mark.slow
 def test_two_process_run_interrupted_on_one_rank_resumes_identically(tmp_path: Path) -> None:
     import psutil
 

@@ -76,6 +76,35 @@ def test_verdict_is_cached_per_model_size_and_cpu(tmp_path: Path) -> None:
     assert not probe_figures(model, images, targets, PartialLabelLoss(), cache_dir=tmp_path, key=other)[1]
 
 
+def test_the_cpu_auto_plan_reads_the_cached_verdict_for_this_model_size_batch_and_cpu(tmp_path: Path,
+                                                                                     caplog) -> None:
+    from engine_helpers import tiny_config
+
+    from sustain.device import Backends
+    from sustain.training.precision import probe_precision, probe_record, store_probe
+
+    caplog.set_level("INFO", logger="sustain.training.engine")
+    cfg = tiny_config(tmp_path / "lake", tmp_path / "run", data={"cache_dir": str(tmp_path / "cache")},
+                      train={"amp": "auto"})
+    images, targets = batch()
+    passing = Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.9991234567, fp32_seconds=0.2, bf16_seconds=0.1)
+    store_probe(tmp_path / "cache", probe_key(cfg.model.name, 8, 16, "Test CPU"), passing)
+    here = Backends(cpu_bf16="AMX", cpu_name="Test CPU")
+    plan = probe_precision(cfg, here, RoundedAway(3 * 8 * 8, 5), images, targets, PartialLabelLoss(), size=8)
+    assert plan.label == "bf16 autocast" and plan.reason.startswith("AMX CPU, probe (cached): loss Δ 0.00%")
+    assert "🧮 Precision: bf16 autocast (AMX CPU, probe (cached)" in caplog.text
+    assert probe_record(plan) == {"precision_reason": plan.reason, "bf16_probe_loss_fp32": 1.8,
+                                  "bf16_probe_loss_bf16": 1.8, "bf16_probe_grad_cosine": 0.999123,
+                                  "bf16_probe_fp32_seconds": 0.2, "bf16_probe_bf16_seconds": 0.1,
+                                  "bf16_probe_cpu_bf16": "AMX", "bf16_probe_cached": True}
+    assert probe_record(plan_precision("cpu", "off", False)) == {"precision_reason": "train.amp: off"}
+    # Another CPU has no verdict yet: the probe runs (and catches the rounded-away logits), its verdict is stored.
+    other = probe_precision(cfg, Backends(cpu_bf16="AMX", cpu_name="Other CPU"), RoundedAway(3 * 8 * 8, 5), images,
+                            targets, PartialLabelLoss(), size=8)
+    assert other.label == "fp32" and "bf16 changed the loss" in other.reason and "probe: loss" in other.reason
+    assert probe_key(cfg.model.name, 8, 16, "Other CPU") in read_json(tmp_path / "cache" / CACHE_FILE)
+
+
 # --------------------------------------------------------------------------- training runs
 
 NATIVE_BF16 = detect_backends().cpu_bf16

@@ -1,0 +1,185 @@
+"""Mutation testing of the pure decision modules with mutmut (a dev tool, outside CI; issue #27).
+
+Usage (the `make mutation` target; an hour or more on two busy cores, under `nice`):
+
+    nice -n 19 python -m benchmarks.mutation                      # every module, then the JSON
+    nice -n 19 python -m benchmarks.mutation --modules guards metrics
+    python -m benchmarks.mutation --report-only                   # the JSON from the last run's mutants/
+
+mutmut 3 (settings in pyproject.toml, `[tool.mutmut]`) copies sustain/ and the tests into
+mutants/, rewrites each function of a mutated file into its mutants, records which of the
+selected fast tests call which function, and runs only those tests per mutant. This script
+runs it module by module (the functions in scope), then reads the verdicts from
+mutants/*.meta and writes benchmarks/results/mutation.json: per module the mutants, killed,
+survived, the survivors judged equivalent (each with its reason, from `EQUIVALENT`) and the
+survivors left, with each one's line and diff.
+
+The score: killed / (mutants - equivalent). A timeout counts as killed (the mutant hung the
+tests); a mutant no selected test reaches ("no tests") counts as survived.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, arg_parser, results_file, write_result
+
+GOAL = 0.85
+
+# Each module: its file and the functions in scope (None: every function of the file). Edges
+# out of scope are named with the reason.
+MODULES: dict[str, dict[str, Any]] = {
+    "split": {"file": "sustain/data/split.py", "functions": None},
+    "folds": {"file": "sustain/data/folds.py", "functions": None},
+    "guards": {"file": "sustain/training/guards.py", "functions": None},
+    "device": {"file": "sustain/device.py",
+               "functions": ["plan_device", "plan_precision", "_plan_cpu_auto", "plan_channels_last",
+                             "plan_num_workers", "plan_cpu", "_step", "_seconds", "_best_cpu_plan",
+                             "cpu_native_bf16", "wants_bf16_probe", "Bf16Probe.failure", "Bf16Probe.summary",
+                             "Bf16Probe.to_dict", "PrecisionPlan.record"],
+               "out_of_scope": {"detect_backends, cpu_flags, cpu_model_name, in_jupyter, apply_backend_flags, "
+                                "resolve_device": "the edges that ask the hardware or flip process-wide switches "
+                                                  "(SPEC §6: the plans are the decisions)"}},
+    "precision": {"file": "sustain/training/precision.py", "functions": None},
+    "cpu_plan": {"file": "sustain/training/cpu_plan.py", "functions": None},
+    "interrupts": {"file": "sustain/training/interrupts.py", "functions": None},
+    "metrics": {"file": "sustain/evaluate/metrics.py", "functions": None},
+    "loop_state": {"file": "sustain/training/loop_state.py", "functions": ["decide", "is_improvement"],
+                   "out_of_scope": {"LoopState, EpochProgress, update_groups, now": "the loop's state and "
+                                    "bookkeeping; issue #27 names its decisions, decide and is_improvement"}},
+}
+
+# Survivors judged equivalent: mutant name -> (the mutated line as the diff shows it, why it cannot
+# change behaviour). The line guards against a stale name: a changed source renumbers mutants.
+EQUIVALENT: dict[str, tuple[str, str]] = {}
+
+KILLED = {1, 3}  # mutmut's exit codes: a test failed (3: pytest's internal error)
+TIMEOUT = {24, -24, 152, 255, 36}
+
+
+def module_name(file: str) -> str:
+    return file[:-3].replace("/", ".")
+
+
+def mangled(function: str) -> str:
+    """mutmut's name of a function's mutants: x_name, or xǁClassǁmethod."""
+    cls, _, meth = function.rpartition(".")
+    return f"xǁ{cls}ǁ{meth}" if cls else f"x_{function}"
+
+
+def patterns(spec: dict[str, Any]) -> list[str]:
+    prefix = module_name(spec["file"])
+    if spec["functions"] is None:
+        return [f"{prefix}.*"]
+    return [f"{prefix}.{mangled(f)}__mutmut_*" for f in spec["functions"]]
+
+
+def run_mutmut(spec: dict[str, Any], max_children: int) -> int:
+    """mutmut over the module's functions in scope; its sustain must be the mutated copy, so no PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns(spec)]
+    print(f"$ {' '.join(cmd)}", flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL).returncode
+
+
+def in_scope(key: str, spec: dict[str, Any]) -> bool:
+    if spec["functions"] is None:
+        return True
+    local = key.rpartition(".")[2].rsplit("__mutmut_", 1)[0]
+    return local in {mangled(f) for f in spec["functions"]}
+
+
+def def_lines(file: str) -> dict[str, int]:
+    """The `def` line of every function and method, by mutmut's mangled name."""
+    tree = ast.parse((ROOT / file).read_text(encoding="utf-8"))
+    lines = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            lines[mangled(node.name)] = node.lineno
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    lines[mangled(f"{node.name}.{item.name}")] = item.lineno
+    return lines
+
+
+def describe(key: str, file: str, lines: dict[str, int]) -> dict[str, Any]:
+    """A mutant as the report shows it: file:line, the line before and after."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    diff = get_diff_for_mutant(key, path=Path(file)).splitlines()
+    start = next((int(m[1]) for line in diff if (m := re.match(r"@@ -(\d+)", line))), 1)
+    body = [line for line in diff if not line.startswith(("---", "+++", "@@"))]
+    offset = next((i for i, line in enumerate(body) if line.startswith("-")), 0)
+    removed = [line[1:].strip() for line in body if line.startswith("-")]
+    added = [line[1:].strip() for line in body if line.startswith("+")]
+    line_no = lines.get(key.rpartition(".")[2].rsplit("__mutmut_", 1)[0], 0) + start - 1 + offset
+    return {"name": key.rpartition(".")[2], "mutant": f"{file}:{line_no}: {' / '.join(removed) or '(nothing)'}"
+            f"  →  {' / '.join(added) or '(removed)'}"}
+
+
+def module_result(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    meta = ROOT / "mutants" / f"{spec['file']}.meta"
+    codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"] if meta.is_file() else {}
+    codes = {k: v for k, v in codes.items() if in_scope(k, spec)}
+    lines = def_lines(spec["file"])
+    killed = sum(1 for v in codes.values() if v in KILLED)
+    timeouts = sum(1 for v in codes.values() if v in TIMEOUT)
+    not_run = sorted(k for k, v in codes.items() if v is None)
+    equivalent, left = [], []
+    for key in sorted(k for k, v in codes.items() if v is not None and v not in KILLED | TIMEOUT):
+        item = describe(key, spec["file"], lines)
+        item["status"] = "no tests" if codes[key] == 33 else "survived"
+        judged = EQUIVALENT.get(item["name"])
+        if judged and judged[0] in item["mutant"]:
+            equivalent.append({**item, "reason": judged[1]})
+        else:
+            left.append(item)
+    counted = len(codes) - len(not_run) - len(equivalent)
+    ratio = (killed + timeouts) / counted if counted else None
+    return {"module": spec["file"], "scope": spec["functions"] or "every function",
+            "out_of_scope": spec.get("out_of_scope", {}), "mutants": len(codes), "killed": killed + timeouts,
+            "timeouts": timeouts, "survived": len(equivalent) + len(left), "not_run": len(not_run),
+            "killed_ratio": round(ratio, 4) if ratio is not None else None,
+            "goal_met": ratio is not None and ratio >= GOAL and not not_run,
+            "equivalent": equivalent, "survivors_left": left}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES),
+                        help="the modules to mutate (default: all)")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="do not run mutmut; report the verdicts already in mutants/")
+    parser.add_argument("--json", type=Path, default=results_file("mutation"), help="where the result goes")
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        for name in args.modules:
+            if run_mutmut(MODULES[name], args.max_children) != 0:
+                print(f"mutmut failed on {name}", file=sys.stderr)
+                return 1
+    os.chdir(ROOT)  # mutmut's readers take paths relative to the project
+    modules = [module_result(name, MODULES[name]) for name in MODULES]
+    for m in modules:
+        print(f"{m['module']}: {m['killed']}/{m['mutants']} killed, {len(m['equivalent'])} equivalent, "
+              f"{len(m['survivors_left'])} left, {m['not_run']} not run: {m['killed_ratio']}")
+    write_result(args.json, {"tool": "mutmut 3 (pyproject.toml [tool.mutmut])", "goal": GOAL,
+                             "score": "killed / (mutants - equivalent); a timeout counts as killed, "
+                                      "a mutant no selected test reaches as survived",
+                             "modules": modules})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
