@@ -129,6 +129,8 @@ def describe(key: str, file: str, lines: dict[str, int]) -> dict[str, Any]:
 
 
 def module_result(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from mutmut.stats import status_by_exit_code
+
     meta = ROOT / "mutants" / f"{spec['file']}.meta"
     codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"] if meta.is_file() else {}
     codes = {k: v for k, v in codes.items() if in_scope(k, spec)}
@@ -139,7 +141,7 @@ def module_result(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     equivalent, left = [], []
     for key in sorted(k for k, v in codes.items() if v is not None and v not in KILLED | TIMEOUT):
         item = describe(key, spec["file"], lines)
-        item["status"] = "no tests" if codes[key] == 33 else "survived"
+        item["status"] = status_by_exit_code[codes[key]]  # survived, no tests, interrupted, ...
         judged = EQUIVALENT.get(item["name"])
         if judged and judged[0] in item["mutant"]:
             equivalent.append({**item, "reason": judged[1]})
@@ -149,7 +151,8 @@ def module_result(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     ratio = (killed + timeouts) / counted if counted else None
     return {"module": spec["file"], "scope": spec["functions"] or "every function",
             "out_of_scope": spec.get("out_of_scope", {}), "mutants": len(codes), "killed": killed + timeouts,
-            "timeouts": timeouts, "survived": len(equivalent) + len(left), "not_run": len(not_run),
+            "timeouts": timeouts, "survived": len(equivalent) + len(left), "n_equivalent": len(equivalent),
+            "n_left": len(left), "not_run": len(not_run),
             "killed_ratio": round(ratio, 4) if ratio is not None else None,
             "goal_met": ratio is not None and ratio >= GOAL and not not_run,
             "equivalent": equivalent, "survivors_left": left}

@@ -176,7 +176,7 @@ def test_the_guards_climb_one_rung_per_streak_amp_off_then_lr_halved_then_stop(c
     event = guards.on_nonfinite(1, 7, "grad")
     assert event == {"epoch": 1, "step": 7, "action": "amp_off", "after": "2 non-finite steps in a row",
                      "message": "mixed precision turned off; training continues in fp32"}
-    assert not guards.state.amp_on and not guards.scaler.is_enabled() and guards.state.streak == 0
+    assert guards.state.amp_on is False and not guards.scaler.is_enabled() and guards.state.streak == 0
     assert "Escalation (grad): 2 non-finite steps in a row → mixed precision turned off" in caplog.text
     assert guards.on_nonfinite(2, 1, "loss") is None
     halved = guards.on_nonfinite(2, 2, "loss")
@@ -198,6 +198,10 @@ def test_a_skipped_step_keeps_the_streak_and_the_verdict_reads_the_configured_th
     assert not guards.optimizer_step(model, opt, grad_clip=1.0)
     assert guards.state.streak == 1  # a skipped step does not reset the count
     assert [guards.verdict(p) for p in (9.9, 10.0, 30.0, 30.1)] == ["healthy", "warning", "warning", "critical"]
+    before = model.weight.detach().clone()
+    guards.backward(model(torch.ones(1, 3)).sum() * 1000)
+    assert guards.optimizer_step(model, opt, grad_clip=1.0)  # the configured clip applies
+    assert (model.weight - before).norm() <= 0.1 * 1.0 + 1e-6  # lr × the clipped norm
 
 
 def test_backward_scales_the_loss_while_amp_is_on() -> None:
@@ -227,6 +231,23 @@ def test_the_guard_state_round_trips_and_amp_stays_off_once_turned_off() -> None
     back.state.amp_on = False
     back.load_state_dict(saved, scaler)  # AMP switched off now: the saved "on" does not turn it back on
     assert not back.state.amp_on and not back.scaler.is_enabled()
+    fresh = _fp16_guards()
+    fresh.load_state_dict(saved, None)  # a checkpoint without a scaler state: the scaler starts afresh
+    assert fresh.scaler.is_enabled() and fresh.scaler.get_scale() == 65536.0
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
+def test_on_cuda_every_scaler_the_guards_make_is_cudas() -> None:
+    from sustain.config import GuardConfig
+    from sustain.device import plan_precision
+
+    fp16 = plan_precision("cuda", "on", bf16_supported=False)
+    guards = Guards(GuardConfig(escalate_after=1), "cuda", fp16, amp_on=True)  # disabled here: no CUDA
+    assert guards.scaler._device == "cuda"
+    guards.on_nonfinite(1, 1, "loss")
+    assert guards.scaler._device == "cuda"
+    guards.load_state_dict(guards.state_dict(), None)
+    assert guards.scaler._device == "cuda"
 
 
 def test_the_scaler_is_enabled_only_for_fp16_with_amp_on() -> None:
@@ -239,3 +260,4 @@ def test_the_scaler_is_enabled_only_for_fp16_with_amp_on() -> None:
     assert not make_scaler("cpu", bf16, amp_on=True).is_enabled()
     assert make_scaler("xla", fp16, amp_on=True)._device == "cpu"  # a device without a GradScaler: the CPU's
     assert make_scaler("mps", fp16, amp_on=False)._device == "mps"
+    assert make_scaler("cuda", fp16, amp_on=False)._device == "cuda"

@@ -62,17 +62,30 @@ def test_a_signal_only_raises_the_flag_the_first_one_wins_and_a_second_ctrl_c_st
     stop = StopRequests()
     with stop.installed() as same:
         assert same is stop and stop.signum == 0
-        os.kill(os.getpid(), signal.SIGUSR1)
+        send_or_fail(signal.SIGUSR1)
         assert stop.signum == signal.SIGUSR1
-        assert "SIGUSR1 received: stopping after the current step and saving the position" in caplog.text
-        os.kill(os.getpid(), signal.SIGTERM)  # a second request keeps the first reason
+        assert ("⚠️  SIGUSR1 received: stopping after the current step and saving the position "
+                "(Ctrl-C again to stop at once, without saving)") in caplog.text
+        send_or_fail(signal.SIGTERM)  # a second request keeps the first reason
         assert stop.signum == signal.SIGUSR1
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert {s: signal.getsignal(s) for s in before} == before  # the old handlers are back
+    first_ctrl_c = StopRequests()
+    with first_ctrl_c.installed():
+        send_or_fail(signal.SIGINT)  # the first Ctrl-C saves the position: it only raises the flag
+    assert first_ctrl_c.signum == signal.SIGINT
 
 
-def test_signals_during_a_checkpoint_write_wait_for_it() -> None:
+def send_or_fail(signum: int) -> None:
+    """Send `signum` to this process; a KeyboardInterrupt from it fails the test instead of ending pytest."""
+    try:
+        os.kill(os.getpid(), signum)
+    except KeyboardInterrupt:
+        pytest.fail(f"{signal.Signals(signum).name} stopped at once: only a second Ctrl-C may")
+
+
+def test_signals_during_a_checkpoint_write_wait_for_it(caplog) -> None:
     from sustain.training.interrupts import StopRequests
 
     stop = StopRequests()
@@ -80,7 +93,8 @@ def test_signals_during_a_checkpoint_write_wait_for_it() -> None:
     with stop.installed():
         with pytest.raises(RuntimeError), stop.saving_block():
             assert stop.saving
-            os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt, the save completes
+            send_or_fail(signal.SIGINT)  # waits: no KeyboardInterrupt, the save completes
+            assert "⚠️  SIGINT: the checkpoint is being written; it completes first" in caplog.text
             raise RuntimeError("the write failed")
         assert not stop.saving  # reset even when the write raised
         with pytest.raises(KeyboardInterrupt):
@@ -122,9 +136,11 @@ def test_a_loader_worker_ignores_ctrl_c_and_sigusr1_but_not_sigterm() -> None:
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
+        for s in before:  # as in a fresh worker: the defaults (whatever this process had set)
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
         ignore_stop_signals(0)
         assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
