@@ -61,7 +61,58 @@ MODULES: dict[str, dict[str, Any]] = {
 
 # Survivors judged equivalent: mutant name -> (the mutated line as the diff shows it, why it cannot
 # change behaviour). The line guards against a stale name: a changed source renumbers mutants.
-EQUIVALENT: dict[str, tuple[str, str]] = {}
+_TARGETS = ("targets are multi-hot 0/1 (the metrics' contract); the threshold moves only a target of "
+            "exactly 0.5, which no target holds")
+_FALSY = "the value is only ever read as a truth value, and None is as false as False"
+_DIGITIZE = ("np.digitize against the n_bins - 1 inner edges already returns 0 … n_bins - 1: the clip is a "
+             "guard, and widening or dropping that bound changes no bin")
+_BOOL_ZEROS = "the array only holds hits; a float array of 0.0/1.0 has the same means as a bool one"
+EQUIVALENT: dict[str, tuple[str, str]] = {
+    # split
+    "x_pack_signature__mutmut_2": ("np.zeros(None, dtype=SIGNATURE)", "numpy reads a shape of None as (): the "
+                                                                      "same single record"),
+    # guards
+    "x_guarded_optimizer_step__mutmut_13": ('float("INF")', 'float() reads "INF" as infinity too'),
+    "xǁGuardsǁon_nonfinite__mutmut_29": ("make_scaler(self.device_type, None, amp_on=False)",
+                                          "with amp_on=False make_scaler never reads the precision plan"),
+    "xǁGuardsǁon_nonfinite__mutmut_30": ("amp_on=None)", "a scaler built with enabled=None is a disabled one: "
+                                                         "GradScaler only reads the flag as a truth value"),
+    "xǁGuardsǁon_nonfinite__mutmut_43": ("g.lr_factor = 0.5", "the ladder halves once, from 1.0 (lr_halved is "
+                                                              "lr_factor < 1, and the next rung is stop): ×0.5 "
+                                                              "and =0.5 agree"),
+    # precision
+    "x_probe_precision__mutmut_27": ("cfg.train.amp, None", "on a CPU plan_precision never reads bf16_supported "
+                                                            "(auto: the probe decides; on: bf16 on every CPU)"),
+    "x_probe_precision__mutmut_39": ("cfg.train.amp, True", "on a CPU plan_precision never reads bf16_supported "
+                                                            "(auto: the probe decides; on: bf16 on every CPU)"),
+    # interrupts
+    "x_resume_command__mutmut_6": ('"XXXX"', "with no argv the program is not sustain either way: the same "
+                                             "Python-API line"),
+    "x_resume_command__mutmut_26": ("skip = None", _FALSY),
+    "x_resume_command__mutmut_28": ("skip = None", _FALSY),
+    "xǁStopRequestsǁ__init____mutmut_3": ("self.saving = None", _FALSY),
+    # metrics
+    "x_split_fine_and_set__mutmut_3": (">= 0.5", _TARGETS),
+    "x_epoch_metrics__mutmut_5": (">= 0.5", _TARGETS),
+    "x_per_source_accuracy__mutmut_5": (">= 0.5", _TARGETS),
+    "x_bin_accuracy__mutmut_13": (">= 0.5", _TARGETS),
+    "x_topk_accuracy__mutmut_6": (">= 0.5", _TARGETS),
+    "x_expected_calibration_error__mutmut_5": (">= 0.5", _TARGETS),
+    "x_per_source_accuracy__mutmut_17": ("dtype=None", _BOOL_ZEROS),
+    "x_per_source_accuracy__mutmut_19": ("np.zeros(len(p), )", _BOOL_ZEROS),
+    "x_per_source_accuracy__mutmut_26": ("dtype=None", _BOOL_ZEROS),
+    "x_per_source_accuracy__mutmut_28": ("np.zeros(len(p), )", _BOOL_ZEROS),
+    "x_expected_calibration_error__mutmut_32": ("right=True), None, n_bins - 1)", _DIGITIZE),
+    "x_expected_calibration_error__mutmut_33": ("right=True), 0, None)", _DIGITIZE),
+    "x_expected_calibration_error__mutmut_48": ("right=True), 0, n_bins + 1)", _DIGITIZE),
+    "x_topk_accuracy__mutmut_23": ("k - 1, )", "np.argpartition's default axis is the last, which for the "
+                                               "[N, C] probabilities is axis 1"),
+    # device
+    "x_plan_channels_last__mutmut_1": ('"XXDEFAULTXX"', "the default only has to be an ISA without measured "
+                                                          "NHWC kernels: any string outside AVX2/AVX512 is"),
+    "x_plan_channels_last__mutmut_2": ('"default"', "the default only has to be an ISA without measured NHWC "
+                                                    "kernels: any string outside AVX2/AVX512 is"),
+}
 
 KILLED = {1, 3}  # mutmut's exit codes: a test failed (3: pytest's internal error)
 TIMEOUT = {24, -24, 152, 255, 36}

@@ -148,6 +148,7 @@ def test_no_fine_samples_gives_zero_scores_and_full_matrix():
     taxonomy = build_taxonomy(classes=NAMES, bins=None)
     m = epoch_metrics(np.zeros((0, 7)), np.zeros((0, 7)), taxonomy)
     assert m["acc"] == 0.0 and m["worst"] == [] and m["confusion"].shape == (7, 7)
+    assert m["confusion"].dtype == np.int64  # counts, as with samples
     with pytest.raises(ValueError, match=r"\[N, 7\]"):
         epoch_metrics(np.zeros((2, 5)), np.zeros((2, 5)), taxonomy)
 

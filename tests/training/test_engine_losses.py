@@ -177,7 +177,8 @@ def test_the_guards_climb_one_rung_per_streak_amp_off_then_lr_halved_then_stop(c
     assert event == {"epoch": 1, "step": 7, "action": "amp_off", "after": "2 non-finite steps in a row",
                      "message": "mixed precision turned off; training continues in fp32"}
     assert guards.state.amp_on is False and not guards.scaler.is_enabled() and guards.state.streak == 0
-    assert "Escalation (grad): 2 non-finite steps in a row → mixed precision turned off" in caplog.text
+    assert caplog.messages == ["⚠️  Escalation (grad): 2 non-finite steps in a row → mixed precision turned off; "
+                               "training continues in fp32"]
     assert guards.on_nonfinite(2, 1, "loss") is None
     halved = guards.on_nonfinite(2, 2, "loss")
     assert halved["action"] == "lr_halved" and halved["message"] == "learning rate halved (now ×0.5 of the schedule)"
@@ -202,6 +203,7 @@ def test_a_skipped_step_keeps_the_streak_and_the_verdict_reads_the_configured_th
     guards.backward(model(torch.ones(1, 3)).sum() * 1000)
     assert guards.optimizer_step(model, opt, grad_clip=1.0)  # the configured clip applies
     assert (model.weight - before).norm() <= 0.1 * 1.0 + 1e-6  # lr × the clipped norm
+    assert all(p.grad is None for p in model.parameters())  # the gradients are dropped after the step too
 
 
 def test_backward_scales_the_loss_while_amp_is_on() -> None:

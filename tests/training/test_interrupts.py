@@ -64,8 +64,8 @@ def test_a_signal_only_raises_the_flag_the_first_one_wins_and_a_second_ctrl_c_st
         assert same is stop and stop.signum == 0
         send_or_fail(signal.SIGUSR1)
         assert stop.signum == signal.SIGUSR1
-        assert ("⚠️  SIGUSR1 received: stopping after the current step and saving the position "
-                "(Ctrl-C again to stop at once, without saving)") in caplog.text
+        assert caplog.messages == ["⚠️  SIGUSR1 received: stopping after the current step and saving the position "
+                                   "(Ctrl-C again to stop at once, without saving)"]
         send_or_fail(signal.SIGTERM)  # a second request keeps the first reason
         assert stop.signum == signal.SIGUSR1
         with pytest.raises(KeyboardInterrupt):
@@ -94,7 +94,7 @@ def test_signals_during_a_checkpoint_write_wait_for_it(caplog) -> None:
         with pytest.raises(RuntimeError), stop.saving_block():
             assert stop.saving
             send_or_fail(signal.SIGINT)  # waits: no KeyboardInterrupt, the save completes
-            assert "⚠️  SIGINT: the checkpoint is being written; it completes first" in caplog.text
+            assert caplog.messages == ["⚠️  SIGINT: the checkpoint is being written; it completes first"]
             raise RuntimeError("the write failed")
         assert not stop.saving  # reset even when the write raised
         with pytest.raises(KeyboardInterrupt):

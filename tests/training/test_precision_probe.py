@@ -92,7 +92,7 @@ def test_the_cpu_auto_plan_reads_the_cached_verdict_for_this_model_size_batch_an
     here = Backends(cpu_bf16="AMX", cpu_name="Test CPU")
     plan = probe_precision(cfg, here, RoundedAway(3 * 8 * 8, 5), images, targets, PartialLabelLoss(), size=8)
     assert plan.label == "bf16 autocast" and plan.reason.startswith("AMX CPU, probe (cached): loss Δ 0.00%")
-    assert "🧮 Precision: bf16 autocast (AMX CPU, probe (cached)" in caplog.text
+    assert caplog.messages == [f"🧮 Precision: bf16 autocast ({plan.reason})"]
     assert probe_record(plan) == {"precision_reason": plan.reason, "bf16_probe_loss_fp32": 1.8,
                                   "bf16_probe_loss_bf16": 1.8, "bf16_probe_grad_cosine": 0.999123,
                                   "bf16_probe_fp32_seconds": 0.2, "bf16_probe_bf16_seconds": 0.1,
