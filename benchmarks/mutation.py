@@ -67,6 +67,8 @@ _FALSY = "the value is only ever read as a truth value, and None is as false as 
 _DIGITIZE = ("np.digitize against the n_bins - 1 inner edges already returns 0 … n_bins - 1: the clip is a "
              "guard, and widening or dropping that bound changes no bin")
 _BOOL_ZEROS = "the array only holds hits; a float array of 0.0/1.0 has the same means as a bool one"
+_ASCII = ("the cache is written by json.dumps, which escapes every non-ASCII character: any ASCII-compatible "
+          "encoding, the locale's included, reads it the same")
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # split
     "x_pack_signature__mutmut_2": ("np.zeros(None, dtype=SIGNATURE)", "numpy reads a shape of None as (): the "
@@ -85,6 +87,10 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
                                                             "(auto: the probe decides; on: bf16 on every CPU)"),
     "x_probe_precision__mutmut_39": ("cfg.train.amp, True", "on a CPU plan_precision never reads bf16_supported "
                                                             "(auto: the probe decides; on: bf16 on every CPU)"),
+    "x_cached_probe__mutmut_8": ("encoding=None", _ASCII),
+    "x_cached_probe__mutmut_11": ('encoding="UTF-8"', _ASCII),
+    "x_store_probe__mutmut_8": ("encoding=None", _ASCII),
+    "x_store_probe__mutmut_10": ('encoding="UTF-8"', _ASCII),
     # interrupts
     "x_resume_command__mutmut_6": ('"XXXX"', "with no argv the program is not sustain either way: the same "
                                              "Python-API line"),

@@ -322,3 +322,23 @@ def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_w
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_the_cpu_auto_plans_in_full_and_the_probe_summary_word_for_word() -> None:
+    from sustain.device import PrecisionPlan
+
+    assert plan_precision("cpu", "auto", False, cpu_bf16=None) == PrecisionPlan(
+        False, "float32", False, "this CPU has no native bf16 (AMX or AVX512-BF16)")
+    assert plan_precision("cpu", "auto", False, cpu_bf16="AMX") == PrecisionPlan(
+        False, "float32", False, "AMX CPU, bf16 not probed")
+    failed = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=dataclasses.replace(PASSING, bf16_seconds=0.70))
+    assert (failed.autocast, failed.dtype, failed.grad_scaler) == (False, "float32", False)
+    assert failed.reason == ("bf16 is not faster enough here (1.02×, under 1.05×): a step took 700 ms against "
+                             "fp32's 713 ms; probe: loss Δ 0.04%, gradient cosine 0.9990, step 713 → 700 ms (1.02×)")
+    assert PASSING.summary() == "loss Δ 0.04%, gradient cosine 0.9990, step 713 → 394 ms (1.81×)"
+
+
+def test_a_probe_exactly_at_every_gate_passes() -> None:
+    at_gates = Bf16Probe(loss_fp32=100.0, loss_bf16=102.0, grad_cosine=0.98, fp32_seconds=1.05, bf16_seconds=1.0)
+    assert (at_gates.loss_rel_diff, at_gates.speedup) == (0.02, 1.05)
+    assert at_gates.failure() is None

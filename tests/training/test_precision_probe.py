@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,31 @@ def test_the_cpu_auto_plan_reads_the_cached_verdict_for_this_model_size_batch_an
                             targets, PartialLabelLoss(), size=8)
     assert other.label == "fp32" and "bf16 changed the loss" in other.reason and "probe: loss" in other.reason
     assert probe_key(cfg.model.name, 8, 16, "Other CPU") in read_json(tmp_path / "cache" / CACHE_FILE)
+
+
+def test_the_verdict_cache_keeps_every_key_makes_its_folder_and_says_when_it_cannot_be_read(tmp_path: Path,
+                                                                                           caplog) -> None:
+    import json
+
+    from sustain.training.precision import cached_probe, store_probe
+
+    passing = Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.999, fp32_seconds=0.2, bf16_seconds=0.1)
+    assert cached_probe(None, "k") is None and cached_probe(tmp_path, "k") is None  # no cache, no file
+    cache = tmp_path / "a" / "b"  # not there yet: made with its parents
+    store_probe(cache, "one", passing)
+    store_probe(cache, "two", dataclasses.replace(passing, grad_cosine=0.5))
+    assert cached_probe(cache, "one") == passing and cached_probe(cache, "two").grad_cosine == 0.5
+    assert cached_probe(cache, "three") is None
+    assert caplog.messages == []  # a key not there yet is no warning
+    (cache / CACHE_FILE).write_text("{not json", encoding="utf-8")
+    try:
+        json.loads("{not json")
+    except ValueError as exc:
+        error = exc
+    assert cached_probe(cache, "one") is None
+    store_probe(cache, "one", passing)  # the broken file stays as it is
+    assert caplog.messages == [f"⚠️  bf16 probe cache {cache / CACHE_FILE} unreadable ({error}): probing again",
+                               f"⚠️  bf16 probe verdict not cached at {cache / CACHE_FILE}: {error}"]
 
 
 # --------------------------------------------------------------------------- training runs
