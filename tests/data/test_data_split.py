@@ -67,9 +67,9 @@ def _flip(h: int, rng: np.random.Generator, most: int) -> int:
     return h
 
 
-@pytest.mark.parametrize("distance, verify", [(0, 0), (2, 6), (4, 0), (4, 6), (4, 8), (7, 6)])
-def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: int) -> None:
-    rng = np.random.default_rng(distance * 10 + verify)
+def _planted(seed: int) -> np.ndarray:
+    """120 random signatures and 60 near copies of the first 40 (of the image or of a variant), some verified."""
+    rng = np.random.default_rng(seed)
     n = 120
     sig = np.zeros(n + 60, dtype=SIGNATURE)
     sig["phash"][:n] = rng.integers(0, 2**63, n, dtype=np.uint64) * 2 + 1
@@ -85,6 +85,12 @@ def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: i
         # the detail of the copy's pHash: the matched hash's with a little noise (verified) or a lot (not)
         noise = rng.integers(-8, 9, len(DETAIL_INDEX)) * (1 if k % 2 else 6)
         sig["detail"][n + k, 0] = np.clip(sig["detail"][base, v + 1].astype(int) + noise, -127, 127)
+    return sig
+
+
+@pytest.mark.parametrize("distance, verify", [(0, 0), (2, 6), (4, 0), (4, 6), (4, 8), (7, 6)])
+def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: int) -> None:
+    sig = _planted(distance * 10 + verify)
     got = near_duplicate_groups(sig, distance, verify_distance=verify)
     want = _brute_force_groups(sig, distance, COLOUR_TOLERANCE, verify)
     assert _same_partition(got, want)
@@ -93,6 +99,20 @@ def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: i
         assert len(set(got.tolist())) > len(set(near_duplicate_groups(sig, verify, verify_distance=0).tolist()))
     assert len(set(got.tolist())) < len(sig)  # something was grouped
     assert got[0] == 0 and set(got.tolist()) == set(range(got.max() + 1))  # numbered by first appearance
+
+
+@pytest.mark.parametrize("distance, verify", [(4, 6), (2, 0)])
+def test_grouping_compared_a_few_pairs_at_a_time_finds_the_same_groups(monkeypatch, distance: int,
+                                                                       verify: int) -> None:
+    """A crowded band is compared in chunks (a large lake's memory bound): the groups must not depend on them."""
+    from sustain.data import split
+
+    sig = _planted(distance * 10 + verify)
+    whole = near_duplicate_groups(sig, distance, verify_distance=verify)
+    monkeypatch.setattr(split, "_JOIN_CHUNK", 7)
+    assert np.array_equal(near_duplicate_groups(sig, distance, verify_distance=verify), whole)
+    packed = [record.tobytes() for record in sig]  # as ingestion passes them: one packed signature per image
+    assert np.array_equal(near_duplicate_groups(packed, distance, verify_distance=verify), whole)
 
 
 def test_equal_phash_with_different_colours_is_not_a_duplicate() -> None:
