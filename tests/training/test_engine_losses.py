@@ -165,7 +165,7 @@ def _fp16_guards(escalate_after: int = 2, **cfg) -> Guards:
     return Guards(GuardConfig(escalate_after=escalate_after, **cfg), "cpu", fp16, amp_on=True)
 
 
-def test_the_guards_climb_one_rung_per_streak_amp_off_then_lr_halved_then_stop(caplog) -> None:
+def test_the_guards_climb_one_rung_per_streak_amp_off_then_lr_halved_then_stop(sustain_log) -> None:
     guards = _fp16_guards()
     assert guards.scaler.is_enabled() and guards.state.amp_on
     assert guards.on_nonfinite(1, 4, "loss") is None  # one in a row: not yet
@@ -177,7 +177,7 @@ def test_the_guards_climb_one_rung_per_streak_amp_off_then_lr_halved_then_stop(c
     assert event == {"epoch": 1, "step": 7, "action": "amp_off", "after": "2 non-finite steps in a row",
                      "message": "mixed precision turned off; training continues in fp32"}
     assert guards.state.amp_on is False and not guards.scaler.is_enabled() and guards.state.streak == 0
-    assert caplog.messages == ["⚠️  Escalation (grad): 2 non-finite steps in a row → mixed precision turned off; "
+    assert sustain_log.messages == ["⚠️  Escalation (grad): 2 non-finite steps in a row → mixed precision turned off; "
                                "training continues in fp32"]
     assert guards.on_nonfinite(2, 1, "loss") is None
     halved = guards.on_nonfinite(2, 2, "loss")

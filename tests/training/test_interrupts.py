@@ -55,7 +55,7 @@ def test_the_resume_command_repeats_the_users_command_with_resume_auto(argv, wor
     assert resume_command(argv, world, local) == expected
 
 
-def test_a_signal_only_raises_the_flag_the_first_one_wins_and_a_second_ctrl_c_stops_at_once(caplog) -> None:
+def test_a_signal_only_raises_the_flag_the_first_one_wins_and_a_second_ctrl_c_stops_at_once(sustain_log) -> None:
     from sustain.training.interrupts import StopRequests
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
@@ -64,7 +64,7 @@ def test_a_signal_only_raises_the_flag_the_first_one_wins_and_a_second_ctrl_c_st
         assert same is stop and stop.signum == 0
         send_or_fail(signal.SIGUSR1)
         assert stop.signum == signal.SIGUSR1
-        assert caplog.messages == ["⚠️  SIGUSR1 received: stopping after the current step and saving the position "
+        assert sustain_log.messages == ["⚠️  SIGUSR1 received: stopping after the current step and saving the position "
                                    "(Ctrl-C again to stop at once, without saving)"]
         send_or_fail(signal.SIGTERM)  # a second request keeps the first reason
         assert stop.signum == signal.SIGUSR1
@@ -85,7 +85,7 @@ def send_or_fail(signum: int) -> None:
         pytest.fail(f"{signal.Signals(signum).name} stopped at once: only a second Ctrl-C may")
 
 
-def test_signals_during_a_checkpoint_write_wait_for_it(caplog) -> None:
+def test_signals_during_a_checkpoint_write_wait_for_it(sustain_log) -> None:
     from sustain.training.interrupts import StopRequests
 
     stop = StopRequests()
@@ -94,7 +94,7 @@ def test_signals_during_a_checkpoint_write_wait_for_it(caplog) -> None:
         with pytest.raises(RuntimeError), stop.saving_block():
             assert stop.saving
             send_or_fail(signal.SIGINT)  # waits: no KeyboardInterrupt, the save completes
-            assert caplog.messages == ["⚠️  SIGINT: the checkpoint is being written; it completes first"]
+            assert sustain_log.messages == ["⚠️  SIGINT: the checkpoint is being written; it completes first"]
             raise RuntimeError("the write failed")
         assert not stop.saving  # reset even when the write raised
         with pytest.raises(KeyboardInterrupt):

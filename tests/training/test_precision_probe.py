@@ -78,13 +78,12 @@ def test_verdict_is_cached_per_model_size_and_cpu(tmp_path: Path) -> None:
 
 
 def test_the_cpu_auto_plan_reads_the_cached_verdict_for_this_model_size_batch_and_cpu(tmp_path: Path,
-                                                                                     caplog) -> None:
+                                                                                     sustain_log) -> None:
     from engine_helpers import tiny_config
 
     from sustain.device import Backends
     from sustain.training.precision import probe_precision, probe_record, store_probe
 
-    caplog.set_level("INFO", logger="sustain.training.engine")
     cfg = tiny_config(tmp_path / "lake", tmp_path / "run", data={"cache_dir": str(tmp_path / "cache")},
                       train={"amp": "auto"})
     images, targets = batch()
@@ -93,7 +92,7 @@ def test_the_cpu_auto_plan_reads_the_cached_verdict_for_this_model_size_batch_an
     here = Backends(cpu_bf16="AMX", cpu_name="Test CPU")
     plan = probe_precision(cfg, here, RoundedAway(3 * 8 * 8, 5), images, targets, PartialLabelLoss(), size=8)
     assert plan.label == "bf16 autocast" and plan.reason.startswith("AMX CPU, probe (cached): loss Δ 0.00%")
-    assert caplog.messages == [f"🧮 Precision: bf16 autocast ({plan.reason})"]
+    assert sustain_log.messages == [f"🧮 Precision: bf16 autocast ({plan.reason})"]
     assert probe_record(plan) == {"precision_reason": plan.reason, "bf16_probe_loss_fp32": 1.8,
                                   "bf16_probe_loss_bf16": 1.8, "bf16_probe_grad_cosine": 0.999123,
                                   "bf16_probe_fp32_seconds": 0.2, "bf16_probe_bf16_seconds": 0.1,
@@ -107,7 +106,7 @@ def test_the_cpu_auto_plan_reads_the_cached_verdict_for_this_model_size_batch_an
 
 
 def test_the_verdict_cache_keeps_every_key_makes_its_folder_and_says_when_it_cannot_be_read(tmp_path: Path,
-                                                                                           caplog) -> None:
+                                                                                           sustain_log) -> None:
     import json
 
     from sustain.training.precision import cached_probe, store_probe
@@ -119,7 +118,7 @@ def test_the_verdict_cache_keeps_every_key_makes_its_folder_and_says_when_it_can
     store_probe(cache, "two", dataclasses.replace(passing, grad_cosine=0.5))
     assert cached_probe(cache, "one") == passing and cached_probe(cache, "two").grad_cosine == 0.5
     assert cached_probe(cache, "three") is None
-    assert caplog.messages == []  # a key not there yet is no warning
+    assert sustain_log.messages == []  # a key not there yet is no warning
     (cache / CACHE_FILE).write_text("{not json", encoding="utf-8")
     try:
         json.loads("{not json")
@@ -127,7 +126,7 @@ def test_the_verdict_cache_keeps_every_key_makes_its_folder_and_says_when_it_can
         error = exc
     assert cached_probe(cache, "one") is None
     store_probe(cache, "one", passing)  # the broken file stays as it is
-    assert caplog.messages == [f"⚠️  bf16 probe cache {cache / CACHE_FILE} unreadable ({error}): probing again",
+    assert sustain_log.messages == [f"⚠️  bf16 probe cache {cache / CACHE_FILE} unreadable ({error}): probing again",
                                f"⚠️  bf16 probe verdict not cached at {cache / CACHE_FILE}: {error}"]
 
 
