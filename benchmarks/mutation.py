@@ -69,6 +69,9 @@ _DIGITIZE = ("np.digitize against the n_bins - 1 inner edges already returns 0 â
 _BOOL_ZEROS = "the array only holds hits; a float array of 0.0/1.0 has the same means as a bool one"
 _ASCII = ("the cache is written by json.dumps, which escapes every non-ASCII character: any ASCII-compatible "
           "encoding, the locale's included, reads it the same")
+_FRESH_GRADS = ("backward right after zero_grad gives the same gradients whether the old ones were set to "
+                "None or to zeros, and run_probe sets them to None at its end")
+_TIMED_COPY = "the gradients of a timed pass are copied after its clock stops, then dropped: the figures are the same"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # split
     "x_pack_signature__mutmut_2": ("np.zeros(None, dtype=SIGNATURE)", "numpy reads a shape of None as (): the "
@@ -91,6 +94,16 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x_cached_probe__mutmut_11": ('encoding="UTF-8"', _ASCII),
     "x_store_probe__mutmut_8": ("encoding=None", _ASCII),
     "x_store_probe__mutmut_10": ('encoding="UTF-8"', _ASCII),
+    "x__pass__mutmut_3": ("set_to_none=None", _FRESH_GRADS),
+    "x__pass__mutmut_4": ("set_to_none=False", _FRESH_GRADS),
+    "x__pass__mutmut_22": ("(keep) or True", _TIMED_COPY),
+    "x_run_probe__mutmut_48": ("keep=None", _TIMED_COPY),
+    "x_run_probe__mutmut_55": ("rng, )[2]", _TIMED_COPY),
+    "x_run_probe__mutmut_56": ("keep=True", _TIMED_COPY),
+    "x_run_probe__mutmut_1": ("timed_rounds: int = 3", "one more timed round per precision only lengthens the "
+                                                        "probe; the fastest round counts either way"),
+    "x_run_probe__mutmut_4": ("fork_rng(devices=None)", "None forks every device's RNG, [] only the CPU's: the "
+                                                        "probe draws from the CPU's, which is restored either way"),
     # interrupts
     "x_resume_command__mutmut_6": ('"XXXX"', "with no argv the program is not sustain either way: the same "
                                              "Python-API line"),
@@ -111,6 +124,11 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x_expected_calibration_error__mutmut_32": ("right=True), None, n_bins - 1)", _DIGITIZE),
     "x_expected_calibration_error__mutmut_33": ("right=True), 0, None)", _DIGITIZE),
     "x_expected_calibration_error__mutmut_48": ("right=True), 0, n_bins + 1)", _DIGITIZE),
+    "x_epoch_metrics__mutmut_45": ("zero_division=1", "macro F1 averages over the classes in y_true or y_pred, "
+                                                     "where F1's 0/0 case (no true and no predicted sample) never "
+                                                     "arises; neither setting warns"),
+    "x_final_metrics__mutmut_35": ("targets, )", "topk_accuracy's default k is 5"),
+    "x_top_confusions__mutmut_17": ('kind="STABLE"', "numpy reads the sort kind case-insensitively"),
     "x_topk_accuracy__mutmut_23": ("k - 1, )", "np.argpartition's default axis is the last, which for the "
                                                "[N, C] probabilities is axis 1"),
     # device
@@ -223,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="do not run mutmut; report the verdicts already in mutants/")
     parser.add_argument("--json", type=Path, default=results_file("mutation"), help="where the result goes")
+    parser.add_argument("--note", default="", help="with --report-only: how the verdicts in mutants/ were made")
     args = parser.parse_args(argv)
     if not args.report_only:
         for name in args.modules:
@@ -237,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(args.json, {"tool": "mutmut 3 (pyproject.toml [tool.mutmut])", "goal": GOAL,
                              "score": "killed / (mutants - equivalent); a timeout counts as killed, "
                                       "a mutant no selected test reaches as survived",
-                             "modules": modules})
+                             "note": args.note, "modules": modules})
     return 0
 
 

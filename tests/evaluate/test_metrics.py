@@ -229,3 +229,14 @@ def test_bin_accuracy_skips_rows_without_one_bin_and_refuses_mismatched_rows():
     assert bin_accuracy(probs, targets, no_bins) == {"acc": None, "n": 0, "per_bin": {}}
     with pytest.raises(ValueError):
         bin_accuracy(probs, targets[:1], taxonomy)
+
+
+def test_metrics_take_bf16_logits_that_still_carry_their_graph_and_warn_about_nothing():
+    import warnings
+
+    taxonomy, probs, targets = hand_case()
+    logits = torch.tensor(probs, dtype=torch.bfloat16, requires_grad=True) * 1  # as an autocast step leaves them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # beta is never predicted: 0/0 precision is 0, without a warning per epoch
+        m = epoch_metrics(logits, torch.tensor(targets), taxonomy)
+    assert m["acc"] == pytest.approx(0.6) and m["macro_f1"] == pytest.approx(0.55)

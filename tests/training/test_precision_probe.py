@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,26 @@ def test_probe_leaves_the_model_as_it_was_and_agrees_on_a_healthy_net() -> None:
     assert not model.training  # its mode, BatchNorm statistics, weights and gradients as before
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_gradient_cosine_sums_in_float64() -> None:
+    from sustain.training.precision import _cosine
+
+    x = torch.tensor([2.0**24, 1.0, -(2.0**24)])  # float32: 2**24 + 1 rounds back to 2**24
+    ones = torch.ones(3)
+    assert _cosine([x], [ones]) == 1.0 / ((2.0**49 + 1) ** 0.5 * 3**0.5)  # float32 sums would give 0
+    assert _cosine([x, ones], [x, ones]) == pytest.approx(1.0) and _cosine([ones], [-ones]) == pytest.approx(-1.0)
+    assert math.isnan(_cosine([torch.zeros(3)], [ones]))
+    with pytest.raises(ValueError):  # a parameter with a gradient in one pass only
+        _cosine([x, ones], [x])
+
+
+def test_the_probe_times_each_precision_on_its_own() -> None:
+    torch.manual_seed(0)
+    images, targets = batch()
+    probe = run_probe(RoundedAway(3 * 8 * 8, 5), images, targets, PartialLabelLoss())
+    assert 0 < probe.fp32_seconds < 60 and 0 < probe.bf16_seconds < 60  # seconds of one step, not a clock reading
+    assert probe.fp32_seconds != probe.bf16_seconds
 
 
 def test_verdict_is_cached_per_model_size_and_cpu(tmp_path: Path) -> None:
