@@ -72,10 +72,18 @@ _ASCII = ("the cache is written by json.dumps, which escapes every non-ASCII cha
 _FRESH_GRADS = ("backward right after zero_grad gives the same gradients whether the old ones were set to "
                 "None or to zeros, and run_probe sets them to None at its end")
 _TIMED_COPY = "the gradients of a timed pass are copied after its clock stops, then dropped: the figures are the same"
+_ISIN = ("np.isin compares values: source names as str or object, group ids as int64 or the platform's int, "
+         "give the same masks")
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # split
     "x_pack_signature__mutmut_2": ("np.zeros(None, dtype=SIGNATURE)", "numpy reads a shape of None as (): the "
                                                                       "same single record"),
+    "x_hold_out__mutmut_3": ("np.asarray(sources, dtype=None)", _ISIN),
+    "x_hold_out__mutmut_5": ("np.asarray(sources, )", _ISIN),
+    "x_hold_out__mutmut_8": ("np.asarray(groups, dtype=None)", _ISIN),
+    "x_hold_out__mutmut_10": ("np.asarray(groups, )", _ISIN),
+    "x_hold_out__mutmut_13": ("(len(held_out)) or True", "np.isin against an empty list is all False: the same "
+                                                          "array as the zeros"),
     # guards
     "x_guarded_optimizer_step__mutmut_13": ('float("INF")', 'float() reads "INF" as infinity too'),
     "xǁGuardsǁon_nonfinite__mutmut_29": ("make_scaler(self.device_type, None, amp_on=False)",

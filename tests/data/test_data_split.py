@@ -227,3 +227,34 @@ def test_zero_fraction_split_gets_nothing() -> None:
     result = assign_splits(labels, groups, keys, {"train": 0.7, "val": 0.3, "test": 0.0}, seed=0)
     assert "test" not in result.splits
     assert result.small_labels == []
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_the_seed_reorders_single_images_and_whole_groups_alike(size: int) -> None:
+    labels, _, keys = _lake({"a": 40})
+    groups = [i // size for i in range(len(labels))]
+    first = assign_splits(labels, groups, keys, FRACTIONS, seed=0).splits
+    assert assign_splits(labels, groups, keys, FRACTIONS, seed=0).splits == first
+    assert assign_splits(labels, groups, keys, FRACTIONS, seed=1).splits != first
+
+
+@pytest.mark.parametrize(("labels", "stratum"), [(["b", "b", "a"], "b"), (["b", "a"], "a")])
+def test_a_mixed_group_is_stratified_under_its_most_common_label_ties_alphabetically(labels, stratum) -> None:
+    result = assign_splits(labels, [0] * len(labels), [f"k{i}" for i in range(len(labels))], FRACTIONS, seed=0)
+    assert [(s["label"], s["images"]) for s in result.small_labels] == [(stratum, len(labels))]
+
+
+def test_the_largest_group_is_placed_first_and_a_missing_fraction_is_a_closed_split() -> None:
+    labels = ["a"] * 10
+    groups = [0] * 5 + [1, 2, 3, 4, 5]  # one group of five, five single images
+    keys = [f"k{i}" for i in range(10)]
+    result = assign_splits(labels, groups, keys, {"train": 0.5, "val": 0.5}, seed=0)  # no "test" key at all
+    assert result.splits == ["train"] * 5 + ["val"] * 5  # the five together first, then the singles fill val
+    assert result.small_labels == []  # test is closed, not an empty split to report
+
+
+def test_no_held_out_source_leaves_every_item_in_domain() -> None:
+    from sustain.data.split import hold_out
+
+    held = hold_out(["a", "b", "a"], [0, 1, 0], [])
+    assert held.ood.tolist() == [False, False, False] and held.removed.tolist() == [False, False, False]

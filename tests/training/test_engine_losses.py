@@ -125,6 +125,7 @@ def test_improvement_respects_the_monitor_direction() -> None:
     assert is_improvement(0.5, None, "val_macro_f1")
     assert is_improvement(0.6, 0.5, "val_acc") and not is_improvement(0.5, 0.5, "val_acc")
     assert is_improvement(0.4, 0.5, "val_loss") and not is_improvement(0.6, 0.5, "val_loss")
+    assert not is_improvement(0.5, 0.5, "val_loss")  # a tie is no improvement either way
     assert not is_improvement(float("nan"), None, "val_loss")
 
 
