@@ -258,3 +258,19 @@ def test_no_held_out_source_leaves_every_item_in_domain() -> None:
 
     held = hold_out(["a", "b", "a"], [0, 1, 0], [])
     assert held.ood.tolist() == [False, False, False] and held.removed.tolist() == [False, False, False]
+
+
+def test_detail_correlation_per_row_and_zero_for_a_constant_row() -> None:
+    from sustain.data.split import correlation
+
+    x = np.array([[1.0, 2.0, 4.0], [11.0, 12.0, 14.0], [3.0, 3.0, 3.0], [0.0, 0.1, 0.2]])
+    y = np.array([[2.0, 4.0, 8.0], [14.0, 12.0, 11.0], [1.0, 2.0, 3.0], [0.0, 0.1, 0.2]])
+    got = correlation(x, y)
+    want = [np.corrcoef(a, b)[0, 1] for a, b in zip(x[:2], y[:2], strict=True)]
+    assert got.dtype == np.float32
+    assert got[:2] == pytest.approx(want, abs=1e-6) and got[2] == 0.0  # each row about its own mean
+    assert got[3] == pytest.approx(1.0, abs=1e-6)  # small values still correlate
+
+
+def test_split_targets_treat_a_missing_fraction_as_zero() -> None:
+    assert split_targets(10, {"train": 0.8, "val": 0.2}) == {"train": 8, "val": 2, "test": 0}
