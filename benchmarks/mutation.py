@@ -74,6 +74,12 @@ _FRESH_GRADS = ("backward right after zero_grad gives the same gradients whether
 _TIMED_COPY = "the gradients of a timed pass are copied after its clock stops, then dropped: the figures are the same"
 _ISIN = ("np.isin compares values: source names as str or object, group ids as int64 or the platform's int, "
          "give the same masks")
+_BANDS = ("the bands only choose which pairs are compared: this layout still guarantees that two hashes within "
+          "the radius share a band value (r + 1 or more exact bands, or r // 2 + 1 or more probed one bit away, over "
+          "at most the 64 bits), so every pair within the radius is still compared and the groups are the same; "
+          "only the number of candidates changes")
+_UINT64 = "the XOR of two uint64 arrays is uint64 already"
+_COPY = "a copy instead of a view of the caller's array: the same values, and the grouping never writes to them"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # split
     "x_pack_signature__mutmut_2": ("np.zeros(None, dtype=SIGNATURE)", "numpy reads a shape of None as (): the "
@@ -87,6 +93,22 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x_split_targets__mutmut_12": ("round(n * fractions.get(s, 0.0), 10)", "the rounding only absorbs float "
                                    "noise in n × fraction, under 1e-10 for any lake below a million images: 9 or "
                                    "10 digits absorb it alike"),
+    "x__band_masks__mutmut_1": ('probe = None', _BANDS),
+    "x__band_masks__mutmut_2": ('probe = radius > 6', _BANDS),
+    "x__band_masks__mutmut_3": ('probe = radius >= 7', _BANDS),
+    "x__band_masks__mutmut_9": ('(probe) and False', _BANDS),
+    "x__band_masks__mutmut_14": ('radius // 2 + 2', _BANDS),
+    "x__band_masks__mutmut_16": ('radius + 2, 64)', _BANDS),
+    "x__band_masks__mutmut_17": ('radius + 1, 65)', _BANDS),
+    "x__band_masks__mutmut_19": ('64 // n_bands - (1', _BANDS),
+    "x__band_masks__mutmut_22": ('(i < 64 % n_bands) and False', _BANDS),
+    "x__band_masks__mutmut_31": ('out, shift = [], 1', _BANDS),
+    "x__band_masks__mutmut_36": ('(1 << width) - 2', _BANDS),
+    "x_hamming__mutmut_8": ("dtype=None)", _UINT64),
+    "x_hamming__mutmut_10": ("np.bitwise_xor(a, b), )", _UINT64),
+    "x_hamming__mutmut_16": ("reshape(-2, 4)", "numpy reads any negative size as the one to infer"),
+    "x_signatures_array__mutmut_4": ("astype(SIGNATURE, )", _COPY),
+    "x_signatures_array__mutmut_5": ("copy=True", _COPY),
     # guards
     "x_guarded_optimizer_step__mutmut_13": ('float("INF")', 'float() reads "INF" as infinity too'),
     "xǁGuardsǁon_nonfinite__mutmut_29": ("make_scaler(self.device_type, None, amp_on=False)",

@@ -274,3 +274,9 @@ def test_detail_correlation_per_row_and_zero_for_a_constant_row() -> None:
 
 def test_split_targets_treat_a_missing_fraction_as_zero() -> None:
     assert split_targets(10, {"train": 0.8, "val": 0.2}) == {"train": 8, "val": 2, "test": 0}
+
+
+def test_no_image_and_one_image() -> None:
+    none = near_duplicate_groups([], 4)
+    assert none.shape == (0,) and none.dtype == np.int64
+    assert near_duplicate_groups([pack_signature(7, [1] * N_VARIANTS, [0] * 12)], 4).tolist() == [0]
