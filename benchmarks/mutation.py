@@ -104,6 +104,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x__band_masks__mutmut_22": ('(i < 64 % n_bands) and False', _BANDS),
     "x__band_masks__mutmut_31": ('out, shift = [], 1', _BANDS),
     "x__band_masks__mutmut_36": ('(1 << width) - 2', _BANDS),
+    "x_near_duplicate_groups__mutmut_28": ('unique["colour"].astype(None)', "the colour means are 0-255: their "
+                                           "differences are as exact in float64 as in int16"),
     "x_hamming__mutmut_8": ("dtype=None)", _UINT64),
     "x_hamming__mutmut_10": ("np.bitwise_xor(a, b), )", _UINT64),
     "x_hamming__mutmut_16": ("reshape(-2, 4)", "numpy reads any negative size as the one to infer"),
