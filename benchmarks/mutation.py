@@ -80,6 +80,12 @@ _BANDS = ("the bands only choose which pairs are compared: this layout still gua
           "only the number of candidates changes")
 _UINT64 = "the XOR of two uint64 arrays is uint64 already"
 _COPY = "a copy instead of a view of the caller's array: the same values, and the grouping never writes to them"
+_CHUNKS = ("the chunk bound only caps how many candidate pairs are held at once; every query is still "
+           "compared once, in smaller or larger chunks: the same pairs")
+_ORDER = "the order of equal band values does not matter: every candidate with the band value is compared"
+_TABLE = ("the lookup table and the binary search give the same run of each band value; the width only picks "
+          "the faster (tables up to 2**21 entries)")
+_UNIQUE_FIRST = "the first positions np.unique returns are distinct: no tie for a stable sort to keep"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # split
     "x_pack_signature__mutmut_2": ("np.zeros(None, dtype=SIGNATURE)", "numpy reads a shape of None as (): the "
@@ -106,6 +112,31 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x__band_masks__mutmut_36": ('(1 << width) - 2', _BANDS),
     "x_near_duplicate_groups__mutmut_28": ('unique["colour"].astype(None)', "the colour means are 0-255: their "
                                            "differences are as exact in float64 as in int16"),
+    "x__expand_runs__mutmut_7": ('while start <= has.size', 'one more pass with no query left yields empty arrays'),
+    "x__expand_runs__mutmut_14": ('max(start + 2,', _CHUNKS),
+    "x__expand_runs__mutmut_20": ('- _JOIN_CHUNK', _CHUNKS),
+    "x__expand_runs__mutmut_21": ('(start) and False', _CHUNKS),
+    "x__expand_runs__mutmut_22": ('(start) or True', _CHUNKS),
+    "x__expand_runs__mutmut_24": ('ends[start - 2]', _CHUNKS),
+    "x__expand_runs__mutmut_25": ('if start else 1)', _CHUNKS),
+    "x__join__mutmut_8": ('kind=None', _ORDER),
+    "x__join__mutmut_10": ('np.argsort(band, )', _ORDER),
+    "x__join__mutmut_12": ('kind="STABLE"', _ORDER),
+    "x__join__mutmut_21": ('table = None', _TABLE),
+    "x__join__mutmut_22": ('(width <= 20) and False', _TABLE),
+    "x__join__mutmut_36": ('if width < 20', _TABLE),
+    "x__join__mutmut_37": ('if width <= 21', _TABLE),
+    "x__join__mutmut_29": ('dtype=None)) if width', 'band values below 2**20 compare exactly as int64 or uint64'),
+    "x__join__mutmut_31": ('+ 1, )) if width', 'band values below 2**20 compare exactly as int64 or uint64'),
+    "x__join__mutmut_34": ('(2 << width) + 1', 'a longer table: the band values (below 2**width) read the same entries'),
+    "x__join__mutmut_35": ('(1 << width) + 2', 'a longer table: the band values (below 2**width) read the same entries'),
+    "x__join__mutmut_41": ('(probe) or True', 'probing one bit away as well only adds candidates; each pair is still checked against the radius'),
+    "x__join__mutmut_55": ('wanted, )', "np.searchsorted's default side is 'left'"),
+    "x__join__mutmut_57": ('"LEFT"', 'numpy reads the side case-insensitively'),
+    "x__join__mutmut_67": ('"RIGHT"', 'numpy reads the side case-insensitively'),
+    "x_near_duplicate_groups__mutmut_107": ('argsort(first, kind=None)', _UNIQUE_FIRST),
+    "x_near_duplicate_groups__mutmut_109": ('argsort(first, )', _UNIQUE_FIRST),
+    "x_near_duplicate_groups__mutmut_111": ('argsort(first, kind="STABLE")', _UNIQUE_FIRST),
     "x_hamming__mutmut_8": ("dtype=None)", _UINT64),
     "x_hamming__mutmut_10": ("np.bitwise_xor(a, b), )", _UINT64),
     "x_hamming__mutmut_16": ("reshape(-2, 4)", "numpy reads any negative size as the one to infer"),

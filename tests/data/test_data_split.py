@@ -101,15 +101,15 @@ def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: i
     assert got[0] == 0 and set(got.tolist()) == set(range(got.max() + 1))  # numbered by first appearance
 
 
-@pytest.mark.parametrize("distance, verify", [(4, 6), (2, 0)])
-def test_grouping_compared_a_few_pairs_at_a_time_finds_the_same_groups(monkeypatch, distance: int,
-                                                                       verify: int) -> None:
+@pytest.mark.parametrize("distance, verify, chunk", [(4, 6, 7), (2, 0, 1)])
+def test_grouping_compared_a_few_pairs_at_a_time_finds_the_same_groups(monkeypatch, distance: int, verify: int,
+                                                                       chunk: int) -> None:
     """A crowded band is compared in chunks (a large lake's memory bound): the groups must not depend on them."""
     from sustain.data import split
 
     sig = _planted(distance * 10 + verify)
     whole = near_duplicate_groups(sig, distance, verify_distance=verify)
-    monkeypatch.setattr(split, "_JOIN_CHUNK", 7)
+    monkeypatch.setattr(split, "_JOIN_CHUNK", chunk)  # 1: one query a chunk, however many candidates it has
     assert np.array_equal(near_duplicate_groups(sig, distance, verify_distance=verify), whole)
     packed = [record.tobytes() for record in sig]  # as ingestion passes them: one packed signature per image
     assert np.array_equal(near_duplicate_groups(packed, distance, verify_distance=verify), whole)
