@@ -14,8 +14,8 @@ mutants/*.meta and writes benchmarks/results/mutation.json: per module the mutan
 survived, the survivors judged equivalent (each with its reason, from `EQUIVALENT`) and the
 survivors left, with each one's line and diff.
 
-The score: killed / (mutants - equivalent). A timeout counts as killed (the mutant hung the
-tests); a mutant no selected test reaches ("no tests") counts as survived.
+The score: killed / (mutants - equivalent - not run). A timeout counts as killed (the mutant
+hung the tests); a mutant no selected test reaches ("no tests") counts as survived.
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m['module']}: {m['killed']}/{m['mutants']} killed, {len(m['equivalent'])} equivalent, "
               f"{len(m['survivors_left'])} left, {m['not_run']} not run: {m['killed_ratio']}")
     write_result(args.json, {"tool": "mutmut 3 (pyproject.toml [tool.mutmut])", "goal": GOAL,
-                             "score": "killed / (mutants - equivalent); a timeout counts as killed, "
+                             "score": "killed / (mutants - equivalent - not run); a timeout counts as killed, "
                                       "a mutant no selected test reaches as survived",
                              "note": args.note, "modules": modules})
     return 0
