@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_LAKE := data/demo
 
-.PHONY: venv train test test-fast bench lint demo clean
+.PHONY: venv train test test-fast bench lint mutation demo clean
 
 venv:
 	@PYTHON=$(PYTHON) bash scripts/ensure_venv.sh $(VENV)
@@ -33,5 +33,9 @@ bench: venv
 lint: venv
 	$(PY) -m ruff check sustain tests benchmarks
 
+# Mutation testing of the pure decision modules (mutmut; outside CI, an hour or more on two cores).
+mutation: venv
+	nice -n 19 $(PY) -m benchmarks.mutation
+
 clean:
-	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .ruff_cache build *.egg-info mutants

@@ -95,6 +95,11 @@ TABLES: dict[str, Table] = {
         _c("PyTorch, batch 8", "batches.8.ms_per_batch.torch", MS),
         _c("ORT fp32", "batches.8.ms_per_batch.onnx_fp32", MS), _c("ORT int8", "batches.8.ms_per_batch.onnx_int8", MS),
         _c("top-1 agreement int8", "batches.1.top1_agree.onnx_int8", PCT)), rows="results"),
+    "mutation": Table("mutation.json", (
+        _c("module", "module"), _c("mutants", "mutants"), _c("killed", "killed"), _c("survived", "survived"),
+        _c("of them equivalent", "n_equivalent"), _c("not run", "not_run"),
+        _c("killed / (mutants − equivalent − not run), goal ≥ 85%",
+                                                      "killed_ratio", PCT)), rows="modules"),
 }
 
 

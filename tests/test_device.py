@@ -71,6 +71,34 @@ def test_asking_for_a_missing_device_names_the_key_and_the_fix(requested, availa
     assert "auto" in str(err.value)
 
 
+def test_each_device_plan_in_full_and_an_explicit_request_wins_over_auto() -> None:
+    from sustain.device import DevicePlan
+
+    assert plan_device("cpu", A100) == DevicePlan("cpu", "CPU", pin_memory=False, allow_tf32=False,
+                                                  grad_checkpointing_ok=True)
+    assert plan_device("mps", Backends(cuda=True, mps=True)) == DevicePlan(
+        "mps", "Apple Silicon GPU", pin_memory=False, allow_tf32=False, grad_checkpointing_ok=False)
+    assert plan_device("cuda", A100).name == "NVIDIA A100"
+    assert plan_device("auto", Backends(cuda=True)).name == "CUDA GPU"  # a GPU without a name
+    assert plan_device("cpu", CPU_ONLY).line == "🖥️  Using device: cpu (CPU)"
+
+
+@pytest.mark.parametrize(("requested", "available", "message"), [
+    ("tpu", A100, "Config error at 'device': unknown device 'tpu'\n  → use auto, cuda, mps or cpu"),
+    ("cuda", MAC, "Config error at 'device': CUDA was asked for but no CUDA GPU is available\n"
+                  "  → use device: auto (or --set device=cpu), or install a CUDA build of torch"),
+    ("mps", CPU_ONLY, "Config error at 'device': MPS was asked for but this torch build has no MPS support\n"
+                      "  → use device: auto or cpu; MPS needs macOS 12.3+ on Apple Silicon"),
+    ("mps", Backends(mps_built=True), "Config error at 'device': MPS was asked for but this torch build has MPS "
+                                      "but the GPU is not available\n  → use device: auto or cpu; MPS needs "
+                                      "macOS 12.3+ on Apple Silicon"),
+])
+def test_the_device_errors_word_for_word(requested: str, available: Backends, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        plan_device(requested, available)
+    assert err.value.key == "device" and str(err.value) == message
+
+
 def test_cuda_precision_bf16_where_supported_else_fp16_with_scaler() -> None:
     bf16 = plan_precision("cuda", "auto", bf16_supported=True)
     assert (bf16.autocast, bf16.dtype, bf16.grad_scaler) == (True, "bfloat16", False)
@@ -116,6 +144,7 @@ def test_cpu_auto_is_bf16_only_with_native_bf16_and_a_passing_probe(cpu_bf16: st
     assert (plan.autocast, plan.dtype, plan.grad_scaler) == (True, "bfloat16", False)
     assert cpu_bf16 in plan.line and "1.81×" in plan.line and "cosine 0.9990" in plan.line
     assert plan.probe["grad_cosine"] == 0.999 and plan.probe["cpu_bf16"] == cpu_bf16
+    assert plan.record() == {"label": "bf16 autocast", "reason": plan.reason, "probe": plan.probe}
     unprobed = plan_precision("cpu", "auto", False, cpu_bf16=cpu_bf16)
     assert not unprobed.autocast
 
@@ -197,11 +226,14 @@ def test_num_workers_leave_a_core_and_share_among_ranks() -> None:
     assert plan_num_workers("auto", "cpu", cpu_count=2, in_jupyter=False, platform="linux") == 1
     assert plan_num_workers("auto", "cpu", cpu_count=64, in_jupyter=False, platform="linux") == 8
     assert plan_num_workers("auto", "cuda", cpu_count=16, in_jupyter=False, platform="linux", world_size=4) == 3
+    assert plan_num_workers("auto", "cpu", cpu_count=1, in_jupyter=False, platform="linux") == 0  # no core to spare
+    assert plan_num_workers("auto", "cuda", cpu_count=5, in_jupyter=False, platform="linux", world_size=2) == 1
 
 
 def test_channels_last_for_conv_nets_on_cuda_and_x86_cpus() -> None:
     assert plan_channels_last("auto", "cuda", conv_layers=50)
     assert not plan_channels_last("auto", "cuda", conv_layers=1)  # a ViT: just the patch embedding
+    assert plan_channels_last("auto", "cuda", conv_layers=2)
     assert not plan_channels_last("auto", "mps", conv_layers=50)
     assert plan_channels_last("auto", "cpu", conv_layers=50, cpu_isa="AVX512")
     assert plan_channels_last("auto", "cpu", conv_layers=50, cpu_isa="AVX2")
@@ -318,3 +350,23 @@ def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_w
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_the_cpu_auto_plans_in_full_and_the_probe_summary_word_for_word() -> None:
+    from sustain.device import PrecisionPlan
+
+    assert plan_precision("cpu", "auto", False, cpu_bf16=None) == PrecisionPlan(
+        False, "float32", False, "this CPU has no native bf16 (AMX or AVX512-BF16)")
+    assert plan_precision("cpu", "auto", False, cpu_bf16="AMX") == PrecisionPlan(
+        False, "float32", False, "AMX CPU, bf16 not probed")
+    failed = plan_precision("cpu", "auto", False, cpu_bf16="AMX", probe=dataclasses.replace(PASSING, bf16_seconds=0.70))
+    assert (failed.autocast, failed.dtype, failed.grad_scaler) == (False, "float32", False)
+    assert failed.reason == ("bf16 is not faster enough here (1.02×, under 1.05×): a step took 700 ms against "
+                             "fp32's 713 ms; probe: loss Δ 0.04%, gradient cosine 0.9990, step 713 → 700 ms (1.02×)")
+    assert PASSING.summary() == "loss Δ 0.04%, gradient cosine 0.9990, step 713 → 394 ms (1.81×)"
+
+
+def test_a_probe_exactly_at_every_gate_passes() -> None:
+    at_gates = Bf16Probe(loss_fp32=100.0, loss_bf16=102.0, grad_cosine=0.98, fp32_seconds=1.05, bf16_seconds=1.0)
+    assert (at_gates.loss_rel_diff, at_gates.speedup) == (0.02, 1.05)
+    assert at_gates.failure() is None

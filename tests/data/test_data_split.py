@@ -67,9 +67,9 @@ def _flip(h: int, rng: np.random.Generator, most: int) -> int:
     return h
 
 
-@pytest.mark.parametrize("distance, verify", [(0, 0), (2, 6), (4, 0), (4, 6), (4, 8), (7, 6)])
-def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: int) -> None:
-    rng = np.random.default_rng(distance * 10 + verify)
+def _planted(seed: int) -> np.ndarray:
+    """120 random signatures and 60 near copies of the first 40 (of the image or of a variant), some verified."""
+    rng = np.random.default_rng(seed)
     n = 120
     sig = np.zeros(n + 60, dtype=SIGNATURE)
     sig["phash"][:n] = rng.integers(0, 2**63, n, dtype=np.uint64) * 2 + 1
@@ -85,6 +85,12 @@ def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: i
         # the detail of the copy's pHash: the matched hash's with a little noise (verified) or a lot (not)
         noise = rng.integers(-8, 9, len(DETAIL_INDEX)) * (1 if k % 2 else 6)
         sig["detail"][n + k, 0] = np.clip(sig["detail"][base, v + 1].astype(int) + noise, -127, 127)
+    return sig
+
+
+@pytest.mark.parametrize("distance, verify", [(0, 0), (2, 6), (4, 0), (4, 6), (4, 8), (7, 6)])
+def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: int) -> None:
+    sig = _planted(distance * 10 + verify)
     got = near_duplicate_groups(sig, distance, verify_distance=verify)
     want = _brute_force_groups(sig, distance, COLOUR_TOLERANCE, verify)
     assert _same_partition(got, want)
@@ -93,6 +99,20 @@ def test_banded_grouping_equals_the_pairwise_definition(distance: int, verify: i
         assert len(set(got.tolist())) > len(set(near_duplicate_groups(sig, verify, verify_distance=0).tolist()))
     assert len(set(got.tolist())) < len(sig)  # something was grouped
     assert got[0] == 0 and set(got.tolist()) == set(range(got.max() + 1))  # numbered by first appearance
+
+
+@pytest.mark.parametrize("distance, verify, chunk", [(4, 6, 7), (2, 0, 1)])
+def test_grouping_compared_a_few_pairs_at_a_time_finds_the_same_groups(monkeypatch, distance: int, verify: int,
+                                                                       chunk: int) -> None:
+    """A crowded band is compared in chunks (a large lake's memory bound): the groups must not depend on them."""
+    from sustain.data import split
+
+    sig = _planted(distance * 10 + verify)
+    whole = near_duplicate_groups(sig, distance, verify_distance=verify)
+    monkeypatch.setattr(split, "_JOIN_CHUNK", chunk)  # 1: one query a chunk, however many candidates it has
+    assert np.array_equal(near_duplicate_groups(sig, distance, verify_distance=verify), whole)
+    packed = [record.tobytes() for record in sig]  # as ingestion passes them: one packed signature per image
+    assert np.array_equal(near_duplicate_groups(packed, distance, verify_distance=verify), whole)
 
 
 def test_equal_phash_with_different_colours_is_not_a_duplicate() -> None:
@@ -207,3 +227,56 @@ def test_zero_fraction_split_gets_nothing() -> None:
     result = assign_splits(labels, groups, keys, {"train": 0.7, "val": 0.3, "test": 0.0}, seed=0)
     assert "test" not in result.splits
     assert result.small_labels == []
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_the_seed_reorders_single_images_and_whole_groups_alike(size: int) -> None:
+    labels, _, keys = _lake({"a": 40})
+    groups = [i // size for i in range(len(labels))]
+    first = assign_splits(labels, groups, keys, FRACTIONS, seed=0).splits
+    assert assign_splits(labels, groups, keys, FRACTIONS, seed=0).splits == first
+    assert assign_splits(labels, groups, keys, FRACTIONS, seed=1).splits != first
+
+
+@pytest.mark.parametrize(("labels", "stratum"), [(["b", "b", "a"], "b"), (["b", "a"], "a")])
+def test_a_mixed_group_is_stratified_under_its_most_common_label_ties_alphabetically(labels, stratum) -> None:
+    result = assign_splits(labels, [0] * len(labels), [f"k{i}" for i in range(len(labels))], FRACTIONS, seed=0)
+    assert [(s["label"], s["images"]) for s in result.small_labels] == [(stratum, len(labels))]
+
+
+def test_the_largest_group_is_placed_first_and_a_missing_fraction_is_a_closed_split() -> None:
+    labels = ["a"] * 10
+    groups = [0] * 5 + [1, 2, 3, 4, 5]  # one group of five, five single images
+    keys = [f"k{i}" for i in range(10)]
+    result = assign_splits(labels, groups, keys, {"train": 0.5, "val": 0.5}, seed=0)  # no "test" key at all
+    assert result.splits == ["train"] * 5 + ["val"] * 5  # the five together first, then the singles fill val
+    assert result.small_labels == []  # test is closed, not an empty split to report
+
+
+def test_no_held_out_source_leaves_every_item_in_domain() -> None:
+    from sustain.data.split import hold_out
+
+    held = hold_out(["a", "b", "a"], [0, 1, 0], [])
+    assert held.ood.tolist() == [False, False, False] and held.removed.tolist() == [False, False, False]
+
+
+def test_detail_correlation_per_row_and_zero_for_a_constant_row() -> None:
+    from sustain.data.split import correlation
+
+    x = np.array([[1.0, 2.0, 4.0], [11.0, 12.0, 14.0], [3.0, 3.0, 3.0], [0.0, 0.1, 0.2]])
+    y = np.array([[2.0, 4.0, 8.0], [14.0, 12.0, 11.0], [1.0, 2.0, 3.0], [0.0, 0.1, 0.2]])
+    got = correlation(x, y)
+    want = [np.corrcoef(a, b)[0, 1] for a, b in zip(x[:2], y[:2], strict=True)]
+    assert got.dtype == np.float32
+    assert got[:2] == pytest.approx(want, abs=1e-6) and got[2] == 0.0  # each row about its own mean
+    assert got[3] == pytest.approx(1.0, abs=1e-6)  # small values still correlate
+
+
+def test_split_targets_treat_a_missing_fraction_as_zero() -> None:
+    assert split_targets(10, {"train": 0.8, "val": 0.2}) == {"train": 8, "val": 2, "test": 0}
+
+
+def test_no_image_and_one_image() -> None:
+    none = near_duplicate_groups([], 4)
+    assert none.shape == (0,) and none.dtype == np.int64
+    assert near_duplicate_groups([pack_signature(7, [1] * N_VARIANTS, [0] * 12)], 4).tolist() == [0]

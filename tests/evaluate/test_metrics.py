@@ -148,5 +148,95 @@ def test_no_fine_samples_gives_zero_scores_and_full_matrix():
     taxonomy = build_taxonomy(classes=NAMES, bins=None)
     m = epoch_metrics(np.zeros((0, 7)), np.zeros((0, 7)), taxonomy)
     assert m["acc"] == 0.0 and m["worst"] == [] and m["confusion"].shape == (7, 7)
+    assert m["confusion"].dtype == np.int64  # counts, as with samples
     with pytest.raises(ValueError, match=r"\[N, 7\]"):
         epoch_metrics(np.zeros((2, 5)), np.zeros((2, 5)), taxonomy)
+
+
+def test_ece_by_hand_with_a_confidence_on_a_bin_edge():
+    # Four bins of 0.25; a confidence on an edge belongs to the bin below (0.5 → [0.25, 0.5]).
+    probs = np.array([[0.2] * 5,  # tie: the argmax is class 0, the truth class 1 → wrong, bin 0
+                      [0.5, 0.2, 0.1, 0.1, 0.1],  # right, bin 1
+                      [0.1, 0.6, 0.1, 0.1, 0.1],  # wrong, bin 2
+                      [0.0, 0.0, 0.9, 0.1, 0.0],  # right, bin 3
+                      [0.0, 0.0, 0.0, 1.0, 0.0]])  # right, bin 3
+    targets = targets_for([[1], [0], [0], [2], [3]], 5)
+    # bin 0: 1/5·|0 − 0.2|, bin 1: 1/5·|1 − 0.5|, bin 2: 1/5·|0 − 0.6|, bin 3: 2/5·|1 − 0.95|
+    assert expected_calibration_error(probs, targets, n_bins=4) == pytest.approx(0.04 + 0.1 + 0.12 + 0.02)
+    assert expected_calibration_error(probs, targets) == pytest.approx(  # 15 bins: 0.9 and 1.0 apart
+        0.04 + 0.1 + 0.12 + 0.2 * 0.1 + 0.0)
+
+
+def test_top5_by_default_and_a_miss_counts():
+    classes = 8
+    probs = np.tile(np.linspace(0.2, 0.05, classes), (3, 1))  # class 0 most probable, class 7 least
+    targets = targets_for([[0], [5], [4]], classes)  # ranks 1, 6 and 5
+    assert topk_accuracy(probs, targets) == pytest.approx(2 / 3)
+    assert topk_accuracy(probs, targets, k=1) == pytest.approx(1 / 3)
+
+
+def test_top_confusions_keep_ten_largest_in_row_major_order_on_ties_and_never_zero_cells():
+    c = np.zeros((5, 5), dtype=np.int64)
+    cells = [(i, j) for i in range(5) for j in range(5) if i != j]  # 20 off-diagonal cells
+    for i, j in cells[:12]:
+        c[i, j] = 1
+    c[4, 0] = 3
+    names = list("abcde")
+    top = top_confusions(c, names)
+    assert len(top) == 10 and top[0] == ("e", "a", 3)
+    assert top[1:] == [(names[i], names[j], 1) for i, j in cells[:9]]  # ties: row by row
+    assert top_confusions(c, names, k=20) == [("e", "a", 3)] + [(names[i], names[j], 1) for i, j in cells[:12]]
+
+
+def test_per_source_accuracy_counts_each_sources_own_fine_and_set_samples():
+    from sustain.evaluate.metrics import per_source_accuracy
+
+    probs = one_hot_probs([0, 1, 2, 0, 3], 4)
+    targets = targets_for([[0], [0, 1], [2], [1, 2], [3]], 4)  # rows 1 and 3 are sets
+    ids = [0, 0, 1, 1, 2]
+    out = per_source_accuracy(probs, targets, ids, sources=["a", "b"])  # id 2 has no name
+    assert out == {"a": {"acc": 1.0, "n_fine": 1, "set_acc": 1.0, "n_set": 1},
+                   "b": {"acc": 1.0, "n_fine": 1, "set_acc": 0.0, "n_set": 1},
+                   "source_2": {"acc": 1.0, "n_fine": 1, "set_acc": None, "n_set": 0}}
+    only_sets = per_source_accuracy(probs[[1]], targets[[1]], [0])
+    assert only_sets == {"source_0": {"acc": None, "n_fine": 0, "set_acc": 1.0, "n_set": 1}}
+
+
+def test_final_metrics_add_bin_top5_and_ece_to_the_epoch_metrics():
+    taxonomy = build_taxonomy()
+    classes = taxonomy.num_classes
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(classes), size=40)
+    targets = targets_for([[int(i)] for i in rng.integers(0, classes, 40)], classes)
+    m = final_metrics(probs, targets, taxonomy)
+    assert m["per_source"] == {}
+    assert m["bin"] == bin_accuracy(probs, targets, taxonomy) and m["bin"]["n"] > 0
+    assert m["top5_acc"] == topk_accuracy(probs, targets, k=5) != topk_accuracy(probs, targets, k=6)
+    assert m["ece"] == expected_calibration_error(probs, targets) > 0
+
+
+def test_bin_accuracy_skips_rows_without_one_bin_and_refuses_mismatched_rows():
+    taxonomy = build_taxonomy()
+    idx = taxonomy.index
+    rows = [(list(taxonomy.resolve("PLASTIC")), idx("clothing")),  # spans bins: skipped, the next still counts
+            ([idx("newspaper")], idx("cardboard_boxes"))]
+    probs = one_hot_probs([pred for _, pred in rows], 30)
+    targets = targets_for([t for t, _ in rows], 30)
+    assert bin_accuracy(probs, targets, taxonomy)["n"] == 1
+    assert bin_accuracy(probs[:1], targets[:1], taxonomy) == {
+        "acc": None, "n": 0, "per_bin": {b: {"acc": None, "n": 0} for b in taxonomy.bins}}
+    no_bins = build_taxonomy(classes=list(taxonomy.classes), bins=None)
+    assert bin_accuracy(probs, targets, no_bins) == {"acc": None, "n": 0, "per_bin": {}}
+    with pytest.raises(ValueError):
+        bin_accuracy(probs, targets[:1], taxonomy)
+
+
+def test_metrics_take_bf16_logits_that_still_carry_their_graph_and_warn_about_nothing():
+    import warnings
+
+    taxonomy, probs, targets = hand_case()
+    logits = torch.tensor(probs, dtype=torch.bfloat16, requires_grad=True) * 1  # as an autocast step leaves them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # beta is never predicted: 0/0 precision is 0, without a warning per epoch
+        m = epoch_metrics(logits, torch.tensor(targets), taxonomy)
+    assert m["acc"] == pytest.approx(0.6) and m["macro_f1"] == pytest.approx(0.55)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sustain.training.guards import guarded_optimizer_step, next_escalation
+from sustain.training.guards import Guards, guarded_optimizer_step, next_escalation
 from sustain.training.loop_state import health_verdict, is_improvement
 from sustain.training.losses import (
     PartialLabelLoss,
@@ -125,6 +125,7 @@ def test_improvement_respects_the_monitor_direction() -> None:
     assert is_improvement(0.5, None, "val_macro_f1")
     assert is_improvement(0.6, 0.5, "val_acc") and not is_improvement(0.5, 0.5, "val_acc")
     assert is_improvement(0.4, 0.5, "val_loss") and not is_improvement(0.6, 0.5, "val_loss")
+    assert not is_improvement(0.5, 0.5, "val_loss")  # a tie is no improvement either way
     assert not is_improvement(float("nan"), None, "val_loss")
 
 
@@ -206,3 +207,110 @@ def test_closing_an_epoch_records_an_early_stop_and_the_console_says_why(caplog:
         for hook in hooks.stopping:
             hook(end.stopping)
     assert "⏹️  Early stopping: no gain in val_macro_f1 for 2 epochs (best 0.5000 at epoch 1)" in caplog.text
+
+
+def _fp16_guards(escalate_after: int = 2, **cfg) -> Guards:
+    from sustain.config import GuardConfig
+    from sustain.device import plan_precision
+
+    fp16 = plan_precision("cuda", "on", bf16_supported=False)  # fp16 + GradScaler: the full ladder
+    return Guards(GuardConfig(escalate_after=escalate_after, **cfg), "cpu", fp16, amp_on=True)
+
+
+def test_the_guards_climb_one_rung_per_streak_amp_off_then_lr_halved_then_stop(sustain_log) -> None:
+    guards = _fp16_guards()
+    assert guards.scaler.is_enabled() and guards.state.amp_on
+    assert guards.on_nonfinite(1, 4, "loss") is None  # one in a row: not yet
+    model, opt = _tiny_problem()
+    guards.backward(model(torch.ones(1, 3)).sum())
+    assert guards.optimizer_step(model, opt, grad_clip=None)  # a finite step ends the streak
+    assert guards.on_nonfinite(1, 6, "loss") is None
+    event = guards.on_nonfinite(1, 7, "grad")
+    assert event == {"epoch": 1, "step": 7, "action": "amp_off", "after": "2 non-finite steps in a row",
+                     "message": "mixed precision turned off; training continues in fp32"}
+    assert guards.state.amp_on is False and not guards.scaler.is_enabled() and guards.state.streak == 0
+    assert sustain_log.messages == ["⚠️  Escalation (grad): 2 non-finite steps in a row → mixed precision turned off; "
+                               "training continues in fp32"]
+    assert guards.on_nonfinite(2, 1, "loss") is None
+    halved = guards.on_nonfinite(2, 2, "loss")
+    assert halved["action"] == "lr_halved" and halved["message"] == "learning rate halved (now ×0.5 of the schedule)"
+    assert guards.state.lr_factor == 0.5 and guards.state.lr_halved
+    guards.on_nonfinite(2, 3, "loss")
+    stop = guards.on_nonfinite(2, 4, "loss")
+    assert stop["action"] == "stop" and stop["message"].startswith("the run stops: AMP off and a halved")
+    assert guards.state.lr_factor == 0.5  # stopping does not halve again
+    assert [e["action"] for e in guards.state.escalations] == ["amp_off", "lr_halved", "stop"]
+
+
+def test_a_skipped_step_keeps_the_streak_and_the_configured_clip_applies() -> None:
+    guards = _fp16_guards(escalate_after=3, warn_pct=10.0, critical_pct=30.0)
+    guards.on_nonfinite(1, 1, "grad")
+    model, opt = _tiny_problem()
+    guards.backward(model(torch.ones(1, 3)).sum())
+    model.weight.grad.fill_(float("inf"))
+    assert not guards.optimizer_step(model, opt, grad_clip=1.0)
+    assert guards.state.streak == 1  # a skipped step does not reset the count
+    before = model.weight.detach().clone()
+    guards.backward(model(torch.ones(1, 3)).sum() * 1000)
+    assert guards.optimizer_step(model, opt, grad_clip=1.0)  # the configured clip applies
+    assert (model.weight - before).norm() <= 0.1 * 1.0 + 1e-6  # lr × the clipped norm
+    assert all(p.grad is None for p in model.parameters())  # the gradients are dropped after the step too
+
+
+def test_backward_scales_the_loss_while_amp_is_on() -> None:
+    guards = _fp16_guards()
+    model, _ = _tiny_problem()
+    guards.backward(model(torch.ones(1, 3)).sum())
+    assert torch.equal(model.bias.grad, torch.full((2,), guards.scaler.get_scale()))
+
+
+def test_the_guard_state_round_trips_and_amp_stays_off_once_turned_off() -> None:
+    guards = _fp16_guards()
+    guards.scaler.scale(torch.tensor(1.0))  # the scale exists from the first scaled loss on
+    guards.scaler.update(1024.0)
+    guards.state.totals["steps"] = 9
+    saved, scaler = guards.state_dict(), guards.scaler.state_dict()
+    assert saved == {"amp_on": True, "lr_factor": 1.0, "streak": 0, "escalations": [],
+                     "totals": {**dict.fromkeys(("steps", "skipped", "nonfinite_loss", "nonfinite_grad",
+                                                 "data_errors", "empty_batches"), 0), "steps": 9}}
+    back = _fp16_guards()
+    back.state.streak = 5
+    back.load_state_dict({**saved, "streak": 1}, scaler)
+    assert back.state.amp_on and back.scaler.is_enabled() and back.scaler.get_scale() == 1024.0
+    assert back.state.streak == 1 and back.state.totals["steps"] == 9
+    off = _fp16_guards()
+    off.load_state_dict({**saved, "amp_on": False}, scaler)
+    assert not off.state.amp_on and not off.scaler.is_enabled()  # turned off by the guards: stays off
+    back.state.amp_on = False
+    back.load_state_dict(saved, scaler)  # AMP switched off now: the saved "on" does not turn it back on
+    assert not back.state.amp_on and not back.scaler.is_enabled()
+    fresh = _fp16_guards()
+    fresh.load_state_dict(saved, None)  # a checkpoint without a scaler state: the scaler starts afresh
+    assert fresh.scaler.is_enabled() and fresh.scaler.get_scale() == 65536.0
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
+def test_on_cuda_every_scaler_the_guards_make_is_cudas() -> None:
+    from sustain.config import GuardConfig
+    from sustain.device import plan_precision
+
+    fp16 = plan_precision("cuda", "on", bf16_supported=False)
+    guards = Guards(GuardConfig(escalate_after=1), "cuda", fp16, amp_on=True)  # disabled here: no CUDA
+    assert guards.scaler._device == "cuda"
+    guards.on_nonfinite(1, 1, "loss")
+    assert guards.scaler._device == "cuda"
+    guards.load_state_dict(guards.state_dict(), None)
+    assert guards.scaler._device == "cuda"
+
+
+def test_the_scaler_is_enabled_only_for_fp16_with_amp_on() -> None:
+    from sustain.device import plan_precision
+    from sustain.training.guards import make_scaler
+
+    fp16, bf16 = plan_precision("cuda", "on", False), plan_precision("cuda", "on", True)
+    assert make_scaler("cpu", fp16, amp_on=True).is_enabled()
+    assert not make_scaler("cpu", fp16, amp_on=False).is_enabled()
+    assert not make_scaler("cpu", bf16, amp_on=True).is_enabled()
+    assert make_scaler("xla", fp16, amp_on=True)._device == "cpu"  # a device without a GradScaler: the CPU's
+    assert make_scaler("mps", fp16, amp_on=False)._device == "mps"
+    assert make_scaler("cuda", fp16, amp_on=False)._device == "cuda"

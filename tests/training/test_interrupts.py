@@ -31,9 +31,126 @@ from engine_helpers import (
     write_yaml,
 )
 
-pytestmark = pytest.mark.slow
-
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+# --------------------------------------------------------------------------- the stop requests, in-process (fast)
+
+
+@pytest.mark.parametrize(("argv", "world", "local", "expected"), [
+    (["/usr/bin/sustain", "train", "--config", "my run.yaml"], 1, None,
+     "sustain train --config 'my run.yaml' --resume auto"),
+    (["/x/sustain/__main__.py", "train", "--resume", "runs/a/last.pth", "--config", "c.yaml"], 1, None,
+     "python -m sustain train --config c.yaml --resume auto"),
+    (["sustain", "crossval", "--resume=auto", "--folds", "3"], 1, None, "sustain crossval --folds 3 --resume auto"),
+    (["sustain", "train", "--config", "c.yaml"], 2, None, "torchrun --nproc_per_node=2 -m sustain train --config c.yaml --resume auto"),
+    (["sustain", "train", "--config", "c.yaml"], 8, 4, "torchrun --nproc_per_node=4 -m sustain train --config c.yaml --resume auto"),
+    (["ipykernel_launcher.py", "-f", "kernel.json"], 1, None, 'train(cfg, resume="auto")'),
+    (["sustain", "evaluate", "runs/a"], 1, None, 'train(cfg, resume="auto")'),
+    ([], 1, None, 'train(cfg, resume="auto")'),
+])
+def test_the_resume_command_repeats_the_users_command_with_resume_auto(argv, world, local, expected) -> None:
+    from sustain.training.interrupts import resume_command
+
+    assert resume_command(argv, world, local) == expected
+
+
+def test_a_signal_only_raises_the_flag_the_first_one_wins_and_a_second_ctrl_c_stops_at_once(sustain_log) -> None:
+    from sustain.training.interrupts import StopRequests
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    stop = StopRequests()
+    with stop.installed() as same:
+        assert same is stop and stop.signum == 0
+        send_or_fail(signal.SIGUSR1)
+        assert stop.signum == signal.SIGUSR1
+        assert sustain_log.messages == ["⚠️  SIGUSR1 received: stopping after the current step and saving the position "
+                                   "(Ctrl-C again to stop at once, without saving)"]
+        send_or_fail(signal.SIGTERM)  # a second request keeps the first reason
+        assert stop.signum == signal.SIGUSR1
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in before} == before  # the old handlers are back
+    first_ctrl_c = StopRequests()
+    with first_ctrl_c.installed():
+        send_or_fail(signal.SIGINT)  # the first Ctrl-C saves the position: it only raises the flag
+    assert first_ctrl_c.signum == signal.SIGINT
+
+
+def send_or_fail(signum: int) -> None:
+    """Send `signum` to this process; a KeyboardInterrupt from it fails the test instead of ending pytest."""
+    try:
+        os.kill(os.getpid(), signum)
+    except KeyboardInterrupt:
+        pytest.fail(f"{signal.Signals(signum).name} stopped at once: only a second Ctrl-C may")
+
+
+def test_signals_during_a_checkpoint_write_wait_for_it(sustain_log) -> None:
+    from sustain.training.interrupts import StopRequests
+
+    stop = StopRequests()
+    stop.signum = signal.SIGTERM  # already stopping: a Ctrl-C now would stop at once, except while saving
+    with stop.installed():
+        with pytest.raises(RuntimeError), stop.saving_block():
+            assert stop.saving
+            send_or_fail(signal.SIGINT)  # waits: no KeyboardInterrupt, the save completes
+            assert sustain_log.messages == ["⚠️  SIGINT: the checkpoint is being written; it completes first"]
+            raise RuntimeError("the write failed")
+        assert not stop.saving  # reset even when the write raised
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    fresh = StopRequests()
+    with fresh.installed(), fresh.saving_block():
+        os.kill(os.getpid(), signal.SIGUSR1)
+    assert fresh.signum == 0  # a signal during the save is not taken for a stop request
+
+
+def test_outside_the_main_thread_no_handler_is_installed() -> None:
+    import threading
+
+    from sustain.training.interrupts import StopRequests
+
+    seen = {}
+
+    def worker() -> None:
+        with StopRequests().installed() as stop:
+            seen["stop"], seen["handler"] = stop, signal.getsignal(signal.SIGUSR1)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert isinstance(seen["stop"].signum, int) and seen["handler"] is before
+
+
+def test_interrupted_exits_with_128_plus_the_signal_and_names_it() -> None:
+    from sustain.training.interrupts import Interrupted, signal_name
+
+    err = Interrupted(signal.SIGTERM, 2, 3, 10, Path("run"), 1)
+    assert (err.signum, err.exit_code) == (signal.SIGTERM, 128 + signal.SIGTERM)
+    assert err.reason == "interrupted by SIGTERM at epoch 2, step 3 of 10"
+    assert str(err).startswith("Training interrupted by SIGTERM at epoch 2, step 3 of 10; saved in run. Continue with: ")
+    at_end = Interrupted(signal.SIGINT, 3, 0, 10, Path("run"), 1)
+    assert at_end.reason == "interrupted by SIGINT at the end of epoch 2" and at_end.exit_code == 130
+    assert signal_name(signal.SIGINT) == "SIGINT" and signal_name(999) == "signal 999"
+
+
+def test_a_loader_worker_ignores_ctrl_c_and_sigusr1_but_not_sigterm() -> None:
+    from sustain.training.interrupts import ignore_stop_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        for s in before:  # as in a fresh worker: the defaults (whatever this process had set)
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        ignore_stop_signals(0)
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------- real runs (slow)
 # Drop path and in-process augmentation draw from the global RNG streams; a save after every step.
 SECTIONS = {"train": {"epochs": 3, "checkpoint_every_minutes": 1e-6}, "model": {"drop_path_rate": 0.1}}
 
@@ -91,6 +208,7 @@ def finish(proc: subprocess.Popen, before: str = "") -> tuple[int, str]:
     return proc.returncode, before + out
 
 
+@pytest.mark.slow
 def test_kill_9_at_five_random_moments_then_resume_ends_like_an_uninterrupted_run(tiny_lake: Path, tmp_path: Path,
                                                                                   reference: dict) -> None:
     config = write_yaml(tmp_path / "c.yaml", tiny_config_dict(tiny_lake, tmp_path / "run", **SECTIONS))
@@ -118,6 +236,7 @@ def test_kill_9_at_five_random_moments_then_resume_ends_like_an_uninterrupted_ru
     assert [e["event"] for e in events].count("resumed") >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1])
 def test_sigint_sigterm_sigusr1_mid_epoch_save_the_position_and_resume_exactly(tiny_lake: Path, tmp_path: Path,
                                                                                reference: dict, workers: int) -> None:
@@ -153,6 +272,7 @@ def test_sigint_sigterm_sigusr1_mid_epoch_save_the_position_and_resume_exactly(t
     assert [e["event"] for e in events].count("resumed") == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishes_it(tiny_lake: Path,
                                                                                     tmp_path: Path) -> None:
     from mlflow import MlflowClient
@@ -187,6 +307,7 @@ def test_ctrl_c_marks_the_mlflow_run_killed_and_interrupted_and_a_resume_finishe
     assert record["timings"]["train_seconds"] > segments[1]["train_seconds"]
 
 
+@pytest.mark.slow
 def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, tmp_path: Path) -> None:
     from sustain.training.engine import train
 
@@ -207,6 +328,7 @@ def test_a_guard_stop_inside_an_epoch_resumes_at_the_next_step(tiny_lake: Path, 
     assert resumed.history["skipped"][0] == pytest.approx(2 / 6)
 
 
+@pytest.mark.slow
 def test_two_process_run_interrupted_on_one_rank_resumes_identically(tmp_path: Path) -> None:
     import psutil
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,26 @@ def test_probe_leaves_the_model_as_it_was_and_agrees_on_a_healthy_net() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_the_gradient_cosine_sums_in_float64() -> None:
+    from sustain.training.precision import _cosine
+
+    x = torch.tensor([2.0**24, 1.0, -(2.0**24)])  # float32: 2**24 + 1 rounds back to 2**24
+    ones = torch.ones(3)
+    assert _cosine([x], [ones]) == 1.0 / ((2.0**49 + 1) ** 0.5 * 3**0.5)  # float32 sums would give 0
+    assert _cosine([x, ones], [x, ones]) == pytest.approx(1.0) and _cosine([ones], [-ones]) == pytest.approx(-1.0)
+    assert math.isnan(_cosine([torch.zeros(3)], [ones]))
+    with pytest.raises(ValueError):  # a parameter with a gradient in one pass only
+        _cosine([x, ones], [x])
+
+
+def test_the_probe_times_each_precision_on_its_own() -> None:
+    torch.manual_seed(0)
+    images, targets = batch()
+    probe = run_probe(RoundedAway(3 * 8 * 8, 5), images, targets, PartialLabelLoss())
+    assert 0 < probe.fp32_seconds < 60 and 0 < probe.bf16_seconds < 60  # seconds of one step, not a clock reading
+    assert probe.fp32_seconds != probe.bf16_seconds
+
+
 def test_verdict_is_cached_per_model_size_and_cpu(tmp_path: Path) -> None:
     images, targets = batch()
     model = RoundedAway(3 * 8 * 8, 5)
@@ -74,6 +96,59 @@ def test_verdict_is_cached_per_model_size_and_cpu(tmp_path: Path) -> None:
     assert cached and again == first  # the same figures, not measured again
     other = probe_key("rounded", 8, 16, "Another CPU")
     assert not probe_figures(model, images, targets, PartialLabelLoss(), cache_dir=tmp_path, key=other)[1]
+
+
+def test_the_cpu_auto_plan_reads_the_cached_verdict_for_this_model_size_batch_and_cpu(tmp_path: Path,
+                                                                                     sustain_log) -> None:
+    from engine_helpers import tiny_config
+
+    from sustain.device import Backends
+    from sustain.training.precision import probe_precision, store_probe
+
+    cfg = tiny_config(tmp_path / "lake", tmp_path / "run", data={"cache_dir": str(tmp_path / "cache")},
+                      train={"amp": "auto"})
+    images, targets = batch()
+    passing = Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.9991234567, fp32_seconds=0.2, bf16_seconds=0.1)
+    store_probe(tmp_path / "cache", probe_key(cfg.model.name, 8, 16, "Test CPU"), passing)
+    here = Backends(cpu_bf16="AMX", cpu_name="Test CPU")
+    plan = probe_precision(cfg, here, RoundedAway(3 * 8 * 8, 5), images, targets, PartialLabelLoss(), size=8)
+    assert plan.label == "bf16 autocast" and plan.reason.startswith("AMX CPU, probe (cached): loss Δ 0.00%")
+    assert sustain_log.messages == [f"🧮 Precision: bf16 autocast ({plan.reason})"]
+    assert plan.params() == {"precision_reason": plan.reason, "bf16_probe_loss_fp32": 1.8,
+                                  "bf16_probe_loss_bf16": 1.8, "bf16_probe_grad_cosine": 0.999123,
+                                  "bf16_probe_fp32_seconds": 0.2, "bf16_probe_bf16_seconds": 0.1,
+                                  "bf16_probe_cpu_bf16": "AMX", "bf16_probe_cached": True}
+    assert plan_precision("cpu", "off", False).params() == {"precision_reason": "train.amp: off"}
+    # Another CPU has no verdict yet: the probe runs (and catches the rounded-away logits), its verdict is stored.
+    other = probe_precision(cfg, Backends(cpu_bf16="AMX", cpu_name="Other CPU"), RoundedAway(3 * 8 * 8, 5), images,
+                            targets, PartialLabelLoss(), size=8)
+    assert other.label == "fp32" and "bf16 changed the loss" in other.reason and "probe: loss" in other.reason
+    assert probe_key(cfg.model.name, 8, 16, "Other CPU") in read_json(tmp_path / "cache" / CACHE_FILE)
+
+
+def test_the_verdict_cache_keeps_every_key_makes_its_folder_and_says_when_it_cannot_be_read(tmp_path: Path,
+                                                                                           sustain_log) -> None:
+    import json
+
+    from sustain.training.precision import cached_probe, store_probe
+
+    passing = Bf16Probe(loss_fp32=1.8, loss_bf16=1.8, grad_cosine=0.999, fp32_seconds=0.2, bf16_seconds=0.1)
+    assert cached_probe(None, "k") is None and cached_probe(tmp_path, "k") is None  # no cache, no file
+    cache = tmp_path / "a" / "b"  # not there yet: made with its parents
+    store_probe(cache, "one", passing)
+    store_probe(cache, "two", dataclasses.replace(passing, grad_cosine=0.5))
+    assert cached_probe(cache, "one") == passing and cached_probe(cache, "two").grad_cosine == 0.5
+    assert cached_probe(cache, "three") is None
+    assert sustain_log.messages == []  # a key not there yet is no warning
+    (cache / CACHE_FILE).write_text("{not json", encoding="utf-8")
+    try:
+        json.loads("{not json")
+    except ValueError as exc:
+        error = exc
+    assert cached_probe(cache, "one") is None
+    store_probe(cache, "one", passing)  # the broken file stays as it is
+    assert sustain_log.messages == [f"⚠️  bf16 probe cache {cache / CACHE_FILE} unreadable ({error}): probing again",
+                               f"⚠️  bf16 probe verdict not cached at {cache / CACHE_FILE}: {error}"]
 
 
 # --------------------------------------------------------------------------- training runs
