@@ -47,7 +47,7 @@ def _c(header: str, key: str, fmt: str = "{}") -> Column:
     return Column(header, key, fmt)
 
 
-PCT, MS, X = "{:.1%}", "{:.1f} ms", "{:.2f}×"
+PCT, MS, X, S = "{:.1%}", "{:.1f} ms", "{:.2f}×", "{:.1f} s"
 
 TABLES: dict[str, Table] = {
     "dedupe-recall": Table("bench_dedupe.json", (
@@ -100,6 +100,26 @@ TABLES: dict[str, Table] = {
         _c("of them equivalent", "n_equivalent"), _c("not run", "not_run"),
         _c("killed / (mutants − equivalent − not run), goal ≥ 85%",
                                                       "killed_ratio", PCT)), rows="modules"),
+    "precision-speed": Table("bench_precision.json", (
+        _c("case", "case"), _c("model", "model"), _c("input", "size", "{} px"), _c("order", "order"),
+        _c("val acc fp32", "fp32.val_acc", PCT), _c("val acc bf16", "bf16.val_acc", PCT),
+        _c("Δ macro-F1", "macro_f1_delta", "{:+.3f}"), _c("fp32 train", "fp32.images_per_second", "{} img/s"),
+        _c("bf16 train", "bf16.images_per_second", "{} img/s"), _c("bf16 / fp32", "speedup", X),
+        _c("what auto chose", "auto.precision"), _c("load before → after", "load")), rows="rows"),
+    "vs-timm": Table("bench_vs_timm.json", (
+        _c("case", "case"), _c("row", "row"), _c("timm s, median (range)", "timm.median_seconds", "{:.1f}"),
+        _c("", "timm.range_seconds", "{:.0f}"), _c("Sustain s, median (range)", "sustain.median_seconds", "{:.1f}"),
+        _c("", "sustain.range_seconds", "{:.0f}"), _c("timm / Sustain", "ratio", X),
+        _c("val acc timm", "timm.median_val_acc", PCT), _c("val acc Sustain", "sustain.median_val_acc", PCT),
+        _c("load", "load_range")), rows="rows"),
+    "wall-clock-breakdown": Table("bench_vs_timm.json", (
+        _c("case", "case"), _c("row", "row"), _c("Sustain wall", "sustain_breakdown.wall", S),
+        _c("imports", "sustain_breakdown.imports", S), _c("ingest", "sustain_breakdown.ingest", S),
+        _c("set-up after ingest", "sustain_breakdown.setup_after_ingest", S),
+        _c("epochs", "sustain_breakdown.epochs", S), _c("final evaluation", "sustain_breakdown.final_evaluation", S),
+        _c("report", "sustain_breakdown.report", S), _c("rest", "sustain_breakdown.rest", S),
+        _c("timm wall", "timm.median_seconds", S), _c("timm's imports (torch, timm)", "import_seconds.torch_timm", S)),
+        rows="rows"),
 }
 
 

@@ -22,8 +22,6 @@ BENCHMARKS = sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in {*HA
 # Machine facts a result once wrote beside its figures; now only its provenance names them.
 MACHINE_KEYS = {"machine", "machine_start", "command", "commit", "versions", "cpus", "cores", "processor", "platform",
                 "gpu", "load_average", "load_average_end", "load_avg_before", "load_avg_after"}
-# Rewritten by the timing run that ended with issue #27's work; remove it from here once the new file is committed.
-BEING_REMEASURED = {"bench_precision.json"}
 
 
 def _documented_flags(doc: str) -> set[str]:
@@ -74,8 +72,6 @@ def test_every_committed_result_names_its_machine_only_in_its_provenance() -> No
                              text=True).stdout.split()
     assert tracked
     for name in tracked:
-        if Path(name).name in BEING_REMEASURED:
-            continue
         doc = json.loads((ROOT / name).read_text(encoding="utf-8"))
         p = doc.get("provenance") or {}
         machine = p.get("machine") or {}
