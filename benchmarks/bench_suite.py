@@ -1,7 +1,7 @@
 """The test suite's wall clock: what `make test` runs (ruff, then pytest), timed, with the slowest files.
 
-    python -m benchmarks.bench_suite [--pytest-args "-n 2 --dist loadfile --no-loadscope-reorder"] [--baseline PATH]
-        [--baseline-pytest-args ""] [--json PATH] [--top 12]
+    python -m benchmarks.bench_suite [--pytest-args ARGS] [--baseline PATH]
+        [--baseline-pytest-args ARGS] [--json PATH] [--top 12]
 
 Runs `ruff check` and `python -m pytest --durations=0 ARGS` in this checkout,
 as `make test` does (ARGS: the Makefile's PYTEST_PARALLEL; the other options
