@@ -100,6 +100,13 @@ TABLES: dict[str, Table] = {
         _c("of them equivalent", "n_equivalent"), _c("not run", "not_run"),
         _c("killed / (mutants − equivalent − not run), goal ≥ 85%",
                                                       "killed_ratio", PCT)), rows="modules"),
+    "suite": Table("bench_suite.json", (
+        _c("checkout", "case"), _c("commit", "commit", "{:.8}"), _c("pytest options", "pytest_args"),
+        _c("ruff + pytest (wall)", "make_test_s", "{:.0f} s"), _c("sum of test durations", "sum_of_durations_s",
+                                                                  "{:.0f} s"),
+        _c("passed", "passed"), _c("skipped", "skipped"), _c("failed", "failed")), rows="runs"),
+    "suite-slowest": Table("bench_suite.json", (
+        _c("file", "file"), _c("seconds (sum of its tests)", "seconds", "{:.0f} s")), rows="runs.-1.slowest_files"),
     "precision-speed": Table("bench_precision.json", (
         _c("case", "case"), _c("model", "model"), _c("input", "size", "{} px"), _c("order", "order"),
         _c("val acc fp32", "fp32.val_acc", PCT), _c("val acc bf16", "bf16.val_acc", PCT),
