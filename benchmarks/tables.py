@@ -48,6 +48,12 @@ def _c(header: str, key: str, fmt: str = "{}") -> Column:
 
 
 PCT, MS, X, S = "{:.1%}", "{:.1f} ms", "{:.2f}×", "{:.1f} s"
+# bf16 against fp32 over several seeds (bench_precision --seeds): the difference of the means beside fp32's own spread
+PARITY = (_c("case", "_key"), _c("seeds", "seeds"), _c("val acc fp32", "val_acc.fp32", PCT),
+          _c("val acc bf16", "val_acc.bf16", PCT), _c("Δ mean acc (goal within ±1 pt)", "val_acc.mean_delta", "{:+.2f} pt"),
+          _c("fp32 seed range", "val_acc.fp32_seed_range", "{:.1f} pt"),
+          _c("Δ mean macro-F1 (goal within ±0.01)", "val_macro_f1.mean_delta", "{:+.3f}"),
+          _c("fp32 seed range (F1)", "val_macro_f1.fp32_seed_range", "{:.3f}"))
 
 TABLES: dict[str, Table] = {
     "dedupe-recall": Table("bench_dedupe.json", (
@@ -113,6 +119,7 @@ TABLES: dict[str, Table] = {
         _c("Δ macro-F1", "macro_f1_delta", "{:+.3f}"), _c("fp32 train", "fp32.images_per_second", "{} img/s"),
         _c("bf16 train", "bf16.images_per_second", "{} img/s"), _c("bf16 / fp32", "speedup", X),
         _c("what auto chose", "auto.precision"), _c("load before → after", "load")), rows="rows"),
+    "precision-parity": Table("bench_precision_parity.json", PARITY, rows="parity"),
     "vs-timm": Table("bench_vs_timm.json", (
         _c("case", "case"), _c("row", "row"), _c("timm s, median (range)", "timm.median_seconds", "{:.1f}"),
         _c("", "timm.range_seconds", "{:.0f}"), _c("Sustain s, median (range)", "sustain.median_seconds", "{:.1f}"),
