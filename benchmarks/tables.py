@@ -120,6 +120,7 @@ TABLES: dict[str, Table] = {
         _c("bf16 train", "bf16.images_per_second", "{} img/s"), _c("bf16 / fp32", "speedup", X),
         _c("what auto chose", "auto.precision"), _c("load before → after", "load")), rows="rows"),
     "precision-parity": Table("bench_precision_parity.json", PARITY, rows="parity"),
+    "precision-parity-eva02": Table("bench_precision_parity_eva02.json", PARITY, rows="parity"),
     "vs-timm": Table("bench_vs_timm.json", (
         _c("case", "case"), _c("row", "row"), _c("timm s, median (range)", "timm.median_seconds", "{:.1f}"),
         _c("", "timm.range_seconds", "{:.0f}"), _c("Sustain s, median (range)", "sustain.median_seconds", "{:.1f}"),
