@@ -11,7 +11,7 @@ from torch import nn
 
 from ..device import CpuPlan, PrecisionPlan, plan_cpu
 from ..utils import cpu_count
-from .precision import autocast_context, images_on_device
+from .precision import autocast_context, images_on_device, trial_passes
 
 log = logging.getLogger("sustain.training.engine")  # the start-up sequence the engine prints, in its voice
 
@@ -36,14 +36,12 @@ def time_step(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.de
               channels_last: bool) -> float:
     """The fastest of two timed training forward and backward passes of `batch`, after a warm-up."""
     images = images_on_device(batch, device, channels_last)
-    # Train mode, as the steps will run: in eval mode a BatchNorm network's backward measured 3.8x
-    # faster on the CPU (resnet18: 0.52 s against 1.99 s) and the plan misjudged the bottleneck. The
-    # BatchNorm statistics and the RNG (drop path) are put back, so the run is as without the timing.
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    # The first backward builds autograd's buffers; of the next two the faster counts, so a burst
-    # of other processes' load does not look like compute (it made the plan pick more threads).
+    # Train mode, as the steps will run (`trial_passes`): in eval mode a BatchNorm network's backward
+    # measured 3.8x faster on the CPU (resnet18: 0.52 s against 1.99 s) and the plan misjudged the
+    # bottleneck. The first backward builds autograd's buffers; of the next two the faster counts, so
+    # a burst of other processes' load does not look like compute (it made the plan pick more threads).
     timings = []
-    with torch.random.fork_rng(devices=[]):
+    with trial_passes(model):
         for _ in range(3):
             t = time.perf_counter()
             with autocast_context(device.type, precision, enabled=precision.autocast):
@@ -51,7 +49,4 @@ def time_step(model: nn.Module, batch: Any, loss_fn: nn.Module, device: torch.de
             loss.backward()
             timings.append(time.perf_counter() - t)
             model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
     return min(timings[1:])

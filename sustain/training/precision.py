@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,31 @@ def store_probe(cache_dir: Path | None, key: str, probe: Bf16Probe) -> None:
         log.warning("⚠️  bf16 probe verdict not cached at %s: %s", path, exc)
 
 
-def run_probe(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module,
-              timed_rounds: int = 2) -> Bf16Probe:
-    """fp32 and bf16 from the same weights and random numbers; the model is left as it was.
-
-    Train mode, as the steps run (dropout, drop path and BatchNorm statistics); the BatchNorm
-    buffers and the gradients are put back afterwards. Timings alternate the two precisions
-    after one warm-up pass each, and the fastest of `timed_rounds` counts (other processes'
-    load on a shared machine only ever adds time)."""
+@contextlib.contextmanager
+def trial_passes(model: nn.Module) -> Iterator[None]:
+    """Trial training passes that leave no trace: in train mode, as the steps run (dropout, drop
+    path, BatchNorm statistics), on a forked CPU RNG; the BatchNorm buffers, the gradients and the
+    mode are put back afterwards (the bf16 probe, the CPU plan's timing)."""
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     was_training = model.training
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+def run_probe(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module,
+              timed_rounds: int = 2) -> Bf16Probe:
+    """fp32 and bf16 from the same weights and random numbers; the model is left as it was
+    (`trial_passes`). Timings alternate the two precisions after one warm-up pass each, and the
+    fastest of `timed_rounds` counts (other processes' load on a shared machine only ever adds time)."""
+    with trial_passes(model):
         rng = torch.get_rng_state()
         loss32, grads32, _ = _pass(model, images, targets, loss_fn, _FP32, rng)
         loss16, grads16, _ = _pass(model, images, targets, loss_fn, _BF16, rng)
@@ -99,11 +113,6 @@ def run_probe(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, los
         for _ in range(timed_rounds):
             for plan in (_FP32, _BF16):
                 seconds[plan.autocast].append(_pass(model, images, targets, loss_fn, plan, rng, keep=False)[2])
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
     return Bf16Probe(loss_fp32=loss32, loss_bf16=loss16, grad_cosine=cosine,
                      fp32_seconds=min(seconds[False]), bf16_seconds=min(seconds[True]))
 
