@@ -6,6 +6,9 @@ Usage (the `make mutation` target; an hour or more on two busy cores, under `nic
     nice -n 19 python -m benchmarks.mutation --modules guards metrics
     python -m benchmarks.mutation --report-only                   # the JSON from the last run's mutants/
 
+A run of some modules (`--modules`, with or without --report-only) rewrites their entries and keeps
+the others' from the existing JSON, each with the run that measured it (`measured_by`).
+
 mutmut 3 (settings in pyproject.toml, `[tool.mutmut]`) copies sustain/ and the tests into
 mutants/, rewrites each function of a mutated file into its mutants, records which of the
 selected fast tests call which function, and runs only those tests per mutant. This script
@@ -299,10 +302,23 @@ def module_result(name: str, spec: dict[str, Any]) -> dict[str, Any]:
             "equivalent": equivalent, "survivors_left": left}
 
 
+def kept_results(path: Path, fresh: list[str]) -> dict[str, dict[str, Any]]:
+    """The entries of the modules not measured now, from the result at `path`, each saying which run
+    measured it (`measured_by`: command, commit, date): a run of some modules keeps the others' verdicts."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text(encoding="utf-8"))
+    by = {k: old.get("provenance", {}).get(k) for k in ("command", "commit", "date_utc")}
+    files = {MODULES[name]["file"] for name in fresh}
+    return {m["module"]: {**m, "measured_by": m.get("measured_by", by)}
+            for m in old.get("modules", []) if m["module"] not in files}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser(__doc__)
     parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES),
-                        help="the modules to mutate (default: all)")
+                        help="the modules to mutate and report (default: all); the others keep their entries "
+                             "in the existing JSON")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--report-only", action="store_true",
                         help="do not run mutmut; report the verdicts already in mutants/")
@@ -315,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mutmut failed on {name}", file=sys.stderr)
                 return 1
     os.chdir(ROOT)  # mutmut's readers take paths relative to the project
-    modules = [module_result(name, MODULES[name]) for name in MODULES]
+    kept = kept_results(args.json, args.modules)
+    modules = [kept.get(spec["file"]) or module_result(name, spec) for name, spec in MODULES.items()]
     for m in modules:
         print(f"{m['module']}: {m['killed']}/{m['mutants']} killed, {len(m['equivalent'])} equivalent, "
               f"{len(m['survivors_left'])} left, {m['not_run']} not run: {m['killed_ratio']}")

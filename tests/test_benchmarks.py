@@ -128,3 +128,22 @@ def test_a_table_from_a_result_without_provenance_names_the_file(tmp_path: Path,
     assert tables.main(["--check"], root=tmp_path, results_dir=results) == 1
     assert f"benchmarks/results/{source} has no provenance block" in capsys.readouterr().err
 
+
+
+def test_a_mutation_report_of_some_modules_keeps_the_others_entries(tmp_path: Path, monkeypatch) -> None:
+    """`--modules folds` rewrites folds' entry only: the other modules' verdicts stay, each naming its run."""
+    from benchmarks import mutation
+
+    committed = json.loads((ROOT / "benchmarks" / "results" / "mutation.json").read_text(encoding="utf-8"))
+    out = tmp_path / "mutation.json"
+    out.write_text(json.dumps(committed), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # the report changes into the project; put the cwd back
+    assert mutation.main(["--report-only", "--modules", "folds", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    old = {m["module"]: m for m in committed["modules"]}
+    by = {k: committed["provenance"][k] for k in ("command", "commit", "date_utc")}
+    for entry in doc["modules"]:
+        if entry["module"] == "sustain/data/folds.py":
+            assert "measured_by" not in entry  # measured by this run: its provenance says how
+        else:
+            assert entry == {**old[entry["module"]], "measured_by": old[entry["module"]].get("measured_by", by)}
