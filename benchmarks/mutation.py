@@ -89,6 +89,20 @@ _ORDER = "the order of equal band values does not matter: every candidate with t
 _TABLE = ("the lookup table and the binary search give the same run of each band value; the width only picks "
           "the faster (tables up to 2**21 entries)")
 _UNIQUE_FIRST = "the first positions np.unique returns are distinct: no tie for a stable sort to keep"
+_FOLD_INTS = ("np.full takes the fill value's integer type, int64 here: the same -1s and fold numbers, which every "
+              "reader compares or int()s")
+_POOL = ("a non-empty list of row indices is an int array either way; an empty pool (float without the dtype) is "
+         "never indexed: the val carve is skipped and the trained classes over it are none")
+_LEAST = ("the filter only silences scikit-learn's 'The least populated class' UserWarning (a test checks that none "
+          "escapes); warnings compiles the message case-insensitively and scikit-learn raises it as a UserWarning "
+          "only, so these filters silence the same warning")
+_EMPTY_FOLD = ("unreachable: kfold_plan first refuses fewer groups than folds, and StratifiedGroupKFold then gives "
+               "every fold a group (no empty fold in 3,000 random lakes x 3 seeds); the guard stays against a change in "
+               "scikit-learn")
+_NEWLINE = ("the assignment's fields (hex hashes, split names) never hold a line break, where csv needs newline='': "
+            "universal newlines read LF and CRLF files the same")
+_ASSIGN_ASCII = ("the assignment holds hex hashes and split names, all ASCII: any ASCII-compatible encoding, the "
+                 "locale's included, reads it the same; codec names are case-insensitive")
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # split
     "x_pack_signature__mutmut_2": ("np.zeros(None, dtype=SIGNATURE)", "numpy reads a shape of None as (): the "
@@ -145,6 +159,26 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x_hamming__mutmut_16": ("reshape(-2, 4)", "numpy reads any negative size as the one to infer"),
     "x_signatures_array__mutmut_4": ("astype(SIGNATURE, )", _COPY),
     "x_signatures_array__mutmut_5": ("copy=True", _COPY),
+    # folds
+    "xǁFoldPlanǁtest_fold__mutmut_4": ("-1, dtype=None)", _FOLD_INTS),
+    "xǁFoldPlanǁtest_fold__mutmut_7": ("0, -1, )", _FOLD_INTS),
+    "x__carve_val__mutmut_48": ('"The least populated class", )', _LEAST),
+    "x__carve_val__mutmut_52": ('"the least populated class", UserWarning)', _LEAST),
+    "x__carve_val__mutmut_53": ('"THE LEAST POPULATED CLASS", UserWarning)', _LEAST),
+    "x_kfold_plan__mutmut_70": ('UsageError(None, "use fewer folds")', _EMPTY_FOLD),
+    "x_kfold_plan__mutmut_71": ('would score no image", None)', _EMPTY_FOLD),
+    "x_kfold_plan__mutmut_72": ('raise UsageError("use fewer folds")', _EMPTY_FOLD),
+    "x_kfold_plan__mutmut_73": ('would score no image", )', _EMPTY_FOLD),
+    "x_kfold_plan__mutmut_74": ('"XXuse fewer foldsXX"', _EMPTY_FOLD),
+    "x_kfold_plan__mutmut_75": ('"USE FEWER FOLDS"', _EMPTY_FOLD),
+    "x__source_fold__mutmut_7": ("held_groups], dtype=None)", _POOL),
+    "x__source_fold__mutmut_9": ("held_groups], )", _POOL),
+    "x__safe__mutmut_7": ('c in "XX-_.XX"', "X is alphanumeric: isalnum() keeps it anyway"),
+    "x_assigned_splits__mutmut_6": ('path.open(newline=None, encoding="utf-8")', _NEWLINE),
+    "x_assigned_splits__mutmut_8": ('path.open(encoding="utf-8")', _NEWLINE),
+    "x_assigned_splits__mutmut_7": ('path.open(newline="", encoding=None)', _ASSIGN_ASCII),
+    "x_assigned_splits__mutmut_9": ('path.open(newline="", )', _ASSIGN_ASCII),
+    "x_assigned_splits__mutmut_12": ('encoding="UTF-8"', _ASSIGN_ASCII),
     # guards
     "x_guarded_optimizer_step__mutmut_13": ('float("INF")', 'float() reads "INF" as infinity too'),
     "xǁGuardsǁon_nonfinite__mutmut_29": ("make_scaler(self.device_type, None, amp_on=False)",
