@@ -251,76 +251,6 @@ def test_detect_backends_reports_this_machine() -> None:
     assert plan_device("auto", found).type in ("cuda", "mps", "cpu")
 
 
-def test_cpu_plan_gives_the_cores_to_compute_when_the_step_dominates():
-    from sustain.device import plan_cpu
-
-    # resnet18-like: a 1.7 s step on one thread, a 50 ms batch load, 2 cores.
-    plan = plan_cpu(cores=2, step_seconds=1.7, step_threads=1, load_seconds=0.05, max_threads=2)
-    assert (plan.threads, plan.workers) == (2, 0)
-    assert "compute-bound" in plan.reason and "2 compute thread(s), 0 loader worker(s)" in plan.line
-    # 16 cores: most go to compute, a worker or two keep up with the light loading.
-    big = plan_cpu(cores=16, step_seconds=1.0, step_threads=1, load_seconds=0.5, max_threads=16)
-    assert big.threads >= 12 and 1 <= big.workers <= 4 and big.threads + big.workers <= 16
-
-
-def test_cpu_plan_reads_a_step_timed_on_two_threads_as_that_step_on_two_threads():
-    from sustain.device import plan_cpu
-
-    # resnet18 at 128 px: 535 ms forward and backward, timed on 2 threads; loading a batch 45 ms.
-    plan = plan_cpu(cores=2, step_seconds=0.535, step_threads=2, load_seconds=0.045, max_threads=2)
-    assert (plan.threads, plan.workers) == (2, 0)
-    assert "a step takes 535 ms on 2 thread(s)" in plan.reason
-    assert plan.batch_seconds == pytest.approx(0.535 + 0.045)
-    # test_resnet on camera photos: 162 ms on 2 threads, 47 ms per batch. One thread would take
-    # 162 / 0.55 = 295 ms, slower than 2 threads plus loading in between (209 ms).
-    photos = plan_cpu(cores=2, step_seconds=0.162, step_threads=2, load_seconds=0.047, max_threads=2)
-    assert (photos.threads, photos.workers) == (2, 0)
-
-
-def test_cpu_plan_gives_the_cores_to_loading_when_loading_dominates():
-    from sustain.device import plan_cpu
-
-    # the demo model: a 20 ms step, a 300 ms batch load.
-    plan = plan_cpu(cores=2, step_seconds=0.02, step_threads=2, load_seconds=0.3, max_threads=2)
-    assert (plan.threads, plan.workers) == (1, 1)
-    assert "loading-bound" in plan.reason
-    big = plan_cpu(cores=16, step_seconds=0.02, step_threads=16, load_seconds=0.3, max_threads=16)
-    assert big.workers == 8 and big.threads + big.workers <= 16  # capped at 8 workers
-
-
-def test_cpu_plan_never_oversubscribes_and_respects_the_users_settings():
-    import itertools
-
-    from sustain.device import plan_cpu
-
-    for cores, step, load, cap, world in itertools.product((1, 2, 4, 16), (0.01, 0.3, 3.0), (0.01, 0.3, 3.0),
-                                                           (1, 2, 16), (1, 2)):
-        plan = plan_cpu(cores=cores, step_seconds=step, step_threads=1, load_seconds=load, max_threads=cap,
-                        world_size=world)
-        assert plan.threads <= cap
-        assert plan.threads + plan.workers <= max(1, cores // world)
-    # OMP_NUM_THREADS=1 on 8 cores: one thread, and the other cores load.
-    capped = plan_cpu(cores=8, step_seconds=1.0, step_threads=1, load_seconds=1.0, max_threads=1)
-    assert capped.threads == 1 and capped.workers >= 1 and "capped at 1" in capped.reason
-    # data.num_workers set by the user is kept; the threads are planned around its measured load.
-    fixed = plan_cpu(cores=2, step_seconds=1.7, step_threads=1, load_seconds=0.05, max_threads=2, workers=1)
-    assert (fixed.threads, fixed.workers) == (2, 1)
-
-
-def test_user_set_workers_idle_most_of_the_time_do_not_take_the_compute_cores():
-    from sustain.device import plan_cpu
-
-    # issue #25: num_workers 2 on 2 cores, a 57 ms load against a 1,056 ms step on one thread. The old
-    # plan gave compute 1 thread (0.64x timm); the workers are busy ~5% of the time: 2 threads.
-    plan = plan_cpu(cores=2, step_seconds=1.056, step_threads=1, load_seconds=0.057, max_threads=2, workers=2)
-    assert (plan.threads, plan.workers) == (2, 2)
-    assert "they share the cores" in plan.reason and "costs speed" not in plan.reason
-    # Loading-bound workers the user set: too few for the load, and the line says what auto would do.
-    slow = plan_cpu(cores=4, step_seconds=0.02, step_threads=1, load_seconds=0.6, max_threads=4, workers=1)
-    assert slow.workers == 1
-    assert "data.num_workers: 1 costs speed: auto would plan 1 thread(s) and 3 worker(s)" in slow.line
-
-
 def test_timing_the_step_for_the_cpu_plan_leaves_the_model_and_the_rng_as_they_were() -> None:
     """The plan times real training-mode steps; BatchNorm statistics, weights, gradients and the
     torch RNG (drop path) must be as before, or a timed run would differ from an untimed one."""
@@ -370,3 +300,25 @@ def test_a_probe_exactly_at_every_gate_passes() -> None:
     at_gates = Bf16Probe(loss_fp32=100.0, loss_bf16=102.0, grad_cosine=0.98, fp32_seconds=1.05, bf16_seconds=1.0)
     assert (at_gates.loss_rel_diff, at_gates.speedup) == (0.02, 1.05)
     assert at_gates.failure() is None
+
+
+def test_each_precision_plan_in_full_word_for_word() -> None:
+    from sustain.device import PrecisionPlan as Plan
+
+    off = plan_precision("cuda", "off", True)
+    assert off == Plan(False, "float32", False, "train.amp: off") and off.line == "🧮 Precision: fp32 (train.amp: off)"
+    assert plan_precision("mps", "auto", True) == Plan(False, "float32", False, "train.amp: auto keeps fp32 on MPS")
+    assert plan_precision("cuda", "auto", True) == Plan(True, "bfloat16", False, "train.amp: auto on CUDA")
+    fp16 = plan_precision("cuda", "auto", False)
+    assert fp16 == Plan(True, "float16", True, "train.amp: auto on CUDA, no bf16 on this device")
+    assert fp16.label == "fp16 autocast + GradScaler"
+    assert plan_precision("cuda", "on", False) == Plan(True, "float16", True, "train.amp: on, no bf16 on this device")
+    assert plan_precision("mps", "on", True) == Plan(True, "bfloat16", False, "train.amp: on")
+    assert plan_precision("cpu", "on", False).line == "🧮 Precision: bf16 autocast (train.amp: on)"
+
+
+def test_an_unknown_amp_value_names_the_key_and_the_choices() -> None:
+    with pytest.raises(ConfigError) as err:
+        plan_precision("cuda", "fast", True)
+    assert err.value.key == "train.amp"
+    assert str(err.value) == "Config error at 'train.amp': unknown value 'fast'\n  → use auto, on or off"
