@@ -252,6 +252,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
                               "last bit of a float product of measured timings (none in a grid of 9,600 inputs)"),
     "x__best_cpu_plan__mutmut_47": ("key <= best[0]", "a key holds w + t and t: two plans never share one, so < "
                                                       "and <= pick the same"),
+    "x__best_cpu_plan__mutmut_80": ("min(2.0, load / w / max(seconds, 1e-9))",
+                                    "the busy share never exceeds 1: a plan's seconds are at least load / w"),
 }
 
 KILLED = {1, 3}  # mutmut's exit codes: a test failed (3: pytest's internal error)

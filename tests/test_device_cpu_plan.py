@@ -112,3 +112,14 @@ def test_among_equally_fast_plans_fewer_processes_then_more_threads_win() -> Non
     for load in (0.45, 0.45003):
         tie = plan_cpu(cores=2, step_seconds=1.0, step_threads=1, load_seconds=load, max_threads=2)
         assert (tie.threads, tie.workers) == (2, 0), load
+
+
+def test_the_plan_line_says_how_busy_shared_workers_are_and_when_the_cap_binds() -> None:
+    shared = plan_cpu(cores=2, step_seconds=1.056, step_threads=1, load_seconds=0.057, max_threads=2, workers=2)
+    assert shared.reason == ("a step takes 581 ms on 2 thread(s), loading a batch 57 ms on one core; 2 core(s) per "
+                             "process, compute-bound (the 2 worker(s) are busy 4% of the time: they share the cores)")
+    # OMP_NUM_THREADS=1 on 2 cores: the worker takes the other core, so the cap costs nothing and goes unsaid
+    fits = plan_cpu(cores=2, step_seconds=0.02, step_threads=2, load_seconds=0.3, max_threads=1)
+    assert (fits.threads, fits.workers) == (1, 1) and "capped" not in fits.reason
+    slow = plan_cpu(cores=4, step_seconds=0.1, step_threads=1, load_seconds=3.0, max_threads=4, workers=1)
+    assert slow.line.endswith("auto would plan 1 thread(s) and 3 worker(s), 1000 ms per batch against 3000 ms")
