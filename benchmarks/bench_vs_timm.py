@@ -21,9 +21,9 @@ the folders use 4 of them), so both accuracies are on the same images of the
 same 30-way problem.
 
 Rows (each says which work it is):
-- `equal_resized_fp32` / `equal_resized_bf16`: timm reads a copy of the folder
-  pre-resized to the shorter side Sustain's image cache stores (the resize is
-  not timed); Sustain reads the originals and fills its cache in the timed run.
+- `equal_resized_fp32` / `equal_resized_bf16`: both tools read a copy of the
+  folder pre-resized to the shorter side Sustain's image cache stores (the
+  resize is not timed); Sustain fills its cache from those files in the timed run.
   fp32 against timm fp32; Sustain `train.amp: on` against `timm --amp
   --amp-dtype bfloat16`. timm gets `-j WORKERS`.
 - `equal_cache_off_fp32`: both decode the original files every epoch
@@ -79,13 +79,13 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 ROWS: dict[str, dict[str, Any]] = {
-    "equal_resized_fp32": {"timm_data": "resized", "timm_amp": None, "timm_workers": "set",
+    "equal_resized_fp32": {"data": "resized", "timm_amp": None, "timm_workers": "set",
                            "sustain": {"train": {"amp": "off"}}},
-    "equal_resized_bf16": {"timm_data": "resized", "timm_amp": "bfloat16", "timm_workers": "set",
+    "equal_resized_bf16": {"data": "resized", "timm_amp": "bfloat16", "timm_workers": "set",
                            "sustain": {"train": {"amp": "on"}}},
-    "equal_cache_off_fp32": {"timm_data": "original", "timm_amp": None, "timm_workers": "set",
+    "equal_cache_off_fp32": {"data": "original", "timm_amp": None, "timm_workers": "set",
                              "sustain": {"train": {"amp": "off"}, "data": {"image_cache": "off"}}},
-    "defaults": {"timm_data": "original", "timm_amp": None, "timm_workers": "default", "sustain": {}},
+    "defaults": {"data": "original", "timm_amp": None, "timm_workers": "default", "sustain": {}},
 }
 
 
@@ -102,7 +102,7 @@ def resize_folder(src: Path, dst: Path, side: int) -> None:
 
 
 def assignment_file(data: Path) -> Path:
-    return data.parent / "split_assignment.csv"
+    return data.parent / f"{data.name}_split_assignment.csv"
 
 
 def write_assignment(data: Path) -> Path:
@@ -191,10 +191,10 @@ def one_run(tool: str, row: dict[str, Any], case: dict[str, Any], folders: dict[
             epochs: int, workers: int, sustain_workers: str) -> dict[str, Any]:
     out.mkdir(parents=True)
     if tool == "timm":
-        cmd = timm_command(folders["train_py"], folders[row["timm_data"]], out, case, epochs,
+        cmd = timm_command(folders["train_py"], folders[row["data"]], out, case, epochs,
                            workers if row["timm_workers"] == "set" else None, row["timm_amp"])
     else:
-        cmd = sustain_command(folders["original"], out, case, epochs,
+        cmd = sustain_command(folders[row["data"]], out, case, epochs,
                               sustain_workers if row["sustain"] else "auto", row["sustain"])
     load = os.getloadavg()[0]
     seconds, rc = timed(cmd, out / f"{tool}.log")
@@ -247,7 +247,8 @@ def _load_range(runs: list[dict[str, Any]]) -> list[float]:
 
 def _work(row_name: str, case: dict[str, Any], workers: int) -> str:
     row = ROWS[row_name]
-    timm = (f"timm reads {'a copy resized to ' + str(case['stored_side']) + ' px' if row['timm_data'] == 'resized' else 'the originals'}, "
+    files = f"a copy resized to {case['stored_side']} px" if row["data"] == "resized" else "the originals"
+    timm = (f"both read {files}; timm "
             f"{f'-j {workers}' if row['timm_workers'] == 'set' else 'its default workers'}, "
             f"{'--amp --amp-dtype ' + row['timm_amp'] if row['timm_amp'] else 'fp32'}")
     sustain = "Sustain " + (", ".join(f"{s}.{k}: {v}" for s, kv in row["sustain"].items() for k, v in kv.items())
@@ -287,8 +288,9 @@ def run_case(name: str, train_py: Path, args: Any) -> list[dict[str, Any]]:
         make_folder(folders["original"], case["image"], case["images"])
         write_assignment(folders["original"])
         rows = args.rows or list(ROWS)
-        if any(ROWS[r]["timm_data"] == "resized" for r in rows):
+        if any(ROWS[r]["data"] == "resized" for r in rows):
             resize_folder(folders["original"], folders["resized"], case["stored_side"])
+            write_assignment(folders["resized"])
         imports = {"python": import_seconds("pass"), "torch_timm": import_seconds("import torch, timm"),
                    "sustain_train": import_seconds("import sustain.cli, sustain.training.engine")}
         out = []
