@@ -13,15 +13,17 @@ Two cases, each on one generated ImageFolder (`train/<class>/`, `val/<class>/`):
 - `photos`: 4032x3024 camera-like JPEGs, a tiny model at 224 px (loader-bound).
 Both tools get the same model, input size, batch, epochs and augmentation
 (RandomResizedCrop from 0.08, flip, RandAugment m9 capped at 9: timm's
-RandAugment crashes on Pillow 13 without `mmax9`). Sustain trains on its 90%
-train split of all the images (val 10%, no test split), timm on `train/` (90%)
-with `val/` for validation: the same number of training images per epoch, and
-each tool's accuracy is on its own held-out 10%.
+RandAugment crashes on Pillow 13 without `mmax9`), the same images and the
+same task: both train on `train/` (90%) and validate on `val/` (10%), Sustain
+through a `data.split.assignment` file that gives each image its folder's
+split, and timm's head has Sustain's 30 taxonomy classes (`--num-classes 30`;
+the folders use 4 of them), so both accuracies are on the same images of the
+same 30-way problem.
 
 Rows (each says which work it is):
-- `equal_resized_fp32` / `equal_resized_bf16`: timm reads a copy of the folder
-  pre-resized to the shorter side Sustain's image cache stores (the resize is
-  not timed); Sustain reads the originals and fills its cache in the timed run.
+- `equal_resized_fp32` / `equal_resized_bf16`: both tools read a copy of the
+  folder pre-resized to the shorter side Sustain's image cache stores (the
+  resize is not timed); Sustain fills its cache from those files in the timed run.
   fp32 against timm fp32; Sustain `train.amp: on` against `timm --amp
   --amp-dtype bfloat16`. timm gets `-j WORKERS`.
 - `equal_cache_off_fp32`: both decode the original files every epoch
@@ -43,6 +45,7 @@ clock in docs/performance.md. Writes benchmarks/results/bench_vs_timm.json.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -60,12 +63,14 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
-from benchmarks.inputs import CLASSES, make_folder  # noqa: E402
+from benchmarks.inputs import make_folder  # noqa: E402
+from sustain.taxonomy import MASTER_30  # noqa: E402
 
 RESULTS = results_file("bench_vs_timm")
 HOW_TO_GET = ("timm's train.py is needed: `git clone https://github.com/huggingface/pytorch-image-models` "
               "(or the lead's library `fetch` tool) and pass --timm <that folder>")
 RAND_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
+NUM_CLASSES = len(MASTER_30)  # Sustain's head always has the taxonomy's 30 outputs; timm's gets as many
 
 CASES: dict[str, dict[str, Any]] = {
     "jpeg256": {"model": "resnet18", "size": 128, "image": (256, 256), "images": 840, "batch": 32},
@@ -74,13 +79,13 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 ROWS: dict[str, dict[str, Any]] = {
-    "equal_resized_fp32": {"timm_data": "resized", "timm_amp": None, "timm_workers": "set",
+    "equal_resized_fp32": {"data": "resized", "timm_amp": None, "timm_workers": "set",
                            "sustain": {"train": {"amp": "off"}}},
-    "equal_resized_bf16": {"timm_data": "resized", "timm_amp": "bfloat16", "timm_workers": "set",
+    "equal_resized_bf16": {"data": "resized", "timm_amp": "bfloat16", "timm_workers": "set",
                            "sustain": {"train": {"amp": "on"}}},
-    "equal_cache_off_fp32": {"timm_data": "original", "timm_amp": None, "timm_workers": "set",
+    "equal_cache_off_fp32": {"data": "original", "timm_amp": None, "timm_workers": "set",
                              "sustain": {"train": {"amp": "off"}, "data": {"image_cache": "off"}}},
-    "defaults": {"timm_data": "original", "timm_amp": None, "timm_workers": "default", "sustain": {}},
+    "defaults": {"data": "original", "timm_amp": None, "timm_workers": "default", "sustain": {}},
 }
 
 
@@ -96,10 +101,25 @@ def resize_folder(src: Path, dst: Path, side: int) -> None:
             img.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(target, "JPEG", quality=95, subsampling=0)
 
 
+def assignment_file(data: Path) -> Path:
+    return data.parent / f"{data.name}_split_assignment.csv"
+
+
+def write_assignment(data: Path) -> Path:
+    """The folder's own split as Sustain's `data.split.assignment`: each file's SHA-256 (the content hash
+    ingestion computes) with `train` or `val`, the folder it sits in."""
+    path = assignment_file(data)
+    lines = ["content_hash,split"]
+    for split in ("train", "val"):
+        lines += [f"{hashlib.sha256(f.read_bytes()).hexdigest()},{split}" for f in sorted((data / split).rglob("*.jpg"))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def timm_command(train_py: Path, data: Path, out: Path, case: dict[str, Any], epochs: int, workers: int | None,
                  amp: str | None) -> list[str]:
     cmd = [sys.executable, str(train_py), "--data-dir", str(data), "--train-split", "train", "--val-split", "val",
-           "--model", case["model"], "--num-classes", str(len(CLASSES)), "--img-size", str(case["size"]),
+           "--model", case["model"], "--num-classes", str(NUM_CLASSES), "--img-size", str(case["size"]),
            "--input-size", "3", str(case["size"]), str(case["size"]), "-b", str(case["batch"]),
            "--epochs", str(epochs), "--aa", RAND_AUGMENT, "--scale", "0.08", "1.0",
            "--hflip", "0.5", "--reprob", "0", "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",
@@ -119,7 +139,7 @@ def sustain_command(data: Path, out: Path, case: dict[str, Any], epochs: int, wo
         "seed": 0, "output_dir": str(out / "run"), "device": "cpu",
         "data": {"root": str(data), "cache_dir": str(out / "cache"),
                  "sources": [{"name": "bench", "root": ".", "label_map": "identity"}],
-                 "split": {"train": 0.9, "val": 0.1, "test": 0.0}, "augment": "strong",
+                 "split": {"train": 0.9, "val": 0.1, "test": 0.0, "assignment": str(assignment_file(data))}, "augment": "strong",
                  "augment_options": {"rand_augment": RAND_AUGMENT}, "num_workers": workers},
         "model": {"name": case["model"], "pretrained": False, "input_size": case["size"], "drop_path_rate": 0.0},
         "train": {"epochs": epochs, "batch_size": case["batch"], "lr": 1e-3, "early_stopping_patience": 0,
@@ -171,10 +191,10 @@ def one_run(tool: str, row: dict[str, Any], case: dict[str, Any], folders: dict[
             epochs: int, workers: int, sustain_workers: str) -> dict[str, Any]:
     out.mkdir(parents=True)
     if tool == "timm":
-        cmd = timm_command(folders["train_py"], folders[row["timm_data"]], out, case, epochs,
+        cmd = timm_command(folders["train_py"], folders[row["data"]], out, case, epochs,
                            workers if row["timm_workers"] == "set" else None, row["timm_amp"])
     else:
-        cmd = sustain_command(folders["original"], out, case, epochs,
+        cmd = sustain_command(folders[row["data"]], out, case, epochs,
                               sustain_workers if row["sustain"] else "auto", row["sustain"])
     load = os.getloadavg()[0]
     seconds, rc = timed(cmd, out / f"{tool}.log")
@@ -227,7 +247,8 @@ def _load_range(runs: list[dict[str, Any]]) -> list[float]:
 
 def _work(row_name: str, case: dict[str, Any], workers: int) -> str:
     row = ROWS[row_name]
-    timm = (f"timm reads {'a copy resized to ' + str(case['stored_side']) + ' px' if row['timm_data'] == 'resized' else 'the originals'}, "
+    files = f"a copy resized to {case['stored_side']} px" if row["data"] == "resized" else "the originals"
+    timm = (f"both read {files}; timm "
             f"{f'-j {workers}' if row['timm_workers'] == 'set' else 'its default workers'}, "
             f"{'--amp --amp-dtype ' + row['timm_amp'] if row['timm_amp'] else 'fp32'}")
     sustain = "Sustain " + (", ".join(f"{s}.{k}: {v}" for s, kv in row["sustain"].items() for k, v in kv.items())
@@ -265,9 +286,11 @@ def run_case(name: str, train_py: Path, args: Any) -> list[dict[str, Any]]:
         tmp_path = Path(tmp)
         folders = {"train_py": train_py, "original": tmp_path / "data", "resized": tmp_path / "resized"}
         make_folder(folders["original"], case["image"], case["images"])
+        write_assignment(folders["original"])
         rows = args.rows or list(ROWS)
-        if any(ROWS[r]["timm_data"] == "resized" for r in rows):
+        if any(ROWS[r]["data"] == "resized" for r in rows):
             resize_folder(folders["original"], folders["resized"], case["stored_side"])
+            write_assignment(folders["resized"])
         imports = {"python": import_seconds("pass"), "torch_timm": import_seconds("import torch, timm"),
                    "sustain_train": import_seconds("import sustain.cli, sustain.training.engine")}
         out = []
@@ -318,11 +341,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{'timm acc':>8} {'sus acc':>8}")
     for r in rows:
         t, s = r["timm"], r["sustain"]
-        print(f"{r['case']:<8} {r['row']:<22} {_fmt(t):>18} {_fmt(s):>18} {r['ratio'] or float('nan'):>6.2f} "
-              f"{t['median_val_acc'] or float('nan'):>8.3f} {s['median_val_acc'] or float('nan'):>8.3f}")
+        print(f"{r['case']:<8} {r['row']:<22} {_fmt(t):>18} {_fmt(s):>18} {_or_nan(r['ratio']):>6.2f} "
+              f"{_or_nan(t['median_val_acc']):>8.3f} {_or_nan(s['median_val_acc']):>8.3f}")
     print("ratio = timm median seconds / Sustain median seconds (> 1: Sustain finished first)")
     write_result(args.output, {"rows": rows}, end="")
     return 1 if any(run["rc"] for r in rows for tool in ("timm", "sustain") for run in r[tool]["runs"]) else 0
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value  # 0.0 is a result (no val image right), None is none
 
 
 def _fmt(summary: dict[str, Any]) -> str:
