@@ -74,6 +74,8 @@ _ASCII = ("the cache is written by json.dumps, which escapes every non-ASCII cha
           "encoding, the locale's included, reads it the same")
 _FRESH_GRADS = ("backward right after zero_grad gives the same gradients whether the old ones were set to "
                 "None or to zeros, and run_probe sets them to None at its end")
+_TIMED_GRADS = ("a timed pass's gradients are only dropped: zeroed or set to None, the next pass's backward gives "
+                "the same, and trial_passes sets them to None at its end (a test checks no gradient is left)")
 _TIMED_COPY = "the gradients of a timed pass are copied after its clock stops, then dropped: the figures are the same"
 _ISIN = ("np.isin compares values: source names as str or object, group ids as int64 or the platform's int, "
          "give the same masks")
@@ -201,6 +203,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x_cached_probe__mutmut_11": ('encoding="UTF-8"', _ASCII),
     "x_store_probe__mutmut_8": ("encoding=None", _ASCII),
     "x_store_probe__mutmut_10": ('encoding="UTF-8"', _ASCII),
+    "x_time_step__mutmut_28": ("model.zero_grad(set_to_none=None)", _TIMED_GRADS),
+    "x_time_step__mutmut_29": ("model.zero_grad(set_to_none=False)", _TIMED_GRADS),
     "x__pass__mutmut_3": ("set_to_none=None", _FRESH_GRADS),
     "x__pass__mutmut_4": ("set_to_none=False", _FRESH_GRADS),
     "x__pass__mutmut_22": ("(keep) or True", _TIMED_COPY),

@@ -108,6 +108,10 @@ def kfold_plan(rows: Sequence[ManifestRow], k: int, seed: int, fraction: float) 
         raise UsageError(f"--folds {k}: the lake has only {n_groups} near-duplicate groups ({len(rows)} images)",
                          f"use --folds {max(2, n_groups)} or fewer, or add images")
     labels = np.array([r.label for r in rows])
+    largest = max(Counter(labels.tolist()).values())
+    if largest < k:  # scikit-learn stratifies only with k members in some class, else raises ValueError
+        raise UsageError(f"--folds {k}: the lake's largest class has only {largest} images",
+                         f"use --folds {max(2, largest)} or fewer, or add images")
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
     folds = []
     for i, (pool, test) in enumerate(cv.split(np.zeros(len(rows)), labels, groups)):

@@ -223,6 +223,8 @@ def test_kfold_names_its_folds_and_accepts_as_many_folds_as_groups() -> None:
                                     "  → use --folds 2 or fewer, or add images"),
     (_singletons({"a": 9, "b": 9}), 20, "--folds 20: the lake has only 18 near-duplicate groups (18 images)\n"
                                         "  → use --folds 18 or fewer, or add images"),
+    (_singletons({"a": 2, "b": 2, "c": 2}), 3, "--folds 3: the lake's largest class has only 2 images\n"
+                                               "  → use --folds 2 or fewer, or add images"),
     (_rows([("s", "a", 0)] * 3 + [("s", "a", 1)] * 3), 2,
      "a fold's training pool holds 3 images in one near-duplicate group: nothing is left to validate on\n"
      "  → add images or sources"),
