@@ -13,8 +13,11 @@ Two cases, each on one generated ImageFolder (`train/<class>/`, `val/<class>/`):
 - `photos`: 4032x3024 camera-like JPEGs, a tiny model at 224 px (loader-bound).
 Both tools get the same model, input size, batch, epochs and augmentation
 (RandomResizedCrop from 0.08, flip, RandAugment m9 capped at 9: timm's
-RandAugment crashes on Pillow 13 without `mmax9`), the same images and the
-same task: both train on `train/` (90%) and validate on `val/` (10%), Sustain
+RandAugment crashes on Pillow 13 without `mmax9`), the same recipe (AdamW at
+1e-3, weight decay 0.05, no warmup, a cosine to 0 stepped per update,
+gradient clipping at norm 1, label smoothing 0.1: Sustain's defaults warm
+up for an epoch, timm's decay 2e-5 and clip nothing), the same images and
+the same task: both train on `train/` (90%) and validate on `val/` (10%), Sustain
 through a `data.split.assignment` file that gives each image its folder's
 split, and timm's head has Sustain's 30 taxonomy classes (`--num-classes 30`;
 the folders use 4 of them), so both accuracies are on the same images of the
@@ -123,6 +126,7 @@ def timm_command(train_py: Path, data: Path, out: Path, case: dict[str, Any], ep
            "--input-size", "3", str(case["size"]), str(case["size"]), "-b", str(case["batch"]),
            "--epochs", str(epochs), "--aa", RAND_AUGMENT, "--scale", "0.08", "1.0",
            "--hflip", "0.5", "--reprob", "0", "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",
+           "--weight-decay", "0.05", "--clip-grad", "1.0", "--smoothing", "0.1", "--sched-on-updates",
            "--device", "cpu", "--no-prefetcher", "--log-interval", "1000", "--output", str(out),
            "--checkpoint-hist", "1"]
     if workers is not None:  # None: timm's own default (-j 4)
@@ -142,7 +146,8 @@ def sustain_command(data: Path, out: Path, case: dict[str, Any], epochs: int, wo
                  "split": {"train": 0.9, "val": 0.1, "test": 0.0, "assignment": str(assignment_file(data))}, "augment": "strong",
                  "augment_options": {"rand_augment": RAND_AUGMENT}, "num_workers": workers},
         "model": {"name": case["model"], "pretrained": False, "input_size": case["size"], "drop_path_rate": 0.0},
-        "train": {"epochs": epochs, "batch_size": case["batch"], "lr": 1e-3, "early_stopping_patience": 0,
+        "train": {"epochs": epochs, "batch_size": case["batch"], "lr": 1e-3, "warmup_epochs": 0,
+                  "weight_decay": 0.05, "grad_clip": 1.0, "label_smoothing": 0.1, "early_stopping_patience": 0,
                   "layer_decay": None},
     }
     for section, values in extra.items():
