@@ -20,7 +20,15 @@ For each case, in one process:
   end-to-end run, twice, the faster counts;
 - **ratio** = train phase / ceiling (goal ≥ 0.9: the data path and the loop
   overhead together cost at most 10%); `end_to_end_ratio` = end to end / ceiling
-  also charges the validation pass (no goal: its share depends on the split).
+  also charges the validation pass (no goal: its share depends on the split);
+- **ceiling beside a loader** (where the plan ran loader workers): the same
+  ceiling while another process does one worker's share of the loading on the
+  other cores: it decodes and transforms a batch of the lake's images with the
+  run's train transform, then idles for the rest of a training batch's time
+  (the train phase's), as a worker that keeps up does. `ratio_beside_loader` =
+  train phase / that ceiling: what the loop itself costs, once the compute's
+  slowdown from sharing the machine with the loading (caches, memory
+  bandwidth) is charged to the loading.
 The demo case also records the process RSS at the end of every epoch: after
 the first epochs it must stay flat (no leak).
 
@@ -116,6 +124,59 @@ def compute_ceiling(cfg: Config, steps: int, bf16: bool, warmup: int = 3) -> flo
     return steps * batch / (time.perf_counter() - t)
 
 
+def _loader_share(stop: Any, cfg: Config, files: list[str], period: float) -> None:
+    """One loader worker's duty, in its own process: a batch of `files` through the run's train transform,
+    then idle until `period` (a training batch's time) has passed; until `stop` is set."""
+    import timm
+    from PIL import Image
+
+    from sustain.transforms import build_train_transform, resolve_data_config
+
+    torch.set_num_threads(1)
+    model = timm.create_model(cfg.model.name, pretrained=False, num_classes=30)
+    transform = build_train_transform(resolve_data_config(model, cfg.model), cfg.data)
+    i = 0
+    while not stop.is_set():
+        start = time.perf_counter()
+        for _ in range(cfg.train.batch_size):
+            with Image.open(files[i % len(files)]) as img:
+                transform(img.convert("RGB"))
+            i += 1
+        time.sleep(max(0.0, period - (time.perf_counter() - start)))
+
+
+def _opens(path: Path) -> bool:
+    """The demo lake holds broken files on purpose; the loader skips them, and so does its stand-in."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, ValueError, Image.DecompressionBombError):  # what the lake's broken files raise
+        return False
+
+
+def ceiling_beside_loader(cfg: Config, steps: int, bf16: bool, lake: Path, period: float) -> float:
+    """`compute_ceiling` while another process loads one worker's share of batches (`_loader_share`)."""
+    import multiprocessing
+
+    files = [str(f) for f in sorted(lake.rglob("*")) if f.suffix.lower() in (".jpg", ".jpeg", ".png") and _opens(f)]
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    loader = ctx.Process(target=_loader_share, args=(stop, cfg, files, period), daemon=True)
+    loader.start()
+    try:
+        time.sleep(3.0)  # its imports and first batches, before the clock starts
+        ceiling = compute_ceiling(cfg, steps, bf16)
+        if not loader.is_alive():
+            raise RuntimeError(f"the loader process died (exit code {loader.exitcode}): no ceiling beside it")
+        return ceiling
+    finally:
+        stop.set()
+        loader.join(timeout=30)
+
+
 def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: str) -> dict[str, Any]:
     from sustain.training.engine import train
 
@@ -143,6 +204,10 @@ def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: 
         steps = min(cfg.train.max_steps_per_epoch or 30, 30)
         bf16 = record.device["precision"].startswith("bf16")
         ceilings = [compute_ceiling(cfg, steps, bf16) for _ in range(2)]
+        batch_seconds = cfg.train.batch_size / statistics.median(result.history["images_per_second"][1:] or
+                                                                 result.history["images_per_second"])
+        beside = ([ceiling_beside_loader(cfg, steps, bf16, lake, batch_seconds) for _ in range(2)]
+                  if n_workers else [])
         torch.set_num_threads(saved_threads)
 
     per_epoch = result.history["images_per_second"]
@@ -163,6 +228,9 @@ def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: 
         "ceiling_images_per_s": round(ceiling, 1),
         "ceilings": [round(c, 1) for c in ceilings],
         "ratio": round(phase / ceiling, 3), "end_to_end_ratio": round(e2e / ceiling, 3), "wall_s": round(wall, 1),
+        "ceiling_beside_loader_images_per_s": round(max(beside), 1) if beside else None,
+        "ceilings_beside_loader": [round(c, 1) for c in beside],
+        "ratio_beside_loader": round(phase / max(beside), 3) if beside else None,
         "best_val_acc": result.best_val_acc, "val_acc_per_epoch": result.history["val_acc"], "ok": result.ok,
         "rss_mb_per_epoch": [round(v, 1) for v in probe.rss_mb],
         "rss_growth_after_epoch_2_mb": round(growth, 1) if growth is not None else None,
