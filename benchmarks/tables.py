@@ -87,6 +87,8 @@ TABLES: dict[str, Table] = {
         _c("train phase", "train_phase_images_per_s", "{} img/s"), _c("ceiling", "ceiling_images_per_s", "{} img/s"),
         _c("train phase / ceiling (goal ≥ 0.9)", "ratio", "{:.2f}"), _c("end to end / ceiling", "end_to_end_ratio",
                                                                           "{:.2f}"),
+        _c("ceiling beside a loader", "ceiling_beside_loader_images_per_s", "{} img/s"),
+        _c("train phase / ceiling beside a loader", "ratio_beside_loader", "{:.2f}"),
         _c("best val accuracy", "best_val_acc", PCT), _c("RSS growth after epoch 2", "rss_growth_after_epoch_2_mb",
                                                          "{} MB")), rows="results"),
     "gallery": Table("bench_gallery.json", (
