@@ -20,6 +20,7 @@ from typing import Any
 from ..artifacts import History
 from ..config import Config
 from ..evaluate import trends
+from .guards import COUNTS
 
 
 @dataclass
@@ -185,8 +186,7 @@ def close_epoch(state: LoopState, cfg: Config, epoch: int, tr: dict[str, Any], v
     decision = decide(state, cfg, verdict)
     stopping = _record_stop(state, cfg, decision, epoch, round(skipped_pct, 3), tr)
     state.health.append({"epoch": epoch, "verdict": verdict, "skipped_pct": round(skipped_pct, 3),
-                         **{k: tr[k] for k in ("steps", "skipped", "nonfinite_loss", "nonfinite_grad", "data_errors",
-                                               "empty_batches")},
+                         **{k: tr[k] for k in COUNTS},
                          "val_data_errors": int(val["failed"])})
     entry = {
         "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
