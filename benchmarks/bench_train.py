@@ -23,8 +23,9 @@ For each case, in one process:
   also charges the validation pass (no goal: its share depends on the split);
 - **ceiling beside a loader** (where the plan ran loader workers): the same
   ceiling while another process does one worker's share of the loading on the
-  other cores: it decodes and transforms a batch of the lake's images with the
-  run's train transform, then idles for the rest of a training batch's time
+  other cores: it decodes a batch of the run's training images (its manifest)
+  and puts it through the run's train transform, then idles for the rest of a
+  training batch's time
   (the train phase's), as a worker that keeps up does. `ratio_beside_loader` =
   train phase / that ceiling: what the loop itself costs, once the compute's
   slowdown from sharing the machine with the loading (caches, memory
@@ -124,47 +125,39 @@ def compute_ceiling(cfg: Config, steps: int, bf16: bool, warmup: int = 3) -> flo
     return steps * batch / (time.perf_counter() - t)
 
 
-def _loader_share(stop: Any, cfg: Config, files: list[str], period: float) -> None:
-    """One loader worker's duty, in its own process: a batch of `files` through the run's train transform,
-    then idle until `period` (a training batch's time) has passed; until `stop` is set."""
-    import timm
-    from PIL import Image
-
-    from sustain.transforms import build_train_transform, resolve_data_config
+def _loader_share(stop: Any, data_config: dict[str, Any], data_cfg: Any, files: list[str], batch: int,
+                  period: float) -> None:
+    """One loader worker's duty, in its own process: a batch of `files` decoded as the loader decodes them and
+    put through the run's train transform, then idle until `period` (a training batch's time) has passed;
+    until `stop` is set."""
+    from sustain.data.scan import load_rgb
+    from sustain.transforms import build_train_transform
 
     torch.set_num_threads(1)
-    model = timm.create_model(cfg.model.name, pretrained=False, num_classes=30)
-    transform = build_train_transform(resolve_data_config(model, cfg.model), cfg.data)
+    transform = build_train_transform(data_config, data_cfg)
     i = 0
     while not stop.is_set():
         start = time.perf_counter()
-        for _ in range(cfg.train.batch_size):
-            with Image.open(files[i % len(files)]) as img:
-                transform(img.convert("RGB"))
+        for _ in range(batch):
+            transform(load_rgb(files[i % len(files)]))
             i += 1
         time.sleep(max(0.0, period - (time.perf_counter() - start)))
 
 
-def _opens(path: Path) -> bool:
-    """The demo lake holds broken files on purpose; the loader skips them, and so does its stand-in."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-        return True
-    except (OSError, ValueError, Image.DecompressionBombError):  # what the lake's broken files raise
-        return False
-
-
-def ceiling_beside_loader(cfg: Config, steps: int, bf16: bool, lake: Path, period: float) -> float:
-    """`compute_ceiling` while another process loads one worker's share of batches (`_loader_share`)."""
+def ceiling_beside_loader(cfg: Config, steps: int, bf16: bool, run_dir: Path, period: float) -> float:
+    """`compute_ceiling` while another process loads one worker's share of batches (`_loader_share`): the
+    run's training images (its manifest.csv) through the transform of its recorded data config (run.json)."""
     import multiprocessing
 
-    files = [str(f) for f in sorted(lake.rglob("*")) if f.suffix.lower() in (".jpg", ".jpeg", ".png") and _opens(f)]
+    from sustain.data.manifest import read_manifest
+    from sustain.taxonomy import build_taxonomy
+
+    rows = read_manifest(run_dir / "manifest.csv", build_taxonomy(**cfg.taxonomy.model_dump()))
+    files = [r.path for r in rows if r.split == "train"]
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
-    loader = ctx.Process(target=_loader_share, args=(stop, cfg, files, period), daemon=True)
+    loader = ctx.Process(target=_loader_share, args=(stop, RunRecord.read(run_dir).normalisation, cfg.data, files,
+                                                     cfg.train.batch_size, period), daemon=True)
     loader.start()
     try:
         time.sleep(3.0)  # its imports and first batches, before the clock starts
@@ -206,7 +199,7 @@ def run_case(name: str, overrides: list[str], lake: Path, epochs: int, workers: 
         ceilings = [compute_ceiling(cfg, steps, bf16) for _ in range(2)]
         batch_seconds = cfg.train.batch_size / statistics.median(result.history["images_per_second"][1:] or
                                                                  result.history["images_per_second"])
-        beside = ([ceiling_beside_loader(cfg, steps, bf16, lake, batch_seconds) for _ in range(2)]
+        beside = ([ceiling_beside_loader(cfg, steps, bf16, Path(out), batch_seconds) for _ in range(2)]
                   if n_workers else [])
         torch.set_num_threads(saved_threads)
 
