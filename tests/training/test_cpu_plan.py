@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -67,23 +68,27 @@ def test_a_step_is_timed_in_the_run_s_precision_and_memory_format() -> None:
     assert not any(s["autocast"] or s["channels_last"] for s in model.seen)
 
 
+@pytest.fixture
+def threads() -> Iterator[int]:
+    """torch's thread count before the test, put back after it: the plan applies its own."""
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(("setting", "world"), [("auto", 1), ("0", 1), ("auto", 2)])
 def test_the_measured_plan_is_the_pure_plan_of_the_user_s_setting_and_the_world(
-        setting: str, world: int, caplog: pytest.LogCaptureFixture) -> None:
+        setting: str, world: int, threads: int, caplog: pytest.LogCaptureFixture) -> None:
     """What the measurement hands the pure plan (`device.plan_cpu`): the user's workers (a number is kept,
     `auto` is planned: with a load slower than the step it plans a worker, where the user's 0 stays 0), the
     world size, the threads torch has; its line is logged; the threads applied."""
     from sustain.utils import cpu_count
 
-    threads = torch.get_num_threads()
     model = Sleeper(())  # step_seconds is given (the probe timed it): no pass may run
-    try:
-        with caplog.at_level(logging.INFO, logger="sustain.training.engine"):
-            plan = plan_cpu_measured(setting, model, batch(), PartialLabelLoss(), CPU, FP32, 0.03, False, world,
-                                     step_seconds=0.02)
-        applied = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(threads)
+    with caplog.at_level(logging.INFO, logger="sustain.training.engine"):
+        plan = plan_cpu_measured(setting, model, batch(), PartialLabelLoss(), CPU, FP32, 0.03, False, world,
+                                 step_seconds=0.02)
+    applied = torch.get_num_threads()
     assert plan == plan_cpu(cores=cpu_count(), step_seconds=0.02, step_threads=threads, load_seconds=0.03,
                             max_threads=threads, workers=None if setting == "auto" else int(setting),
                             world_size=world)
@@ -93,11 +98,7 @@ def test_the_measured_plan_is_the_pure_plan_of_the_user_s_setting_and_the_world(
         assert plan.workers == 0
 
 
-def test_the_plan_times_the_step_in_the_run_s_memory_format_when_no_probe_did() -> None:
-    threads = torch.get_num_threads()
+def test_the_plan_times_the_step_in_the_run_s_memory_format_when_no_probe_did(threads: int) -> None:
     model = Sleeper((0.0, 0.0, 0.0))
-    try:
-        plan_cpu_measured("auto", model, batch(), PartialLabelLoss(), CPU, FP32, 0.001, True, 1)
-    finally:
-        torch.set_num_threads(threads)
+    plan_cpu_measured("auto", model, batch(), PartialLabelLoss(), CPU, FP32, 0.001, True, 1)
     assert len(model.seen) == 3 and all(s["channels_last"] for s in model.seen)
