@@ -67,6 +67,7 @@ if not __package__:  # run as a script: the project root on sys.path, for `bench
 
 from benchmarks.common import ROOT, arg_parser, results_file, write_result  # noqa: E402
 from benchmarks.inputs import make_folder  # noqa: E402
+from sustain.data.folds import ASSIGNMENT_COLUMNS  # noqa: E402
 from sustain.taxonomy import MASTER_30  # noqa: E402
 
 RESULTS = results_file("bench_vs_timm")
@@ -112,7 +113,7 @@ def write_assignment(data: Path) -> Path:
     """The folder's own split as Sustain's `data.split.assignment`: each file's SHA-256 (the content hash
     ingestion computes) with `train` or `val`, the folder it sits in."""
     path = assignment_file(data)
-    lines = ["content_hash,split"]
+    lines = [",".join(ASSIGNMENT_COLUMNS)]  # the header assigned_splits checks
     for split in ("train", "val"):
         lines += [f"{hashlib.sha256(f.read_bytes()).hexdigest()},{split}" for f in sorted((data / split).rglob("*.jpg"))]
     path.write_text("\n".join(lines) + "\n")
