@@ -285,8 +285,10 @@ def plan_cpu(*, cores: int, step_seconds: float, step_threads: int, load_seconds
     `world_size` gets its share of `cores`; workers=0 means the training process
     loads its batches between steps. The step scales by Amdahl's law;
     `max_threads` (the user's torch.set_num_threads or OMP_NUM_THREADS) is never
-    exceeded. Planned workers never share a core with the threads (oversubscribed
-    cores make the intra-op threads wait on each other). Workers the user set
+    exceeded. Planned workers share no core with two or more threads (oversubscribed
+    cores make the intra-op threads wait on each other); when loading is the
+    bottleneck, every core may load and the one compute thread shares a core with
+    a worker, its step paid for by that worker's load (`_seconds`). Workers the user set
     (`workers`) are kept, and are planned by their measured load: a worker idle
     most of the time does not need a core of its own, so the threads may share
     the workers' cores, at the cost of the workers' load landing on the step
@@ -297,7 +299,8 @@ def plan_cpu(*, cores: int, step_seconds: float, step_threads: int, load_seconds
     share = max(1, cores // max(1, world_size))
     # the step on one thread: the measured one, undone by Amdahl's speed-up of `step_threads`
     serial = step_seconds / ((1 - PARALLEL_FRACTION) + PARALLEL_FRACTION / max(1, step_threads))
-    planned = _best_cpu_plan(serial, load_seconds, share, max_threads, range(0, min(max_workers, share - 1) + 1),
+    # `share` workers leave no core free: `_best_cpu_plan` then gives them one thread beside them
+    planned = _best_cpu_plan(serial, load_seconds, share, max_threads, range(0, min(max_workers, share) + 1),
                              oversubscribe=False)
     if workers is None:
         return planned

@@ -33,21 +33,29 @@ def test_cpu_plan_reads_a_step_timed_on_two_threads_as_that_step_on_two_threads(
 
 
 def test_cpu_plan_gives_the_cores_to_loading_when_loading_dominates():
-    # the demo model: a 20 ms step, a 300 ms batch load.
+    # the demo model: a 20 ms step, a 300 ms batch load. Both cores load, and the one compute thread
+    # shares a core with a worker: a batch every ~186 ms instead of the 300 one worker takes.
     plan = plan_cpu(cores=2, step_seconds=0.02, step_threads=2, load_seconds=0.3, max_threads=2)
-    assert (plan.threads, plan.workers) == (1, 1)
-    assert "loading-bound" in plan.reason
+    assert (plan.threads, plan.workers) == (1, 2)
+    assert "loading-bound" in plan.reason and "they share the cores" in plan.reason
+    assert plan.batch_seconds < 0.2
+    # issue #25, camera photos with the image cache off: 1,923 ms to load a batch, a 280 ms step.
+    # One worker left a core to the thread and took 1.9 s a batch; two take about 1.2 s.
+    photos = plan_cpu(cores=2, step_seconds=0.28, step_threads=1, load_seconds=1.923, max_threads=2)
+    assert (photos.threads, photos.workers) == (1, 2) and photos.batch_seconds == pytest.approx(0.28 + 1.923 / 2)
     big = plan_cpu(cores=16, step_seconds=0.02, step_threads=16, load_seconds=0.3, max_threads=16)
     assert big.workers == 8 and big.threads + big.workers <= 16  # capped at 8 workers
 
 
-def test_cpu_plan_never_oversubscribes_and_respects_the_users_settings():
+def test_cpu_plan_shares_a_core_only_between_workers_and_one_thread_and_respects_the_users_settings():
     for cores, step, load, cap, world in itertools.product((1, 2, 4, 16), (0.01, 0.3, 3.0), (0.01, 0.3, 3.0),
                                                            (1, 2, 16), (1, 2)):
         plan = plan_cpu(cores=cores, step_seconds=step, step_threads=1, load_seconds=load, max_threads=cap,
                         world_size=world)
+        share = max(1, cores // world)
         assert plan.threads <= cap
-        assert plan.threads + plan.workers <= max(1, cores // world)
+        # two or more intra-op threads never share a core; one thread may, with loading workers
+        assert plan.threads + plan.workers <= share or (plan.threads == 1 and plan.workers == share)
     # OMP_NUM_THREADS=1 on 8 cores: one thread, and the other cores load.
     capped = plan_cpu(cores=8, step_seconds=1.0, step_threads=1, load_seconds=1.0, max_threads=1)
     assert capped.threads == 1 and capped.workers >= 1 and "capped at 1" in capped.reason
@@ -65,7 +73,7 @@ def test_user_set_workers_idle_most_of_the_time_do_not_take_the_compute_cores():
     # Loading-bound workers the user set: too few for the load, and the line says what auto would do.
     slow = plan_cpu(cores=4, step_seconds=0.02, step_threads=1, load_seconds=0.6, max_threads=4, workers=1)
     assert slow.workers == 1
-    assert "data.num_workers: 1 costs speed: auto would plan 1 thread(s) and 3 worker(s)" in slow.line
+    assert "data.num_workers: 1 costs speed: auto would plan 1 thread(s) and 4 worker(s)" in slow.line
 
 
 def test_the_predicted_batch_time_adds_the_overflowing_workers_load_to_the_step() -> None:
@@ -93,13 +101,14 @@ def test_cpu_plan_in_full_word_for_word() -> None:
 
 def test_the_users_workers_are_called_slower_only_past_five_percent() -> None:
     slow = plan_cpu(cores=4, step_seconds=0.02, step_threads=1, load_seconds=0.6, max_threads=4, workers=1)
-    assert slow.line.endswith("loading-bound; data.num_workers: 1 costs speed: auto would plan 1 thread(s) and 3 "
-                              "worker(s), 200 ms per batch against 600 ms")
+    assert slow.line.endswith("loading-bound; data.num_workers: 1 costs speed: auto would plan 1 thread(s) and 4 "
+                              "worker(s), 170 ms per batch against 600 ms")
     half = plan_cpu(cores=2, step_seconds=0.01, step_threads=1, load_seconds=0.01, max_threads=1, workers=2)
     assert half.line.endswith("1 thread(s) and 1 worker(s), 10 ms per batch against 15 ms")  # 1.5x: said
-    near = plan_cpu(cores=2, step_seconds=0.07, step_threads=1, load_seconds=0.25, max_threads=2, workers=4)
-    auto = plan_cpu(cores=2, step_seconds=0.07, step_threads=1, load_seconds=0.25, max_threads=2)
-    assert (near.threads, near.workers) == (1, 4)  # 3% slower than auto: not worth a word
+    near = plan_cpu(cores=2, step_seconds=0.07, step_threads=1, load_seconds=0.15, max_threads=2, workers=1)
+    auto = plan_cpu(cores=2, step_seconds=0.07, step_threads=1, load_seconds=0.15, max_threads=2)
+    assert (near.threads, near.workers) == (1, 1) and (auto.threads, auto.workers) == (1, 2)
+    # 3% slower than auto: not worth a word
     assert auto.batch_seconds < near.batch_seconds < auto.batch_seconds * 1.05 and "costs speed" not in near.line
 
 
@@ -118,8 +127,9 @@ def test_the_plan_line_says_how_busy_shared_workers_are_and_when_the_cap_binds()
     shared = plan_cpu(cores=2, step_seconds=1.056, step_threads=1, load_seconds=0.057, max_threads=2, workers=2)
     assert shared.reason == ("a step takes 581 ms on 2 thread(s), loading a batch 57 ms on one core; 2 core(s) per "
                              "process, compute-bound (the 2 worker(s) are busy 4% of the time: they share the cores)")
-    # OMP_NUM_THREADS=1 on 2 cores: the worker takes the other core, so the cap costs nothing and goes unsaid
+    # OMP_NUM_THREADS=1 on 2 cores, loading-bound: the workers take both cores, so the cap costs nothing
+    # and goes unsaid
     fits = plan_cpu(cores=2, step_seconds=0.02, step_threads=2, load_seconds=0.3, max_threads=1)
-    assert (fits.threads, fits.workers) == (1, 1) and "capped" not in fits.reason
+    assert (fits.threads, fits.workers) == (1, 2) and "capped" not in fits.reason
     slow = plan_cpu(cores=4, step_seconds=0.1, step_threads=1, load_seconds=3.0, max_threads=4, workers=1)
-    assert slow.line.endswith("auto would plan 1 thread(s) and 3 worker(s), 1000 ms per batch against 3000 ms")
+    assert slow.line.endswith("auto would plan 1 thread(s) and 4 worker(s), 850 ms per batch against 3000 ms")
