@@ -73,6 +73,13 @@ BREAKDOWN = (_c("case", "case"), _c("row", "row"), _c("epochs", "epochs"),
              _c("timm wall", "timm.median_seconds", S),
              _c("timm's imports (torch, timm)", "import_seconds.torch_timm", S))
 
+# bf16 against fp32 on one seed (bench_precision): accuracy beside the training images/s
+PRECISION_SPEED = (_c("case", "case"), _c("model", "model"), _c("input", "size", "{} px"), _c("order", "order"),
+                   _c("val acc fp32", "fp32.val_acc", PCT), _c("val acc bf16", "bf16.val_acc", PCT),
+                   _c("Δ macro-F1", "macro_f1_delta", "{:+.3f}"), _c("fp32 train", "fp32.images_per_second", "{} img/s"),
+                   _c("bf16 train", "bf16.images_per_second", "{} img/s"), _c("bf16 / fp32", "speedup", X),
+                   _c("what auto chose", "auto.precision"), _c("load before → after", "load"))
+
 TABLES: dict[str, Table] = {
     "dedupe-recall": Table("bench_dedupe.json", (
         _c("transform", "_key"), _c("kind", "kind"), _c("found", "found"), _c("of", "of"),
@@ -133,17 +140,15 @@ TABLES: dict[str, Table] = {
         _c("passed", "passed"), _c("skipped", "skipped"), _c("failed", "failed")), rows="runs"),
     "suite-slowest": Table("bench_suite.json", (
         _c("file", "file"), _c("seconds (sum of its tests)", "seconds", "{:.0f} s")), rows="runs.-1.slowest_files"),
-    "precision-speed": Table("bench_precision.json", (
-        _c("case", "case"), _c("model", "model"), _c("input", "size", "{} px"), _c("order", "order"),
-        _c("val acc fp32", "fp32.val_acc", PCT), _c("val acc bf16", "bf16.val_acc", PCT),
-        _c("Δ macro-F1", "macro_f1_delta", "{:+.3f}"), _c("fp32 train", "fp32.images_per_second", "{} img/s"),
-        _c("bf16 train", "bf16.images_per_second", "{} img/s"), _c("bf16 / fp32", "speedup", X),
-        _c("what auto chose", "auto.precision"), _c("load before → after", "load")), rows="rows"),
+    "precision-speed": Table("bench_precision.json", PRECISION_SPEED, rows="rows"),
+    "precision-speed-eva02": Table("bench_precision_eva02_speed.json", PRECISION_SPEED, rows="rows"),
     "precision-parity": Table("bench_precision_parity.json", PARITY, rows="parity"),
     "precision-parity-eva02": Table("bench_precision_parity_eva02.json", PARITY, rows="parity"),
     "vs-timm": Table("bench_vs_timm.json", VS_TIMM, rows="rows"),
     "vs-timm-2epochs": Table("bench_vs_timm_2epochs.json", VS_TIMM, rows="rows"),
+    "vs-timm-photos": Table("bench_vs_timm_photos.json", VS_TIMM, rows="rows"),
     "wall-clock-breakdown": Table("bench_vs_timm.json", BREAKDOWN, rows="rows"),
+    "wall-clock-breakdown-photos": Table("bench_vs_timm_photos.json", BREAKDOWN, rows="rows"),
     "wall-clock-breakdown-2epochs": Table("bench_vs_timm_2epochs.json", BREAKDOWN, rows="rows"),
 }
 
