@@ -27,7 +27,7 @@ from ..evaluate import (
 )
 from ..utils import atomic_write_text, escape_html
 from .html import CSP, CSS, html_table
-from .plots import history_series, new_figure
+from .plots import history_series, new_figure, tight_layout
 
 log = logging.getLogger("sustain.report.compare_page")
 
@@ -44,7 +44,7 @@ def curves_png(runs: Sequence[Mapping[str, Any]]) -> bytes:
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    tight_layout(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -19,7 +19,7 @@ from ..utils import atomic_write_text, escape_html
 from .gallery_html import CSS as GALLERY_CSS
 from .gallery_html import tile
 from .html import html_table, img_html, page
-from .plots import _save, new_figure
+from .plots import _save, new_figure, tight_layout
 
 ACCURACY_PNG = "crossval_accuracy.png"
 ISSUES_SHOWN = 24
@@ -52,7 +52,7 @@ def plot_fold_accuracy(folds: Sequence[Mapping[str, Any]], summary: Mapping[str,
     ax.set_ylabel("accuracy (fine-labelled test images)")
     ax.set_xlabel("held-out fold / source")
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+    tight_layout(fig)
     return _save(fig, path)
 
 

@@ -36,6 +36,19 @@ def new_figure(figsize: tuple[float, float]):
     return Figure(figsize=figsize, dpi=DPI)
 
 
+def tight_layout(fig: Any) -> None:
+    """Fit the axes and their labels in the figure, as `Figure.tight_layout` does, once.
+
+    `Figure.tight_layout` leaves a placeholder layout engine on the figure, and
+    savefig then lays out every label a second time before it draws: a fifth of
+    the report's time. Executing the engine gives the same subplot parameters
+    and leaves no engine behind.
+    """
+    from matplotlib.layout_engine import TightLayoutEngine
+
+    TightLayoutEngine().execute(fig)
+
+
 def history_series(history: Mapping[str, Any], key: str) -> list[float]:
     """A history column as floats, NaN where an entry is missing or non-finite (a gap in the plot)."""
     return [np.nan if (v := finite_float(x)) is None else v for x in history.get(key) or []]
@@ -121,7 +134,7 @@ def training_curves_figure(history: Mapping[str, Any], warn_pct: float | None = 
         if not ax.has_data() and ax.axison:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     fig.suptitle("Training curves")
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -149,7 +162,7 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: s
     for i, j in zip(*np.nonzero(norm >= 0.01), strict=True):
         ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=font - 1,
                 color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
+    tight_layout(fig)
     return _save(fig, Path(path))
 
 
@@ -171,7 +184,7 @@ def plot_per_class_f1(f1: Sequence[float], support: Sequence[int | None], classe
         ax.text(min(f1[i], 1.0) + 0.01, y, text, va="center", fontsize=7)
     ax.set(xlim=(0, 1.12), xlabel="F1 (val, best weights)", title="Per-class F1")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+    tight_layout(fig)
     return _save(fig, Path(path))
 
 
@@ -213,5 +226,5 @@ def plot_calibration(reliability: Mapping[str, Mapping[str, Any]], curves: Mappi
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    fig.tight_layout()
+    tight_layout(fig)
     return _save(fig, Path(path))

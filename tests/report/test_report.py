@@ -254,3 +254,34 @@ def test_shared_text_names_files_by_their_root_and_never_the_machines_folders(tm
     assert view.show(tmp_path / "run" / "best_model.safetensors") == "best_model.safetensors"
     text = view.text(f"cache {tmp_path}/cache/decode.sqlite; store sqlite:///{tmp_path}/mlflow.db; https://mlflow.example/x")
     assert str(tmp_path) not in text and "https://mlflow.example/x" in text and "…/cache/decode.sqlite" in text
+
+
+def test_plots_fit_their_labels_and_are_laid_out_once(tmp_path: Path, monkeypatch):
+    """30 long class names stay inside the confusion matrix's PNG, and saving it lays the figure out
+    once: `Figure.tight_layout` left an engine behind that made savefig lay out every label again."""
+    from matplotlib.figure import Figure
+
+    from sustain.report.plots import plot_confusion_matrix
+
+    classes = [f"{name}_MULTILAYER_BEVERAGE_CARTON_WITH_LID" for name in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123"]
+    confusion = np.random.default_rng(0).integers(0, 20, (30, 30))
+    figures: list[Figure] = []
+    draws = 0
+    real_draw = Figure.draw
+
+    def counting_draw(self, renderer):
+        nonlocal draws
+        draws += 1
+        figures.append(self)
+        return real_draw(self, renderer)
+
+    monkeypatch.setattr(Figure, "draw", counting_draw)
+    path = plot_confusion_matrix(confusion, classes, tmp_path / "cm.png")
+    assert draws == 1  # one layout and drawing of every label, not two
+    fig = figures[0]
+    assert fig.get_layout_engine() is None
+    width, height = Image.open(path).size
+    ax = fig.axes[0]
+    for label in ax.get_xticklabels() + ax.get_yticklabels():
+        box = label.get_window_extent()  # in the saved PNG's pixels (same DPI)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, label.get_text()
