@@ -124,12 +124,12 @@ def write_assignment(data: Path) -> Path:
     return path
 
 
-def timm_command(train_py: Path, data: Path, out: Path, case: dict[str, Any], epochs: int, workers: int | None,
+def timm_command(train_py: Path, data: Path, out: Path, case: dict[str, Any], workers: int | None,
                  amp: str | None, seed: int = 0) -> list[str]:
     cmd = [sys.executable, str(train_py), "--data-dir", str(data), "--train-split", "train", "--val-split", "val",
            "--model", case["model"], "--num-classes", str(NUM_CLASSES), "--img-size", str(case["size"]),
            "--input-size", "3", str(case["size"]), str(case["size"]), "-b", str(case["batch"]),
-           "--epochs", str(epochs), "--aa", RAND_AUGMENT, "--scale", "0.08", "1.0",
+           "--epochs", str(case["epochs"]), "--aa", RAND_AUGMENT, "--scale", "0.08", "1.0",
            "--hflip", "0.5", "--reprob", "0", "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",
            "--weight-decay", "0.05", "--clip-grad", "1.0", "--smoothing", "0.1", "--sched-on-updates",
            "--device", "cpu", "--no-prefetcher", "--log-interval", "1000", "--output", str(out),
@@ -141,8 +141,8 @@ def timm_command(train_py: Path, data: Path, out: Path, case: dict[str, Any], ep
     return cmd
 
 
-def sustain_command(data: Path, out: Path, case: dict[str, Any], epochs: int, workers: str,
-                    extra: dict[str, dict[str, Any]], seed: int = 0) -> list[str]:
+def sustain_command(data: Path, out: Path, case: dict[str, Any], workers: str, extra: dict[str, dict[str, Any]],
+                    seed: int = 0) -> list[str]:
     config = out / "bench.yaml"
     raw = {
         "seed": seed, "output_dir": str(out / "run"), "device": "cpu",
@@ -151,7 +151,7 @@ def sustain_command(data: Path, out: Path, case: dict[str, Any], epochs: int, wo
                  "split": {"train": 0.9, "val": 0.1, "test": 0.0, "assignment": str(assignment_file(data))}, "augment": "strong",
                  "augment_options": {"rand_augment": RAND_AUGMENT}, "num_workers": workers},
         "model": {"name": case["model"], "pretrained": False, "input_size": case["size"], "drop_path_rate": 0.0},
-        "train": {"epochs": epochs, "batch_size": case["batch"], "lr": 1e-3, "warmup_epochs": 0,
+        "train": {"epochs": case["epochs"], "batch_size": case["batch"], "lr": 1e-3, "warmup_epochs": 0,
                   "weight_decay": 0.05, "grad_clip": 1.0, "label_smoothing": 0.1, "early_stopping_patience": 0,
                   "layer_decay": None},
     }
@@ -198,13 +198,13 @@ def import_seconds(code: str, repeats: int = 3) -> float:
 
 
 def one_run(tool: str, row: dict[str, Any], case: dict[str, Any], folders: dict[str, Path], out: Path,
-            epochs: int, workers: int, sustain_workers: str, seed: int) -> dict[str, Any]:
+            workers: int, sustain_workers: str, seed: int) -> dict[str, Any]:
     out.mkdir(parents=True)
     if tool == "timm":
-        cmd = timm_command(folders["train_py"], folders[row["data"]], out, case, epochs,
+        cmd = timm_command(folders["train_py"], folders[row["data"]], out, case,
                            workers if row["timm_workers"] == "set" else None, row["timm_amp"], seed)
     else:
-        cmd = sustain_command(folders[row["data"]], out, case, epochs,
+        cmd = sustain_command(folders[row["data"]], out, case,
                               sustain_workers if row["sustain"] else "auto", row["sustain"], seed)
     load = os.getloadavg()[0]
     seconds, rc = timed(cmd, out / f"{tool}.log")
@@ -239,7 +239,7 @@ def run_row(name: str, row_name: str, case: dict[str, Any], folders: dict[str, P
         # (with 84 val images one image is 1.2 points, and bf16 or a new seed moves a run by several).
         for tool in (("timm", "sustain") if rep % 2 == 0 else ("sustain", "timm")):
             print(f"[{name} {row_name}] repeat {rep + 1}/{args.repeats}: {tool}", flush=True)
-            runs[tool].append(one_run(tool, row, case, folders, tmp / f"{row_name}_{tool}_{rep}", case["epochs"],
+            runs[tool].append(one_run(tool, row, case, folders, tmp / f"{row_name}_{tool}_{rep}",
                                       args.workers, args.sustain_workers, seed=rep))
     timm, sustain = summarize(runs["timm"]), summarize(runs["sustain"])
     ratio = (round(timm["median_seconds"] / sustain["median_seconds"], 2)
