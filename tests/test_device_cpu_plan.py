@@ -110,6 +110,10 @@ def test_the_users_workers_are_called_slower_only_past_five_percent() -> None:
     assert (near.threads, near.workers) == (1, 1) and (auto.threads, auto.workers) == (1, 2)
     # 3% slower than auto: not worth a word
     assert auto.batch_seconds < near.batch_seconds < auto.batch_seconds * 1.05 and "costs speed" not in near.line
+    # exactly 1.05x (21 ms against 20, equal to the last bit) is not past it
+    edge = plan_cpu(cores=2, step_seconds=0.02, step_threads=1, load_seconds=0.01, max_threads=2, workers=0)
+    best = plan_cpu(cores=2, step_seconds=0.02, step_threads=1, load_seconds=0.01, max_threads=2)
+    assert edge.batch_seconds == best.batch_seconds * 1.05 and "costs speed" not in edge.line
 
 
 def test_among_equally_fast_plans_fewer_processes_then_more_threads_win() -> None:
